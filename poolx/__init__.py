@@ -1,0 +1,63 @@
+"""poolx: a process pool that never hangs, and a small reliable task queue.
+
+Two faces, one engine (see ``docs/`` and DESIGN.md):
+
+* :class:`poolx.Pool` — a drop-in replacement for ``multiprocessing.Pool``
+  (and a superset of billiard's pool) built around a single supervisor thread
+  that owns all pool state, so a dying worker fails exactly its job instead of
+  hanging the program.
+* The WorQ-compatible task queue — :func:`get_broker`, :func:`get_queue`,
+  :class:`Task`, :class:`TaskSpace`, :class:`TaskFailure` — loaded lazily so
+  that pool users do not pay for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from poolx.exceptions import (
+    BrokenPoolError,
+    MemoryLimitExceeded,
+    RestartFreqExceeded,
+    SoftTimeLimitExceeded,
+    Terminated,
+    TimeLimitExceeded,
+    TimeoutError,
+    WorkerLostError,
+)
+from poolx.pool import Pool
+
+__version__ = "0.1.0"
+
+# Task-queue names, imported on first use (PEP 562).
+_LAZY = {
+    "get_broker": "poolx.core",
+    "get_queue": "poolx.core",
+    "Task": "poolx.task",
+    "TaskSpace": "poolx.task",
+    "TaskFailure": "poolx.task",
+}
+
+__all__ = [
+    "Pool",
+    "TimeoutError",
+    "SoftTimeLimitExceeded",
+    "TimeLimitExceeded",
+    "WorkerLostError",
+    "Terminated",
+    "RestartFreqExceeded",
+    "MemoryLimitExceeded",
+    "BrokenPoolError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'poolx' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

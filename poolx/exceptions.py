@@ -1,0 +1,81 @@
+"""Every exception poolx raises, under billiard's names.
+
+The pool engine raises these through ``AsyncResult.get()`` as the real classes
+(billiard wraps them in ``ExceptionWithTraceback``; poolx does not), so
+``except TimeLimitExceeded:`` works.  ``TimeoutError`` is the standard
+library's ``multiprocessing.TimeoutError`` so that code catching it keeps
+working after switching imports.
+"""
+
+from __future__ import annotations
+
+from multiprocessing import TimeoutError
+
+__all__ = [
+    "TimeoutError",
+    "PoolError",
+    "SoftTimeLimitExceeded",
+    "TimeLimitExceeded",
+    "WorkerLostError",
+    "Terminated",
+    "RestartFreqExceeded",
+    "MemoryLimitExceeded",
+    "BrokenPoolError",
+]
+
+
+class PoolError(Exception):
+    """Base class of the errors the pool itself produces for a job."""
+
+
+class SoftTimeLimitExceeded(Exception):
+    """Raised *inside* a task when its soft time limit expires.
+
+    The task may catch it to clean up; if it does not finish before the hard
+    limit, the worker is killed anyway.
+    """
+
+
+class TimeLimitExceeded(PoolError):
+    """The job ran past its hard time limit; its worker was killed."""
+
+
+class WorkerLostError(PoolError):
+    """The worker process running the job exited or was killed."""
+
+
+class Terminated(PoolError):
+    """The job was terminated on request (``terminate_job`` or ``terminate``).
+
+    ``args[0]`` is the signal number used when one was sent.
+    """
+
+
+class RestartFreqExceeded(PoolError):
+    """Workers died more than ``max_restarts`` times in ``max_restart_freq`` s."""
+
+
+class BrokenPoolError(PoolError):
+    """The pool cannot run jobs any more (e.g. every initializer failed).
+
+    ``__cause__`` carries the underlying error when there is one.
+    """
+
+
+class MemoryLimitExceeded(PoolError):
+    """The worker running the job went over the job's ``memory_limit``.
+
+    ``rss`` is the observed resident set size in bytes, ``limit`` the limit.
+    """
+
+    def __init__(self, rss: int, limit: int, pid: int | None = None) -> None:
+        super().__init__(rss, limit, pid)
+        self.rss = rss
+        self.limit = limit
+        self.pid = pid
+
+    def __str__(self) -> str:
+        return (
+            f"worker {self.pid} used {self.rss / 2**20:.1f} MiB, "
+            f"over the job's memory limit of {self.limit / 2**20:.1f} MiB"
+        )

@@ -1,0 +1,486 @@
+"""``poolx.Pool``: the public face of the engine.
+
+Who owns what: :class:`Pool` validates arguments, pickles jobs in the
+caller's thread (so an unpicklable argument fails that call, not the pool)
+and hands them to the :class:`~poolx.pool.supervisor.Supervisor`, which owns
+everything else.  ``imap``/``imap_unordered`` read their input on a feeder
+thread, lazily, as the standard library does.
+
+Compatibility: every argument and method of ``multiprocessing.Pool`` with the
+same meaning, plus billiard's arguments and methods (keyword-only here, since
+the standard library's fifth positional argument is ``context``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import signal as signal_module
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from poolx.exceptions import BrokenPoolError
+from poolx.pool import options, wire
+from poolx.pool.jobs import Job
+from poolx.pool.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from poolx.pool.supervisor import PoolConfig, Supervisor
+
+__all__ = ["Pool"]
+
+RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+_AT_EXIT_WAIT = 2.0
+
+
+def _shutdown(supervisor: Supervisor) -> None:
+    """Finalizer: terminate a pool nobody closed (garbage collected, or at exit)."""
+    supervisor.stop_accepting()
+    if supervisor.command("terminate"):
+        supervisor.finished.wait(_AT_EXIT_WAIT)
+
+
+class Pool:
+    """A process pool: ``multiprocessing.Pool``'s API, billiard's extras, no hangs.
+
+    Args:
+        processes: number of worker processes (default ``os.cpu_count()``);
+            ``0`` starts an empty pool that :meth:`grow` fills.
+        initializer: called as ``initializer(*initargs)`` once in each worker.
+        maxtasksperchild: jobs a worker runs before it is replaced.
+        context: a ``multiprocessing`` context; by default the one the program
+            chose with ``multiprocessing.set_start_method``.
+        timeout: hard time limit (seconds) of every job; the worker is killed
+            and the job fails with :class:`~poolx.exceptions.TimeLimitExceeded`.
+        soft_timeout: soft limit: :class:`~poolx.exceptions.SoftTimeLimitExceeded`
+            is raised inside the job.
+        memory_limit: bytes (or ``"512MB"``) a worker may use *during* a job;
+            over it the worker is killed and the job fails with
+            :class:`~poolx.exceptions.MemoryLimitExceeded`.
+        memory_poll_interval: how often (s) the RSS of workers running a job
+            with a memory limit is sampled.
+        max_memory_per_child: KiB (billiard's unit); a worker whose resident
+            memory is above it after a job retires gracefully.
+        max_restarts, max_restart_freq: more than ``max_restarts`` unexpected
+            worker deaths within ``max_restart_freq`` seconds break the pool:
+            jobs fail with :class:`~poolx.exceptions.RestartFreqExceeded`.
+        on_process_up, on_process_down: ``f(process)`` once per worker.
+        on_process_exit: ``f(pid, exitcode)`` once per worker exit.
+        on_timeout_set: ``f(result, soft, hard)`` when a job with limits is sent.
+        on_timeout_cancel: ``f(result)`` when such a job finished in time.
+        lost_worker_timeout, threads, semaphore, putlocks, allow_restart, synack,
+        enable_timeouts: billiard's; accepted and without effect (poolx sees a
+            lost worker at once, always enforces timeouts and always allows
+            :meth:`restart`).
+    """
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+        *,
+        timeout: float | None = None,
+        soft_timeout: float | None = None,
+        memory_limit: int | str | None = None,
+        memory_poll_interval: float = 0.05,
+        max_memory_per_child: int | None = None,
+        lost_worker_timeout: float | None = None,
+        max_restarts: int | None = None,
+        max_restart_freq: float = 1,
+        on_process_up: Callable[[Any], Any] | None = None,
+        on_process_down: Callable[[Any], Any] | None = None,
+        on_process_exit: Callable[[int, int], Any] | None = None,
+        on_timeout_set: Callable[[Any, Any, Any], Any] | None = None,
+        on_timeout_cancel: Callable[[Any], Any] | None = None,
+        threads: bool = True,
+        semaphore: Any = None,
+        putlocks: bool = False,
+        allow_restart: bool = False,
+        synack: bool = False,
+        enable_timeouts: bool = False,
+    ) -> None:
+        self._state = "INIT"
+        if processes is None:
+            processes = os.cpu_count() or 1
+        options.check_count("processes", processes, 0)
+        options.check_count("maxtasksperchild", maxtasksperchild, 1, allow_none=True)
+        options.check_count("max_memory_per_child", max_memory_per_child, 1, allow_none=True)
+        options.check_count("max_restarts", max_restarts, 0, allow_none=True)
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        for name, value in (("on_process_up", on_process_up), ("on_process_down", on_process_down),
+                            ("on_process_exit", on_process_exit), ("on_timeout_set", on_timeout_set),
+                            ("on_timeout_cancel", on_timeout_cancel)):
+            options.check_callable(name, value)
+        options.check_seconds("lost_worker_timeout", lost_worker_timeout)
+        if context is None:
+            context = multiprocessing.get_context()
+        self._ctx = context
+        config = PoolConfig(
+            processes=processes,
+            context=context,
+            initializer=wire.portable(initializer) if initializer is not None else None,
+            initargs=tuple(initargs),
+            maxtasksperchild=maxtasksperchild,
+            max_memory_per_child=max_memory_per_child,
+            soft_timeout=options.check_seconds("soft_timeout", soft_timeout),
+            timeout=options.check_seconds("timeout", timeout),
+            memory_limit=options.parse_size("memory_limit", memory_limit),
+            memory_poll_interval=options.check_seconds("memory_poll_interval", memory_poll_interval)
+            or 0.05,
+            max_restarts=max_restarts,
+            max_restart_freq=options.check_seconds("max_restart_freq", max_restart_freq) or 1.0,
+            on_process_up=on_process_up,
+            on_process_down=on_process_down,
+            on_process_exit=on_process_exit,
+            on_timeout_set=on_timeout_set,
+            on_timeout_cancel=on_timeout_cancel,
+        )
+        self._config = config
+        self._supervisor = Supervisor(config)
+        self._supervisor.start()
+        self._finalizer = weakref.finalize(self, _shutdown, self._supervisor)
+        self._state = RUN
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_running(self) -> None:
+        if self._state != RUN:
+            raise ValueError("Pool not running")
+
+    def _job(
+        self,
+        sink: Any,
+        index: int,
+        func: Callable[..., Any],
+        args: Any,
+        kwds: Any,
+        mode: int,
+        soft_timeout: float | None,
+        timeout: float | None,
+        memory_limit: int | None,
+        flags: int = 0,
+    ) -> Job:
+        payload = wire.dumps_job(func, args, kwds, mode)
+        return Job(
+            self._supervisor.next_seq(),
+            sink,
+            index,
+            payload,
+            flags,
+            soft_timeout if soft_timeout is not None else self._config.soft_timeout,
+            timeout if timeout is not None else self._config.timeout,
+            memory_limit if memory_limit is not None else self._config.memory_limit,
+        )
+
+    def _submit(self, jobs: list[Job]) -> None:
+        try:
+            self._supervisor.submit(jobs)
+        except ValueError:
+            raise ValueError("Pool not running") from None
+
+    @staticmethod
+    def _limits(soft_timeout: Any, timeout: Any, memory_limit: Any) -> tuple[Any, Any, Any]:
+        return (
+            options.check_seconds("soft_timeout", soft_timeout),
+            options.check_seconds("timeout", timeout),
+            options.parse_size("memory_limit", memory_limit),
+        )
+
+    def _chunksize(self, chunksize: Any, length: int) -> int:
+        if chunksize is None:
+            workers = max(1, self._supervisor.target)
+            chunksize, extra = divmod(length, workers * 4)
+            return chunksize + 1 if extra else max(chunksize, 1)
+        options.check_count("chunksize", chunksize, 1)
+        return chunksize
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None,
+              **extras: Any) -> Any:
+        """Call ``func(*args, **kwds)`` in a worker and return its result."""
+        return self.apply_async(func, args, kwds, **extras).get()
+
+    def apply_async(
+        self,
+        func: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwds: dict[str, Any] | None = None,
+        callback: Callable[[Any], Any] | None = None,
+        error_callback: Callable[[BaseException], Any] | None = None,
+        accept_callback: Callable[[int, float], Any] | None = None,
+        timeout_callback: Callable[..., Any] | None = None,
+        waitforslot: Any = None,
+        soft_timeout: float | None = None,
+        timeout: float | None = None,
+        lost_worker_timeout: float | None = None,
+        callbacks_propagate: Any = (),
+        correlation_id: Any = None,
+        memory_limit: int | str | None = None,
+    ) -> ApplyResult:
+        """Run ``func(*args, **kwds)`` in a worker; return an :class:`ApplyResult`.
+
+        ``callback(result)`` or ``error_callback(exception)`` runs in the pool's
+        callback thread.  ``soft_timeout``, ``timeout`` and ``memory_limit``
+        apply to this call and override the pool's defaults.  billiard's
+        ``accept_callback(pid, time_accepted)`` and
+        ``timeout_callback(soft=, timeout=)`` are supported;
+        ``waitforslot``, ``lost_worker_timeout`` and ``callbacks_propagate`` are
+        accepted and have no effect.
+        """
+        self._check_running()
+        soft_timeout, timeout, memory_limit = self._limits(soft_timeout, timeout, memory_limit)
+        for name, value in (("callback", callback), ("error_callback", error_callback),
+                            ("accept_callback", accept_callback), ("timeout_callback", timeout_callback)):
+            options.check_callable(name, value)
+        result = ApplyResult(self._supervisor.runner, callback, error_callback, accept_callback,
+                             timeout_callback, correlation_id, self._terminate_job_of_result)
+        try:
+            job = self._job(result, 0, wire.portable(func), tuple(args), dict(kwds or {}), wire.APPLY,
+                            soft_timeout, timeout, memory_limit,
+                            wire.FLAG_ACK if accept_callback is not None else 0)
+        except Exception as exc:  # unpicklable arguments fail this call only
+            result._job_done(0, False, exc)
+            return result
+        self._submit([job])
+        return result
+
+    # ------------------------------------------------------------------ map
+
+    def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None,
+            **limits: Any) -> list[Any]:
+        """Apply ``func`` to every item, in parallel; return the results in order."""
+        return self._map_async(func, iterable, chunksize, None, None, wire.MAP, limits).get()
+
+    def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None,
+                  callback: Callable[[Any], Any] | None = None,
+                  error_callback: Callable[[BaseException], Any] | None = None,
+                  **limits: Any) -> MapResult:
+        """Asynchronous :meth:`map`; returns a :class:`MapResult`.
+
+        ``soft_timeout``, ``timeout`` and ``memory_limit`` (keyword-only)
+        apply to each *chunk*; pass ``chunksize=1`` for per-item limits.
+        """
+        return self._map_async(func, iterable, chunksize, callback, error_callback, wire.MAP, limits)
+
+    def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                chunksize: int | None = None, **limits: Any) -> list[Any]:
+        """Like :meth:`map`, but each item is unpacked: ``func(*item)``."""
+        return self._map_async(func, iterable, chunksize, None, None, wire.STARMAP, limits).get()
+
+    def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                      chunksize: int | None = None, callback: Callable[[Any], Any] | None = None,
+                      error_callback: Callable[[BaseException], Any] | None = None,
+                      **limits: Any) -> MapResult:
+        """Asynchronous :meth:`starmap`."""
+        return self._map_async(func, iterable, chunksize, callback, error_callback, wire.STARMAP, limits)
+
+    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: Any,
+                   callback: Any, error_callback: Any, mode: int, limits: dict[str, Any]) -> MapResult:
+        self._check_running()
+        soft_timeout, timeout, memory_limit = self._limits(**_limit_kwargs(limits))
+        options.check_callable("callback", callback)
+        options.check_callable("error_callback", error_callback)
+        items = list(iterable)
+        size = self._chunksize(chunksize, len(items))
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        result = MapResult(self._supervisor.runner, [len(c) for c in chunks], callback, error_callback)
+        if not chunks:
+            return result
+        func = wire.portable(func)
+        try:
+            jobs = [self._job(result, i, func, chunk, None, mode, soft_timeout, timeout, memory_limit)
+                    for i, chunk in enumerate(chunks)]
+        except Exception as exc:
+            result._job_done(0, False, exc)
+            return result
+        self._submit(jobs)
+        return result
+
+    # ------------------------------------------------------------------ imap
+
+    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1,
+             **limits: Any) -> IMapIterator:
+        """Lazy :meth:`map`: an iterator of results in input order.
+
+        ``next(timeout)`` raises :class:`poolx.TimeoutError` when no result
+        arrives in time.  Limits apply per chunk (per item with the default
+        ``chunksize=1``).
+        """
+        return self._imap(IMapIterator(), func, iterable, chunksize, limits)
+
+    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1,
+                       **limits: Any) -> IMapIterator:
+        """Like :meth:`imap`, but results come in completion order."""
+        return self._imap(IMapUnorderedIterator(), func, iterable, chunksize, limits)
+
+    def _imap(self, sink: IMapIterator, func: Callable[..., Any], iterable: Iterable[Any],
+              chunksize: Any, limits: dict[str, Any]) -> IMapIterator:
+        self._check_running()
+        options.check_count("chunksize", chunksize, 1)
+        limit_values = self._limits(**_limit_kwargs(limits))
+        iterator = iter(iterable)
+        feeder = threading.Thread(
+            target=self._feed, args=(sink, wire.portable(func), iterator, chunksize, limit_values),
+            name="poolx-feeder", daemon=True,
+        )
+        feeder.start()
+        return sink
+
+    def _feed(self, sink: IMapIterator, func: Callable[..., Any], iterator: Iterator[Any],
+              chunksize: int, limits: tuple[Any, Any, Any]) -> None:
+        """Feeder thread: read the input lazily, one chunk at a time."""
+        index = 0
+        while True:
+            try:
+                chunk = list(itertools.islice(iterator, chunksize))
+            except Exception as exc:  # the input raised: that is the last "item"
+                sink._job_done(index, False, exc)
+                sink._set_length(index + 1)
+                return
+            if not chunk:
+                sink._set_length(index)
+                return
+            try:
+                job = self._job(sink, index, func, chunk, None, wire.MAP, *limits)
+            except Exception as exc:
+                sink._job_done(index, False, exc)
+            else:
+                try:
+                    self._submit([job])
+                except ValueError as exc:
+                    sink._job_done(index, False, exc)
+                    sink._set_length(index + 1)
+                    return
+            index += 1
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Accept no more jobs; workers exit once the submitted ones are done."""
+        if self._state == RUN:
+            self._state = CLOSE
+            self._supervisor.stop_accepting()
+            self._supervisor.command("close")
+
+    def terminate(self) -> None:
+        """Stop now: cancel pending jobs (they fail with ``Terminated``) and
+        kill the workers (SIGTERM, then SIGKILL).  Returns when they are gone."""
+        self._state = TERMINATE
+        self._finalizer.detach()
+        _shutdown(self._supervisor)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the workers to exit after :meth:`close` or :meth:`terminate`.
+
+        ``timeout`` (a poolx extension) bounds the wait; returns whether the
+        pool has fully stopped.
+        """
+        if self._state == RUN:
+            raise ValueError("Pool is still running")
+        self._supervisor.thread.join(timeout)
+        stopped = not self._supervisor.thread.is_alive()
+        if stopped:
+            self._finalizer.detach()
+            self._supervisor.runner.join(timeout)
+        return stopped
+
+    def __enter__(self) -> Pool:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.terminate()
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError(
+            "pool objects cannot be passed between processes or pickled"
+        )
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) == RUN:
+            warnings.warn(f"unclosed running pool {self!r}", ResourceWarning, source=self, stacklevel=1)
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__module__}.{type(self).__qualname__} "
+                f"state={self._state} pool_size={self._supervisor.target}>")
+
+    # ------------------------------------------------------------------ billiard's control API
+
+    def grow(self, n: int = 1) -> None:
+        """Add ``n`` worker processes."""
+        self._check_running()
+        options.check_count("n", n, 0)
+        self._supervisor.command("grow", n)
+
+    def shrink(self, n: int = 1) -> None:
+        """Remove ``n`` workers: idle ones at once, busy ones after their current job."""
+        self._check_running()
+        options.check_count("n", n, 0)
+
+        def shrink(sup: Supervisor) -> None:
+            if n > sup.target:
+                raise ValueError(f"cannot shrink the pool by {n}: it has {sup.target} processes")
+            sup._cmd_shrink(n)
+
+        self._supervisor.call(shrink)
+
+    def restart(self) -> None:
+        """Replace every worker; running jobs finish first, and no old worker
+        starts a new job after this call."""
+        self._check_running()
+        self._supervisor.call(Supervisor._cmd_restart)
+
+    def terminate_job(self, pid: int, sig: int | None = None) -> None:
+        """Kill worker ``pid`` with ``sig`` (default SIGTERM) if it is running a
+        job; that job fails with ``Terminated(sig)``."""
+        self._supervisor.command("terminate_job", pid, sig or signal_module.SIGTERM, None)
+
+    def _terminate_job_of_result(self, pid: int, sig: int | None) -> None:
+        self.terminate_job(pid, sig)
+
+    def maintain_pool(self) -> None:
+        """Replace exited workers now (the supervisor also does so by itself)."""
+        self._supervisor.call(Supervisor._maintain)
+
+    def did_start_ok(self) -> bool:
+        """False once the pool is broken (e.g. the initializer keeps failing)."""
+        return self._supervisor.broken is None
+
+    def cpu_count(self) -> int:
+        """The number of CPUs of this machine."""
+        return os.cpu_count() or 1
+
+    @property
+    def process_sentinels(self) -> list[int]:
+        """The sentinels (fds) of the live worker processes."""
+        return self._supervisor.call(lambda sup: [h.sentinel for h in sup.workers.values() if not h.exited])
+
+    @property
+    def _processes(self) -> int:
+        return self._supervisor.target
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot: per worker pid, state, current job, tasks done, RSS and
+        uptime; pool totals (submitted, completed, failed, timed_out, lost,
+        memory_killed, restarts...)."""
+        return self._supervisor.call(Supervisor.snapshot)
+
+    @property
+    def broken(self) -> BrokenPoolError | None:
+        """Why the pool cannot run jobs, or None."""
+        return self._supervisor.broken  # type: ignore[return-value]
+
+
+def _limit_kwargs(limits: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(limits) - {"soft_timeout", "timeout", "memory_limit"}
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    return {"soft_timeout": limits.get("soft_timeout"), "timeout": limits.get("timeout"),
+            "memory_limit": limits.get("memory_limit")}

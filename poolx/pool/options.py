@@ -1,0 +1,73 @@
+"""Argument checking for the public pool API.
+
+Every message names the argument and says what is wrong, and ``True`` /
+``False`` are never accepted where a number is expected (they are ints to
+Python, but never what the caller meant).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+    "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_count(name: str, value: Any, minimum: int, *, allow_none: bool = False) -> int | None:
+    """An int >= ``minimum`` (or None when allowed)."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def check_seconds(name: str, value: Any) -> float | None:
+    """None, or a positive number of seconds."""
+    if value is None:
+        return None
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
+    if not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def check_callable(name: str, value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable or None, not {type(value).__name__}")
+    return value
+
+
+def parse_size(name: str, value: Any) -> int | None:
+    """A size in bytes: an int, or a string such as ``"512MB"`` or ``"1.5GiB"``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS:
+            raise ValueError(
+                f"{name} must be a number of bytes or a size like '512MB' or '1.5GiB', got {value!r}"
+            )
+        size = int(float(match.group(1)) * _UNITS[unit])
+    elif _is_number(value):
+        size = int(value)
+    else:
+        raise TypeError(f"{name} must be an int (bytes) or a size string, not {type(value).__name__}")
+    if size <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return size

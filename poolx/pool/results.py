@@ -1,0 +1,249 @@
+"""Result objects handed to callers: ApplyResult, MapResult, IMapIterator.
+
+Who owns what: caller threads only *read* these (``get``, ``wait``, ``next``).
+The supervisor thread — and, for a failing input iterable, the imap feeder —
+writes them through the :class:`JobSink` methods, once per job.  They behave
+as the standard library's: same methods, return values, exceptions and
+callback timing (a result is ready only after its callback returned).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from poolx.exceptions import TimeoutError
+from poolx.pool.callbacks import CallbackRunner
+
+__all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator", "IMapUnorderedIterator"]
+
+
+class JobSink(Protocol):
+    """What the supervisor needs from whatever waits for a job."""
+
+    def _job_done(self, index: int, ok: bool, value: Any) -> None: ...
+
+    def _job_accepted(self, pid: int, time_accepted: float) -> None: ...
+
+    def _job_timed_out(self, soft: bool, timeout: float) -> None: ...
+
+    def _job_sent(self, pid: int) -> None: ...
+
+
+class ApplyResult:
+    """The result of :meth:`poolx.Pool.apply_async` (stdlib ``AsyncResult``)."""
+
+    def __init__(
+        self,
+        runner: CallbackRunner,
+        callback: Callable[[Any], Any] | None = None,
+        error_callback: Callable[[BaseException], Any] | None = None,
+        accept_callback: Callable[[int, float], Any] | None = None,
+        timeout_callback: Callable[..., Any] | None = None,
+        correlation_id: Any = None,
+        terminate_job: Callable[[int, int | None], None] | None = None,
+    ) -> None:
+        self._event = threading.Event()
+        self._runner = runner
+        self._callback = callback
+        self._error_callback = error_callback
+        self._accept_callback = accept_callback
+        self._timeout_callback = timeout_callback
+        self._terminate_job = terminate_job
+        self.correlation_id = correlation_id
+        self._worker_pid: int | None = None
+        self._success = False
+        self._value: Any = None
+
+    # -- the standard library's API ------------------------------------------------
+
+    def ready(self) -> bool:
+        """Return whether the call has completed."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """Return whether the call completed without raising; ValueError if not ready."""
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until the result is available or ``timeout`` seconds pass."""
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Return the result; re-raise the job's exception; TimeoutError on timeout."""
+        self._event.wait(timeout)
+        if not self._event.is_set():
+            raise TimeoutError
+        if self._success:
+            return self._value
+        raise self._value
+
+    # -- billiard's extras -------------------------------------------------------------
+
+    def worker_pids(self) -> list[int]:
+        """The pid of the worker the job was sent to, if it was sent."""
+        return [self._worker_pid] if self._worker_pid is not None else []
+
+    def terminate(self, signum: int | None = None) -> None:
+        """Kill the worker running this job (see :meth:`poolx.Pool.terminate_job`)."""
+        if self._worker_pid is not None and self._terminate_job is not None:
+            self._terminate_job(self._worker_pid, signum)
+
+    # -- JobSink (called by the supervisor) --------------------------------------------
+
+    def _job_sent(self, pid: int) -> None:
+        self._worker_pid = pid
+
+    def _job_accepted(self, pid: int, time_accepted: float) -> None:
+        if self._accept_callback is not None:
+            self._runner.submit(self._accept_callback, pid, time_accepted)
+
+    def _job_timed_out(self, soft: bool, timeout: float) -> None:
+        if self._timeout_callback is not None:
+            self._runner.submit(_call_kw, self._timeout_callback, soft, timeout)
+
+    def _job_done(self, index: int, ok: bool, value: Any) -> None:
+        self._complete(ok, value)
+
+    def _complete(self, ok: bool, value: Any) -> None:
+        self._success, self._value = ok, value
+        callback = self._callback if ok else self._error_callback
+        if callback is None:
+            self._event.set()
+        else:
+            self._runner.submit(self._run_callback, callback, value)
+
+    def _run_callback(self, callback: Callable[[Any], Any], value: Any) -> None:
+        try:
+            callback(value)
+        finally:
+            self._callback = self._error_callback = None
+            self._event.set()
+
+    def __repr__(self) -> str:
+        state = "ready" if self.ready() else "pending"
+        return f"<{type(self).__name__} {state} at {id(self):#x}>"
+
+
+AsyncResult = ApplyResult
+
+
+def _call_kw(callback: Callable[..., Any], soft: bool, timeout: float) -> None:
+    callback(soft=soft, timeout=timeout)
+
+
+class MapResult(ApplyResult):
+    """The result of ``map_async``/``starmap_async``: a list, in input order."""
+
+    def __init__(
+        self,
+        runner: CallbackRunner,
+        chunks: list[int],
+        callback: Callable[[Any], Any] | None = None,
+        error_callback: Callable[[BaseException], Any] | None = None,
+    ) -> None:
+        super().__init__(runner, callback, error_callback)
+        self._chunks: list[list[Any] | None] = [None] * len(chunks)
+        self._left = len(chunks)
+        self._failed = False
+        if not chunks:  # the standard library completes at once, without callback
+            self._success, self._value = True, []
+            self._event.set()
+
+    def _job_done(self, index: int, ok: bool, value: Any) -> None:
+        if self._failed:
+            return
+        if not ok:
+            self._failed = True
+            self._chunks = []
+            self._complete(False, value)
+            return
+        self._chunks[index] = value
+        self._left -= 1
+        if self._left == 0:
+            values = [item for chunk in self._chunks for item in chunk]  # type: ignore[union-attr]
+            self._chunks = []
+            self._complete(True, values)
+
+
+class IMapIterator:
+    """The iterator returned by :meth:`poolx.Pool.imap`: results in input order.
+
+    Each job is a chunk; a failed chunk raises its exception once, at its
+    position, and iteration goes on with the next chunk.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._items: deque[tuple[bool, Any]] = deque()
+        self._length: int | None = None  # number of chunks, once known
+        self._next_chunk = 0
+        self._unsorted: dict[int, tuple[bool, Any]] = {}
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        """Return the next result; TimeoutError if none arrives within ``timeout``."""
+        with self._cond:
+            if not self._items and not self._exhausted():
+                self._cond.wait_for(lambda: self._items or self._exhausted(), timeout)
+            if not self._items:
+                if self._exhausted():
+                    raise StopIteration
+                raise TimeoutError
+            ok, value = self._items.popleft()
+        if ok:
+            return value
+        raise value
+
+    __next__ = next
+
+    def _exhausted(self) -> bool:
+        return self._length is not None and self._next_chunk >= self._length
+
+    def _push(self, ok: bool, value: Any) -> None:
+        if ok:
+            self._items.extend((True, item) for item in value)
+        else:
+            self._items.append((False, value))
+        self._next_chunk += 1
+
+    # JobSink
+    def _job_done(self, index: int, ok: bool, value: Any) -> None:
+        with self._cond:
+            if index == self._next_chunk:
+                self._push(ok, value)
+                while self._next_chunk in self._unsorted:
+                    self._push(*self._unsorted.pop(self._next_chunk))
+                self._cond.notify_all()
+            else:
+                self._unsorted[index] = (ok, value)
+
+    def _job_sent(self, pid: int) -> None:
+        pass
+
+    def _job_accepted(self, pid: int, time_accepted: float) -> None:
+        pass
+
+    def _job_timed_out(self, soft: bool, timeout: float) -> None:
+        pass
+
+    def _set_length(self, chunks: int) -> None:
+        """Called by the feeder once the input is exhausted."""
+        with self._cond:
+            self._length = chunks
+            self._cond.notify_all()
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """The iterator returned by ``imap_unordered``: results as they complete."""
+
+    def _job_done(self, index: int, ok: bool, value: Any) -> None:
+        with self._cond:
+            self._push(ok, value)
+            self._cond.notify_all()

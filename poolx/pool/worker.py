@@ -1,0 +1,199 @@
+"""The worker process: receive jobs on its own pipe, run them, send results.
+
+Who owns what: each worker owns nothing but its pipe end, a 4-slot shared
+array (the *slot*) and a lifeline.  The supervisor decides everything else.
+
+* ``slot[RUNNING]`` holds the seq of the job the worker is executing (set
+  before unpickling its arguments, cleared after its result is written), so
+  when a worker dies the supervisor knows which job was in flight; every
+  other job it held is re-dispatched.  ``slot[STARTED_NS]`` is when it
+  started (``time.monotonic_ns``, shared by all processes on Linux), which
+  lets the supervisor time jobs without extra messages.
+* ``slot[SOFT_TARGET]`` is written by the supervisor *before* it sends
+  ``SIGUSR1``: the handler raises :class:`SoftTimeLimitExceeded` only if that
+  seq is the job still running user code, so a late signal never hits the
+  next job or an idle worker.
+* The lifeline is the read end of a pipe whose write end only the pool's
+  process holds.  A watchdog thread blocks on it; if the pool's process dies
+  the pipe reports EOF and the worker exits at once, even mid-job.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from itertools import starmap
+from multiprocessing.connection import Connection
+from multiprocessing.pool import ExceptionWithTraceback, MaybeEncodingError
+from typing import Any
+
+from poolx.exceptions import SoftTimeLimitExceeded
+from poolx.pool import wire
+
+RUNNING, STARTED_NS, SOFT_TARGET = 0, 1, 2
+SLOT_SIZE = 4
+
+SOFT_TIMEOUT_SIGNAL = signal.SIGUSR1
+EXIT_INIT_FAILED = 3
+EXIT_ORPHANED = 4
+
+
+class _WorkerState:
+    """Worker-local state read by the soft-timeout signal handler."""
+
+    __slots__ = ("slot", "in_user_code")
+
+    def __init__(self, slot: Any) -> None:
+        self.slot = slot
+        self.in_user_code = False
+
+    def on_soft_timeout(self, signum: int, frame: Any) -> None:
+        slot = self.slot
+        running = slot[RUNNING]
+        if self.in_user_code and running and slot[SOFT_TARGET] == running:
+            slot[SOFT_TARGET] = 0
+            raise SoftTimeLimitExceeded()
+
+
+def _watch_lifeline(lifeline: Connection) -> None:
+    """Exit the worker as soon as the pool's process is gone."""
+    fd = lifeline.fileno()
+    while True:
+        try:
+            readable, _, _ = select.select([fd], [], [])
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+        if readable:
+            break
+    os._exit(EXIT_ORPHANED)
+
+
+def _encode_error(exc: BaseException) -> bytes:
+    """Pickle an exception with its traceback text, checking it round-trips."""
+    try:
+        data = pickle.dumps(ExceptionWithTraceback(exc, exc.__traceback__), wire.PROTOCOL)
+        pickle.loads(data)  # an exception that cannot be rebuilt must not reach the parent
+        return data
+    except Exception as encoding_error:
+        return pickle.dumps(MaybeEncodingError(encoding_error, exc), wire.PROTOCOL)
+
+
+def _encode_value(value: Any) -> tuple[int, bytes]:
+    try:
+        return wire.RESULT_OK, pickle.dumps(value, wire.PROTOCOL)
+    except Exception as exc:
+        return wire.RESULT_ERROR, pickle.dumps(MaybeEncodingError(exc, value), wire.PROTOCOL)
+
+
+def _call(payload: memoryview, state: _WorkerState) -> Any:
+    func, args, kwds, mode = pickle.loads(payload)
+    state.in_user_code = True
+    if mode == wire.APPLY:
+        value = func(*args, **kwds)
+    elif mode == wire.MAP:
+        value = list(map(func, args))
+    else:
+        value = list(starmap(func, args))
+    state.in_user_code = False
+    return value
+
+
+def _run_job(
+    conn: Connection, state: _WorkerState, seq: int, flags: int, payload: memoryview
+) -> None:
+    slot = state.slot
+    slot[STARTED_NS] = time.monotonic_ns()
+    slot[RUNNING] = seq
+    if flags & wire.FLAG_ACK:
+        conn.send_bytes(wire.encode_accepted(seq, time.monotonic()))
+    started = time.perf_counter()
+    try:
+        try:
+            value = _call(payload, state)
+            ok, data = _encode_value(value)
+            del value
+        except Exception as exc:
+            state.in_user_code = False
+            ok, data = wire.RESULT_ERROR, _encode_error(exc)
+    except SoftTimeLimitExceeded as exc:  # the signal landed in the handler above
+        state.in_user_code = False
+        ok, data = wire.RESULT_ERROR, _encode_error(exc)
+    conn.send_bytes(wire.encode_result(seq, ok, time.perf_counter() - started, data))
+    slot[RUNNING] = 0
+
+
+def _over_memory(max_memory_kib: int | None) -> bool:
+    if not max_memory_kib:
+        return False
+    import psutil
+
+    return psutil.Process().memory_info().rss > max_memory_kib * 1024
+
+
+def worker_main(
+    conn: Connection,
+    lifeline: Connection,
+    slot: Any,
+    initializer: Any,
+    initargs: tuple[Any, ...],
+    max_memory_kib: int | None,
+) -> None:
+    """Entry point of every worker process (importable for spawn/forkserver)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    state = _WorkerState(slot)
+    signal.signal(SOFT_TIMEOUT_SIGNAL, state.on_soft_timeout)
+    threading.Thread(
+        target=_watch_lifeline, args=(lifeline,), name="poolx-lifeline", daemon=True
+    ).start()
+
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            try:
+                conn.send_bytes(bytes((wire.INIT_FAILED,)) + _encode_error(exc))
+            finally:
+                sys.exit(EXIT_INIT_FAILED)
+    conn.send_bytes(wire.READY_MESSAGE)
+
+    local: deque[tuple[int, int, memoryview]] = deque()
+    stop_when_idle = False
+    while True:
+        if not local:
+            if stop_when_idle:
+                return
+            try:
+                body = conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            if body[0] != wire.JOBS:
+                return  # STOP or QUIT with nothing held
+            local.extend(wire.decode_jobs(body))
+            del body
+        seq, flags, payload = local.popleft()
+        _run_job(conn, state, seq, flags, payload)
+        del payload
+        if _over_memory(max_memory_kib):
+            # Jobs it held but did not start go back to the pool's queue.
+            conn.send_bytes(bytes((wire.RETIRING,)) + b"max_memory_per_child")
+            return
+        # Between prefetched jobs, look for news: more jobs, or a request to leave.
+        while local and conn.poll(0):
+            try:
+                body = conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            if body[0] == wire.QUIT:
+                return  # unstarted jobs are re-dispatched by the supervisor
+            if body[0] == wire.STOP:
+                stop_when_idle = True
+            else:
+                local.extend(wire.decode_jobs(body))
