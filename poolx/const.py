@@ -1,0 +1,70 @@
+"""Constants of the task-queue layer (WorQ's ``worq.const`` under poolx's name).
+
+Owned here: the default queue name, time units, the task status values that
+``Deferred.status`` reports, and two singleton markers that storage backends
+hand back instead of a serialized message.
+
+Status values are plain strings so that every backend (memory, Redis) can
+store them as they are::
+
+    pending     a task waiting for its Deferred arguments
+    enqueued    a task waiting in the queue for a worker
+    processing  a worker has taken the task
+    completed   the result is stored and waiting to be read
+
+Markers keep their identity through pickling (``pickle.loads(pickle.dumps(
+TASK_EXPIRED)) is TASK_EXPIRED``), so they can cross process boundaries.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT",
+    "MINUTE",
+    "HOUR",
+    "DAY",
+    "PENDING",
+    "ENQUEUED",
+    "PROCESSING",
+    "COMPLETED",
+    "STATUS_VALUES",
+    "RESERVED",
+    "TASK_EXPIRED",
+]
+
+DEFAULT = "default"
+
+MINUTE = 60
+HOUR = MINUTE * 60
+DAY = HOUR * 24
+
+PENDING = "pending"
+ENQUEUED = "enqueued"
+PROCESSING = "processing"
+COMPLETED = "completed"
+
+STATUS_VALUES = frozenset([PENDING, ENQUEUED, PROCESSING, COMPLETED])
+
+
+class _Marker:
+    """A named singleton that survives pickling as itself."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return f"<{self._name}>"
+
+    def __reduce__(self) -> str:
+        # Pickle by reference to the module-level name: unpickling returns
+        # the very same object, so ``is`` comparisons keep working.
+        return self._name
+
+
+RESERVED = _Marker("RESERVED")
+"""A result that another task has reserved as its argument."""
+
+TASK_EXPIRED = _Marker("TASK_EXPIRED")
+"""Returned by backends for a task whose result can no longer arrive."""

@@ -1,0 +1,452 @@
+"""The broker: everything between task objects and a storage backend.
+
+Owned here (WorQ's ``worq.core`` under poolx's name):
+
+* :func:`get_broker` / :func:`get_queue` — find the backend for a URL in the
+  registry (:mod:`poolx.queue.registry`) and wrap it in a :class:`Broker`.
+* :class:`Broker` — the registry of exposed task callables, the one
+  :class:`~poolx.serialization.Serializer`, and every call into the backend.
+  Producers enqueue through it; workers call :meth:`Broker.next_task`,
+  :meth:`Broker.invoke`, :meth:`Broker.heartbeat`; waiters call
+  :meth:`Broker.pop_result` and :meth:`Broker.status`.
+* :class:`AbstractTaskQueue` — re-exported from :mod:`poolx.queue.base`,
+  the storage contract.
+
+Message format.  A task message is the serialized envelope
+``{"name", "id", "options", "args", "payload"}`` where ``payload`` is the
+separately serialized ``(args, kwargs)`` and ``args`` maps each Deferred
+argument's task id to its name.  The envelope holds only plain data, so a
+worker can always name the task it failed to load, and fail it clearly,
+even when the payload cannot be deserialized.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from poolx.const import DEFAULT, STATUS_VALUES, TASK_EXPIRED
+from poolx.queue.base import AbstractTaskQueue
+from poolx.queue.registry import registry
+from poolx.serialization import PickleSerializer, SerializationError, Serializer
+from poolx.task import (
+    Deferred,
+    DuplicateTask,
+    FunctionTask,
+    Queue,
+    Task,
+    TaskExpired,
+    TaskFailure,
+    TaskSpace,
+)
+
+__all__ = [
+    "Broker",
+    "AbstractTaskQueue",
+    "get_broker",
+    "get_queue",
+    "register_backend",
+]
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_TASK = "<unknown>"
+"""Task name used in a failure when a message is too damaged to name it."""
+
+
+def _error_text(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+_ENVELOPE_KEYS = frozenset(["name", "id", "options", "args", "payload"])
+
+
+class _ForeignDeferred(ValueError):
+    pass
+
+
+class Broker:
+    """Controls all interaction with a task queue backend.
+
+    :param taskqueue: The storage backend.
+    :param serializer: How messages are encoded; defaults to the backend's
+        ``serializer`` attribute, else pickle.
+    """
+
+    def __init__(self, taskqueue: AbstractTaskQueue, serializer: Serializer | None = None) -> None:
+        self._queue = taskqueue
+        self.tasks: dict[str, Callable[..., Any]] = {}
+        self.name: str = taskqueue.name
+        self.serializer: Serializer = (
+            serializer or getattr(taskqueue, "serializer", None) or PickleSerializer()
+        )
+
+    @property
+    def url(self) -> str:
+        return self._queue.url
+
+    @property
+    def taskqueue(self) -> AbstractTaskQueue:
+        """The storage backend this broker talks to."""
+        return self._queue
+
+    def __repr__(self) -> str:
+        return f"<Broker {self.url} [{self.name}]>"
+
+    # -- exposing tasks -----------------------------------------------------
+
+    def expose(self, obj: TaskSpace | Callable[..., Any], replace: bool = False) -> None:
+        """Expose a :class:`~poolx.task.TaskSpace` or a task callable
+        (function, bound method...) to workers using this broker.
+
+        :param replace: Replace an existing task of the same name.  By
+            default that raises ``ValueError``.
+        """
+        if isinstance(obj, TaskSpace):
+            space = obj
+        else:
+            space = TaskSpace()
+            space.task(obj)
+        if not replace:
+            for name in space.tasks:
+                if name in self.tasks:
+                    raise ValueError(f"task {name!r} conflicts with existing task")
+        self.tasks.update(space.tasks)
+
+    def queue(self, target: str = "", **options: Any) -> Queue:
+        """A :class:`~poolx.task.Queue` on this broker.
+
+        :param options: Default :class:`~poolx.task.Task` options.
+        :raises ValueError: for an unknown option or an invalid value.
+        """
+        queue = Queue(self, target, **options)
+        try:
+            Task(queue, **options)
+        except TypeError as err:
+            raise ValueError(f"invalid task options {options!r}: {err}") from None
+        return queue
+
+    # -- producer side ------------------------------------------------------
+
+    def __len__(self) -> int:
+        """The approximate number of tasks waiting to run."""
+        return self._queue.size()
+
+    def discard_pending_tasks(self) -> None:
+        """Discard every task waiting to run; their waiters get TaskExpired."""
+        self._queue.discard_pending()
+
+    def enqueue(self, task: FunctionTask) -> Deferred | None:
+        """Queue a task; return its :class:`~poolx.task.Deferred`, or None if
+        its result is ignored.
+
+        A task with Deferred arguments is stored as ``pending`` and queued
+        when the last argument's result arrives.
+
+        :raises SerializationError: if an argument cannot be serialized
+            (the message names the task).
+        :raises DuplicateTask: if a task with the same id is in the queue.
+        :raises TaskFailure: if a Deferred argument's result is no longer
+            available.
+        :raises ValueError: if a Deferred argument belongs to another queue.
+        """
+        message, args = self._task_message(task)
+        result = Deferred(self, task)
+        queue = self._queue
+        if not args:
+            if not queue.enqueue_task(result, message):
+                raise DuplicateTask(
+                    task.name, self.name, task.id, "cannot enqueue task with duplicate id"
+                )
+            log.debug("enqueue %s [%s:%s]", task.name, self.name, task.id)
+            return None if task.ignore_result else result
+
+        if not queue.defer_task(result, message, list(args)):
+            raise DuplicateTask(
+                task.name, self.name, task.id, "cannot enqueue task with duplicate id"
+            )
+        log.debug("defer %s [%s:%s]", task.name, self.name, task.id)
+        for arg_id, arg in args.items():
+            if arg.has_value():
+                msg = self.serialize(arg._value)
+            else:
+                reserved, msg = queue.reserve_argument(arg_id, task.id)
+                if not reserved:
+                    queue.discard_result(task.id, self.serialize(TASK_EXPIRED))
+                    raise TaskFailure(
+                        task.name,
+                        self.name,
+                        task.id,
+                        f"task [{self.name}:{arg_id}] result is not available",
+                    )
+            if msg is not None and queue.set_argument(task.id, arg_id, msg):
+                log.debug("undefer %s [%s:%s]", task.name, self.name, task.id)
+                queue.undefer_task(task.id)
+        return None if task.ignore_result else result
+
+    def _task_message(self, task: FunctionTask) -> tuple[bytes, dict[str, Deferred]]:
+        """Serialize ``task``; collect its Deferred arguments by task id."""
+        args: dict[str, Deferred] = {}
+
+        def persistent_id(obj: Any) -> str | None:
+            if isinstance(obj, Deferred):
+                broker = obj.broker
+                if broker.url != self.url or broker.name != self.name:
+                    raise _ForeignDeferred(
+                        f"task {task.name} [{self.name}:{task.id}]: argument {obj!r} "
+                        f"belongs to {broker.url} [{broker.name}], not this queue"
+                    )
+                args[obj.id] = obj
+                return obj.id
+            return None
+
+        try:
+            payload = self.serializer.dumps((task.args, task.kw), persistent_id)
+            envelope = {
+                "name": task.name,
+                "id": task.id,
+                "options": task.options,
+                "args": {arg_id: arg.name for arg_id, arg in args.items()},
+                "payload": payload,
+            }
+            message = self.serializer.dumps(envelope)
+        except _ForeignDeferred as err:
+            raise ValueError(str(err)) from None
+        except Exception as err:
+            raise SerializationError(
+                f"cannot serialize task {task.name} [{self.name}:{task.id}]: {_error_text(err)}"
+            ) from err
+        return message, args
+
+    # -- worker side --------------------------------------------------------
+
+    def next_task(self, timeout: float | None = None) -> FunctionTask | None:
+        """Take the next task from the queue (blocking up to ``timeout``).
+
+        :returns: A task ready to :meth:`invoke`, or None if the timeout
+            passed, or if the task could not run: a message that cannot be
+            deserialized, or a Deferred argument that failed (with
+            ``on_error=Task.FAIL``).  Such a task is already marked failed
+            with a :class:`~poolx.task.TaskFailure` saying why.
+        """
+        item = self._queue.get(timeout=timeout)
+        if item is None:
+            return None
+        task_id, message = item
+        name, options = UNKNOWN_TASK, {}
+        try:
+            envelope = self._load_envelope(message)
+            name, options = envelope["name"], envelope["options"]
+            task = self._load_task(task_id, envelope)
+        except Exception as err:
+            failure = TaskFailure(
+                name, self.name, task_id, f"cannot deserialize task: {_error_text(err)}"
+            )
+            log.error("%s", failure, exc_info=True)
+            self.set_result(_stub_task(name, task_id, options), failure)
+            return None
+        if task is not None:
+            log.debug("next %s [%s:%s]", task.name, self.name, task_id)
+        return task
+
+    def invoke(self, task: FunctionTask, **kw: Any) -> Any:
+        """Invoke the given task (normally only called by a worker)."""
+        return task.invoke(self, **kw)
+
+    def heartbeat(self, task: FunctionTask) -> None:
+        """Tell the backend that ``task`` is still running."""
+        self._queue.set_task_timeout(task.id, task.heartrate * 2 + 5)
+
+    def set_result(self, task: FunctionTask, result: Any) -> None:
+        """Store a task's result (nothing for ``ignore_result`` tasks).
+
+        A result that cannot be serialized is replaced by a
+        :class:`~poolx.task.TaskFailure` saying so.
+        """
+        if task.ignore_result:
+            return
+        try:
+            message = self.serialize(result)
+        except Exception as err:
+            failure = TaskFailure(
+                task.name, self.name, task.id, f"cannot serialize result: {_error_text(err)}"
+            )
+            log.error("%s", failure)
+            message = self.serialize(failure)
+        for ready in self._queue.set_result(task.id, message, task.result_timeout) or ():
+            log.debug("undefer [%s:%s]", self.name, ready)
+
+    def task_failed(self, task: FunctionTask) -> None:
+        """Give up on a task: its waiters get :class:`~poolx.task.TaskExpired`."""
+        self._queue.discard_result(task.id, self.serialize(TASK_EXPIRED))
+
+    # -- waiter side --------------------------------------------------------
+
+    def status(self, result: Deferred) -> Any:
+        """The backend's status for a Deferred's task (None if unknown)."""
+        message = self._queue.get_status(result.id)
+        if message is None or message in STATUS_VALUES:
+            return message
+        return self.deserialize(message)
+
+    def pop_result(self, task: Any, timeout: float | None = 0) -> Any:
+        """Wait for a task's result and return it (deserialized).
+
+        :param task: Anything with ``id`` and ``name`` (a Deferred, a task).
+        :param timeout: Seconds to wait; 0 (the default) does not wait, None
+            waits indefinitely.
+        :raises KeyError: if the result is not available yet.
+        :raises TaskExpired: if the result will never arrive.
+        :returns: The result; a :class:`~poolx.task.TaskFailure` if the task
+            failed or its result cannot be deserialized here.
+        """
+        if timeout is not None and timeout < 0:
+            raise ValueError("negative timeout not supported")
+        message = self._queue.pop_result(task.id, timeout)
+        if message is None:
+            raise KeyError(task.id)
+        if message is TASK_EXPIRED:
+            result = message
+        else:
+            try:
+                result = self.deserialize(message)
+            except Exception as err:
+                log.error("cannot deserialize result of %s [%s:%s]", task.name, self.name, task.id)
+                return TaskFailure(
+                    task.name, self.name, task.id, f"cannot deserialize result: {_error_text(err)}"
+                )
+        if result is TASK_EXPIRED:
+            raise TaskExpired(
+                task.name, self.name, task.id, "task expired before a result was returned"
+            )
+        return result
+
+    # -- serialization ------------------------------------------------------
+
+    def serialize(self, obj: Any, deferred: bool = False) -> Any:
+        """Serialize an object with this broker's serializer.
+
+        :param deferred: If true, ``obj`` must be a
+            :class:`~poolx.task.FunctionTask`; return ``(message, args)``
+            where ``args`` maps the id of each Deferred argument to the
+            Deferred (the message refers to them by id).  Otherwise return
+            the message; a Deferred inside ``obj`` is pickled as a handle
+            that reconnects to its broker when loaded.
+        """
+        if deferred:
+            return self._task_message(obj)
+        return self.serializer.dumps(obj)
+
+    def deserialize(self, message: bytes, task_id: str | None = None) -> Any:
+        """Deserialize a message.
+
+        :param task_id: If given, ``message`` is that task's message: its
+            Deferred arguments are replaced by their results.  Returns the
+            :class:`~poolx.task.FunctionTask`, or None if an argument failed
+            and the task has ``on_error=Task.FAIL`` (the task is then marked
+            failed with that argument's :class:`~poolx.task.TaskFailure`).
+        """
+        if task_id is None:
+            return self.serializer.loads(message)
+        return self._load_task(task_id, self._load_envelope(message))
+
+    def _load_envelope(self, message: bytes) -> dict[str, Any]:
+        envelope = self.serializer.loads(message)
+        if not isinstance(envelope, dict) or not _ENVELOPE_KEYS <= envelope.keys():
+            raise ValueError(f"not a poolx task message: {type(envelope).__name__}")
+        return envelope
+
+    def _load_task(self, task_id: str, envelope: dict[str, Any]) -> FunctionTask | None:
+        task = _stub_task(envelope["name"], task_id, envelope["options"])
+        failures: list[TaskFailure] = []
+        persistent_load = None
+        if envelope["args"]:
+            stored = self._queue.get_arguments(task_id)
+            values: dict[str, Any] = {}
+            for arg_id, arg_name in envelope["args"].items():
+                msg = stored.get(arg_id, TASK_EXPIRED)
+                value = msg if msg is TASK_EXPIRED else self.serializer.loads(msg)
+                if value is TASK_EXPIRED:
+                    value = TaskExpired(
+                        arg_name, self.name, arg_id, "task expired before a result was returned"
+                    )
+                if isinstance(value, TaskFailure):
+                    failures.append(value)
+                values[arg_id] = value
+            persistent_load = values.__getitem__
+        task.args, task.kw = self.serializer.loads(envelope["payload"], persistent_load)
+        if failures and not task.on_error_pass:
+            log.debug("%s failed: argument %s", task, failures[0])
+            self.set_result(task, failures[0])
+            return None
+        return task
+
+
+def _stub_task(name: str, task_id: str, options: Any) -> FunctionTask:
+    """A FunctionTask with the given id and options but no arguments yet."""
+    if not isinstance(options, dict):
+        options = {}
+    return FunctionTask(name, (), {}, dict(options, id=task_id))
+
+
+# -- finding backends ---------------------------------------------------------
+
+
+def register_backend(scheme: str, factory: Any, replace: bool = False) -> None:
+    """Serve ``scheme://`` URLs with ``factory`` (a class, a callable or a
+    ``"module:attribute"`` string); see :mod:`poolx.queue.registry`.
+
+    :raises ValueError: if the scheme was already registered in code and
+        ``replace`` is false.
+    """
+    registry.register(scheme, factory, replace=replace)
+
+
+def _scheme(url: Any) -> str:
+    if not isinstance(url, str):
+        raise ValueError(f"invalid task queue URL: {url!r} (expected a string)")
+    try:
+        parts = urlsplit(url)
+    except ValueError as err:
+        raise ValueError(f"malformed task queue URL {url!r}: {err}") from None
+    if not parts.scheme or not url.partition(":")[2].startswith("//"):
+        raise ValueError(f"malformed task queue URL {url!r}: expected scheme://...")
+    return parts.scheme
+
+
+def get_broker(
+    url: str, name: str = DEFAULT, *args: Any, serializer: Serializer | None = None, **kw: Any
+) -> Broker:
+    """Create a broker for the task queue at ``url``.
+
+    :param url: Backend URL, e.g. ``memory://`` or ``redis://host:6379/0``.
+    :param name: The name of the queue to expose or invoke tasks on.
+    :param args: Passed to the backend's factory, with ``kw``.
+    :param serializer: Message serializer (default: the backend's, else pickle).
+    :raises ValueError: for a malformed URL or an unknown scheme (naming the
+        URL).
+    """
+    scheme = _scheme(url)
+    try:
+        factory = registry.lookup(scheme)
+    except KeyError:
+        known = ", ".join(f"{s}://" for s in registry.schemes())
+        raise ValueError(
+            f"unknown task queue URL scheme {scheme!r} in {url!r} (known: {known})"
+        ) from None
+    make = getattr(factory, "factory", factory)
+    return Broker(make(url, name, *args, **kw), serializer=serializer)
+
+
+def get_queue(url: str, name: str = DEFAULT, target: str = "", **options: Any) -> Queue:
+    """Get a queue for invoking tasks.
+
+    :param url: URL of the task queue backend.
+    :param name: The queue name; tasks run only if a worker consumes it.
+    :param target: Task namespace (like a Python module) or task name.
+    :param options: Default :class:`~poolx.task.Task` options for every task
+        invoked through the queue.
+    """
+    return get_broker(url, name).queue(target, **options)

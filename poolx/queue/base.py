@@ -1,0 +1,222 @@
+"""The storage contract every task-queue backend implements.
+
+Owned here: :class:`AbstractTaskQueue` (re-exported as
+``poolx.core.AbstractTaskQueue``, WorQ's path).  A backend stores *bytes*
+that the :class:`~poolx.core.Broker` produced; it never unpickles anything,
+so serialization (pickle, JSON, HMAC signing) is entirely the broker's.
+
+Who calls what::
+
+    producer ── Broker.enqueue ──▶ enqueue_task                  (no Deferred args)
+                                 ▶ defer_task, reserve_argument,
+                                   set_argument, undefer_task    (Deferred args)
+    worker ──── Broker.next_task ─▶ get, get_arguments
+                Broker.heartbeat ─▶ set_task_timeout
+                Broker.set_result ▶ set_result  (also feeds dependent tasks)
+                Broker.task_failed ▶ discard_result
+    waiter ──── Deferred.wait ───▶ pop_result   (blocks inside the backend)
+                Deferred.status ─▶ get_status
+
+Task life cycle (status values from :mod:`poolx.const`)::
+
+    defer_task ─▶ pending ──(last argument set)──▶ enqueued ◀── enqueue_task
+                                                     │ get
+                                                     ▼
+                                                 processing ── set_result ──▶ completed
+                                                     │                          │ pop_result
+                                 discard_result / lost worker                   ▼
+                                                     └────────▶ expired      (removed)
+
+Rules every implementation keeps (the shared test-suite in
+``tests/taskqueue`` checks them against each backend URL):
+
+* **Atomic per method.**  Each method is one indivisible step (a lock in
+  memory, one Lua script in Redis): no caller ever sees half an operation.
+  In particular ``set_result`` stores the result *and* hands it to every
+  dependent task that reserved it, enqueueing those whose arguments are now
+  complete — so a worker that dies right after cannot strand them.
+* **Blocking, not polling.**  ``get`` and ``pop_result`` block inside the
+  backend until something arrives or the timeout passes (a condition variable
+  in memory; ``BLMOVE``/``BLPOP`` in Redis).  ``timeout=None`` waits forever,
+  ``0`` does not wait.
+* **Nothing is lost silently.**  A task id is unique while its record exists
+  (``enqueue_task``/``defer_task`` return False for a duplicate).  A result
+  that can no longer arrive is reported as :data:`poolx.const.TASK_EXPIRED`
+  to waiters and to dependent tasks, never as an endless wait.
+* **Thread-safe.**  Every method may be called from any thread.
+
+A backend may set the attribute ``serializer`` to a
+:class:`~poolx.serialization.Serializer` that brokers built on it should use
+by default (``None`` means pickle).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from poolx.const import DEFAULT
+
+if TYPE_CHECKING:
+    from poolx.serialization import Serializer
+    from poolx.task import Deferred
+
+__all__ = ["AbstractTaskQueue"]
+
+
+class AbstractTaskQueue:
+    """Task queue and result store: the interface a backend implements.
+
+    :param url: The URL that identifies the backend (``memory://``,
+        ``redis://host:6379/0``...).
+    :param name: The queue name; queues of different names on one backend are
+        independent.
+    """
+
+    serializer: Serializer | None = None
+
+    def __init__(self, url: str, name: str = DEFAULT) -> None:
+        self.url = url
+        self.name = name
+
+    def enqueue_task(self, result: Deferred, message: bytes) -> bool:
+        """Store a task record (status ``enqueued``) and queue the task.
+
+        :param result: The task's :class:`~poolx.task.Deferred`.  Backends
+            read ``result.id`` and ``result.task.ignore_result`` (a task
+            whose result is ignored leaves the store when :meth:`get` takes
+            it, so its id may be enqueued again).
+        :param message: The serialized task.
+        :returns: True if enqueued; False if a task with this id exists.
+        """
+        raise NotImplementedError("abstract method")
+
+    def defer_task(self, result: Deferred, message: bytes, args: list[str]) -> bool:
+        """Store a task (status ``pending``) that runs once its arguments arrive.
+
+        The task is queued by :meth:`undefer_task` or, when the last
+        argument arrives through :meth:`set_result`, by the backend itself.
+
+        :param result: As for :meth:`enqueue_task`.
+        :param message: The serialized task.
+        :param args: The ids of the tasks whose results are its arguments.
+        :returns: True if stored; False if a task with this id exists.
+        """
+        raise NotImplementedError("abstract method")
+
+    def undefer_task(self, task_id: str) -> None:
+        """Queue a deferred task whose arguments are all set.
+
+        Does nothing if the task is gone or no longer ``pending``.
+        """
+        raise NotImplementedError("abstract method")
+
+    def reserve_argument(self, argument_id: str, deferred_id: str) -> tuple[bool, Any]:
+        """Reserve a task's result as an argument of a deferred task.
+
+        Atomically: if the result is already stored, return it (the caller
+        passes it to :meth:`set_argument`); otherwise register
+        ``deferred_id`` so that :meth:`set_result` (or
+        :meth:`discard_result`) delivers it later.  A result may be reserved
+        by any number of deferred tasks.
+
+        :returns: ``(reserved, message)``: ``(True, bytes)`` if the result is
+            available, ``(True, None)`` if it will be delivered, and
+            ``(False, None)`` if the task is unknown (never existed, expired,
+            or its result was already read).
+        """
+        raise NotImplementedError("abstract method")
+
+    def set_argument(self, task_id: str, argument_id: str, message: Any) -> bool:
+        """Store one argument value for a deferred task.
+
+        :param message: The serialized value (or
+            :data:`~poolx.const.TASK_EXPIRED`).
+        :returns: True exactly once: for the call that set the task's last
+            missing argument (the caller then calls :meth:`undefer_task`).
+            False otherwise, including when the task is gone or this
+            argument was already set.
+        """
+        raise NotImplementedError("abstract method")
+
+    def get_arguments(self, task_id: str) -> dict[str, Any]:
+        """The deferred arguments of a task a worker has taken.
+
+        :returns: Serialized values (or :data:`~poolx.const.TASK_EXPIRED`)
+            keyed by argument task id; an argument missing from the dict is
+            treated as expired.
+        """
+        raise NotImplementedError("abstract method")
+
+    def get(self, timeout: float | None = None) -> tuple[str, bytes] | None:
+        """Take the next queued task, blocking up to ``timeout`` seconds.
+
+        Atomically removes the task from the queue and sets its status to
+        ``processing``.  The worker must keep its heartbeat
+        (:meth:`set_task_timeout`) if the backend can expire it.
+
+        :returns: ``(task_id, message)``, or None if the timeout passed.
+        """
+        raise NotImplementedError("abstract method")
+
+    def size(self) -> int:
+        """The approximate number of tasks waiting to run (pending or enqueued)."""
+        raise NotImplementedError("abstract method")
+
+    def discard_pending(self) -> None:
+        """Drop every task waiting to run (pending or enqueued).
+
+        Their waiters and dependents receive
+        :data:`~poolx.const.TASK_EXPIRED`; running tasks are not affected.
+        """
+        raise NotImplementedError("abstract method")
+
+    def set_task_timeout(self, task_id: str, timeout: float) -> None:
+        """A running task's heartbeat: it counts as lost if ``timeout``
+        seconds pass without another one.
+
+        Backends whose workers cannot vanish unnoticed (``memory://``: the
+        workers live in the same process) may ignore it.
+        """
+        raise NotImplementedError("abstract method")
+
+    def get_status(self, task_id: str) -> str | None:
+        """A status value from :mod:`poolx.const`, or None for an unknown task."""
+        raise NotImplementedError("abstract method")
+
+    def set_result(self, task_id: str, message: bytes, timeout: float) -> list[str]:
+        """Store a task's result (status ``completed``) and feed dependents.
+
+        In the same atomic step: wake every :meth:`pop_result` waiter, set
+        the result as an argument of each task that reserved it, and queue
+        those whose arguments are now complete.  A result for an unknown or
+        already completed task is dropped.
+
+        :param timeout: Seconds to keep the result before discarding it.
+        :returns: The ids of the dependent tasks this call queued.
+        """
+        raise NotImplementedError("abstract method")
+
+    def pop_result(self, task_id: str, timeout: float | None) -> Any:
+        """Wait up to ``timeout`` seconds for a result and remove it.
+
+        Blocks inside the backend (no polling).  Waiters already blocked
+        when the result arrives all receive it.
+
+        :returns: The result message; :data:`~poolx.const.TASK_EXPIRED` if
+            the task is unknown or its result can no longer arrive; None if
+            the timeout passed first.
+        """
+        raise NotImplementedError("abstract method")
+
+    def discard_result(self, task_id: str, task_expired_token: bytes) -> None:
+        """Give up on a task: its result will never arrive.
+
+        Waiters receive ``task_expired_token`` (the broker's serialized
+        :data:`~poolx.const.TASK_EXPIRED`), dependent tasks receive it as the
+        argument value, and the record is removed; a later
+        :meth:`set_result` for it is dropped.
+        """
+        raise NotImplementedError("abstract method")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__name__} {self.url} [{self.name}]>"

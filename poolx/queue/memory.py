@@ -1,0 +1,299 @@
+"""``memory://`` — the embedded, in-process task queue and result store.
+
+Owned here: :class:`TaskQueue` and the table of live stores.
+
+A URL names a store: ``memory://`` is the default one, ``memory://other``
+another.  Every :func:`~poolx.get_broker` / :func:`~poolx.get_queue` call
+with the same URL and queue name in one process shares one
+:class:`TaskQueue` — that is what lets a producer and a worker pool find each
+other, as they would through a Redis server.  Stores are held strongly (a
+task enqueued by a producer that then dropped every reference still runs);
+the table of stores is the only module-level state.
+
+One lock per queue guards all of its state; operations are atomic under it.
+Waiting never polls: :meth:`TaskQueue.get` waits on a condition signalled
+when a task is queued, :meth:`TaskQueue.pop_result` on a per-task condition
+signalled when the result is stored or discarded.
+
+Records are plain data keyed by task id — unlike WorQ's memory queue, nothing
+depends on the caller keeping its Deferred alive.  A completed result is kept
+until it is read or its ``result_timeout`` passes (expired results are swept
+on the next operation), so memory stays bounded without garbage collection.
+Workers live in this process, so a running task cannot vanish unnoticed:
+heartbeats (:meth:`TaskQueue.set_task_timeout`) are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from poolx.const import COMPLETED, DEFAULT, ENQUEUED, PENDING, PROCESSING, TASK_EXPIRED
+from poolx.queue.base import AbstractTaskQueue
+
+if TYPE_CHECKING:
+    from poolx.task import Deferred
+
+__all__ = ["TaskQueue"]
+
+_WAITING = (PENDING, ENQUEUED)
+
+
+@dataclass(eq=False)
+class _Record:
+    """Everything the queue knows about one task."""
+
+    status: str
+    message: bytes | None
+    ignore_result: bool
+    needed: frozenset[str] = frozenset()
+    args: dict[str, Any] = field(default_factory=dict)
+    dependents: list[str] = field(default_factory=list)
+    result: Any = None
+    done: threading.Condition | None = None
+
+
+def _location(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise ValueError(f"memory:// URLs take no options: {url!r}")
+    return (parts.netloc + parts.path).strip("/")
+
+
+class TaskQueue(AbstractTaskQueue):
+    """In-memory task queue: thread-safe, shared per URL and queue name."""
+
+    _stores: dict[str, dict[str, TaskQueue]] = {}
+    _stores_lock = threading.Lock()
+
+    @classmethod
+    def factory(cls, url: str, name: str = DEFAULT, *args: Any, **kw: Any) -> TaskQueue:
+        """The shared queue for ``url`` and ``name`` (created on first use)."""
+        if args or kw:
+            raise ValueError(f"memory:// queues take no options, got {args!r} {kw!r}")
+        location = _location(url)
+        with cls._stores_lock:
+            queues = cls._stores.setdefault(location, {})
+            queue = queues.get(name)
+            if queue is None:
+                queue = queues[name] = cls(url, name)
+            return queue
+
+    def __init__(self, url: str, name: str = DEFAULT) -> None:
+        super().__init__(url, name)
+        self._lock = threading.Lock()
+        self._task_ready = threading.Condition(self._lock)
+        self._records: dict[str, _Record] = {}
+        self._ready: deque[str] = deque()
+        self._taken_args: dict[str, dict[str, Any]] = {}
+        self._waiting = 0
+        self._expiry: list[tuple[float, int, str, _Record]] = []
+        self._seq = itertools.count()
+
+    # -- helpers (call with the lock held) ------------------------------------
+
+    def _set_status(self, rec: _Record, status: str) -> None:
+        self._waiting += (status in _WAITING) - (rec.status in _WAITING)
+        rec.status = status
+
+    def _enqueue(self, task_id: str, rec: _Record) -> None:
+        self._set_status(rec, ENQUEUED)
+        self._ready.append(task_id)
+        self._task_ready.notify()
+
+    def _finish(self, rec: _Record, result: Any) -> None:
+        """Set the outcome waiters will see and wake them."""
+        rec.result = result
+        rec.message = None
+        if rec.done is not None:
+            rec.done.notify_all()
+
+    def _deliver(self, task_id: str, rec: _Record, message: Any) -> list[str]:
+        """Hand ``message`` to every task that reserved this result."""
+        ready = []
+        for dep_id in rec.dependents:
+            dep = self._records.get(dep_id)
+            if dep is None or dep.status != PENDING or task_id in dep.args:
+                continue
+            dep.args[task_id] = message
+            if dep.needed <= dep.args.keys():
+                self._enqueue(dep_id, dep)
+                ready.append(dep_id)
+        rec.dependents = []
+        return ready
+
+    def _remove(self, task_id: str) -> _Record | None:
+        rec = self._records.pop(task_id, None)
+        if rec is not None:
+            self._set_status(rec, COMPLETED)
+        return rec
+
+    def _sweep(self) -> None:
+        """Forget completed results whose result_timeout has passed."""
+        now = time.monotonic()
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            _, _, task_id, rec = heapq.heappop(expiry)
+            if self._records.get(task_id) is rec:
+                del self._records[task_id]
+
+    def _create(self, result: Deferred, message: bytes, status: str, needed=()) -> _Record | None:
+        self._sweep()
+        if result.id in self._records:
+            return None
+        rec = _Record(
+            status="new",
+            message=message,
+            ignore_result=bool(result.task.ignore_result),
+            needed=frozenset(needed),
+        )
+        self._records[result.id] = rec
+        self._set_status(rec, status)
+        return rec
+
+    # -- AbstractTaskQueue ----------------------------------------------------
+
+    def enqueue_task(self, result: Deferred, message: bytes) -> bool:
+        with self._lock:
+            rec = self._create(result, message, PENDING)
+            if rec is None:
+                return False
+            self._enqueue(result.id, rec)
+            return True
+
+    def defer_task(self, result: Deferred, message: bytes, args: list[str]) -> bool:
+        with self._lock:
+            rec = self._create(result, message, PENDING, args)
+            if rec is None:
+                return False
+            if not rec.needed:
+                self._enqueue(result.id, rec)
+            return True
+
+    def undefer_task(self, task_id: str) -> None:
+        with self._lock:
+            rec = self._records.get(task_id)
+            if rec is not None and rec.status == PENDING:
+                self._enqueue(task_id, rec)
+
+    def reserve_argument(self, argument_id: str, deferred_id: str) -> tuple[bool, Any]:
+        with self._lock:
+            self._sweep()
+            rec = self._records.get(argument_id)
+            if rec is None:
+                return (False, None)
+            if rec.result is not None:
+                return (True, rec.result)
+            rec.dependents.append(deferred_id)
+            return (True, None)
+
+    def set_argument(self, task_id: str, argument_id: str, message: Any) -> bool:
+        with self._lock:
+            rec = self._records.get(task_id)
+            if rec is None or rec.status != PENDING or argument_id in rec.args:
+                return False
+            rec.args[argument_id] = message
+            return rec.needed <= rec.args.keys()
+
+    def get_arguments(self, task_id: str) -> dict[str, Any]:
+        with self._lock:
+            taken = self._taken_args.pop(task_id, None)
+            if taken is not None:
+                return taken
+            rec = self._records.get(task_id)
+            return {} if rec is None else dict(rec.args)
+
+    def get(self, timeout: float | None = None) -> tuple[str, bytes] | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while True:
+                while self._ready:
+                    task_id = self._ready.popleft()
+                    rec = self._records.get(task_id)
+                    if rec is None or rec.status != ENQUEUED:
+                        continue  # discarded while queued
+                    self._set_status(rec, PROCESSING)
+                    message = rec.message
+                    if rec.ignore_result:
+                        # Nobody waits for it: free the id for re-use now.
+                        del self._records[task_id]
+                        if rec.args:
+                            self._taken_args[task_id] = rec.args
+                    return task_id, message
+                if deadline is None:
+                    self._task_ready.wait()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    self._task_ready.wait(remaining)
+
+    def size(self) -> int:
+        with self._lock:
+            return self._waiting
+
+    def discard_pending(self) -> None:
+        with self._lock:
+            for task_id, rec in list(self._records.items()):
+                if rec.status in _WAITING:
+                    self._remove(task_id)
+                    self._finish(rec, TASK_EXPIRED)
+            self._ready.clear()
+
+    def set_task_timeout(self, task_id: str, timeout: float) -> None:
+        if timeout <= 0:
+            raise ValueError(f"invalid task timeout: {timeout!r}")
+
+    def get_status(self, task_id: str) -> str | None:
+        with self._lock:
+            self._sweep()
+            rec = self._records.get(task_id)
+            return None if rec is None else rec.status
+
+    def set_result(self, task_id: str, message: bytes, timeout: float) -> list[str]:
+        with self._lock:
+            self._sweep()
+            rec = self._records.get(task_id)
+            if rec is None or rec.status == COMPLETED:
+                return []
+            self._set_status(rec, COMPLETED)
+            rec.args = {}
+            self._finish(rec, message)
+            deadline = time.monotonic() + timeout
+            heapq.heappush(self._expiry, (deadline, next(self._seq), task_id, rec))
+            return self._deliver(task_id, rec, message)
+
+    def pop_result(self, task_id: str, timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._sweep()
+            rec = self._records.get(task_id)
+            if rec is None:
+                return TASK_EXPIRED
+            while rec.result is None:
+                if rec.done is None:
+                    rec.done = threading.Condition(self._lock)
+                if deadline is None:
+                    rec.done.wait()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    rec.done.wait(remaining)
+            if self._records.get(task_id) is rec:
+                del self._records[task_id]
+            return rec.result
+
+    def discard_result(self, task_id: str, task_expired_token: bytes) -> None:
+        with self._lock:
+            rec = self._remove(task_id)
+            if rec is None:
+                return
+            self._finish(rec, task_expired_token)
+            self._deliver(task_id, rec, task_expired_token)

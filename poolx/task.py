@@ -1,0 +1,546 @@
+"""The caller's side of the task queue: queues, tasks, results, failures.
+
+Owned here (WorQ's ``worq.task`` under poolx's name):
+
+* :class:`Queue` — builds dotted task names by attribute access
+  (``q.foo.bar``) and enqueues a task when called.
+* :class:`Task` — a task name plus options (id, on_error, ignore_result,
+  result_timeout, heartrate); calling it enqueues.
+* :class:`FunctionTask` — one invocation (name, id, args, kwargs, options);
+  what travels through the queue and what a worker invokes.
+* :class:`Deferred` — the handle on one task's result.  It can be waited on
+  (blocking on the backend, never polling), passed as an argument to other
+  tasks (the *value* is passed), pickled into another process, and follows a
+  Deferred that a task returned as its value.
+* :class:`TaskSpace` — a namespace of task callables for
+  :meth:`Broker.expose <poolx.core.Broker.expose>`.
+* :class:`TaskFailure` and its subclasses :class:`TaskExpired` and
+  :class:`DuplicateTask` — every way a task can fail ends as one of these.
+
+Nothing here touches storage directly: every read and write goes through the
+:class:`~poolx.core.Broker` the queue was made from.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from numbers import Real
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
+
+from poolx.const import HOUR
+
+if TYPE_CHECKING:
+    from poolx.core import Broker
+
+__all__ = [
+    "Queue",
+    "Task",
+    "FunctionTask",
+    "Deferred",
+    "TaskSpace",
+    "TaskFailure",
+    "TaskExpired",
+    "DuplicateTask",
+]
+
+log = logging.getLogger(__name__)
+
+_MISSING: Any = object()
+
+
+class Queue:
+    """Queue for invoking remote tasks.
+
+    New ``Queue`` objects are made by attribute access::
+
+        >>> q = broker.queue()
+        >>> q.foo
+        <Queue foo [default]>
+        >>> q.foo.bar
+        <Queue foo.bar [default]>
+
+    Calling a ``Queue`` enqueues the task named by its target and returns a
+    :class:`Deferred` (or ``None`` for ``ignore_result`` tasks)::
+
+        >>> q.foo.func(1, key=None)
+        <Deferred foo.func [default:...] enqueued>
+
+    ``len(q)`` is the approximate number of tasks waiting to run, and
+    ``del q[:]`` discards them.  Two queues are equal when they share a broker
+    (their targets may differ).
+
+    :param broker: The :class:`~poolx.core.Broker` to enqueue on.
+    :param target: The dotted task (space) path.
+    :param options: Default :class:`Task` options for tasks called through
+        this queue and the queues derived from it.
+    """
+
+    def __init__(self, broker: Broker, target: str = "", **options: Any) -> None:
+        self.__broker = broker
+        self.__target = target
+        self.__options = options
+
+    def __getattr__(self, name: str) -> Queue:
+        if name.startswith("__") and name.endswith("__"):
+            # Protocol look-ups (copy, pickle, IPython...) are not task names.
+            raise AttributeError(name)
+        target = f"{self.__target}.{name}" if self.__target else name
+        return Queue(self.__broker, target, **self.__options)
+
+    def __call__(self, *args: Any, **kw: Any) -> Deferred | None:
+        """Enqueue the task named by this queue's target."""
+        return Task(self, **self.__options)(*args, **kw)
+
+    def __len__(self) -> int:
+        """The approximate number of tasks waiting to run."""
+        return len(self.__broker)
+
+    def __delitem__(self, key: Any) -> None:
+        """``del queue[:]`` discards every task still waiting to run."""
+        if not (isinstance(key, slice) and key == slice(None)):
+            raise ValueError(f"only del queue[:] is supported, not key {key!r}")
+        self.__broker.discard_pending_tasks()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Queue):
+            return NotImplemented
+        return self.__broker is other.__broker
+
+    def __hash__(self) -> int:
+        return hash(id(self.__broker))
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.__target} [{self.__broker.name}]>"
+
+    def __str__(self) -> str:
+        return self.__target
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+class Task:
+    """A task with custom options; calling it enqueues an invocation.
+
+    :param queue: The :class:`Queue` naming the task to run.
+    :param id: A unique identifier string for this task, or a callable that
+        returns one when called with the task's arguments.  A fresh UUID is
+        used by default.  Only one task with a given id may be in the queue
+        at a time: enqueueing a duplicate raises :class:`DuplicateTask`.  A
+        task with ``ignore_result=True`` leaves the queue when a worker takes
+        it.
+    :param on_error: What happens when a Deferred argument's task fails.
+        ``Task.FAIL`` (the default): this task fails with that argument's
+        :class:`TaskFailure` without running.  ``Task.PASS``: the
+        :class:`TaskFailure` is passed as the argument value.
+    :param ignore_result: Fire and forget: calling returns ``None`` instead
+        of a :class:`Deferred`, and no result is stored.
+    :param result_timeout: Seconds to keep the result after the task
+        completed (default one hour).
+    :param heartrate: Seconds between heartbeats that worker pools send for a
+        running task to keep its result from expiring (default 30).
+    :raises ValueError: for an invalid option value.
+    """
+
+    PASS = "pass"
+    FAIL = "fail"
+
+    OPTIONS = {
+        "on_error": FAIL,
+        "ignore_result": False,
+        "result_timeout": HOUR,
+        "heartrate": 30,
+    }
+
+    def __init__(
+        self,
+        queue: Queue,
+        id: str | Callable[..., str] | None = None,
+        on_error: str = FAIL,
+        ignore_result: bool = False,
+        result_timeout: float = HOUR,
+        heartrate: float = 30,
+    ) -> None:
+        if not isinstance(queue, Queue):
+            raise ValueError(f"invalid queue: {queue!r}")
+        self.queue = queue
+        self.name: str = queue._Queue__target  # type: ignore[attr-defined]
+        options: dict[str, Any] = {}
+        self.options = options
+
+        if id is not None:
+            if not (isinstance(id, str) or callable(id)):
+                raise ValueError(f"invalid id: {id!r}")
+            options["id"] = id
+
+        if on_error not in (Task.PASS, Task.FAIL):
+            raise ValueError(f"invalid on_error: {on_error!r}")
+        if on_error == Task.PASS:
+            options["on_error"] = on_error
+
+        if ignore_result:
+            if result_timeout != HOUR:
+                raise ValueError("ignore_result is incompatible with result_timeout")
+            options["ignore_result"] = True
+
+        if not _is_number(result_timeout) or result_timeout <= 0:
+            raise ValueError(f"invalid result_timeout: {result_timeout!r}")
+        if result_timeout != HOUR:
+            options["result_timeout"] = result_timeout
+
+        if not _is_number(heartrate) or heartrate <= 0:
+            raise ValueError(f"invalid heartrate: {heartrate!r}")
+        if heartrate != 30:
+            options["heartrate"] = heartrate
+
+    @property
+    def broker(self) -> Broker:
+        return self.queue._Queue__broker  # type: ignore[attr-defined]
+
+    def __call__(self, *args: Any, **kw: Any) -> Deferred | None:
+        """Enqueue an invocation; return its :class:`Deferred` (or ``None``)."""
+        return self.broker.enqueue(FunctionTask(self.name, args, kw, self.options))
+
+    def with_options(self, options: dict[str, Any]) -> Task:
+        """A copy of this task with a new set of options (replacing the old)."""
+        return Task(self.queue, **options)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} [{self.broker.name}]>"
+
+
+class FunctionTask:
+    """One invocation of a named task: what travels through the queue.
+
+    :param name: The dotted task name.
+    :param args: Positional arguments (may contain :class:`Deferred`).
+    :param kw: Keyword arguments (may contain :class:`Deferred`).
+    :param options: :class:`Task` options; an ``id`` option (string or
+        callable of the arguments) sets :attr:`id`.
+    """
+
+    OPTIONS = Task.OPTIONS
+
+    def __init__(self, name: str, args: tuple, kw: dict[str, Any], options: dict[str, Any]) -> None:
+        options = dict(options)
+        ident = options.pop("id", None)
+        if ident is None:
+            ident = uuid4().hex
+        elif not isinstance(ident, str):
+            ident = ident(*args, **kw)
+            if not isinstance(ident, str):
+                raise ValueError(f"task {name} id function returned {ident!r}, not a string")
+        self.id: str = ident
+        self.name = name
+        self.args = args
+        self.kw = kw
+        self.options = options
+
+    @property
+    def on_error(self) -> str:
+        return self.options.get("on_error", Task.FAIL)
+
+    @property
+    def ignore_result(self) -> bool:
+        return self.options.get("ignore_result", False)
+
+    @property
+    def result_timeout(self) -> float:
+        return self.options.get("result_timeout", HOUR)
+
+    @property
+    def heartrate(self) -> float:
+        return self.options.get("heartrate", 30)
+
+    @property
+    def on_error_pass(self) -> bool:
+        return self.on_error == Task.PASS
+
+    def invoke(self, broker: Broker, return_result: bool = False) -> Any:
+        """Run the task with ``broker``'s exposed callables.
+
+        The outcome (the return value, or a :class:`TaskFailure` for an
+        unknown task or an exception) is stored with
+        :meth:`Broker.set_result <poolx.core.Broker.set_result>`, or returned
+        instead when ``return_result`` is true (a process pool sends it back
+        to its parent).  A ``BaseException`` (``SystemExit``,
+        ``KeyboardInterrupt``) is recorded as a failure first and then
+        re-raised, so the task's waiters are never left hanging.
+        """
+        queue = broker.name
+        log.debug("invoke %s [%s:%s]", self.name, queue, self.id)
+        try:
+            func = broker.tasks[self.name]
+        except KeyError:
+            result: Any = TaskFailure(self.name, queue, self.id, "no such task")
+            log.error("%s", result)
+        else:
+            try:
+                result = func(*self.args, **self.kw)
+            except Exception as err:
+                log.error("task failed: %s [%s:%s]", self.name, queue, self.id, exc_info=True)
+                result = TaskFailure(self.name, queue, self.id, _error_text(err))
+            except BaseException as err:
+                log.error(
+                    "worker died in task: %s [%s:%s]", self.name, queue, self.id, exc_info=True
+                )
+                failure = TaskFailure(self.name, queue, self.id, _error_text(err))
+                if return_result:
+                    return failure
+                broker.set_result(self, failure)
+                raise
+        if return_result:
+            return result
+        broker.set_result(self, result)
+        return None
+
+    def __repr__(self) -> str:
+        return f"<FunctionTask {self.name} [{self.id}]>"
+
+
+def _error_text(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+class Deferred:
+    """The handle on a task's result.
+
+    Returned by calling a :class:`Queue` or :class:`Task`.  Pass it as an
+    argument (at any depth in lists, dicts, tuples) to another task and that
+    task runs when the result is ready, receiving the *value*.
+
+    A Deferred is safe to share between threads and can be pickled: the copy
+    reconnects to the same broker URL and queue name (``memory://`` queues
+    live in one process, so copies there must stay in that process).
+
+    :param broker: The broker the task was enqueued on.
+    :param task: The :class:`FunctionTask` (at least ``id`` and ``name``).
+    """
+
+    def __init__(self, broker: Broker, task: FunctionTask) -> None:
+        self.broker = broker
+        self.task = task
+        self._status: str | None = None
+        self._value: Any = _MISSING
+        self._follow: Deferred | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def id(self) -> str:
+        return self.task.id
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    @property
+    def value(self) -> Any:
+        """The value the task returned.
+
+        If the task returned another Deferred, this is *that* task's value.
+
+        :raises AttributeError: if the task has not completed yet.
+        :raises TaskFailure: if the task failed for any reason.
+        """
+        self.wait(0)
+        value = self._value
+        if value is _MISSING:
+            raise AttributeError("Deferred value not available")
+        if isinstance(value, TaskFailure):
+            raise value
+        return value
+
+    def has_value(self) -> bool:
+        """True if the value has already been received (no backend call)."""
+        return self._value is not _MISSING
+
+    @property
+    def status(self) -> str | None:
+        """``'success'`` or ``'failed'`` once complete; else the backend's
+        status (``'pending'``, ``'enqueued'``, ``'processing'``, or ``None``
+        for an unknown task), asked again on every access."""
+        if self.wait(0):
+            failed = isinstance(self._value, TaskFailure)
+            self._status = "failed" if failed else "success"
+        elif self._follow is not None:
+            self._status = self._follow.status
+        else:
+            self._status = self.broker.status(self)
+        return self._status
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until the result arrives or ``timeout`` seconds pass.
+
+        Waiting blocks inside the backend (a condition variable for
+        ``memory://``), so it wakes as soon as the result is stored.  If the
+        task returned a Deferred, waiting continues on that one within the
+        same timeout.
+
+        Use this wisely: a task that waits on another task's result can
+        deadlock a pool whose workers are all waiting.
+
+        :param timeout: Seconds to wait; ``0`` checks without blocking;
+            ``None`` waits indefinitely (dangerous if the worker may vanish).
+        :returns: True if the value is available, otherwise False.
+        """
+        if self._value is not _MISSING:
+            return True
+        if timeout is not None and timeout < 0:
+            raise ValueError("negative timeout not supported")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            return self._value is not _MISSING
+        try:
+            while self._value is _MISSING:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                follow = self._follow
+                if follow is None:
+                    try:
+                        value = self.broker.pop_result(self, timeout=remaining)
+                    except KeyError:
+                        return False
+                    except TaskExpired as err:
+                        value = err
+                else:
+                    if not follow.wait(remaining):
+                        return False
+                    value = follow._value
+                if isinstance(value, Deferred):
+                    self._follow = value
+                else:
+                    self._value = value
+            return True
+        finally:
+            self._lock.release()
+
+    def __bool__(self) -> bool:
+        """True if the result has arrived (checks without blocking)."""
+        return self.wait(0)
+
+    def __repr__(self) -> str:
+        status = self.status
+        if status is None:
+            status = "incomplete"
+        return f"<Deferred {self.name} [{self.broker.name}:{self.id}] {status}>"
+
+    def __reduce__(self) -> tuple:
+        value = () if self._value is _MISSING else (self._value,)
+        return (
+            _restore_deferred,
+            (self.broker.url, self.broker.name, self.id, self.name, value, self._follow),
+        )
+
+
+def _restore_deferred(
+    url: str, queue: str, task_id: str, name: str, value: tuple, follow: Deferred | None
+) -> Deferred:
+    """Rebuild a pickled :class:`Deferred` on a broker for the same URL."""
+    from poolx.core import get_broker
+
+    result = Deferred(get_broker(url, queue), FunctionTask(name, (), {}, {"id": task_id}))
+    if value:
+        result._value = value[0]
+    result._follow = follow
+    return result
+
+
+class TaskSpace:
+    """A namespace of task callables, exposed together with
+    :meth:`Broker.expose <poolx.core.Broker.expose>`.
+
+    :param name: Dotted prefix of every task name in this space
+        (usually ``__name__``).
+    """
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self.tasks: dict[str, Callable[..., Any]] = {}
+
+    def task(self, callable: Callable[..., Any], name: str | None = None) -> Callable[..., Any]:
+        """Add a task to the namespace.
+
+        Use it as a decorator::
+
+            ts = TaskSpace(__name__)
+
+            @ts.task
+            def frob(value):
+                db.update(value)
+
+        :param callable: A callable object, usually a function or method.
+        :param name: Task name; defaults to ``callable.__name__``.
+        :raises ValueError: if the name is already taken in this space.
+        """
+        if name is None:
+            name = callable.__name__
+        if self.name:
+            name = f"{self.name}.{name}"
+        if name in self.tasks:
+            raise ValueError(f"task {name!r} conflicts with existing task")
+        self.tasks[name] = callable
+        return callable
+
+    def __repr__(self) -> str:
+        return f"<TaskSpace {self.name!r} {sorted(self.tasks)}>"
+
+
+class TaskFailure(Exception):
+    """A task failed.
+
+    Positional arguments (also available as properties):
+
+    1. task name (:attr:`task_name`)
+    2. queue name (:attr:`queue`)
+    3. task id (:attr:`task_id`)
+    4. error text (:attr:`error`): ``'Type: message'`` or ``'no such task'``
+
+    ``str()`` is ``'NAME [QUEUE:ID] ERROR'``; two failures with the same
+    arguments are equal.
+    """
+
+    @property
+    def task_name(self) -> str:
+        return self.args[0]
+
+    @property
+    def queue(self) -> str:
+        return self.args[1]
+
+    @property
+    def task_id(self) -> str:
+        return self.args[2]
+
+    @property
+    def error(self) -> str:
+        return self.args[3]
+
+    def __str__(self) -> str:
+        if len(self.args) != 4:
+            return super().__str__()
+        return "{} [{}:{}] {}".format(*self.args)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TaskFailure) and repr(self) == repr(other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+class TaskExpired(TaskFailure):
+    """The task's result can no longer arrive (discarded, expired, or the
+    worker running it was lost)."""
+
+
+class DuplicateTask(TaskFailure):
+    """A task with the same id is already in the queue."""
