@@ -1,0 +1,148 @@
+"""The AbstractTaskQueue contract, checked directly on each backend URL."""
+
+from __future__ import annotations
+
+import threading
+
+from poolx import get_broker
+from poolx.const import COMPLETED, ENQUEUED, PENDING, PROCESSING, TASK_EXPIRED
+from poolx.task import Deferred, FunctionTask
+
+from .helpers import WAIT
+
+
+def _deferred(broker, task_id, ignore_result=False):
+    options = {"id": task_id, "ignore_result": ignore_result}
+    return Deferred(broker, FunctionTask("t", (), {}, options))
+
+
+def test_enqueue_get_result_cycle(url):
+    broker = get_broker(url)
+    queue = broker.taskqueue
+    assert queue.get(0) is None
+    assert queue.enqueue_task(_deferred(broker, "a"), b"msg-a")
+    assert not queue.enqueue_task(_deferred(broker, "a"), b"again")
+    assert queue.size() == 1
+    assert queue.get_status("a") == ENQUEUED
+    assert queue.get(WAIT) == ("a", b"msg-a")
+    assert queue.size() == 0
+    assert queue.get_status("a") == PROCESSING
+    assert queue.pop_result("a", 0) is None
+    assert queue.set_result("a", b"result", WAIT) == []
+    assert queue.get_status("a") == COMPLETED
+    assert queue.set_result("a", b"second result is dropped", WAIT) == []
+    assert queue.pop_result("a", 0) == b"result"
+    assert queue.pop_result("a", 0) is TASK_EXPIRED  # read once
+    assert queue.get_status("a") is None
+
+
+def test_get_blocks_until_a_task_is_enqueued(url):
+    broker = get_broker(url)
+    queue = broker.taskqueue
+    got = []
+    taker = threading.Thread(target=lambda: got.append(queue.get(WAIT)))
+    taker.start()
+    queue.enqueue_task(_deferred(broker, "x"), b"m")
+    taker.join(WAIT)
+    assert got == [("x", b"m")]
+
+
+def test_all_blocked_waiters_receive_the_result(url):
+    broker = get_broker(url)
+    queue = broker.taskqueue
+    queue.enqueue_task(_deferred(broker, "r"), b"m")
+    queue.get(WAIT)
+    results = []
+    ready = threading.Barrier(4)
+
+    def wait():
+        ready.wait(WAIT)
+        results.append(queue.pop_result("r", WAIT))
+
+    waiters = [threading.Thread(target=wait) for _ in range(3)]
+    for waiter in waiters:
+        waiter.start()
+    ready.wait(WAIT)
+    queue.set_result("r", b"v", WAIT)
+    for waiter in waiters:
+        waiter.join(WAIT)
+    # Each waiter either blocked and got it, or came late and learned it is gone.
+    assert b"v" in results and set(results) <= {b"v", TASK_EXPIRED}
+    assert len(results) == 3
+
+
+def test_deferred_task_lifecycle_and_fan_out(url):
+    broker = get_broker(url)
+    queue = broker.taskqueue
+    queue.enqueue_task(_deferred(broker, "arg"), b"arg-task")
+    for dep in ("d1", "d2"):
+        assert queue.defer_task(_deferred(broker, dep), b"dep", ["arg", "local"])
+        assert queue.get_status(dep) == PENDING
+        assert queue.reserve_argument("arg", dep) == (True, None)
+        assert queue.set_argument(dep, "local", b"L") is False  # "arg" still missing
+        assert queue.set_argument(dep, "local", b"L") is False  # already set
+    assert not queue.defer_task(_deferred(broker, "d1"), b"dup", ["arg"])
+    assert queue.size() == 3
+    assert queue.get(WAIT)[0] == "arg"
+    assert sorted(queue.set_result("arg", b"R", WAIT)) == ["d1", "d2"]
+    assert {queue.get(WAIT)[0], queue.get(WAIT)[0]} == {"d1", "d2"}
+    assert queue.get_arguments("d1") == {"arg": b"R", "local": b"L"}
+    # a late reservation gets the stored result directly
+    assert queue.defer_task(_deferred(broker, "d3"), b"dep", ["arg"])
+    assert queue.reserve_argument("arg", "d3") == (True, b"R")
+    assert queue.set_argument("d3", "arg", b"R") is True
+    queue.undefer_task("d3")
+    queue.undefer_task("d3")  # idempotent
+    assert queue.get(WAIT)[0] == "d3"
+    assert queue.get(0) is None
+    assert queue.reserve_argument("unknown", "d4") == (False, None)
+
+
+def test_discard_result_reaches_waiters_and_dependents(url):
+    broker = get_broker(url)
+    queue = broker.taskqueue
+    queue.enqueue_task(_deferred(broker, "a"), b"m")
+    queue.defer_task(_deferred(broker, "b"), b"m", ["a"])
+    queue.reserve_argument("a", "b")
+    queue.get(WAIT)
+    queue.discard_result("a", b"TOKEN")
+    assert queue.pop_result("a", 0) is TASK_EXPIRED
+    assert queue.get(WAIT)[0] == "b"
+    assert queue.get_arguments("b") == {"a": b"TOKEN"}
+    assert queue.set_result("a", b"too late", WAIT) == []
+    queue.discard_result("never-existed", b"TOKEN")
+
+
+def test_discard_pending_wakes_waiters(url):
+    broker = get_broker(url)
+    queue = broker.taskqueue
+    queue.enqueue_task(_deferred(broker, "a"), b"m")
+    queue.enqueue_task(_deferred(broker, "running"), b"m")
+    queue.defer_task(_deferred(broker, "b"), b"m", ["a"])
+    assert queue.get(WAIT)[0] == "a"
+    queue.enqueue_task(_deferred(broker, "c"), b"m")
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(queue.pop_result("c", WAIT)))
+    waiter.start()
+    queue.discard_pending()
+    waiter.join(WAIT)
+    assert got == [TASK_EXPIRED]
+    assert queue.size() == 0
+    assert queue.get(0) is None
+    assert queue.get_status("a") == PROCESSING  # running tasks are untouched
+    assert queue.get_status("b") is None
+    assert queue.set_result("a", b"r", WAIT) == []  # its dependent was discarded
+
+
+def test_ignore_result_task_leaves_the_store_when_taken(url):
+    broker = get_broker(url)
+    queue = broker.taskqueue
+    queue.enqueue_task(_deferred(broker, "a"), b"m")
+    queue.defer_task(_deferred(broker, "fire", ignore_result=True), b"m", ["a"])
+    queue.reserve_argument("a", "fire")
+    queue.get(WAIT)
+    assert queue.set_result("a", b"R", WAIT) == ["fire"]
+    assert queue.get(WAIT) == ("fire", b"m")
+    assert queue.get_status("fire") is None
+    assert queue.enqueue_task(_deferred(broker, "fire", ignore_result=True), b"m2")
+    assert queue.get_arguments("fire") == {"a": b"R"}  # still readable once taken
