@@ -270,7 +270,9 @@ class FunctionTask:
         instead when ``return_result`` is true (a process pool sends it back
         to its parent).  A ``BaseException`` (``SystemExit``,
         ``KeyboardInterrupt``) is recorded as a failure first and then
-        re-raised, so the task's waiters are never left hanging.
+        re-raised, so the task's waiters are never left hanging; with
+        ``return_result`` the failure is returned instead (as WorQ does), and
+        the caller decides what the exception means for its worker.
         """
         queue = broker.name
         log.debug("invoke %s [%s:%s]", self.name, queue, self.id)
