@@ -199,8 +199,9 @@ class AbstractTaskQueue:
     def pop_result(self, task_id: str, timeout: float | None) -> Any:
         """Wait up to ``timeout`` seconds for a result and remove it.
 
-        Blocks inside the backend (no polling).  Waiters already blocked
-        when the result arrives all receive it.
+        Blocks inside the backend (no polling).  If several callers wait on
+        one task at once, at least one receives the result; a backend may
+        hand it to all of them (``memory://`` does).
 
         :returns: The result message; :data:`~poolx.const.TASK_EXPIRED` if
             the task is unknown or its result can no longer arrive; None if

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from poolx import get_broker, get_queue
 from poolx.const import TASK_EXPIRED
 from poolx.queue import memory
-from poolx.task import Task, TaskExpired
+from poolx.task import Deferred, FunctionTask, Task, TaskExpired
 
 from .helpers import WAIT
 
@@ -30,6 +32,30 @@ def test_store_outlives_every_broker(url):
 
 def test_trailing_slash_names_the_same_store():
     assert get_broker("memory://").taskqueue is get_broker("memory:///").taskqueue
+
+
+def test_all_blocked_waiters_receive_the_result(url):
+    broker = get_broker(url)
+    queue = broker.taskqueue
+    queue.enqueue_task(Deferred(broker, FunctionTask("t", (), {}, {"id": "r"})), b"m")
+    queue.get(WAIT)
+    results = []
+    ready = threading.Barrier(4)
+
+    def wait():
+        ready.wait(WAIT)
+        results.append(queue.pop_result("r", WAIT))
+
+    waiters = [threading.Thread(target=wait) for _ in range(3)]
+    for waiter in waiters:
+        waiter.start()
+    ready.wait(WAIT)
+    queue.set_result("r", b"v", WAIT)
+    for waiter in waiters:
+        waiter.join(WAIT)
+    # Each waiter either blocked and got it, or came late and learned it is gone.
+    assert len(results) == 3
+    assert b"v" in results and set(results) <= {b"v", TASK_EXPIRED}
 
 
 class FakeClock:

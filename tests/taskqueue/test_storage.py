@@ -47,30 +47,6 @@ def test_get_blocks_until_a_task_is_enqueued(url):
     assert got == [("x", b"m")]
 
 
-def test_all_blocked_waiters_receive_the_result(url):
-    broker = get_broker(url)
-    queue = broker.taskqueue
-    queue.enqueue_task(_deferred(broker, "r"), b"m")
-    queue.get(WAIT)
-    results = []
-    ready = threading.Barrier(4)
-
-    def wait():
-        ready.wait(WAIT)
-        results.append(queue.pop_result("r", WAIT))
-
-    waiters = [threading.Thread(target=wait) for _ in range(3)]
-    for waiter in waiters:
-        waiter.start()
-    ready.wait(WAIT)
-    queue.set_result("r", b"v", WAIT)
-    for waiter in waiters:
-        waiter.join(WAIT)
-    # Each waiter either blocked and got it, or came late and learned it is gone.
-    assert b"v" in results and set(results) <= {b"v", TASK_EXPIRED}
-    assert len(results) == 3
-
-
 def test_deferred_task_lifecycle_and_fan_out(url):
     broker = get_broker(url)
     queue = broker.taskqueue
