@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -294,3 +297,25 @@ def test_follow_respects_timeout_and_resumes(url):
     broker.set_result(broker.next_task(WAIT), "deep")
     assert outer.wait(WAIT)
     assert outer.value == "deep"
+
+
+def test_deferred_unpickles_in_another_process(url):
+    broker = get_broker(url)
+    q = broker.queue()
+    done, waiting = q.done(), q.waiting()
+    broker.set_result(broker.next_task(WAIT), 42)
+    assert done.wait(WAIT)
+    script = (
+        "import pickle, sys\n"
+        "done, waiting = pickle.load(sys.stdin.buffer)\n"
+        "print(done.value, waiting.name, waiting.id, waiting.broker.url)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        input=pickle.dumps((done, waiting)),
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().split() == ["42", "waiting", waiting.id, url]
