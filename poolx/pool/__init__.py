@@ -20,7 +20,13 @@ from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
 
 from poolx.exceptions import TimeoutError
 from poolx.pool.api import Pool
-from poolx.pool.results import ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, MapResult
+from poolx.pool.results import (
+    ApplyResult,
+    AsyncResult,
+    IMapIterator,
+    IMapUnorderedIterator,
+    MapResult,
+)
 
 __all__ = [
     "Pool",

@@ -9,6 +9,7 @@ callback timing (a result is ready only after its callback returned).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from typing import Any, Protocol
 
 from poolx.exceptions import TimeoutError
 from poolx.pool.callbacks import CallbackRunner
+
+logger = logging.getLogger("poolx")
 
 __all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator", "IMapUnorderedIterator"]
 
@@ -120,6 +123,8 @@ class ApplyResult:
     def _run_callback(self, callback: Callable[[Any], Any], value: Any) -> None:
         try:
             callback(value)
+        except Exception:
+            logger.exception("poolx: callback %r raised; the pool keeps running", callback)
         finally:
             self._callback = self._error_callback = None
             self._event.set()

@@ -181,7 +181,10 @@ class Supervisor:
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         self._lifeline_r, self._lifeline_w = self.ctx.Pipe(duplex=False)
         self._spawning_fd: int | None = None
-        mp_util.register_after_fork(self, Supervisor._close_fds_in_child)
+        # Registered through a guard object that cleanup drops, so that a
+        # finished pool never closes (reused) fd numbers in later children.
+        self._fork_guard: _ForkGuard | None = _ForkGuard(self)
+        mp_util.register_after_fork(self._fork_guard, _ForkGuard.run)
 
         self.queue: deque[Job] = deque()
         self.workers: dict[int, WorkerHandle] = {}
@@ -266,6 +269,9 @@ class Supervisor:
     # ------------------------------------------------------------------ the loop
 
     def start(self) -> None:
+        # The first workers are started from the caller's thread, as the
+        # standard library does: the pool is fully populated on return.
+        self._maintain()
         self.thread.start()
 
     def _run(self) -> None:
@@ -391,7 +397,8 @@ class Supervisor:
         process = self.ctx.Process(
             target=worker_main,
             args=(child_conn, self._lifeline_r, slot, self.config.initializer,
-                  self.config.initargs, self.config.max_memory_per_child),
+                  self.config.initargs, self.config.max_memory_per_child,
+                  self.ctx.get_start_method() == "fork"),
             name=f"PoolxWorker-{next(self._worker_names)}",
             daemon=True,
         )
@@ -656,7 +663,10 @@ class Supervisor:
                 takers.append((handle, room))
         if not takers:
             return
-        share = max(1, -(-len(queue) // len(takers)))
+        takers.sort(key=lambda taker: len(taker[0].jobs))  # idle workers first
+        # Share the backlog with workers still starting too, so that the first
+        # worker up does not take everything while the others are booting.
+        share = max(1, -(-len(queue) // max(len(takers), self._live_workers())))
         now = time.monotonic()
         for handle, room in takers:
             if not queue:
@@ -856,6 +866,7 @@ class Supervisor:
         with self.lock:
             self.accepting = False
             self._stopped = True
+            self._fork_guard = None
             leftover_jobs = list(self._incoming)
             self._incoming.clear()
             leftover_commands = list(self._commands)
@@ -900,6 +911,19 @@ class Supervisor:
             **self.stats_counters,
             "broken": repr(self.broken) if self.broken is not None else None,
         }
+
+
+class _ForkGuard:
+    """Runs :meth:`Supervisor._close_fds_in_child` in forked children while
+    its supervisor is alive (multiprocessing keeps only a weak reference)."""
+
+    __slots__ = ("supervisor", "__weakref__")
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def run(self) -> None:
+        self.supervisor._close_fds_in_child()
 
 
 def _loads_or(data: bytes, default: Any) -> Any:

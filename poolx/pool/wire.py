@@ -40,6 +40,10 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+# Imported here, never lazily: a module being imported by one thread while
+# another forks a worker leaves the child with a held import lock.
+import cloudpickle
+
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 # Message kinds.
@@ -85,14 +89,10 @@ class _Cloudpickled:
     __slots__ = ("data", "func", "__weakref__")
 
     def __init__(self, func: Callable[..., Any]) -> None:
-        import cloudpickle
-
         self.func = func
         self.data = cloudpickle.dumps(func, protocol=PROTOCOL)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        import cloudpickle
-
         return cloudpickle.loads, (self.data,)
 
     def __call__(self, *args: Any, **kwds: Any) -> Any:

@@ -61,6 +61,31 @@ class _WorkerState:
             raise SoftTimeLimitExceeded()
 
 
+def repair_import_locks() -> None:
+    """In a forked child, release import locks other parent threads held.
+
+    ``fork`` copies the parent's memory, including the per-module import
+    locks of modules that *other* threads were importing at that instant;
+    those threads do not exist in the child, so the first import of such a
+    module would deadlock the worker forever.  Reset those locks and drop
+    the half-initialized modules so that they are imported afresh.
+    """
+    import _thread
+    import importlib._bootstrap as bootstrap
+
+    me = _thread.get_ident()
+    locks = getattr(bootstrap, "_module_locks", {})
+    for name, ref in list(locks.items()):
+        lock = ref()
+        if lock is None or getattr(lock, "owner", None) in (None, me):
+            continue
+        module = sys.modules.get(name)
+        spec = getattr(module, "__spec__", None)
+        if module is not None and getattr(spec, "_initializing", False):
+            del sys.modules[name]
+        locks.pop(name, None)
+
+
 def _watch_lifeline(lifeline: Connection) -> None:
     """Exit the worker as soon as the pool's process is gone."""
     fd = lifeline.fileno()
@@ -145,8 +170,11 @@ def worker_main(
     initializer: Any,
     initargs: tuple[Any, ...],
     max_memory_kib: int | None,
+    forked: bool = False,
 ) -> None:
     """Entry point of every worker process (importable for spawn/forkserver)."""
+    if forked:
+        repair_import_locks()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     state = _WorkerState(slot)
     signal.signal(SOFT_TIMEOUT_SIGNAL, state.on_soft_timeout)

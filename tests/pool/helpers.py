@@ -1,0 +1,159 @@
+"""Functions the pool tests send to workers (importable under spawn)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def identity(x):
+    return x
+
+
+def raise_value_error(message="boom"):
+    raise ValueError(message)
+
+
+def getpid(_=None):
+    return os.getpid()
+
+
+def getppid(_=None):
+    return os.getppid()
+
+
+def exit_now(code=0):
+    os._exit(code)
+
+
+def kill_self(sig=signal.SIGKILL):
+    os.kill(os.getpid(), sig)
+
+
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def sleep_ignoring_sigterm(seconds):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(seconds)
+
+
+def return_unpicklable(_=None):
+    return threading.Lock()
+
+
+class DiesOnUnpickle:
+    """An argument whose unpickling kills the worker."""
+
+    def __reduce__(self):
+        return os._exit, (9,)
+
+
+def _raise_on_unpickle():
+    raise RuntimeError("cannot rebuild this argument")
+
+
+class FailsOnUnpickle:
+    def __reduce__(self):
+        return _raise_on_unpickle, ()
+
+
+def _parent_cannot_rebuild():
+    # Works in the worker (never called there); fails when the parent unpickles.
+    raise RuntimeError("cannot rebuild this result")
+
+
+class FailsInParent:
+    def __reduce__(self):
+        return _parent_cannot_rebuild, ()
+
+
+def return_fails_in_parent(_=None):
+    return FailsInParent()
+
+
+class BadException(Exception):
+    """An exception that pickles but cannot be rebuilt (required args)."""
+
+    def __init__(self, a, b):
+        super().__init__(a)
+
+
+def raise_bad_exception():
+    raise BadException(1, 2)
+
+
+def big_result_then_die(size):
+    """Return ``size`` bytes, but die after writing half of them to the pipe.
+
+    Fault injection: the worker's ``Connection._send`` is wrapped so that the
+    kill lands deterministically in the middle of the message.
+    """
+    from multiprocessing.connection import Connection
+
+    original = Connection._send
+
+    def send_half_then_die(self, buf, write=os.write):
+        if len(buf) >= size:
+            original(self, memoryview(buf)[: len(buf) // 2], write)
+            os.kill(os.getpid(), signal.SIGKILL)
+        original(self, buf, write)
+
+    Connection._send = send_half_then_die
+    return b"x" * size
+
+
+def failing_initializer():
+    raise RuntimeError("initializer failed")
+
+
+COUNTER_FILE_ENV = "POOLX_TEST_INIT_FILE"
+
+
+def record_init(path):
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+class Weakrefable:
+    def __init__(self, value):
+        self.value = value
+
+
+def make_weakrefable(value):
+    return Weakrefable(value)
+
+
+def outcome_job(kind, value):
+    """For the property test: return, raise, sleep briefly, or kill the worker."""
+    if kind == "return":
+        return value
+    if kind == "raise":
+        raise ValueError(value)
+    if kind == "sleep":
+        time.sleep(0.001 * (value % 5))
+        return value
+    os._exit(1)
+
+
+IMPORT_GATE = threading.Event()
+IMPORT_STARTED = threading.Event()
+IMPORT_GATE_PID = None
+
+
+def import_slow_module(_=None):
+    import importlib
+
+    return importlib.import_module("tests.pool.slow_import").VALUE
