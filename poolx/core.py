@@ -385,10 +385,14 @@ class Broker:
 
 
 def _stub_task(name: str, task_id: str, options: Any) -> FunctionTask:
-    """A FunctionTask with the given id and options but no arguments yet."""
-    if not isinstance(options, dict):
-        options = {}
-    return FunctionTask(name, (), {}, dict(options, id=task_id))
+    """A FunctionTask with the given id and options but no arguments yet.
+
+    Only the known options are kept, so a damaged message cannot smuggle an
+    ``id`` or anything else into the failure it is recorded as.
+    """
+    known = options if isinstance(options, dict) else {}
+    kept = {key: known[key] for key in FunctionTask.OPTIONS if key in known}
+    return FunctionTask(name, (), {}, dict(kept, id=task_id))
 
 
 # -- finding backends ---------------------------------------------------------
