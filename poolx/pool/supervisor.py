@@ -41,10 +41,9 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing import util as mp_util
 from multiprocessing.pool import MaybeEncodingError
-from typing import Any
+from typing import Any, NamedTuple
 
 from poolx.exceptions import (
     BrokenPoolError,
@@ -57,6 +56,7 @@ from poolx.exceptions import (
 from poolx.pool import wire
 from poolx.pool.callbacks import CallbackRunner
 from poolx.pool.jobs import Job, JobState
+from poolx.pool import memory
 from poolx.pool.worker import RUNNING, SLOT_SIZE, SOFT_TARGET, STARTED_NS, worker_main
 
 logger = logging.getLogger("poolx")
@@ -73,8 +73,7 @@ TERMINATE_GRACE = 0.5  # seconds between SIGTERM and SIGKILL in terminate()
 EOF_RECHECK = 0.02  # pipe closed but sentinel silent: how often to check the pid
 
 
-@dataclass(frozen=True)
-class PoolConfig:
+class PoolConfig(NamedTuple):
     """Everything the supervisor needs to know, validated by :class:`Pool`."""
 
     processes: int
@@ -579,17 +578,15 @@ class Supervisor:
             handle.conn.close()
         except OSError:
             pass
-        try:
-            handle.process.close()
-        except ValueError:
-            pass
         graceful = exitcode == 0 or handle.kill_reason is not None
         if not graceful and not handle.ready:
             pass  # an initializer failure; counted when its message arrived
         elif not graceful:
             self._note_restart()
         if self.config.on_process_down is not None:
-            self.runner.submit(self.config.on_process_down, handle.process)
+            self.runner.submit(_call_then_close, self.config.on_process_down, handle.process)
+        else:
+            _close_process(handle.process)
         if self.config.on_process_exit is not None:
             self.runner.submit(self.config.on_process_exit, handle.pid, exitcode)
         if self._init_failures >= INIT_FAILURE_LIMIT and not any(
@@ -653,28 +650,36 @@ class Supervisor:
         limit = self._prefetch()
         maxtasks = self.config.maxtasksperchild
         takers = []
+        booting = 0
         for handle in self.workers.values():
-            if not handle.ready or handle.retiring or handle.eof:
+            if handle.retiring or handle.eof or handle.exited:
+                continue
+            if not handle.ready:
+                booting += 1
                 continue
             room = limit - len(handle.jobs)
             if maxtasks is not None:
                 room = min(room, maxtasks - handle.sent)
             if room > 0:
                 takers.append((handle, room))
+        # One job is kept back for each worker still booting, so the first
+        # worker up cannot hoard work that a booting worker will soon start.
+        # An idle worker always gets a job.
         if not takers:
             return
+        available = len(queue) - booting
         takers.sort(key=lambda taker: len(taker[0].jobs))  # idle workers first
-        # Share the backlog with workers still starting too, so that the first
-        # worker up does not take everything while the others are booting.
-        share = max(1, -(-len(queue) // max(len(takers), self._live_workers())))
+        share = max(1, -(-available // (len(takers) + booting)))
         now = time.monotonic()
         for handle, room in takers:
-            if not queue:
+            count = min(room, share, available)
+            if count <= 0 and not handle.jobs:
+                count = 1
+            if count <= 0 or not queue:
                 break
             batch = []
-            for _ in range(min(room, share)):
-                if not queue:
-                    break
+            for _ in range(count):
+                available -= 1
                 job = queue.popleft()
                 job.move(JobState.SENT)
                 job.worker = handle
@@ -761,8 +766,8 @@ class Supervisor:
             return
         job = handle.running_job()
         if job is not None and job.memory_limit is not None and not job.state.terminal:
-            rss = self._rss(handle)
-            if rss is not None and rss > job.memory_limit:
+            rss = self._usage_over(handle, job.memory_limit)
+            if rss is not None:
                 self._kill(handle, "memory")
                 self.stats_counters["memory_killed"] += 1
                 self._finish(job, JobState.FAILED, False,
@@ -771,13 +776,24 @@ class Supervisor:
         if any(j.memory_limit is not None for j in handle.jobs.values()):
             self._arm_memory_poll(handle)
 
+    def _psutil(self, handle: WorkerHandle) -> Any:
+        if handle.psutil is None:
+            handle.psutil = memory.process(handle.pid)
+        return handle.psutil
+
     def _rss(self, handle: WorkerHandle) -> int | None:
         import psutil
 
         try:
-            if handle.psutil is None:
-                handle.psutil = psutil.Process(handle.pid)
-            return handle.psutil.memory_info().rss
+            return self._psutil(handle).memory_info().rss
+        except psutil.Error:
+            return None
+
+    def _usage_over(self, handle: WorkerHandle, limit: int) -> int | None:
+        import psutil
+
+        try:
+            return memory.usage_over(self._psutil(handle), limit)
         except psutil.Error:
             return None
 
@@ -924,6 +940,20 @@ class _ForkGuard:
 
     def run(self) -> None:
         self.supervisor._close_fds_in_child()
+
+
+def _close_process(process: Any) -> None:
+    try:
+        process.close()
+    except ValueError:
+        pass
+
+
+def _call_then_close(callback: Callable[[Any], Any], process: Any) -> None:
+    try:
+        callback(process)
+    finally:
+        _close_process(process)
 
 
 def _loads_or(data: bytes, default: Any) -> Any:

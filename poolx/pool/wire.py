@@ -40,10 +40,6 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-# Imported here, never lazily: a module being imported by one thread while
-# another forks a worker leaves the child with a held import lock.
-import cloudpickle
-
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 # Message kinds.
@@ -89,10 +85,16 @@ class _Cloudpickled:
     __slots__ = ("data", "func", "__weakref__")
 
     def __init__(self, func: Callable[..., Any]) -> None:
+        # Imported on first use (it costs memory); a worker forked while this
+        # import runs in another thread is repaired by repair_import_locks().
+        import cloudpickle
+
         self.func = func
         self.data = cloudpickle.dumps(func, protocol=PROTOCOL)
 
     def __reduce__(self) -> tuple[Any, ...]:
+        import cloudpickle
+
         return cloudpickle.loads, (self.data,)
 
     def __call__(self, *args: Any, **kwds: Any) -> Any:

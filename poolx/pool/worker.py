@@ -35,6 +35,7 @@ from typing import Any
 
 from poolx.exceptions import SoftTimeLimitExceeded
 from poolx.pool import wire
+from poolx.pool import memory
 
 RUNNING, STARTED_NS, SOFT_TARGET = 0, 1, 2
 SLOT_SIZE = 4
@@ -158,9 +159,13 @@ def _run_job(
 def _over_memory(max_memory_kib: int | None) -> bool:
     if not max_memory_kib:
         return False
-    import psutil
+    global _SELF
+    if _SELF is None:
+        _SELF = memory.process()
+    return memory.usage_over(_SELF, max_memory_kib * 1024) is not None
 
-    return psutil.Process().memory_info().rss > max_memory_kib * 1024
+
+_SELF: Any = None
 
 
 def worker_main(

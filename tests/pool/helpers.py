@@ -157,3 +157,57 @@ def import_slow_module(_=None):
     import importlib
 
     return importlib.import_module("tests.pool.slow_import").VALUE
+
+
+def soft_aware_sleep(seconds):
+    """Sleep; report a soft time limit instead of failing."""
+    from poolx.exceptions import SoftTimeLimitExceeded
+
+    try:
+        time.sleep(seconds)
+        return "ok"
+    except SoftTimeLimitExceeded:
+        return "soft"
+
+
+def swallow_soft_limit(seconds):
+    from poolx.exceptions import SoftTimeLimitExceeded
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "survived"
+            time.sleep(remaining)
+        except SoftTimeLimitExceeded:
+            pass  # ignore it: the hard limit must still apply
+
+
+def no_limit_job(x):
+    """Must never see a SoftTimeLimitExceeded meant for another job."""
+    return ("ok", x)
+
+
+def allocate_until_stopped(step=10 * 2**20, cap=4 * 2**30):
+    """Allocate (and touch) memory until killed; give up at ``cap``."""
+    hoard = []
+    total = 0
+    while total < cap:
+        hoard.append(bytearray(step))
+        total += step
+    return total
+
+
+_KEPT = []
+
+
+def allocate_and_keep(nbytes):
+    _KEPT.append(bytearray(nbytes))
+    return os.getpid()
+
+
+def allocate_and_free(nbytes):
+    block = bytearray(nbytes)
+    del block
+    return os.getpid()

@@ -144,7 +144,8 @@ def test_terminate_is_prompt_from_every_state(ctx, state):
         pending = [pool.apply_async(helpers.sleep, (0.05,)) for _ in range(20)]
     elif state == "stuck":  # in a C call, and deaf to SIGTERM
         pending = [pool.apply_async(helpers.sleep_ignoring_sigterm, (1000,)) for _ in range(2)]
-        wait_until(lambda: all(w["job"] for w in pool.stats()["workers"]))
+        wait_until(lambda: all(w["job"] for w in pool.stats()["workers"]) or print(pool.stats()),
+                   timeout=30)
     started = time.monotonic()
     pool.terminate()
     pool.join()

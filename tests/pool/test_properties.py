@@ -52,7 +52,7 @@ def _check_apply(pool, jobs):
 
     results = [pool.apply_async(helpers.outcome_job, job, callback=record(i), error_callback=record(i))
                for i, job in enumerate(jobs)]
-    for (kind, value), result in zip(jobs, results):
+    for (kind, value), result in zip(jobs, results, strict=True):
         if kind in ("return", "sleep"):
             assert result.get(timeout=30) == value
         else:
