@@ -209,14 +209,19 @@ def run_cold_start(lib: str) -> float:
 
 def measure_memory(lib: str) -> dict[str, float]:
     """In a fresh interpreter: parent RSS with an idle pool, mean worker USS."""
-    code = (
-        "import json, psutil, sys; sys.path.insert(0, %r); import bench_pool as b; "
-        "pool = b.POOLS[%r](); pool.apply(b.noop, (1,)); "
-        "me = psutil.Process(); kids = me.children(); "
-        "print(json.dumps({'rss': me.memory_info().rss / 2**20, "
-        "'uss': sum(k.memory_full_info().uss for k in kids) / max(1, len(kids)) / 2**20})); "
-        "pool.terminate()"
-    ) % (os.path.dirname(os.path.abspath(__file__)), lib)
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = "\n".join([
+        "import json, psutil, sys",
+        f"sys.path.insert(0, {here!r})",
+        "import bench_pool as b",
+        f"pool = b.POOLS[{lib!r}]()",
+        "pool.apply(b.noop, (1,))",
+        "me = psutil.Process()",
+        "kids = me.children()",
+        "uss = sum(k.memory_full_info().uss for k in kids) / max(1, len(kids))",
+        "print(json.dumps({'rss': me.memory_info().rss / 2**20, 'uss': uss / 2**20}))",
+        "pool.terminate()",
+    ])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -53,10 +53,9 @@ from poolx.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
-from poolx.pool import wire
+from poolx.pool import memory, wire
 from poolx.pool.callbacks import CallbackRunner
 from poolx.pool.jobs import Job, JobState
-from poolx.pool import memory
 from poolx.pool.worker import RUNNING, SLOT_SIZE, SOFT_TARGET, STARTED_NS, worker_main
 
 logger = logging.getLogger("poolx")

@@ -34,8 +34,7 @@ from multiprocessing.pool import ExceptionWithTraceback, MaybeEncodingError
 from typing import Any
 
 from poolx.exceptions import SoftTimeLimitExceeded
-from poolx.pool import wire
-from poolx.pool import memory
+from poolx.pool import memory, wire
 
 RUNNING, STARTED_NS, SOFT_TARGET = 0, 1, 2
 SLOT_SIZE = 4
