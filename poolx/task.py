@@ -5,7 +5,8 @@ Owned here (WorQ's ``worq.task`` under poolx's name):
 * :class:`Queue` — builds dotted task names by attribute access
   (``q.foo.bar``) and enqueues a task when called.
 * :class:`Task` — a task name plus options (id, on_error, ignore_result,
-  result_timeout, heartrate); calling it enqueues.
+  result_timeout, heartrate, and poolx's per-task limits timeout,
+  soft_timeout, memory_limit); calling it enqueues.
 * :class:`FunctionTask` — one invocation (name, id, args, kwargs, options);
   what travels through the queue and what a worker invokes.
 * :class:`Deferred` — the handle on one task's result.  It can be waited on
@@ -124,6 +125,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
 
 
+def _parse_memory_limit(value: Any) -> int:
+    """Bytes from an int or a size string (``"512MB"``); ValueError otherwise."""
+    from poolx.pool.options import parse_size
+
+    try:
+        return parse_size("memory_limit", value)  # type: ignore[return-value]
+    except (TypeError, ValueError):
+        raise ValueError(f"invalid memory_limit: {value!r}") from None
+
+
 class Task:
     """A task with custom options; calling it enqueues an invocation.
 
@@ -144,6 +155,21 @@ class Task:
         completed (default one hour).
     :param heartrate: Seconds between heartbeats that worker pools send for a
         running task to keep its result from expiring (default 30).
+    :param timeout: Hard time limit in seconds (poolx, beyond WorQ).  A
+        process worker pool kills the worker running the task when it
+        expires, and the task fails with a :class:`TaskFailure` whose error
+        starts with ``TimeLimitExceeded``.  Default: the pool's own limit.
+    :param soft_timeout: Soft time limit in seconds (poolx):
+        :class:`~poolx.exceptions.SoftTimeLimitExceeded` is raised *inside*
+        the task, which may catch it to clean up.
+    :param memory_limit: Memory the worker may use while running the task
+        (poolx): bytes, or a size string such as ``"512MB"`` (stored as
+        bytes).  Over it the worker is killed and the task fails with
+        ``MemoryLimitExceeded``.
+
+    The three limits are applied by :class:`poolx.pool.process.WorkerPool`
+    (and any :class:`~poolx.consumer.BrokerConsumer`); thread pools cannot
+    interrupt a thread and ignore them.
     :raises ValueError: for an invalid option value.
     """
 
@@ -155,6 +181,9 @@ class Task:
         "ignore_result": False,
         "result_timeout": HOUR,
         "heartrate": 30,
+        "timeout": None,
+        "soft_timeout": None,
+        "memory_limit": None,
     }
 
     def __init__(
@@ -165,6 +194,9 @@ class Task:
         ignore_result: bool = False,
         result_timeout: float = HOUR,
         heartrate: float = 30,
+        timeout: float | None = None,
+        soft_timeout: float | None = None,
+        memory_limit: int | str | None = None,
     ) -> None:
         if not isinstance(queue, Queue):
             raise ValueError(f"invalid queue: {queue!r}")
@@ -197,6 +229,14 @@ class Task:
             raise ValueError(f"invalid heartrate: {heartrate!r}")
         if heartrate != 30:
             options["heartrate"] = heartrate
+
+        for key, value in (("timeout", timeout), ("soft_timeout", soft_timeout)):
+            if value is not None:
+                if not _is_number(value) or value <= 0:
+                    raise ValueError(f"invalid {key}: {value!r}")
+                options[key] = value
+        if memory_limit is not None:
+            options["memory_limit"] = _parse_memory_limit(memory_limit)
 
     @property
     def broker(self) -> Broker:
@@ -256,6 +296,21 @@ class FunctionTask:
     @property
     def heartrate(self) -> float:
         return self.options.get("heartrate", 30)
+
+    @property
+    def timeout(self) -> float | None:
+        """Hard time limit (seconds) a process pool applies, or None."""
+        return self.options.get("timeout")
+
+    @property
+    def soft_timeout(self) -> float | None:
+        """Soft time limit (seconds) a process pool applies, or None."""
+        return self.options.get("soft_timeout")
+
+    @property
+    def memory_limit(self) -> int | None:
+        """Memory limit (bytes) a process pool applies, or None."""
+        return self.options.get("memory_limit")
 
     @property
     def on_error_pass(self) -> bool:

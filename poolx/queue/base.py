@@ -14,6 +14,9 @@ Who calls what::
                 Broker.heartbeat ─▶ set_task_timeout
                 Broker.set_result ▶ set_result  (also feeds dependent tasks)
                 Broker.task_failed ▶ discard_result
+    consumer ── (stop, taken task never started) ▶ requeue_task
+    pools ───── register_pool / unregister_pool  (heartbeat of a worker pool)
+    operator ── live_pools                       (``poolx status``)
     waiter ──── Deferred.wait ───▶ pop_result   (blocks inside the backend)
                 Deferred.status ─▶ get_status
 
@@ -217,6 +220,50 @@ class AbstractTaskQueue:
         argument value, and the record is removed; a later
         :meth:`set_result` for it is dropped.
         """
+        raise NotImplementedError("abstract method")
+
+    def requeue_task(self, task_id: str, message: bytes, ignore_result: bool = False) -> bool:
+        """Give back a task that :meth:`get` handed out and that never ran.
+
+        A consumer that stops (or whose pool broke) before it could start a
+        task it had taken calls this, so the task is not lost: it goes back
+        to the *front* of the queue with status ``enqueued``, as if it had
+        never been taken, and its waiters keep waiting.
+
+        :param message: The task's message to store in place of the old one
+            (the consumer re-serializes the task: its Deferred arguments are
+            already resolved, so it has none left).
+        :param ignore_result: The task's ``ignore_result`` option.  Such a
+            task left the store when it was taken, so its record is created
+            again; for any other task a missing record means it was
+            discarded meanwhile and nothing is queued.
+        :returns: True if the task was queued again; False if it is no
+            longer ``processing`` (completed, discarded or unknown).
+        """
+        raise NotImplementedError("abstract method")
+
+    # -- the registry of live worker pools (``poolx status``) -----------------
+
+    def register_pool(self, pool_id: str, info: str, ttl: float) -> None:
+        """Publish (insert or replace) a worker pool's status.
+
+        Worker pools call this periodically as their heartbeat.  An entry
+        that is not registered again within ``ttl`` seconds disappears from
+        :meth:`live_pools`, so a pool that died unannounced drops out.
+
+        :param pool_id: Unique id of the pool (host, pid and a random part).
+        :param info: The pool's status as a JSON object text.
+        :param ttl: Seconds the entry stays visible without a new call.
+        """
+        raise NotImplementedError("abstract method")
+
+    def unregister_pool(self, pool_id: str) -> None:
+        """Remove a pool's entry at once (a pool that stops cleanly)."""
+        raise NotImplementedError("abstract method")
+
+    def live_pools(self) -> list[str]:
+        """The ``info`` texts of every unexpired pool entry on this server,
+        whatever queue name each pool consumes (in no particular order)."""
         raise NotImplementedError("abstract method")
 
     def __repr__(self) -> str:

@@ -21,6 +21,9 @@ until it is read or its ``result_timeout`` passes (expired results are swept
 on the next operation), so memory stays bounded without garbage collection.
 Workers live in this process, so a running task cannot vanish unnoticed:
 heartbeats (:meth:`TaskQueue.set_task_timeout`) are accepted and ignored.
+
+The registry of live worker pools (``poolx status``) is per store, shared by
+every queue name of that store, and expires entries lazily when read.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ class TaskQueue(AbstractTaskQueue):
 
     _stores: dict[str, dict[str, TaskQueue]] = {}
     _stores_lock = threading.Lock()
+    # store location -> pool id -> (expiry on the monotonic clock, info)
+    _pools: dict[str, dict[str, tuple[float, str]]] = {}
 
     @classmethod
     def factory(cls, url: str, name: str = DEFAULT, *args: Any, **kw: Any) -> TaskQueue:
@@ -87,6 +92,7 @@ class TaskQueue(AbstractTaskQueue):
 
     def __init__(self, url: str, name: str = DEFAULT) -> None:
         super().__init__(url, name)
+        self._location = _location(url)
         self._lock = threading.Lock()
         self._task_ready = threading.Condition(self._lock)
         self._records: dict[str, _Record] = {}
@@ -297,3 +303,42 @@ class TaskQueue(AbstractTaskQueue):
                 return
             self._finish(rec, task_expired_token)
             self._deliver(task_id, rec, task_expired_token)
+
+    def requeue_task(self, task_id: str, message: bytes, ignore_result: bool = False) -> bool:
+        with self._lock:
+            rec = self._records.get(task_id)
+            if rec is None:
+                if not ignore_result:
+                    return False
+                rec = self._records[task_id] = _Record(
+                    status=PROCESSING, message=message, ignore_result=True
+                )
+                self._taken_args.pop(task_id, None)
+            elif rec.status != PROCESSING:
+                return False
+            rec.message = message
+            self._set_status(rec, ENQUEUED)
+            self._ready.appendleft(task_id)
+            self._task_ready.notify()
+            return True
+
+    # -- the registry of live worker pools ------------------------------------
+
+    def register_pool(self, pool_id: str, info: str, ttl: float) -> None:
+        if not ttl > 0:
+            raise ValueError(f"invalid pool ttl: {ttl!r}")
+        with self._stores_lock:
+            pools = self._pools.setdefault(self._location, {})
+            pools[pool_id] = (time.monotonic() + ttl, info)
+
+    def unregister_pool(self, pool_id: str) -> None:
+        with self._stores_lock:
+            self._pools.get(self._location, {}).pop(pool_id, None)
+
+    def live_pools(self) -> list[str]:
+        now = time.monotonic()
+        with self._stores_lock:
+            pools = self._pools.get(self._location, {})
+            for pool_id in [key for key, (expiry, _) in pools.items() if expiry <= now]:
+                del pools[pool_id]
+            return [info for _, info in pools.values()]

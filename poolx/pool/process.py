@@ -1,0 +1,502 @@
+"""Multi-process worker pool for a task-queue broker (WorQ's
+``worq.pool.process`` under poolx's name).
+
+Owned here: :class:`WorkerPool` — a :class:`poolx.Pool` fed by a
+:class:`~poolx.consumer.BrokerConsumer` — plus WorQ's helpers
+:func:`start_pools`, :func:`run_in_subprocess` and :class:`PopenProcess`.
+Who does what::
+
+    WorkerPool.start ─▶ poolx.Pool(workers, initializer=_init_worker)  ─▶ each worker:
+                     │                                                    init_func(url, *init_args, **init_kwargs)
+                     └▶ BrokerConsumer(pool, broker, worker_broker=True)   returns its broker; tasks are
+                          takes tasks, applies their limits, stores         invoked on it
+                          results through *this* process's broker
+
+    start_pools(*pools) ─▶ start each; SIGTERM/SIGINT ─▶ graceful stop of all
+                                       a second signal ─▶ immediate stop
+
+* **Graceful stop** (:meth:`WorkerPool.stop`): the consumer stops taking
+  tasks, the pool is closed, the tasks already running finish and their
+  results are stored; workers are not killed.
+* **Immediate stop** (:meth:`WorkerPool.terminate`, a second signal): the
+  workers are killed; their running tasks fail with ``Terminated``, tasks
+  taken but not started go back to the queue.
+* **A worker killed mid-task**: the pool sees the death at once; the task's
+  waiter gets a :class:`~poolx.task.TaskExpired` saying so, and a new worker
+  replaces the dead one.
+* **The pool's process killed**: every worker notices at once through the
+  engine's lifeline pipe and exits; as a second line of defence each worker
+  also checks its parent every :data:`WORKER_POLL_INTERVAL` seconds (read
+  at run time, as in WorQ).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from poolx.const import DEFAULT
+from poolx.consumer import BrokerConsumer, init_worker, redact_url
+from poolx.pool import wire
+from poolx.pool.api import Pool
+
+__all__ = [
+    "WorkerPool",
+    "Error",
+    "start_pools",
+    "run_in_subprocess",
+    "PopenProcess",
+    "WORKER_POLL_INTERVAL",
+]
+
+log = logging.getLogger(__name__)
+
+PYTHON_EXE = sys.executable
+WORKER_POLL_INTERVAL: float = 30
+"""Seconds between two checks, in each worker, that the pool's process is
+still its parent (read at run time; the lifeline pipe usually ends an
+orphaned worker long before)."""
+
+EXIT_ORPHANED = 4
+
+# Pool options a WorkerPool sets itself.
+_OWN_OPTIONS = {
+    "processes": "workers",
+    "initializer": "init_func",
+    "initargs": "init_args",
+    "maxtasksperchild": "max_worker_tasks",
+}
+
+
+class Error(Exception):
+    """A WorkerPool used wrongly (started twice), or one that broke."""
+
+
+# -- inside each worker -------------------------------------------------------------
+
+
+def _watch_parent(parent_pid: int) -> None:
+    never = threading.Event()
+    module = sys.modules[__name__]
+    while True:
+        never.wait(module.WORKER_POLL_INTERVAL)
+        if os.getppid() != parent_pid:
+            log.error("Worker-%s: the pool's process is gone; exiting", os.getpid())
+            os._exit(EXIT_ORPHANED)
+
+
+def _init_worker(parent_pid: int, init_func: Callable[..., Any], init_args: tuple, init_kwargs: dict) -> None:
+    """Pool initializer of a WorkerPool's workers."""
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="poolx-parent-watch", daemon=True).start()
+    init_worker(init_func, init_args, init_kwargs)
+
+
+# -- the pool ---------------------------------------------------------------------
+
+
+class WorkerPool:
+    """Multi-process worker pool: a :class:`poolx.Pool` consuming a broker.
+
+    :param broker: The :class:`~poolx.core.Broker` whose queue is consumed.
+        Results are stored through it, in this process (so ``memory://``
+        works).
+    :param init_func: Worker initializer, called once in each worker as
+        ``init_func(broker.url, *init_args, **init_kwargs)``.  It must return
+        a broker exposing the tasks (it usually also sets up logging), and be
+        picklable under the ``spawn`` and ``forkserver`` start methods.
+    :param init_args: More positional arguments for ``init_func``.
+    :param init_kwargs: Keyword arguments for ``init_func``.
+    :param workers: Number of worker processes (default: the CPU count).
+    :param max_worker_tasks: Retire a worker after this many tasks and start
+        a fresh one in its place (task order is kept).
+    :param name: Distinguishes this pool in logs and ``poolx status``
+        (default: the queue name unless it is ``'default'``).
+    :param pool_options: More :class:`poolx.Pool` options: ``timeout``,
+        ``soft_timeout``, ``memory_limit``, ``max_memory_per_child``,
+        ``context``, ``on_process_up``... (defaults for every task; a task's
+        own ``timeout``, ``soft_timeout`` and ``memory_limit`` options win),
+        and the :class:`~poolx.consumer.BrokerConsumer` options ``prefetch``
+        and ``status_interval``.
+
+    ``init_func``, ``init_args`` and ``init_kwargs`` are read when the pool
+    starts, not here: ``init_args`` holds the broker URL first, as WorQ's.
+    """
+
+    def __init__(
+        self,
+        broker: Any,
+        init_func: Callable[..., Any],
+        init_args: tuple = (),
+        init_kwargs: dict[str, Any] | None = None,
+        workers: int | None = None,
+        max_worker_tasks: int | None = None,
+        name: str | None = None,
+        **pool_options: Any,
+    ) -> None:
+        if not callable(init_func):
+            raise TypeError(f"init_func must be callable, not {type(init_func).__name__}")
+        self.broker = broker
+        self.init_func = init_func
+        self.init_args: tuple = (broker.url, *tuple(init_args))
+        self.init_kwargs: dict[str, Any] = {} if init_kwargs is None else init_kwargs
+        if workers is None:
+            workers = os.cpu_count() or 1
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        if max_worker_tasks is not None and (
+            not isinstance(max_worker_tasks, int) or isinstance(max_worker_tasks, bool) or max_worker_tasks < 1
+        ):
+            raise ValueError(f"max_worker_tasks must be None or an int >= 1, got {max_worker_tasks!r}")
+        self.workers = workers
+        self.max_worker_tasks = max_worker_tasks
+        if name is None and broker.name != DEFAULT:
+            name = broker.name
+        self.name = name
+        self.consumer_options = {
+            key: pool_options.pop(key) for key in ("prefetch", "status_interval") if key in pool_options
+        }
+        _check_pool_options(pool_options)
+        self.pool_options = pool_options
+        self.pool: Pool | None = None
+        self.consumer: BrokerConsumer | None = None
+        self._lock = threading.Lock()
+        self._running = False
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._listeners: list[Callable[[], Any]] = []
+
+    def __str__(self) -> str:
+        parts = (type(self).__name__, os.getpid(), self.name)
+        return "-".join(str(part) for part in parts if part)
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        return f"<{self} {redact_url(self.broker.url)} [{self.broker.name}] workers={self.workers} {state}>"
+
+    # -- starting -------------------------------------------------------------------
+
+    def start(self, timeout: float = 10, handle_sigterm: bool = True) -> None:
+        """Start the worker pool.
+
+        :param timeout: Seconds the consumer blocks waiting for a task
+            before it looks whether the pool is stopping: a graceful stop of
+            an idle pool takes up to this long.
+        :param handle_sigterm: If true (the default), install SIGTERM and
+            SIGINT handlers and block until signalled, then stop gracefully
+            (a second signal stops at once); see :func:`start_pools`.  Must
+            then be called in the main thread.  If false, start and return.
+        :raises Error: if the pool is already running.
+        """
+        if handle_sigterm:
+            start_pools(self, timeout=timeout)
+            return
+        with self._lock:
+            if self._running:
+                raise Error("cannot start already running WorkerPool")
+            self._running = True
+            self._stopped.clear()
+        try:
+            user_up = self.pool_options.get("on_process_up")
+            user_exit = self.pool_options.get("on_process_exit")
+            options = dict(self.pool_options)
+            options["on_process_up"] = lambda process: self._worker_up(process, user_up)
+            options["on_process_exit"] = lambda pid, code: self._worker_exit(pid, code, user_exit)
+            pool = Pool(
+                self.workers,
+                initializer=_init_worker,
+                initargs=(os.getpid(), wire.portable(self.init_func), tuple(self.init_args), dict(self.init_kwargs)),
+                maxtasksperchild=self.max_worker_tasks,
+                **options,
+            )
+            self.pool = pool
+            self.consumer = BrokerConsumer(
+                pool, self.broker, timeout=timeout, worker_broker=True, name=str(self),
+                on_broken=self._notify, **self.consumer_options,
+            )
+            self.consumer.start()
+        except BaseException:
+            if self.pool is not None:
+                self.pool.terminate()
+            self.pool = self.consumer = None
+            with self._lock:
+                self._running = False
+                self._stopped.set()
+            raise
+        log.info("%s started: %d workers on %s [%s]", self, self.workers,
+                 redact_url(self.broker.url), self.broker.name)
+
+    def _worker_up(self, process: Any, user: Callable[[Any], Any] | None) -> None:
+        log.info("%s: worker %s started", self, process.pid)
+        if user is not None:
+            user(process)
+
+    def _worker_exit(self, pid: int, exitcode: int, user: Callable[[int, int], Any] | None) -> None:
+        if exitcode == 0:
+            log.info("%s: worker %s exited", self, pid)
+        else:
+            how = f"signal {-exitcode}" if exitcode < 0 else f"exit code {exitcode}"
+            log.warning("%s: worker %s exited (%s)", self, pid, how)
+            consumer = self.consumer
+            if consumer is not None:
+                consumer.check_pool()
+        if user is not None:
+            user(pid, exitcode)
+
+    # -- state ----------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._running
+
+    @property
+    def broken(self) -> BaseException | None:
+        """Why the pool stopped taking tasks (its workers cannot start), or None."""
+        consumer = self.consumer
+        return None if consumer is None else consumer.broken
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            listener()
+
+    # -- stopping -------------------------------------------------------------------
+
+    def stop(self, join: bool = True) -> bool:
+        """Stop gracefully: take no more tasks, let running tasks finish and
+        store their results, then let the workers exit.
+
+        :param join: Wait until the pool has stopped (see :meth:`join`).
+        :returns: False if the pool was not running.
+        """
+        with self._lock:
+            if not self._running:
+                return False
+            self._running = False
+        log.info("shutting down %s...", self)
+        consumer, pool = self.consumer, self.pool
+        assert consumer is not None and pool is not None
+        consumer.stop(join=False)
+        pool.close()
+        threading.Thread(target=self._finish, name="poolx-stopper", daemon=True).start()
+        if join:
+            self.join()
+        return True
+
+    def terminate(self) -> None:
+        """Stop at once: kill the workers.  Running tasks fail with
+        ``Terminated``; tasks taken but not started return to the queue."""
+        with self._lock:
+            was_running, self._running = self._running, False
+        consumer, pool = self.consumer, self.pool
+        if consumer is None or pool is None or self._stopped.is_set():
+            return
+        log.warning("terminating %s: running tasks are killed", self)
+        consumer.stop(join=False)
+        pool.terminate()
+        if was_running:
+            threading.Thread(target=self._finish, name="poolx-stopper", daemon=True).start()
+        self.join()
+
+    def _finish(self) -> None:
+        consumer, pool = self.consumer, self.pool
+        try:
+            if consumer is not None:
+                consumer.join()
+            if pool is not None:
+                pool.join()
+        finally:
+            log.info("%s stopped", self)
+            self._stopped.set()
+            self._notify()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the pool has stopped (call ``stop(join=False)`` first).
+
+        :returns: Whether it stopped within ``timeout`` seconds.
+        """
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> WorkerPool:
+        self.start(handle_sigterm=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _check_pool_options(options: dict[str, Any]) -> None:
+    for key, instead in _OWN_OPTIONS.items():
+        if key in options:
+            raise TypeError(f"WorkerPool sets the pool's {key!r} itself: use {instead}=")
+    accepted = inspect.signature(Pool).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(f"unexpected WorkerPool option(s): {', '.join(unknown)}")
+
+
+# -- running pools until a signal ------------------------------------------------------
+
+
+class _Signals:
+    """SIGTERM/SIGINT handlers that count signals and wake the main thread."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        self.count = 0
+        self.wake = wake
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        self.wake.set()
+
+
+def start_pools(*pools: WorkerPool, **start_kwargs: Any) -> None:
+    """Start one or more pools and block until SIGTERM or SIGINT.
+
+    The first signal stops every pool gracefully (running tasks finish and
+    store their results); a second one stops them at once (running tasks
+    fail with ``Terminated``, tasks taken but not started return to the
+    queue).  Must be called in the main thread.
+
+    :param start_kwargs: Passed to each pool's ``start`` (e.g. ``timeout``).
+    :raises ValueError: without pools.
+    :raises Error: if a pool broke (its workers cannot start); the pools
+        are stopped first.
+    """
+    if not pools:
+        raise ValueError("start_pools requires at least 1 argument, got 0")
+    start_kwargs.pop("handle_sigterm", None)
+    wake = threading.Event()
+    with _Signals(wake) as signals:
+        started: list[WorkerPool] = []
+        try:
+            for pool in pools:
+                pool._listeners.append(wake.set)
+                pool.start(handle_sigterm=False, **start_kwargs)
+                started.append(pool)
+            log.info("Press CTRL+C or send SIGTERM to stop")
+            while signals.count == 0 and not any(pool.broken for pool in pools):
+                wake.wait()
+                wake.clear()
+            if signals.count:
+                log.info("stopping gracefully (send the signal again to stop at once)")
+            for pool in started:
+                pool.stop(join=False)
+            while signals.count < 2 and not all(pool.join(0) for pool in started):
+                wake.wait()
+                wake.clear()
+            if signals.count >= 2:
+                log.warning("second signal: stopping at once")
+                for pool in started:
+                    pool.terminate()
+            for pool in started:
+                pool.join()
+        except BaseException:
+            for pool in started:
+                pool.terminate()
+            raise
+        finally:
+            for pool in pools:
+                if wake.set in pool._listeners:
+                    pool._listeners.remove(wake.set)
+    broken = [pool for pool in pools if pool.broken is not None]
+    if broken:
+        raise Error("; ".join(f"{pool} is broken: {pool.broken}" for pool in broken))
+
+
+# -- WorQ's subprocess helpers ------------------------------------------------------------
+
+
+def run_in_subprocess(_func: Callable[..., Any], *args: Any, **kw: Any) -> PopenProcess:
+    """Call ``_func(*args, **kw)`` in a fresh Python interpreter.
+
+    A new interpreter (``subprocess.Popen``), not a fork: the caller may have
+    threads, which do not survive ``fork`` safely.  The call is pickled
+    (cloudpickle, so lambdas work) and sent on the child's stdin.
+
+    :returns: A :class:`PopenProcess`.
+    :raises pickle.PicklingError: if the call cannot be pickled (the child
+        is killed).
+    """
+    data = cloudpickle.dumps((_func, args, kw))
+    prog = "from poolx.pool.process import main; main()"
+    proc = subprocess.Popen([PYTHON_EXE, "-c", prog], stdin=subprocess.PIPE, close_fds=True)
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(data)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # the child died already; its exit code says why
+    return PopenProcess(proc)
+
+
+def main() -> None:
+    """Entry point of :func:`run_in_subprocess`'s child process."""
+    import pickle
+
+    func, args, kw = pickle.load(sys.stdin.buffer)
+    try:
+        func(*args, **kw)
+    except Exception:
+        log.critical("subprocess crashed", exc_info=True)
+        raise
+
+
+class PopenProcess:
+    """A ``subprocess.Popen`` that looks like a ``multiprocessing.Process``:
+    ``pid``, ``is_alive()``, ``terminate()``, ``join(timeout)``, ``exitcode``;
+    other attributes are the Popen's."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self._proc = proc
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._proc.poll()
+
+    def is_alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def terminate(self) -> None:
+        """Send SIGTERM (a WorkerPool in the child stops gracefully)."""
+        if self.is_alive():
+            self._proc.terminate()
+
+    def kill(self) -> None:
+        if self.is_alive():
+            self._proc.kill()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the process to exit, at most ``timeout`` seconds."""
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._proc, name)
+
+    def __repr__(self) -> str:
+        return f"<PopenProcess pid={self.pid} exitcode={self.exitcode}>"
