@@ -11,6 +11,15 @@ Owned here (WorQ's ``worq.core`` under poolx's name):
   :meth:`Broker.pop_result` and :meth:`Broker.status`.
 * :class:`AbstractTaskQueue` — re-exported from :mod:`poolx.queue.base`,
   the storage contract.
+* :func:`batch` — enqueue many tasks in few round trips.
+
+Security.  With a shared secret (``secret=`` or the ``POOLX_SECRET``
+environment variable) the broker wraps its serializer in a
+:class:`~poolx.serialization.SignedSerializer`: every message it writes is
+HMAC-signed, and every message it reads is verified before it is decoded, so
+a message that was not written by a holder of the secret never runs (the
+task fails, saying why).  URLs are shown redacted
+(:func:`~poolx.queue.urls.redact_url`) in reprs and errors.
 
 Message format.  A task message is the serialized envelope
 ``{"name", "id", "options", "args", "payload"}`` where ``payload`` is the
@@ -22,7 +31,9 @@ even when the payload cannot be deserialized.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +41,13 @@ from urllib.parse import urlsplit
 from poolx.const import DEFAULT, STATUS_VALUES, TASK_EXPIRED
 from poolx.queue.base import AbstractTaskQueue
 from poolx.queue.registry import registry
-from poolx.serialization import PickleSerializer, SerializationError, Serializer
+from poolx.queue.urls import redact_url
+from poolx.serialization import (
+    PickleSerializer,
+    SerializationError,
+    Serializer,
+    SignedSerializer,
+)
 from poolx.task import (
     Deferred,
     DuplicateTask,
@@ -48,9 +65,14 @@ __all__ = [
     "get_broker",
     "get_queue",
     "register_backend",
+    "batch",
+    "SECRET_ENV",
 ]
 
 log = logging.getLogger(__name__)
+
+SECRET_ENV = "POOLX_SECRET"
+"""Environment variable holding the shared signing secret."""
 
 UNKNOWN_TASK = "<unknown>"
 """Task name used in a failure when a message is too damaged to name it."""
@@ -73,15 +95,27 @@ class Broker:
     :param taskqueue: The storage backend.
     :param serializer: How messages are encoded; defaults to the backend's
         ``serializer`` attribute, else pickle.
+    :param secret: Sign and verify every message with this shared secret
+        (HMAC-SHA256, see :class:`~poolx.serialization.SignedSerializer`).
+        ``None`` (the default) reads the ``POOLX_SECRET`` environment
+        variable; ``""`` turns signing off whatever the environment says.
     """
 
-    def __init__(self, taskqueue: AbstractTaskQueue, serializer: Serializer | None = None) -> None:
+    def __init__(
+        self,
+        taskqueue: AbstractTaskQueue,
+        serializer: Serializer | None = None,
+        secret: Any = None,
+    ) -> None:
         self._queue = taskqueue
         self.tasks: dict[str, Callable[..., Any]] = {}
         self.name: str = taskqueue.name
-        self.serializer: Serializer = (
-            serializer or getattr(taskqueue, "serializer", None) or PickleSerializer()
-        )
+        chosen = serializer or getattr(taskqueue, "serializer", None) or PickleSerializer()
+        if secret is None:
+            secret = os.environ.get(SECRET_ENV) or None
+        if secret and not isinstance(chosen, SignedSerializer):
+            chosen = SignedSerializer(chosen, secret=secret)
+        self.serializer: Serializer = chosen
 
     @property
     def url(self) -> str:
@@ -93,7 +127,7 @@ class Broker:
         return self._queue
 
     def __repr__(self) -> str:
-        return f"<Broker {self.url} [{self.name}]>"
+        return f"<Broker {redact_url(self.url)} [{self.name}]>"
 
     # -- exposing tasks -----------------------------------------------------
 
@@ -137,6 +171,18 @@ class Broker:
     def discard_pending_tasks(self) -> None:
         """Discard every task waiting to run; their waiters get TaskExpired."""
         self._queue.discard_pending()
+
+    def batch(self) -> contextlib.AbstractContextManager[Any]:
+        """A context in which this thread's enqueues are sent in batches.
+
+        Tasks without Deferred arguments are buffered and sent together when
+        the block exits or the buffer fills (``redis://`` stores hundreds per
+        round trip); a task with Deferred arguments flushes the buffer and is
+        enqueued at once.  A duplicate task id is reported by the flush
+        (:class:`~poolx.task.DuplicateTask`), not by the call.  On backends
+        without batching (``memory://``) this changes nothing.
+        """
+        return self._queue.batch()
 
     def enqueue(self, task: FunctionTask) -> Deferred | None:
         """Queue a task; return its :class:`~poolx.task.Deferred`, or None if
@@ -234,11 +280,37 @@ class Broker:
         item = self._queue.get(timeout=timeout)
         if item is None:
             return None
+        return self._take(item)
+
+    def next_tasks(self, count: int, timeout: float | None = None) -> list[FunctionTask]:
+        """Take up to ``count`` tasks in as few backend calls as possible:
+        block up to ``timeout`` for the first, then take what is ready.
+
+        Tasks that cannot run (see :meth:`next_task`) are marked failed and
+        left out, so the list may be shorter than what the backend handed
+        over, or empty.
+        """
+        tasks = []
+        for item in self._queue.get_many(count, timeout=timeout):
+            task = self._take(item)
+            if task is not None:
+                tasks.append(task)
+        return tasks
+
+    def _take(self, item: tuple[str, bytes]) -> FunctionTask | None:
         task_id, message = item
         name, options = UNKNOWN_TASK, {}
         try:
             envelope = self._load_envelope(message)
             name, options = envelope["name"], envelope["options"]
+            failure = getattr(item, "failure", None)
+            if failure:
+                # The backend says this delivery must not run (its consumer
+                # was lost too often): record why, as the task's result.
+                failed = TaskFailure(name, self.name, task_id, failure)
+                log.error("%s", failed)
+                self.set_result(_stub_task(name, task_id, options), failed)
+                return None
             task = self._load_task(task_id, envelope)
         except Exception as err:
             failure = TaskFailure(
@@ -266,6 +338,7 @@ class Broker:
         :class:`~poolx.task.TaskFailure` saying so.
         """
         if task.ignore_result:
+            self._queue.task_done(task.id)
             return
         try:
             message = self.serialize(result)
@@ -291,6 +364,37 @@ class Broker:
             return message
         return self.deserialize(message)
 
+    def pop_results(self, tasks: list[Any], timeout: float | None = 0) -> dict[str, Any]:
+        """:meth:`pop_result` for many tasks at once (see
+        :func:`~poolx.task.wait_all`).
+
+        :returns: ``{task_id: value}`` for every task whose outcome arrived
+            within ``timeout``: the result, a
+            :class:`~poolx.task.TaskFailure`, or a
+            :class:`~poolx.task.TaskExpired` (returned, not raised).
+        """
+        if timeout is not None and timeout < 0:
+            raise ValueError("negative timeout not supported")
+        by_id = {task.id: task for task in tasks}
+        values: dict[str, Any] = {}
+        for task_id, message in self._queue.pop_results(list(by_id), timeout).items():
+            task = by_id[task_id]
+            value = self._decode_result(task, message)
+            values[task_id] = _expired(task, self.name) if value is TASK_EXPIRED else value
+        return values
+
+    def _decode_result(self, task: Any, message: Any) -> Any:
+        """A popped message as a value (TASK_EXPIRED stays the marker)."""
+        if message is TASK_EXPIRED:
+            return message
+        try:
+            return self.deserialize(message)
+        except Exception as err:
+            log.error("cannot deserialize result of %s [%s:%s]", task.name, self.name, task.id)
+            return TaskFailure(
+                task.name, self.name, task.id, f"cannot deserialize result: {_error_text(err)}"
+            )
+
     def pop_result(self, task: Any, timeout: float | None = 0) -> Any:
         """Wait for a task's result and return it (deserialized).
 
@@ -307,20 +411,9 @@ class Broker:
         message = self._queue.pop_result(task.id, timeout)
         if message is None:
             raise KeyError(task.id)
-        if message is TASK_EXPIRED:
-            result = message
-        else:
-            try:
-                result = self.deserialize(message)
-            except Exception as err:
-                log.error("cannot deserialize result of %s [%s:%s]", task.name, self.name, task.id)
-                return TaskFailure(
-                    task.name, self.name, task.id, f"cannot deserialize result: {_error_text(err)}"
-                )
+        result = self._decode_result(task, message)
         if result is TASK_EXPIRED:
-            raise TaskExpired(
-                task.name, self.name, task.id, "task expired before a result was returned"
-            )
+            raise _expired(task, self.name)
         return result
 
     # -- serialization ------------------------------------------------------
@@ -384,6 +477,10 @@ class Broker:
         return task
 
 
+def _expired(task: Any, queue: str) -> TaskExpired:
+    return TaskExpired(task.name, queue, task.id, "task expired before a result was returned")
+
+
 def _stub_task(name: str, task_id: str, options: Any) -> FunctionTask:
     """A FunctionTask with the given id and options but no arguments yet.
 
@@ -411,17 +508,23 @@ def register_backend(scheme: str, factory: Any, replace: bool = False) -> None:
 def _scheme(url: Any) -> str:
     if not isinstance(url, str):
         raise ValueError(f"invalid task queue URL: {url!r} (expected a string)")
+    shown = redact_url(url)
     try:
         parts = urlsplit(url)
     except ValueError as err:
-        raise ValueError(f"malformed task queue URL {url!r}: {err}") from None
+        raise ValueError(f"malformed task queue URL {shown!r}: {err}") from None
     if not parts.scheme or not url.partition(":")[2].startswith("//"):
-        raise ValueError(f"malformed task queue URL {url!r}: expected scheme://...")
+        raise ValueError(f"malformed task queue URL {shown!r}: expected scheme://...")
     return parts.scheme
 
 
 def get_broker(
-    url: str, name: str = DEFAULT, *args: Any, serializer: Serializer | None = None, **kw: Any
+    url: str,
+    name: str = DEFAULT,
+    *args: Any,
+    serializer: Serializer | None = None,
+    secret: Any = None,
+    **kw: Any,
 ) -> Broker:
     """Create a broker for the task queue at ``url``.
 
@@ -429,8 +532,10 @@ def get_broker(
     :param name: The name of the queue to expose or invoke tasks on.
     :param args: Passed to the backend's factory, with ``kw``.
     :param serializer: Message serializer (default: the backend's, else pickle).
+    :param secret: Shared secret to sign and verify messages with (default:
+        the ``POOLX_SECRET`` environment variable; see :class:`Broker`).
     :raises ValueError: for a malformed URL or an unknown scheme (naming the
-        URL).
+        URL, without its password).
     """
     scheme = _scheme(url)
     try:
@@ -438,10 +543,10 @@ def get_broker(
     except KeyError:
         known = ", ".join(f"{s}://" for s in registry.schemes())
         raise ValueError(
-            f"unknown task queue URL scheme {scheme!r} in {url!r} (known: {known})"
+            f"unknown task queue URL scheme {scheme!r} in {redact_url(url)!r} (known: {known})"
         ) from None
     make = getattr(factory, "factory", factory)
-    return Broker(make(url, name, *args, **kw), serializer=serializer)
+    return Broker(make(url, name, *args, **kw), serializer=serializer, secret=secret)
 
 
 def get_queue(url: str, name: str = DEFAULT, target: str = "", **options: Any) -> Queue:
@@ -454,3 +559,13 @@ def get_queue(url: str, name: str = DEFAULT, target: str = "", **options: Any) -
         invoked through the queue.
     """
     return get_broker(url, name).queue(target, **options)
+
+
+def batch(queue: Queue | Broker) -> contextlib.AbstractContextManager[Any]:
+    """Enqueue in batches: ``with batch(q): results = [q.f(i) for i in ...]``.
+
+    :param queue: A :class:`~poolx.task.Queue` (from :func:`get_queue`) or a
+        :class:`Broker`.  See :meth:`Broker.batch`.
+    """
+    broker = queue if isinstance(queue, Broker) else queue._Queue__broker  # type: ignore[union-attr]
+    return broker.batch()

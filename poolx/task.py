@@ -5,8 +5,8 @@ Owned here (WorQ's ``worq.task`` under poolx's name):
 * :class:`Queue` — builds dotted task names by attribute access
   (``q.foo.bar``) and enqueues a task when called.
 * :class:`Task` — a task name plus options (id, on_error, ignore_result,
-  result_timeout, heartrate, and poolx's per-task limits timeout,
-  soft_timeout, memory_limit); calling it enqueues.
+  result_timeout, heartrate, max_retries, and poolx's per-task limits
+  timeout, soft_timeout, memory_limit); calling it enqueues.
 * :class:`FunctionTask` — one invocation (name, id, args, kwargs, options);
   what travels through the queue and what a worker invokes.
 * :class:`Deferred` — the handle on one task's result.  It can be waited on
@@ -15,6 +15,7 @@ Owned here (WorQ's ``worq.task`` under poolx's name):
   Deferred that a task returned as its value.
 * :class:`TaskSpace` — a namespace of task callables for
   :meth:`Broker.expose <poolx.core.Broker.expose>`.
+* :func:`wait_all` — wait for many Deferreds with few backend calls.
 * :class:`TaskFailure` and its subclasses :class:`TaskExpired` and
   :class:`DuplicateTask` — every way a task can fail ends as one of these.
 
@@ -27,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
@@ -43,6 +44,7 @@ __all__ = [
     "FunctionTask",
     "Deferred",
     "TaskSpace",
+    "wait_all",
     "TaskFailure",
     "TaskExpired",
     "DuplicateTask",
@@ -51,6 +53,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _MISSING: Any = object()
+
+DEFAULT_MAX_RETRIES = 3
+"""How often a task is delivered again after its consumer was lost."""
 
 
 class Queue:
@@ -154,7 +159,15 @@ class Task:
     :param result_timeout: Seconds to keep the result after the task
         completed (default one hour).
     :param heartrate: Seconds between heartbeats that worker pools send for a
-        running task to keep its result from expiring (default 30).
+        running task to keep its result from expiring (default 30).  A
+        backend that leases taken tasks (``redis://``) considers the task's
+        consumer lost after ``2 * heartrate + 5`` seconds without one.
+    :param max_retries: How many times a task is delivered again after the
+        consumer that took it was lost (its process killed, its machine gone:
+        the lease ran out) before it fails with a :class:`TaskFailure` saying
+        so (default 3).  Only backends with leases redeliver; a task that
+        raises, or whose worker process dies under a live pool, is never
+        retried: it fails at once.
     :param timeout: Hard time limit in seconds (poolx, beyond WorQ).  A
         process worker pool kills the worker running the task when it
         expires, and the task fails with a :class:`TaskFailure` whose error
@@ -181,6 +194,7 @@ class Task:
         "ignore_result": False,
         "result_timeout": HOUR,
         "heartrate": 30,
+        "max_retries": DEFAULT_MAX_RETRIES,
         "timeout": None,
         "soft_timeout": None,
         "memory_limit": None,
@@ -194,6 +208,7 @@ class Task:
         ignore_result: bool = False,
         result_timeout: float = HOUR,
         heartrate: float = 30,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         timeout: float | None = None,
         soft_timeout: float | None = None,
         memory_limit: int | str | None = None,
@@ -229,6 +244,11 @@ class Task:
             raise ValueError(f"invalid heartrate: {heartrate!r}")
         if heartrate != 30:
             options["heartrate"] = heartrate
+
+        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+            raise ValueError(f"invalid max_retries: {max_retries!r}")
+        if max_retries != DEFAULT_MAX_RETRIES:
+            options["max_retries"] = max_retries
 
         for key, value in (("timeout", timeout), ("soft_timeout", soft_timeout)):
             if value is not None:
@@ -311,6 +331,11 @@ class FunctionTask:
     def memory_limit(self) -> int | None:
         """Memory limit (bytes) a process pool applies, or None."""
         return self.options.get("memory_limit")
+
+    @property
+    def max_retries(self) -> int:
+        """Redeliveries allowed after a lost consumer (see :class:`Task`)."""
+        return self.options.get("max_retries", DEFAULT_MAX_RETRIES)
 
     @property
     def on_error_pass(self) -> bool:
@@ -504,6 +529,50 @@ def _restore_deferred(
         result._value = value[0]
     result._follow = follow
     return result
+
+
+def wait_all(results: Iterable[Deferred], timeout: float | None = None) -> bool:
+    """Wait until every Deferred in ``results`` has its value.
+
+    Same outcome as calling :meth:`Deferred.wait` on each, but the results
+    are collected with as few backend calls as the backend allows
+    (``redis://`` reads every result that is ready in one round trip).
+
+    :param timeout: Seconds to wait in all; ``None`` waits indefinitely.
+    :returns: True if every value arrived in time.
+    """
+    if timeout is not None and timeout < 0:
+        raise ValueError("negative timeout not supported")
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def remaining() -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    todo = [result for result in results if result._value is _MISSING]
+    # Collect in bulk what nobody else is waiting for: group by broker, each
+    # Deferred's lock held while its result is popped.
+    locked: list[Deferred] = []
+    try:
+        groups: dict[int, tuple[Any, dict[str, list[Deferred]]]] = {}
+        for result in todo:
+            if result._follow is None and result._lock.acquire(blocking=False):
+                locked.append(result)
+                if result._value is _MISSING:
+                    _, by_id = groups.setdefault(id(result.broker), (result.broker, {}))
+                    by_id.setdefault(result.id, []).append(result)
+        for broker, by_id in groups.values():
+            firsts = [deferreds[0] for deferreds in by_id.values()]
+            for task_id, value in broker.pop_results(firsts, remaining()).items():
+                for result in by_id[task_id]:
+                    if isinstance(value, Deferred):
+                        result._follow = value
+                    else:
+                        result._value = value
+    finally:
+        for result in locked:
+            result._lock.release()
+    # The rest (timed out, followed, or waited on elsewhere) one by one.
+    return all([result.wait(remaining()) for result in todo])
 
 
 class TaskSpace:

@@ -19,3 +19,31 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s: {predicate}")
         _NEVER.wait(interval)  # a bounded pause between polls, not a synchronization
+
+
+# -- Redis --------------------------------------------------------------------
+# One private redis-server per test session (see tests/redis_server.py), or
+# the server named by POOLX_TEST_REDIS_URL.  Tests isolate themselves with a
+# fresh key prefix per test, so they never need FLUSHALL.
+
+import os  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests import redis_server as _redis  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[object]:
+    """The session's Redis: ``.url`` (and ``.unix_url`` for a private one)."""
+    external = os.environ.get(_redis.ENV_URL)
+    if external:
+        yield SimpleNamespace(url=external, unix_url=None)
+        return
+    server = _redis.RedisServer(_redis.require_redis_server()).start()
+    try:
+        yield server
+    finally:
+        server.cleanup()

@@ -48,6 +48,20 @@ Rules every implementation keeps (the shared test-suite in
   to waiters and to dependent tasks, never as an endless wait.
 * **Thread-safe.**  Every method may be called from any thread.
 
+Optional extensions, with defaults here that any backend gets for free (so
+a third-party backend needs only the methods above):
+
+* :meth:`~AbstractTaskQueue.task_done` — a taken ``ignore_result`` task has
+  finished (a backend with leases drops the lease; default: nothing).
+* :meth:`~AbstractTaskQueue.batch` — buffer ``enqueue_task`` calls and send
+  them together (default: no buffering).
+* :meth:`~AbstractTaskQueue.get_many` and :meth:`~AbstractTaskQueue.pop_results`
+  — several tasks or results per call (default: loops over ``get`` and
+  ``pop_result``).
+* ``get`` may return a :class:`Delivery` — a ``(task_id, message)`` tuple
+  that also says which delivery this is and, for a task that was lost too
+  often, why it must fail instead of running.
+
 A backend may set the attribute ``serializer`` to a
 :class:`~poolx.serialization.Serializer` that brokers built on it should use
 by default (``None`` means pickle).
@@ -55,15 +69,47 @@ by default (``None`` means pickle).
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import TYPE_CHECKING, Any
 
 from poolx.const import DEFAULT
+from poolx.queue.urls import redact_url
 
 if TYPE_CHECKING:
     from poolx.serialization import Serializer
     from poolx.task import Deferred
 
-__all__ = ["AbstractTaskQueue"]
+__all__ = ["AbstractTaskQueue", "Delivery"]
+
+
+class Delivery(tuple):
+    """What :meth:`AbstractTaskQueue.get` returns: ``(task_id, message)``.
+
+    It compares and unpacks as that plain 2-tuple; backends that track
+    deliveries (``redis://``) add facts as attributes:
+
+    :ivar attempt: 1 for the first delivery, 2 for the first redelivery...
+    :ivar failure: None, or why the task must fail without running (for
+        example: its consumer was lost more often than the task's
+        ``max_retries`` allows).  :meth:`Broker.next_task
+        <poolx.core.Broker.next_task>` records it as the task's
+        :class:`~poolx.task.TaskFailure`.
+    """
+
+    attempt: int
+    failure: str | None
+
+    def __new__(
+        cls, task_id: str, message: bytes, attempt: int = 1, failure: str | None = None
+    ) -> Delivery:
+        self = super().__new__(cls, (task_id, message))
+        self.attempt = attempt
+        self.failure = failure
+        return self
+
+    def __getnewargs__(self) -> tuple:
+        return (self[0], self[1], self.attempt, self.failure)
 
 
 class AbstractTaskQueue:
@@ -266,5 +312,64 @@ class AbstractTaskQueue:
         whatever queue name each pool consumes (in no particular order)."""
         raise NotImplementedError("abstract method")
 
+    # -- optional extensions (defaults that any backend can rely on) --------------
+
+    def task_done(self, task_id: str) -> None:
+        """A taken task whose result is ignored has finished.
+
+        The broker calls this instead of :meth:`set_result` for
+        ``ignore_result`` tasks, so a backend that leases taken tasks
+        (``redis://``) can drop the lease instead of redelivering the task.
+        Default: nothing.
+        """
+
+    def batch(self) -> contextlib.AbstractContextManager[Any]:
+        """A context in which :meth:`enqueue_task` calls of this thread may be
+        buffered and sent together when it exits (or when the buffer fills).
+
+        Inside it ``enqueue_task`` may return True for a task that turns out
+        to be a duplicate; the flush then raises
+        :class:`~poolx.task.DuplicateTask`.  Default: no buffering.
+        """
+        return contextlib.nullcontext()
+
+    def get_many(self, count: int, timeout: float | None = None) -> list[tuple[str, bytes]]:
+        """Take up to ``count`` queued tasks: block up to ``timeout`` for the
+        first, then take what is ready without waiting.
+
+        Default: :meth:`get` in a loop.
+        """
+        first = self.get(timeout)
+        if first is None:
+            return []
+        items = [first]
+        while len(items) < count:
+            item = self.get(0)
+            if item is None:
+                break
+            items.append(item)
+        return items
+
+    def pop_results(self, task_ids: list[str], timeout: float | None) -> dict[str, Any]:
+        """:meth:`pop_result` for several tasks: wait up to ``timeout``
+        seconds (in all) until every result arrived.
+
+        :returns: ``{task_id: message or TASK_EXPIRED}`` for the tasks that
+            finished in time; the others are missing from the dict.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        found: dict[str, Any] = {}
+        for task_id in task_ids:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            message = self.pop_result(task_id, remaining)
+            if message is not None:
+                found[task_id] = message
+        return found
+
+    @property
+    def display_url(self) -> str:
+        """The URL as shown to people: any password replaced by ``***``."""
+        return redact_url(self.url)
+
     def __repr__(self) -> str:
-        return f"<{type(self).__module__}.{type(self).__name__} {self.url} [{self.name}]>"
+        return f"<{type(self).__module__}.{type(self).__name__} {self.display_url} [{self.name}]>"

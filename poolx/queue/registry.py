@@ -8,7 +8,8 @@ A scheme is looked up in this order:
 
 1. factories registered in code with :func:`poolx.core.register_backend`
    (these may replace anything else);
-2. the built-in backends (``memory``);
+2. the built-in backends (``memory``; ``redis``, ``rediss`` and ``unix``,
+   which need redis-py: ``pip install 'poolx[redis]'``);
 3. the ``poolx.queues`` entry-point group, read once per process, so another
    package can add a scheme by declaring, in its ``pyproject.toml``::
 
@@ -34,6 +35,9 @@ ENTRY_POINT_GROUP = "poolx.queues"
 
 BUILTIN_BACKENDS = {
     "memory": "poolx.queue.memory:TaskQueue",
+    "redis": "poolx.queue.redis:TaskQueue",
+    "rediss": "poolx.queue.redis:TaskQueue",
+    "unix": "poolx.queue.redis:TaskQueue",
 }
 
 

@@ -11,7 +11,14 @@ from poolx.const import TASK_EXPIRED
 from poolx.queue import memory
 from poolx.task import Deferred, FunctionTask, Task, TaskExpired
 
+from .conftest import isolated_url
 from .helpers import WAIT
+
+
+@pytest.fixture
+def url():
+    """This module is about memory:// only."""
+    return isolated_url("memory://")
 
 
 def test_same_url_and_name_share_one_queue(url):

@@ -1,0 +1,458 @@
+"""The one server-side Lua script behind every ``redis://`` queue operation.
+
+Owned here: :data:`SCRIPT`, its command table, and nothing else.  The Python
+side (:mod:`poolx.queue.redis`) calls it as ``EVALSHA sha 1 <prefix> <command>
+<args...>``: each queue operation is *one* script call, so it is atomic on the
+server and costs one round trip (several tasks or results travel in one call
+where the API allows it).  No WATCH/MULTI retry loops, no client-side
+read-modify-write.
+
+``KEYS[1]`` is the key prefix of one queue, ``<prefix>:{<queue>}:``.  Every
+key the script touches starts with it, so all of a queue's keys share the
+hash tag ``{<queue>}`` and live in one Redis Cluster slot (the script builds
+the other key names from the prefix; they hash to the same slot as
+``KEYS[1]``).  The registry of live worker pools uses the prefix
+``<prefix>:{pools}:`` the same way.
+
+Key layout (``P`` = the prefix)::
+
+    P t:<id>     HASH   one task record (fields below)
+    P f:<seq>    HASH   a taken ignore_result task, detached from its id so
+                        the id can be enqueued again at once
+    P ready      LIST   refs of tasks ready to run; LPUSH new, RPOP to take,
+                        RPUSH to put a reclaimed task at the front
+    P deferred   SET    ids of pending tasks (waiting for Deferred arguments)
+    P leases     ZSET   refs of taken tasks, scored by lease deadline (ms)
+    P w:<id>     LIST   wake-up tokens for result waiters (BLPOP)
+    P seq        STRING counter for detached records
+
+A *ref* names a record: ``t<id>`` is ``P t:<id>``, ``f<seq>`` is ``P f:<seq>``.
+
+Task record fields::
+
+    s    status: pending | enqueued | processing | completed
+    m    the task message            id   task id (detached records)
+    ir   "1" if the result is ignored
+    ls   lease (ms) the task asks for: 2 * heartrate + 5 s
+    mx   deliveries allowed: 1 + max_retries
+    d    deliveries so far           o    owner of the current delivery
+    n    nonce of the call that created it (a retried call is recognized)
+    na   number of Deferred arguments  need   how many are still missing
+    a:<arg id>   an argument's value   dep:<id>   a task that reserved this result
+    r    the result                  p    nonce of the pop that read it
+    wt   waiters registered for a wake-up token
+
+Time comes from the server (``TIME``), so consumers on machines with skewed
+clocks agree on lease deadlines.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SCRIPT"]
+
+SCRIPT = r"""
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+
+local P = KEYS[1]
+local cmd = ARGV[1]
+local READY = P .. 'ready'
+local DEFERRED = P .. 'deferred'
+local LEASES = P .. 'leases'
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function rkey(ref)
+  return P .. string.sub(ref, 1, 1) .. ':' .. string.sub(ref, 2)
+end
+
+-- A live record exists and has not been read (popped) yet.
+local function live(key)
+  local f = redis.call('HMGET', key, 's', 'p')
+  return f[1] and not f[2], f[1]
+end
+
+-- Commands over long argument lists, in slices (Lua's unpack is bounded).
+local function chunked(verb, key, items)
+  local out = {}
+  for i = 1, #items, 1000 do
+    local part = redis.call(verb, key, unpack(items, i, math.min(i + 999, #items)))
+    if type(part) == 'table' then
+      for _, v in ipairs(part) do out[#out + 1] = v end
+    end
+  end
+  return out
+end
+
+local function make_ready(id, key)
+  redis.call('HSET', key, 's', 'enqueued')
+  redis.call('SREM', DEFERRED, id)
+  redis.call('LPUSH', READY, 't' .. id)
+end
+
+-- Wake every registered waiter of a task's result.
+local function wake(id, key)
+  local waiters = tonumber(redis.call('HGET', key, 'wt') or '0')
+  if waiters > 0 then
+    local wkey = P .. 'w:' .. id
+    local tokens = {}
+    for i = 1, math.min(waiters, 64) do tokens[i] = '1' end
+    redis.call('LPUSH', wkey, unpack(tokens))
+    redis.call('PEXPIRE', wkey, 60000)
+    redis.call('HDEL', key, 'wt')
+  end
+end
+
+-- Hand a result (or the expired token) to every task that reserved it.
+local function deliver(id, key, msg)
+  local ready = {}
+  local fields = redis.call('HKEYS', key)
+  local done = {}
+  for _, field in ipairs(fields) do
+    if string.sub(field, 1, 4) == 'dep:' then
+      done[#done + 1] = field
+      local dep = string.sub(field, 5)
+      local dkey = P .. 't:' .. dep
+      local ok, status = live(dkey)
+      if ok and status == 'pending' and redis.call('HEXISTS', dkey, 'a:' .. id) == 0 then
+        redis.call('HSET', dkey, 'a:' .. id, msg)
+        if redis.call('HINCRBY', dkey, 'need', -1) <= 0 then
+          make_ready(dep, dkey)
+          ready[#ready + 1] = dep
+        end
+      end
+    end
+  end
+  chunked('HDEL', key, done)
+  return ready
+end
+
+-- Create a task record; 1 created, 2 same call retried, 0 duplicate id.
+local function create(id, msg, ir, ls, mx, nonce, status)
+  local key = P .. 't:' .. id
+  local f = redis.call('HMGET', key, 's', 'p', 'n')
+  if f[1] then
+    if not f[2] then
+      if f[3] == nonce then return 2, key end
+      return 0, key
+    end
+    redis.call('DEL', key)
+  end
+  redis.call('HSET', key, 's', status, 'm', msg, 'ir', ir, 'ls', ls, 'mx', mx, 'd', 0, 'n', nonce)
+  return 1, key
+end
+
+local function arguments(key, out)
+  local fields = redis.call('HKEYS', key)
+  local names = {}
+  for _, field in ipairs(fields) do
+    if string.sub(field, 1, 2) == 'a:' then names[#names + 1] = field end
+  end
+  out[#out + 1] = #names
+  if #names > 0 then
+    local values = {}
+    for i = 1, #names, 1000 do
+      local part = redis.call('HMGET', key, unpack(names, i, math.min(i + 999, #names)))
+      for j = 1, #part do values[i + j - 1] = part[j] end
+    end
+    for i, field in ipairs(names) do
+      out[#out + 1] = string.sub(field, 3)
+      out[#out + 1] = values[i] or ''
+    end
+  end
+end
+
+if cmd == 'enqueue' then
+  -- nonce, then (id, message, ir, lease ms, max deliveries) per task
+  local nonce = ARGV[2]
+  local refs, dups = {}, {}
+  for i = 3, #ARGV, 5 do
+    local id = ARGV[i]
+    local made = create(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], nonce, 'enqueued')
+    if made == 1 then
+      refs[#refs + 1] = 't' .. id
+    elseif made == 0 then
+      dups[#dups + 1] = id
+    end
+  end
+  chunked('LPUSH', READY, refs)
+  return dups
+
+elseif cmd == 'defer' then
+  -- nonce, id, message, ir, lease ms, max deliveries, number of arguments
+  local id, need = ARGV[3], tonumber(ARGV[8])
+  local made, key = create(id, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[2], 'pending')
+  if made == 1 then
+    redis.call('HSET', key, 'na', need, 'need', need)
+    if need > 0 then
+      redis.call('SADD', DEFERRED, id)
+    else
+      make_ready(id, key)
+    end
+  end
+  return made > 0 and 1 or 0
+
+elseif cmd == 'undefer' then
+  local id = ARGV[2]
+  local key = P .. 't:' .. id
+  local ok, status = live(key)
+  if ok and status == 'pending' then make_ready(id, key) end
+  return 0
+
+elseif cmd == 'reserve' then
+  -- argument id, deferred id -> {0} unknown, {1} will be delivered, {1, result}
+  local key = P .. 't:' .. ARGV[2]
+  local ok, status = live(key)
+  if not ok then return {0} end
+  if status == 'completed' then return {1, redis.call('HGET', key, 'r')} end
+  redis.call('HSET', key, 'dep:' .. ARGV[3], '1')
+  return {1}
+
+elseif cmd == 'setarg' then
+  -- task id, argument id, message -> 1 if that was the last missing one
+  -- (the task is then queued here, so a lost reply cannot strand it)
+  local id = ARGV[2]
+  local key = P .. 't:' .. id
+  local ok, status = live(key)
+  if not ok or status ~= 'pending' then return 0 end
+  if redis.call('HSETNX', key, 'a:' .. ARGV[3], ARGV[4]) == 0 then return 0 end
+  if redis.call('HINCRBY', key, 'need', -1) <= 0 then
+    make_ready(id, key)
+    return 1
+  end
+  return 0
+
+elseif cmd == 'args' then
+  local out = {}
+  local key = P .. 't:' .. ARGV[2]
+  if live(key) then arguments(key, out) else out[1] = 0 end
+  return out
+
+elseif cmd == 'fetch' then
+  -- consumer, count, minimum lease ms, reclaim limit
+  -- -> {reclaimed, ms to the next lease deadline or -1,
+  --     then per task: ref, id, message, delivery, max deliveries, nargs, (arg id, value)...}
+  local consumer, count = ARGV[2], tonumber(ARGV[3])
+  local min_lease, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+  local now = now_ms()
+  local reclaimed = 0
+  local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, limit)
+  for _, ref in ipairs(expired) do
+    redis.call('ZREM', LEASES, ref)
+    local key = rkey(ref)
+    if redis.call('HGET', key, 's') == 'processing' then
+      redis.call('HSET', key, 's', 'enqueued')
+      redis.call('RPUSH', READY, ref)
+      reclaimed = reclaimed + 1
+    end
+  end
+  local out = {reclaimed, -1}
+  local taken = 0
+  while taken < count do
+    local ref = redis.call('RPOP', READY)
+    if not ref then break end
+    local key = rkey(ref)
+    local f = redis.call('HMGET', key, 's', 'p', 'm', 'ir', 'ls', 'mx', 'id', 'na')
+    if f[1] == 'enqueued' and not f[2] then
+      local id = f[7]
+      if string.sub(ref, 1, 1) == 't' then
+        id = string.sub(ref, 2)
+        if f[4] == '1' then
+          -- Nobody waits for this result: free the id for re-use now, but
+          -- keep the record (detached) until the consumer is done with it.
+          ref = 'f' .. redis.call('INCR', P .. 'seq')
+          local detached = rkey(ref)
+          redis.call('RENAME', key, detached)
+          redis.call('HSET', detached, 'id', id)
+          key = detached
+        end
+      end
+      local delivery = redis.call('HINCRBY', key, 'd', 1)
+      local owner = consumer .. '#' .. delivery
+      redis.call('HSET', key, 's', 'processing', 'o', owner)
+      redis.call('ZADD', LEASES, now + math.max(tonumber(f[5]) or 0, min_lease), ref)
+      out[#out + 1] = ref
+      out[#out + 1] = id
+      out[#out + 1] = f[3]
+      out[#out + 1] = delivery
+      out[#out + 1] = f[6] or '0'
+      if f[8] and tonumber(f[8]) > 0 then arguments(key, out) else out[#out + 1] = 0 end
+      taken = taken + 1
+    end
+  end
+  if taken == 0 then
+    local first = redis.call('ZRANGE', LEASES, 0, 0, 'WITHSCORES')
+    if first[2] then out[2] = math.max(0, tonumber(first[2]) - now) end
+  end
+  return out
+
+elseif cmd == 'renew' then
+  -- lease ms, then (ref, owner or '') pairs -> 1/0 per pair: still leased
+  local deadline = now_ms() + tonumber(ARGV[2])
+  local out = {}
+  for i = 3, #ARGV, 2 do
+    local ref, owner = ARGV[i], ARGV[i + 1]
+    local held = redis.call('ZSCORE', LEASES, ref)
+    if held and owner ~= '' and redis.call('HGET', rkey(ref), 'o') ~= owner then held = false end
+    if held then redis.call('ZADD', LEASES, deadline, ref) end
+    out[#out + 1] = held and 1 or 0
+  end
+  return out
+
+elseif cmd == 'done' then
+  -- ref, owner: a taken ignore_result task finished
+  local ref, owner = ARGV[2], ARGV[3]
+  local key = rkey(ref)
+  if owner == '' or redis.call('HGET', key, 'o') == owner then
+    redis.call('ZREM', LEASES, ref)
+    if string.sub(ref, 1, 1) == 'f' then redis.call('DEL', key) end
+  end
+  return 0
+
+elseif cmd == 'setres' then
+  -- id, message, ttl ms -> ids of the dependents this queued
+  local id = ARGV[2]
+  local key = P .. 't:' .. id
+  redis.call('ZREM', LEASES, 't' .. id)
+  local ok, status = live(key)
+  if not ok or status == 'completed' then return {} end
+  local drop = {'m'}
+  for _, field in ipairs(redis.call('HKEYS', key)) do
+    if string.sub(field, 1, 2) == 'a:' then drop[#drop + 1] = field end
+  end
+  chunked('HDEL', key, drop)
+  redis.call('HSET', key, 's', 'completed', 'r', ARGV[3])
+  redis.call('PEXPIRE', key, tonumber(ARGV[4]))
+  redis.call('SREM', DEFERRED, id)
+  wake(id, key)
+  return deliver(id, key, ARGV[3])
+
+elseif cmd == 'pop' then
+  -- nonce, keep ms, register (0/1), ids... -> per id: code, message
+  -- code 'r' result, 'x' expired or unknown, 'w' not yet
+  local nonce, keep, register = ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+  local out = {}
+  local got = false
+  local first_waiting = nil
+  for i = 5, #ARGV do
+    local id = ARGV[i]
+    local key = P .. 't:' .. id
+    local f = redis.call('HMGET', key, 's', 'p', 'r')
+    if not f[1] then
+      out[#out + 1] = 'x'; out[#out + 1] = ''
+    elseif f[2] then
+      -- already read: by this very call (a retry after a lost reply) or not
+      if f[2] == nonce then
+        out[#out + 1] = 'r'; out[#out + 1] = f[3]
+      else
+        out[#out + 1] = 'x'; out[#out + 1] = ''
+      end
+    elseif f[1] == 'completed' then
+      got = true
+      redis.call('HSET', key, 'p', nonce)
+      local ttl = redis.call('PTTL', key)
+      if ttl < 0 or ttl > keep then redis.call('PEXPIRE', key, keep) end
+      out[#out + 1] = 'r'; out[#out + 1] = f[3]
+    else
+      if not first_waiting then first_waiting = key end
+      out[#out + 1] = 'w'; out[#out + 1] = ''
+    end
+  end
+  if register and first_waiting and not got then
+    redis.call('HINCRBY', first_waiting, 'wt', 1)
+  end
+  return out
+
+elseif cmd == 'status' then
+  local ok, status = live(P .. 't:' .. ARGV[2])
+  if ok then return status end
+  return false
+
+elseif cmd == 'size' then
+  return redis.call('LLEN', READY) + redis.call('SCARD', DEFERRED)
+
+elseif cmd == 'discard' then
+  -- id, expired token, ref of a detached record or ''
+  local id, token, ref = ARGV[2], ARGV[3], ARGV[4]
+  if ref ~= '' then
+    redis.call('ZREM', LEASES, ref)
+    if string.sub(ref, 1, 1) == 'f' then redis.call('DEL', rkey(ref)) end
+  end
+  local key = P .. 't:' .. id
+  redis.call('ZREM', LEASES, 't' .. id)
+  local ok, status = live(key)
+  if not ok then return 0 end
+  if status == 'enqueued' then redis.call('LREM', READY, 1, 't' .. id) end
+  deliver(id, key, token)
+  wake(id, key)
+  redis.call('DEL', key)
+  redis.call('SREM', DEFERRED, id)
+  return 1
+
+elseif cmd == 'purge' then
+  -- drop every task waiting to run (pending or enqueued)
+  local function drop(ref, id)
+    local key = rkey(ref)
+    local ok, status = live(key)
+    if ok and (status == 'enqueued' or status == 'pending') then
+      wake(id or redis.call('HGET', key, 'id'), key)
+      redis.call('DEL', key)
+    end
+  end
+  for _, ref in ipairs(redis.call('LRANGE', READY, 0, -1)) do
+    local id = nil
+    if string.sub(ref, 1, 1) == 't' then id = string.sub(ref, 2) end
+    drop(ref, id)
+  end
+  for _, id in ipairs(redis.call('SMEMBERS', DEFERRED)) do drop('t' .. id, id) end
+  redis.call('DEL', READY, DEFERRED)
+  return 0
+
+elseif cmd == 'requeue' then
+  -- id, message, ir, ref, owner: give back a taken task that never ran
+  local id, msg, ir, ref, owner = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  local key = rkey(ref)
+  local f = redis.call('HMGET', key, 's', 'p', 'o', 'ls', 'mx', 'd')
+  if f[1] ~= 'processing' or f[2] or (owner ~= '' and f[3] ~= owner) then return 0 end
+  redis.call('ZREM', LEASES, ref)
+  if string.sub(ref, 1, 1) == 'f' then
+    -- re-attach under its id, unless that id was enqueued again meanwhile
+    local tkey = P .. 't:' .. id
+    if redis.call('EXISTS', tkey) == 1 and live(tkey) then
+      redis.call('DEL', key)
+      return 0
+    end
+    redis.call('DEL', tkey)
+    redis.call('RENAME', key, tkey)
+    redis.call('HDEL', tkey, 'id')
+    key, ref = tkey, 't' .. id
+  end
+  redis.call('HSET', key, 'm', msg, 's', 'enqueued', 'd', math.max(0, tonumber(f[6]) - 1))
+  redis.call('HDEL', key, 'o')
+  redis.call('RPUSH', READY, ref)
+  return 1
+
+elseif cmd == 'preg' then
+  -- pool id, info, ttl ms (KEYS[1] is the pools prefix)
+  redis.call('ZADD', P .. 'expiry', now_ms() + tonumber(ARGV[4]), ARGV[2])
+  redis.call('HSET', P .. 'info', ARGV[2], ARGV[3])
+  return 0
+
+elseif cmd == 'punreg' then
+  redis.call('ZREM', P .. 'expiry', ARGV[2])
+  redis.call('HDEL', P .. 'info', ARGV[2])
+  return 0
+
+elseif cmd == 'plive' then
+  local now = now_ms()
+  local dead = redis.call('ZRANGEBYSCORE', P .. 'expiry', '-inf', now)
+  chunked('ZREM', P .. 'expiry', dead)
+  chunked('HDEL', P .. 'info', dead)
+  local alive = redis.call('ZRANGEBYSCORE', P .. 'expiry', '(' .. now, '+inf')
+  return chunked('HMGET', P .. 'info', alive)
+end
+
+return redis.error_reply('poolx: unknown script command ' .. tostring(cmd))
+"""

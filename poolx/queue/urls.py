@@ -1,0 +1,56 @@
+"""URL helpers shared by the broker and the backends.
+
+Owned here: :func:`redact_url`, the one place that decides how a backend URL
+is shown to people.  Every repr, log line and error message of the
+task-queue layer that names a URL goes through it, so a password written in
+a URL (``redis://:secret@host/0``) never reaches a log, a traceback or a
+terminal.  The full URL stays where it is needed: the backend connects with
+it, and a pickled :class:`~poolx.task.Deferred` carries it so that it can
+reconnect in another process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["redact_url", "REDACTED"]
+
+REDACTED = "***"
+"""What a password is replaced with."""
+
+
+def redact_url(url: Any) -> str:
+    """``url`` with any password replaced by ``***``.
+
+    Works on anything (a malformed URL, a non-string) without raising, since
+    it is called while reporting errors::
+
+        >>> redact_url("redis://user:pw@host:6379/0")
+        'redis://user:***@host:6379/0'
+        >>> redact_url("redis://:pw@host")
+        'redis://:***@host'
+        >>> redact_url("memory://")
+        'memory://'
+    """
+    if not isinstance(url, str):
+        return repr(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    # The authority ends at the first "/", "?" or "#"; credentials end at its
+    # last "@" (a password may itself contain "@" if it was not escaped).
+    end = len(rest)
+    for stop in "/?#":
+        found = rest.find(stop)
+        if found != -1:
+            end = min(end, found)
+    authority, tail = rest[:end], rest[end:]
+    if "@" not in authority:
+        return url
+    userinfo, _, host = authority.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if not colon:
+        # "redis://word@host": redis-py reads a lone userinfo as a user name,
+        # but people often put a password there; hide it either way.
+        return f"{scheme}://{REDACTED}@{host}{tail}"
+    return f"{scheme}://{user}:{REDACTED}@{host}{tail}"
