@@ -31,6 +31,13 @@ def wait_for_file(path: str | os.PathLike, timeout: float = 30.0) -> bool:
     return True
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write a file that others poll for: it appears complete or not at all."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def init(url: str, *args: object, **kw: object):
     """WorQ-style init_func: a broker exposing this module's tasks."""
     broker = get_broker(url)
@@ -113,7 +120,7 @@ def sleep(seconds):
 def touch_and_wait(directory, name, timeout=30.0):
     """Create ``name.started``, wait for ``name.unlock``, write ``name.out``."""
     path = Path(directory)
-    (path / f"{name}.started").write_text(str(os.getpid()))
+    write_atomically(path / f"{name}.started", str(os.getpid()))
     if not wait_for_file(path / f"{name}.unlock", timeout):
         return "timed out"
     (path / f"{name}.out").write_text("done")

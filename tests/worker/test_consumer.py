@@ -1,0 +1,258 @@
+"""BrokerConsumer on a plain poolx.Pool: the parent's exposed callables run in
+the workers; outcomes, heartbeats, status, stopping and broken pools."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import poolx
+from poolx import Task, TaskFailure, TaskSpace, get_queue
+from poolx.consumer import PREFETCH_MAX, BrokerConsumer, redact_url
+from poolx.core import get_broker
+from tests.conftest import wait_until
+from tests.worker import tasks
+from tests.worker.conftest import FORK
+
+WAIT = 20
+
+
+@pytest.fixture
+def pool() -> Iterator[poolx.Pool]:
+    pool = poolx.Pool(2, context=FORK)
+    yield pool
+    pool.terminate()
+
+
+@pytest.fixture
+def broker(url):
+    broker = get_broker(url)
+    broker.expose(tasks.ts)
+    return broker
+
+
+@pytest.fixture
+def consume(pool, broker) -> Iterator:
+    consumers: list[BrokerConsumer] = []
+
+    def start(**kw) -> BrokerConsumer:
+        kw.setdefault("timeout", 0.1)
+        consumer = BrokerConsumer(kw.pop("pool", pool), broker, **kw)
+        consumer.start()
+        consumers.append(consumer)
+        return consumer
+
+    yield start
+    for consumer in consumers:
+        consumer.stop(join=False)
+    pool.terminate()
+    for consumer in consumers:
+        assert consumer.join(WAIT)
+
+
+def test_parent_callables_run_in_the_pool(url, consume):
+    consume()
+    q = get_queue(url)
+    total = q.wt.add([q.wt.num(i) for i in range(10)])
+    assert total.wait(WAIT) and total.value == 45
+
+
+def test_closures_and_lambdas_are_sent_with_cloudpickle(url, broker, consume):
+    offset = 100
+    space = TaskSpace("local")
+    space.task(lambda x: x + offset, "plus")
+    broker.expose(space)
+    consume()
+    res = get_queue(url).local.plus(1)
+    assert res.wait(WAIT) and res.value == 101
+
+
+def test_failures(url, consume):
+    consume()
+    q = get_queue(url)
+    div, unknown = q.wt.div(1, 0), q.wt.nothing()
+    assert div.wait(WAIT) and unknown.wait(WAIT)
+    with pytest.raises(TaskFailure, match="ZeroDivisionError: division by zero"):
+        _ = div.value
+    with pytest.raises(TaskFailure, match="no such task"):
+        _ = unknown.value
+
+
+def test_terminated_job(url, pool, consume, tmp_path):
+    consumer = consume()
+    res = get_queue(url).wt.touch_and_wait(str(tmp_path), "j")
+    started = tmp_path / "j.started"
+    wait_until(started.exists, WAIT)
+    pool.terminate_job(int(started.read_text()))
+    assert res.wait(WAIT)
+    with pytest.raises(TaskFailure, match=r"Terminated: the task was terminated \(signal 15\)"):
+        _ = res.value
+    assert consumer.stats["failed"] == 1
+
+
+def test_ignore_result_tasks_run(url, consume, tmp_path):
+    consume()
+    Task(get_queue(url).wt.touch_and_wait, ignore_result=True)(str(tmp_path), "i")
+    (tmp_path / "i.unlock").touch()
+    wait_until((tmp_path / "i.out").exists, WAIT)
+
+
+def test_heartbeats_for_running_tasks_only(url, broker, consume, tmp_path):
+    beats: list[str] = []
+    real = broker.heartbeat
+
+    def heartbeat(task):
+        beats.append(task.id)
+        real(task)
+
+    broker.heartbeat = heartbeat
+    consumer = consume()
+    res = Task(get_queue(url).wt.touch_and_wait, heartrate=0.02)(str(tmp_path), "h")
+    wait_until(lambda: len(beats) >= 3, WAIT)
+    assert set(beats) == {res.id}
+    (tmp_path / "h.unlock").touch()
+    assert res.wait(WAIT)
+    wait_until(lambda: consumer.in_flight == 0, WAIT)
+    assert consumer.stats["done"] == 1
+
+
+def test_a_failing_heartbeat_is_logged_and_harmless(url, broker, consume, tmp_path, caplog):
+    def heartbeat(task):
+        raise ConnectionError("backend down")
+
+    broker.heartbeat = heartbeat
+    consume()
+    res = Task(get_queue(url).wt.touch_and_wait, heartrate=0.02)(str(tmp_path), "f")
+    wait_until(lambda: "heartbeat failed" in caplog.text, WAIT)
+    (tmp_path / "f.unlock").touch()
+    assert res.wait(WAIT) and res.value == "f done"
+
+
+def test_broker_errors_back_off_and_recover(url, broker, consume, caplog):
+    real = broker.next_task
+    calls = []
+
+    def flaky(timeout=None):
+        calls.append(timeout)
+        if len(calls) <= 2:
+            raise ConnectionError("backend down")
+        return real(timeout=timeout)
+
+    broker.next_task = flaky
+    broker.next_tasks = None  # use next_task, whatever the broker offers
+    consume()
+    res = get_queue(url).wt.num(4)
+    assert res.wait(WAIT) and res.value == 4
+    assert caplog.text.count("cannot take tasks") == 2
+
+
+def test_stop_waits_for_running_tasks(url, consume, tmp_path):
+    consumer = consume()
+    res = get_queue(url).wt.touch_and_wait(str(tmp_path), "s")
+    wait_until((tmp_path / "s.started").exists, WAIT)
+    consumer.stop(join=False)
+    assert not consumer.join(0.1)
+    (tmp_path / "s.unlock").touch()
+    assert consumer.join(WAIT)
+    assert res.value == "s done"
+    assert not consumer.running
+
+
+def test_a_task_taken_after_stop_goes_back(url, consume):
+    consumer = consume(timeout=5)
+    wait_until(lambda: consumer._in_get, WAIT)
+    consumer.stop()  # returns at once although the consumer is still blocked
+    res = get_queue(url).wt.num(1)
+    wait_until(lambda: consumer.stats["requeued"] == 1, WAIT)
+    assert res.status == "enqueued"
+
+
+def test_closed_pool_breaks_the_consumer(url, pool, consume):
+    broken = threading.Event()
+    pool.close()
+    consumer = consume(on_broken=broken.set)
+    res = get_queue(url).wt.num(1)
+    assert broken.wait(WAIT)
+    assert "not running" in str(consumer.broken)
+    assert res.status == "enqueued"
+
+
+def test_capacity_adapts_to_task_length(url, consume):
+    consumer = consume()
+    assert consumer.capacity == 2  # nothing known yet: one task per worker
+    results = [get_queue(url).wt.num(i) for i in range(20)]
+    assert all(r.wait(WAIT) for r in results)
+    assert consumer.capacity == 2 * (1 + PREFETCH_MAX)  # tiny tasks: prefetch
+    consumer._ewma = 0.05  # as if tasks took 50 ms
+    assert consumer.capacity == 2
+
+
+def test_fixed_prefetch(pool, broker):
+    assert BrokerConsumer(pool, broker, prefetch=0).capacity == 2
+    assert BrokerConsumer(pool, broker, prefetch=3).capacity == 8
+
+
+@pytest.mark.parametrize(
+    "kw", [{"timeout": -1}, {"timeout": "1"}, {"prefetch": -1}, {"prefetch": 1.5}, {"status_interval": 0}]
+)
+def test_invalid_arguments(pool, broker, kw):
+    with pytest.raises(ValueError):
+        BrokerConsumer(pool, broker, **kw)
+
+
+def test_start_twice(consume):
+    consumer = consume()
+    with pytest.raises(RuntimeError):
+        consumer.start()
+
+
+def test_status_is_published_and_withdrawn(url, broker, consume, tmp_path):
+    consumer = consume(name="my-pool", status_interval=0.05)
+    res = get_queue(url).wt.touch_and_wait(str(tmp_path), "st")
+    wait_until((tmp_path / "st.started").exists, WAIT)
+
+    def busy_info():
+        for text in broker.taskqueue.live_pools():
+            info = json.loads(text)
+            if any(w["task"] for w in info["workers"]):
+                return info
+        return None
+
+    info = wait_until(busy_info, WAIT)
+    assert info["name"] == "my-pool" and info["queue"] == "default"
+    assert info["state"] == "running" and info["id"] == consumer.pool_id
+    assert len(info["workers"]) == 2
+    busy = [w for w in info["workers"] if w["task"]]
+    assert busy[0]["task"] == f"wt.touch_and_wait [default:{res.id}]"
+    assert busy[0]["state"] == "busy"
+    assert info["in_flight"] == [busy[0]["task"]]
+    (tmp_path / "st.unlock").touch()
+    assert res.wait(WAIT)
+    consumer.stop()
+    assert broker.taskqueue.live_pools() == []
+
+
+def test_register_false(broker, consume):
+    checks = []
+    consumer = consume(register=False, status_interval=0.01)
+    real = consumer.check_pool
+    consumer.check_pool = lambda: (checks.append(1), real())
+    wait_until(lambda: len(checks) >= 3, WAIT)
+    assert broker.taskqueue.live_pools() == []
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("redis://:secret@host:6379/0", "redis://***@host:6379/0"),
+        ("redis://user:secret@host/1", "redis://user:***@host/1"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_redact_url(url, shown):
+    assert redact_url(url) == shown
+
