@@ -33,6 +33,7 @@ __all__ = ["Pool"]
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 _AT_EXIT_WAIT = 2.0
+IMAP_AHEAD = 256  # chunks an imap feeder may submit beyond the completed ones
 
 
 def _shutdown(supervisor: Supervisor) -> None:
@@ -235,10 +236,14 @@ class Pool:
         accepted and have no effect.
         """
         self._check_running()
-        soft_timeout, timeout, memory_limit = self._limits(soft_timeout, timeout, memory_limit)
-        for name, value in (("callback", callback), ("error_callback", error_callback),
-                            ("accept_callback", accept_callback), ("timeout_callback", timeout_callback)):
-            options.check_callable(name, value)
+        if soft_timeout is not None or timeout is not None or memory_limit is not None:
+            soft_timeout, timeout, memory_limit = self._limits(soft_timeout, timeout, memory_limit)
+        if callback is not None or error_callback is not None or accept_callback is not None \
+                or timeout_callback is not None:
+            for name, value in (("callback", callback), ("error_callback", error_callback),
+                                ("accept_callback", accept_callback),
+                                ("timeout_callback", timeout_callback)):
+                options.check_callable(name, value)
         result = ApplyResult(self._supervisor.runner, callback, error_callback, accept_callback,
                              timeout_callback, correlation_id, self._terminate_job_of_result)
         try:
@@ -294,13 +299,23 @@ class Pool:
         if not chunks:
             return result
         func = wire.portable(func)
-        try:
-            jobs = [self._job(result, i, func, chunk, None, mode, soft_timeout, timeout, memory_limit)
-                    for i, chunk in enumerate(chunks)]
-        except Exception as exc:
-            result._job_done(0, False, exc)
-            return result
-        self._submit(jobs)
+        # Submit as we pickle, so workers start on the first chunks at once;
+        # groups grow so that huge maps are not one wake-up per chunk.
+        group: list[Job] = []
+        group_size = 1
+        for i, chunk in enumerate(chunks):
+            try:
+                group.append(self._job(result, i, func, chunk, None, mode, soft_timeout, timeout,
+                                       memory_limit))
+            except Exception as exc:  # an unpicklable item fails the map, not the pool
+                result._job_done(i, False, exc)
+                break
+            if len(group) >= group_size:
+                self._submit(group)
+                group = []
+                group_size = min(group_size * 2, 64)
+        if group:
+            self._submit(group)
         return result
 
     # ------------------------------------------------------------------ imap
@@ -335,9 +350,17 @@ class Pool:
 
     def _feed(self, sink: IMapIterator, func: Callable[..., Any], iterator: Iterator[Any],
               chunksize: int, limits: tuple[Any, Any, Any]) -> None:
-        """Feeder thread: read the input lazily, one chunk at a time."""
+        """Feeder thread: read the input lazily, one chunk at a time.
+
+        It stays at most ``IMAP_AHEAD`` chunks ahead of completed ones, so a
+        huge (or endless) input is never materialized and the feeder does not
+        starve the supervisor of the GIL.
+        """
+        ahead = max(IMAP_AHEAD, 4 * self._supervisor.target)
         index = 0
         while True:
+            if index - sink._completed() >= ahead:
+                sink._wait_completed(index - ahead + 1)
             try:
                 chunk = list(itertools.islice(iterator, chunksize))
             except Exception as exc:  # the input raised: that is the last "item"

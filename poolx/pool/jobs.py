@@ -14,37 +14,56 @@ it: accept callbacks); otherwise a job goes straight from ``sent`` to its end.
 
 from __future__ import annotations
 
-import enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from poolx.pool.results import JobSink
 
 
-class JobState(enum.Enum):
-    QUEUED = "queued"
-    SENT = "sent"
-    ACCEPTED = "accepted"
-    DONE = "done"
-    FAILED = "failed"
-    TIMED_OUT = "timed_out"
-    LOST = "lost"
-    CANCELLED = "cancelled"
+class JobState:
+    """One state of a job.  Plain objects rather than an Enum: the supervisor
+    checks states several times per job, and Enum hashing is slow."""
 
-    @property
-    def terminal(self) -> bool:
-        return self in _TERMINAL
+    __slots__ = ("value", "code", "terminal")
+
+    def __init__(self, value: str, code: int, terminal: bool) -> None:
+        self.value = value
+        self.code = code
+        self.terminal = terminal
+
+    def __repr__(self) -> str:
+        return f"<JobState {self.value}>"
+
+    QUEUED: ClassVar[JobState]
+    SENT: ClassVar[JobState]
+    ACCEPTED: ClassVar[JobState]
+    DONE: ClassVar[JobState]
+    FAILED: ClassVar[JobState]
+    TIMED_OUT: ClassVar[JobState]
+    LOST: ClassVar[JobState]
+    CANCELLED: ClassVar[JobState]
 
 
-_TERMINAL = frozenset(
-    {JobState.DONE, JobState.FAILED, JobState.TIMED_OUT, JobState.LOST, JobState.CANCELLED}
-)
+for _code, (_name, _terminal) in enumerate([
+    ("queued", False), ("sent", False), ("accepted", False), ("done", True),
+    ("failed", True), ("timed_out", True), ("lost", True), ("cancelled", True),
+]):
+    setattr(JobState, _name.upper(), JobState(_name, _code, _terminal))
 
-_ALLOWED = {
-    JobState.QUEUED: frozenset({JobState.SENT}) | _TERMINAL,
-    JobState.SENT: frozenset({JobState.ACCEPTED, JobState.QUEUED}) | _TERMINAL,
-    JobState.ACCEPTED: frozenset({JobState.QUEUED}) | _TERMINAL,
-}
+STATES = (JobState.QUEUED, JobState.SENT, JobState.ACCEPTED, JobState.DONE, JobState.FAILED,
+          JobState.TIMED_OUT, JobState.LOST, JobState.CANCELLED)
+
+
+def _mask(*states: JobState) -> int:
+    return sum(1 << state.code for state in states)
+
+
+_TERMINAL_MASK = _mask(*(state for state in STATES if state.terminal))
+# _ALLOWED[code] is a bit mask of the states a job in state ``code`` may move to.
+_ALLOWED = [0] * len(STATES)
+_ALLOWED[JobState.QUEUED.code] = _mask(JobState.SENT) | _TERMINAL_MASK
+_ALLOWED[JobState.SENT.code] = _mask(JobState.ACCEPTED, JobState.QUEUED) | _TERMINAL_MASK
+_ALLOWED[JobState.ACCEPTED.code] = _mask(JobState.QUEUED) | _TERMINAL_MASK
 
 
 class JobStateError(RuntimeError):
@@ -92,7 +111,7 @@ class Job:
         self.soft_fired = False
 
     def move(self, new: JobState) -> None:
-        if new not in _ALLOWED.get(self.state, ()):
+        if not _ALLOWED[self.state.code] >> new.code & 1:
             raise JobStateError(f"job {self.seq}: illegal transition {self.state.value} -> {new.value}")
         self.state = new
         if new.terminal:

@@ -649,36 +649,28 @@ class Supervisor:
         limit = self._prefetch()
         maxtasks = self.config.maxtasksperchild
         takers = []
-        booting = 0
         for handle in self.workers.values():
             if handle.retiring or handle.eof or handle.exited:
                 continue
-            if not handle.ready:
-                booting += 1
-                continue
-            room = limit - len(handle.jobs)
+            # A booting worker gets one job, which waits in its pipe until its
+            # initializer is done (and goes back to the queue if that fails):
+            # no extra round trip before a new worker starts working.
+            room = (limit if handle.ready else 1) - len(handle.jobs)
             if maxtasks is not None:
                 room = min(room, maxtasks - handle.sent)
             if room > 0:
                 takers.append((handle, room))
-        # One job is kept back for each worker still booting, so the first
-        # worker up cannot hoard work that a booting worker will soon start.
-        # An idle worker always gets a job.
         if not takers:
             return
-        available = len(queue) - booting
-        takers.sort(key=lambda taker: len(taker[0].jobs))  # idle workers first
-        share = max(1, -(-available // (len(takers) + booting)))
+        takers.sort(key=lambda taker: (len(taker[0].jobs), not taker[0].ready))  # idle first
+        share = max(1, -(-len(queue) // len(takers)))
         now = time.monotonic()
         for handle, room in takers:
-            count = min(room, share, available)
-            if count <= 0 and not handle.jobs:
-                count = 1
-            if count <= 0 or not queue:
+            count = min(room, share, len(queue))
+            if count <= 0:
                 break
             batch = []
             for _ in range(count):
-                available -= 1
                 job = queue.popleft()
                 job.move(JobState.SENT)
                 job.worker = handle
