@@ -35,9 +35,20 @@ class SoftTimeLimitExceeded(Exception):
     limit, the worker is killed anyway.
     """
 
+    def __str__(self) -> str:
+        return super().__str__() or "soft time limit exceeded"
+
 
 class TimeLimitExceeded(PoolError):
-    """The job ran past its hard time limit; its worker was killed."""
+    """The job ran past its hard time limit; its worker was killed.
+
+    ``args[0]`` is the limit in seconds (billiard's convention).
+    """
+
+    def __str__(self) -> str:
+        if len(self.args) == 1 and isinstance(self.args[0], (int, float)):
+            return f"hard time limit of {self.args[0]} s exceeded; the worker was killed"
+        return super().__str__()
 
 
 class WorkerLostError(PoolError):
@@ -49,6 +60,17 @@ class Terminated(PoolError):
 
     ``args[0]`` is the signal number used when one was sent.
     """
+
+    def __str__(self) -> str:
+        if len(self.args) == 1 and isinstance(self.args[0], int):
+            import signal
+
+            try:
+                name = signal.Signals(self.args[0]).name
+            except ValueError:
+                name = "unknown signal"
+            return f"terminated by signal {self.args[0]} ({name})"
+        return super().__str__()
 
 
 class RestartFreqExceeded(PoolError):

@@ -71,10 +71,14 @@ class Pool:
         on_process_exit: ``f(pid, exitcode)`` once per worker exit.
         on_timeout_set: ``f(result, soft, hard)`` when a job with limits is sent.
         on_timeout_cancel: ``f(result)`` when such a job finished in time.
-        lost_worker_timeout, threads, semaphore, putlocks, allow_restart, synack,
-        enable_timeouts: billiard's; accepted and without effect (poolx sees a
-            lost worker at once, always enforces timeouts and always allows
-            :meth:`restart`).
+        lost_worker_timeout: billiard's; accepted, no effect (poolx sees a lost
+            worker as soon as its process sentinel fires).
+        threads: billiard's; accepted, no effect.
+        semaphore: billiard's; accepted, no effect.
+        putlocks: billiard's; accepted, no effect.
+        allow_restart: billiard's; accepted (:meth:`restart` is always allowed).
+        synack: billiard's; accepted, no effect.
+        enable_timeouts: billiard's; accepted (limits are always enforced).
     """
 
     def __init__(
