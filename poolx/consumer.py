@@ -167,6 +167,18 @@ def _seconds(value: float | None) -> str:
     return "?" if value is None else f"{value:g} s"
 
 
+# What a task that did not catch the engine's SoftTimeLimitExceeded fails with.
+_SOFT_LIMIT_TEXTS = frozenset([
+    "SoftTimeLimitExceeded: ",
+    f"SoftTimeLimitExceeded: {SoftTimeLimitExceeded()}",
+])
+
+
+def _soft_limit_text(task: FunctionTask) -> str:
+    limit = f" ({task.soft_timeout:g} s)" if task.soft_timeout is not None else ""
+    return f"SoftTimeLimitExceeded: soft time limit{limit} exceeded"
+
+
 class _Running:
     """One task taken from the queue and not answered yet."""
 
@@ -294,6 +306,7 @@ class BrokerConsumer:
                 raise RuntimeError("a BrokerConsumer can only be started once")
             self._started = True
         self.started_at = time.time()
+        self._publish_status()  # visible to ``poolx status`` from the start
         self._timer_thread = threading.Thread(target=self._timer_loop, name="poolx-consumer-timer", daemon=True)
         self._thread = threading.Thread(target=self._consume, name="poolx-consumer", daemon=True)
         self._timer_thread.start()
@@ -464,11 +477,8 @@ class BrokerConsumer:
             if outcome.task_id == task.id and outcome.queue != self.broker.name:
                 # the worker's broker may serve another queue name: say which one ran it
                 outcome = type(outcome)(outcome.task_name, self.broker.name, task.id, outcome.error)
-            if outcome.error == "SoftTimeLimitExceeded: ":
-                outcome = type(outcome)(
-                    outcome.task_name, outcome.queue, task.id,
-                    f"SoftTimeLimitExceeded: soft time limit ({_seconds(task.soft_timeout)}) exceeded",
-                )
+            if outcome.error in _SOFT_LIMIT_TEXTS:  # the engine's signal, not the task's own raise
+                outcome = type(outcome)(outcome.task_name, outcome.queue, task.id, _soft_limit_text(task))
         self._store(task, outcome)
         self._forget(entry)
 
@@ -496,8 +506,7 @@ class BrokerConsumer:
                                   f"TimeLimitExceeded: hard time limit ({_seconds(task.timeout or _pool_limit(error))}) "
                                   "exceeded; the worker was killed")
         elif isinstance(error, SoftTimeLimitExceeded):
-            failure = TaskFailure(task.name, queue, task.id,
-                                  f"SoftTimeLimitExceeded: soft time limit ({_seconds(task.soft_timeout)}) exceeded")
+            failure = TaskFailure(task.name, queue, task.id, _soft_limit_text(task))
         elif isinstance(error, MemoryLimitExceeded):
             failure = TaskFailure(task.name, queue, task.id, _error_text(error))
         elif isinstance(error, WorkerLostError):
@@ -594,7 +603,7 @@ class BrokerConsumer:
     # -- the timer thread: heartbeats and status --------------------------------
 
     def _timer_loop(self) -> None:
-        next_status = time.monotonic()
+        next_status = time.monotonic() + self.status_interval
         cond = self._timer
         with self._lock:
             while not self._closed:

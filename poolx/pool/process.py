@@ -219,7 +219,7 @@ class WorkerPool:
             )
             self.pool = pool
             self.consumer = BrokerConsumer(
-                pool, self.broker, timeout=timeout, worker_broker=True, name=str(self),
+                pool, self.broker, timeout=timeout, worker_broker=True, name=self.name or str(self),
                 on_broken=self._notify, **self.consumer_options,
             )
             self.consumer.start()

@@ -1,0 +1,426 @@
+"""The ``poolx`` command line (also ``python -m poolx``).
+
+Owned here: argument parsing, output and exit codes of four commands; the
+work itself is done by the public API:
+
+* ``poolx worker URL --init module:function`` — one
+  :class:`~poolx.pool.process.WorkerPool` per ``--queue``, run by
+  :func:`~poolx.pool.process.start_pools` until SIGTERM/SIGINT (graceful),
+  a second signal stops at once.
+* ``poolx status URL`` — the pool registry (``live_pools``) and queue sizes.
+* ``poolx enqueue URL TASK [ARGS_JSON]`` — a task by its dotted name.
+* ``poolx purge URL`` — ``discard_pending_tasks`` after confirmation.
+
+Exit codes: 0 success; 1 a task failed or timed out, a pool broke, the
+broker is unreachable, or the user declined; 2 a usage mistake.  Errors are
+one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from poolx.const import DEFAULT
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
+
+
+class _Failure(Exception):
+    """A command failed (exit code 1): the message is printed as is."""
+
+
+class _Usage(Exception):
+    """A usage mistake (exit code 2)."""
+
+
+# -- argument parsing --------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _size(text: str) -> int:
+    from poolx.pool.options import parse_size
+
+    try:
+        return parse_size("memory limit", text)  # type: ignore[return-value]
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _log_level(text: str) -> int:
+    level = logging.getLevelName(text.upper())
+    if not isinstance(level, int):
+        raise argparse.ArgumentTypeError(f"unknown log level {text!r} (DEBUG, INFO, WARNING, ERROR)")
+    return level
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``poolx`` command."""
+    parser = argparse.ArgumentParser(
+        prog="poolx",
+        description="Run and inspect poolx worker pools on a task queue (memory:// or redis://).",
+        epilog="Exit codes: 0 ok, 1 a task failed (or the broker is unreachable), 2 usage error.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    worker = commands.add_parser(
+        "worker",
+        help="run a process worker pool until SIGTERM/SIGINT",
+        description=(
+            "Run a process worker pool that consumes tasks from URL until SIGTERM or SIGINT, "
+            "then shut down gracefully: running tasks finish and store their results.  "
+            "A second signal stops at once (running tasks fail with Terminated, tasks "
+            "not started go back to the queue)."
+        ),
+    )
+    worker.add_argument("url", metavar="URL", help="task queue URL, e.g. redis://localhost:6379/0")
+    worker.add_argument(
+        "--init", required=True, metavar="MODULE:FUNCTION",
+        help="worker initializer: called as FUNCTION(URL) once in each worker, it returns a broker "
+             "exposing the tasks (WorQ's init_func); MODULE is imported from the current directory too",
+    )
+    worker.add_argument("--queue", action="append", metavar="NAME",
+                        help="queue name to consume (repeat for several queues: one pool each; "
+                             f"default {DEFAULT!r})")
+    worker.add_argument("--workers", type=_positive_int, metavar="N",
+                        help="worker processes per queue (default: the CPU count)")
+    worker.add_argument("--max-worker-tasks", type=_positive_int, metavar="N",
+                        help="replace a worker after N tasks")
+    worker.add_argument("--timeout", type=_seconds, metavar="S",
+                        help="hard time limit of every task (a task's own timeout option wins)")
+    worker.add_argument("--soft-timeout", type=_seconds, metavar="S",
+                        help="soft time limit: SoftTimeLimitExceeded is raised inside the task")
+    worker.add_argument("--memory-limit", type=_size, metavar="SIZE",
+                        help="memory a worker may use during a task, e.g. 512MB")
+    worker.add_argument("--name", metavar="NAME", help="pool name shown in logs and `poolx status`")
+    worker.add_argument("--log-level", type=_log_level, default=logging.INFO, metavar="LEVEL",
+                        help="DEBUG, INFO (default), WARNING or ERROR; DEBUG adds tracebacks of failed tasks")
+
+    status = commands.add_parser(
+        "status",
+        help="show the live worker pools and queue sizes",
+        description="Show every live worker pool on URL (pools heartbeat; one that stops "
+                    "disappears after a while), queue sizes and tasks in flight.",
+    )
+    status.add_argument("url", metavar="URL", help="task queue URL")
+    status.add_argument("--queue", action="append", metavar="NAME",
+                        help="also report the size of this queue (repeatable)")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    enqueue = commands.add_parser(
+        "enqueue",
+        help="enqueue a task by its dotted name",
+        description="Enqueue TASK (its dotted name, e.g. tasks.add) and print its id.  ARGS_JSON "
+                    "is a JSON array of positional arguments, a JSON object of keyword "
+                    "arguments, or any other JSON value as the only argument.",
+    )
+    enqueue.add_argument("url", metavar="URL", help="task queue URL")
+    enqueue.add_argument("task", metavar="TASK", help="dotted task name")
+    enqueue.add_argument("args", metavar="ARGS_JSON", nargs="?", help="arguments as JSON")
+    enqueue.add_argument("--queue", default=DEFAULT, metavar="NAME", help=f"queue name (default {DEFAULT!r})")
+    enqueue.add_argument("--wait", type=_seconds, metavar="SECONDS",
+                         help="wait up to SECONDS for the result and print it as JSON "
+                              "(exit code 1 if the task failed or did not finish in time)")
+    enqueue.add_argument("--timeout", type=_seconds, metavar="S", help="the task's hard time limit")
+    enqueue.add_argument("--soft-timeout", type=_seconds, metavar="S", help="the task's soft time limit")
+    enqueue.add_argument("--memory-limit", type=_size, metavar="SIZE", help="the task's memory limit")
+
+    purge = commands.add_parser(
+        "purge",
+        help="discard the tasks waiting in a queue",
+        description="Discard every task waiting in the queue (running tasks are not affected; "
+                    "their waiters get TaskExpired).  Asks for confirmation unless --yes.",
+    )
+    purge.add_argument("url", metavar="URL", help="task queue URL")
+    purge.add_argument("--queue", default=DEFAULT, metavar="NAME", help=f"queue name (default {DEFAULT!r})")
+    purge.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    return parser
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _broker(url: str, queue: str = DEFAULT) -> Any:
+    from poolx.core import get_broker
+
+    try:
+        return get_broker(url, queue)
+    except ValueError as err:
+        raise _Usage(str(err)) from None
+    except ImportError as err:
+        raise _Failure(str(err)) from None
+
+
+def _reach(url: str, call: Any) -> Any:
+    """Run one broker call; a connection problem becomes a one-line failure."""
+    from poolx.consumer import redact_url
+
+    try:
+        return call()
+    except (_Failure, _Usage):
+        raise
+    except Exception as err:
+        raise _Failure(f"cannot reach {redact_url(url)}: {type(err).__name__}: {err}") from None
+
+
+def _resolve(spec: str) -> Any:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise _Usage(f"--init must look like module:function, got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as err:
+        raise _Usage(f"cannot import {module_name!r} (from --init {spec}): {type(err).__name__}: {err}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise _Usage(f"module {module_name!r} has no attribute {attr!r} (from --init {spec})") from None
+    if not callable(obj):
+        raise _Usage(f"--init {spec} is not callable")
+    return obj
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return json.dumps(repr(value))
+
+
+def _ago(timestamp: Any, now: float) -> str:
+    if not isinstance(timestamp, (int, float)):
+        return "?"
+    return _duration(now - timestamp) + " ago"
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "?"
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    if seconds < 86400:
+        return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+    return f"{seconds // 86400:.0f}d{seconds % 86400 // 3600:02.0f}h"
+
+
+def _mib(value: Any) -> str:
+    return f"{value / 2**20:.1f} MiB" if isinstance(value, (int, float)) else "? MiB"
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from poolx.consumer import redact_url
+    from poolx.pool.process import Error, WorkerPool, start_pools
+
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
+    logging.getLogger().setLevel(args.log_level)
+    if args.log_level > logging.DEBUG:
+        # the pool logs one line per failed task; the worker-side traceback only at DEBUG
+        logging.getLogger("poolx.task").setLevel(logging.CRITICAL)
+    init = _resolve(args.init)
+    queues = list(dict.fromkeys(args.queue or [DEFAULT]))
+    options: dict[str, Any] = {}
+    for key in ("timeout", "soft_timeout", "memory_limit"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    pools = []
+    for queue in queues:
+        broker = _broker(args.url, queue)
+        _reach(args.url, lambda broker=broker: len(broker))
+        name = args.name
+        if name and len(queues) > 1:
+            name = f"{name}-{queue}"
+        pools.append(WorkerPool(broker, init, workers=args.workers, max_worker_tasks=args.max_worker_tasks,
+                                name=name, **options))
+    logging.getLogger("poolx.cli").info(
+        "poolx worker on %s, queue(s) %s", redact_url(args.url), ", ".join(queues))
+    try:
+        start_pools(*pools, timeout=1.0)
+    except Error as err:
+        raise _Failure(str(err)) from None
+    return EXIT_OK
+
+
+def _status(url: str, extra_queues: Sequence[str]) -> dict[str, Any]:
+    from poolx.consumer import redact_url
+
+    broker = _broker(url)
+    pools = []
+    for text in _reach(url, broker.taskqueue.live_pools):
+        try:
+            info = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(info, dict):
+            pools.append(info)
+    pools.sort(key=lambda info: (str(info.get("host")), str(info.get("name")), info.get("pid") or 0))
+    names = list(dict.fromkeys([DEFAULT, *(str(p.get("queue", DEFAULT)) for p in pools), *extra_queues]))
+    queues = {}
+    for name in names:
+        size = _reach(url, lambda name=name: len(_broker(url, name)))
+        in_flight = sum(len(p.get("in_flight") or ()) for p in pools if p.get("queue") == name)
+        queues[name] = {"waiting": size, "in_flight": in_flight}
+    return {"url": redact_url(url), "time": time.time(), "pools": pools, "queues": queues}
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    now = status["time"]
+    pools = status["pools"]
+    print(f"{len(pools)} worker pool{'s' if len(pools) != 1 else ''} on {status['url']}")
+    for info in pools:
+        workers = info.get("workers") or []
+        states: dict[str, int] = {}
+        for worker in workers:
+            states[worker.get("state", "?")] = states.get(worker.get("state", "?"), 0) + 1
+        summary = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none"
+        print()
+        print(f"{info.get('name')} on {info.get('host')} (pid {info.get('pid')}), "
+              f"queue {info.get('queue')}: {info.get('state', '?')}")
+        if info.get("broken"):
+            print(f"  broken: {info['broken']}")
+        print(f"  started {_ago(info.get('started'), now)}, last heartbeat {_ago(info.get('heartbeat'), now)}")
+        print(f"  tasks: {info.get('tasks_done', 0)} done, {info.get('tasks_failed', 0)} failed, "
+              f"{len(info.get('in_flight') or ())} in flight")
+        print(f"  workers: {len(workers)} ({summary})")
+        for worker in workers:
+            task = worker.get("task") or ""
+            print(f"    {worker.get('pid'):>7}  {worker.get('state', '?'):<8} {worker.get('tasks_done', 0):>7} done"
+                  f"  {_mib(worker.get('rss')):>10}  up {_duration(worker.get('uptime')):<7} {task}".rstrip())
+    print()
+    print("queues:")
+    for name, sizes in status["queues"].items():
+        print(f"  {name}: {sizes['waiting']} waiting, {sizes['in_flight']} in flight")
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    status = _status(args.url, args.queue or [])
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        _print_status(status)
+    return EXIT_OK
+
+
+def _cmd_enqueue(args: argparse.Namespace) -> int:
+    from poolx.task import TaskFailure
+
+    positional: tuple = ()
+    keywords: dict[str, Any] = {}
+    if args.args is not None:
+        try:
+            value = json.loads(args.args)
+        except ValueError as err:
+            raise _Usage(f"ARGS_JSON is not valid JSON: {err}") from None
+        if isinstance(value, list):
+            positional = tuple(value)
+        elif isinstance(value, dict):
+            keywords = value
+        else:
+            positional = (value,)
+    options = {key: getattr(args, key) for key in ("timeout", "soft_timeout", "memory_limit")
+               if getattr(args, key) is not None}
+    broker = _broker(args.url, args.queue)
+    try:
+        queue = broker.queue(args.task, **options)
+    except ValueError as err:
+        raise _Usage(str(err)) from None
+    deferred = _reach(args.url, lambda: queue(*positional, **keywords))
+    print(deferred.id, flush=True)
+    if args.wait is None:
+        return EXIT_OK
+    if not _reach(args.url, lambda: deferred.wait(args.wait)):
+        status = _reach(args.url, lambda: deferred.status)
+        raise _Failure(f"no result within {args.wait:g} s (task {deferred.id} is {status or 'unknown'})")
+    try:
+        value = deferred.value
+    except TaskFailure as failure:
+        raise _Failure(f"task failed: {failure}") from None
+    print(_json_text(value))
+    return EXIT_OK
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    from poolx.consumer import redact_url
+
+    broker = _broker(args.url, args.queue)
+    count = _reach(args.url, lambda: len(broker))
+    where = f"queue {args.queue!r} on {redact_url(args.url)}"
+    if not count:
+        print(f"no tasks waiting in {where}")
+        return EXIT_OK
+    if not args.yes:
+        sys.stderr.write(f"Discard {count} waiting task{'s' if count != 1 else ''} in {where}? [y/N] ")
+        sys.stderr.flush()
+        answer = sys.stdin.readline().strip().lower()
+        if answer not in ("y", "yes"):
+            raise _Failure("purge cancelled")
+    _reach(args.url, broker.discard_pending_tasks)
+    print(f"discarded {count} task{'s' if count != 1 else ''} from {where}")
+    return EXIT_OK
+
+
+_COMMANDS = {"worker": _cmd_worker, "status": _cmd_status, "enqueue": _cmd_enqueue, "purge": _cmd_purge}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``poolx`` command; return its exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return _COMMANDS[args.command](args)
+    except _Usage as err:
+        print(f"poolx {args.command}: error: {err}", file=sys.stderr)
+        print(f"(see: poolx {args.command} --help)", file=sys.stderr)
+        return EXIT_USAGE
+    except _Failure as err:
+        print(f"poolx {args.command}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"poolx {args.command}: interrupted", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""``poolx status | enqueue | purge`` and help texts, run in-process against
+``memory://`` (its queues live in this process) with a WorkerPool here."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from poolx import get_queue
+from poolx.cli import main
+from poolx.core import get_broker, register_backend
+from poolx.queue.base import AbstractTaskQueue
+from poolx.queue.registry import registry
+from tests.conftest import wait_until
+from tests.worker import tasks
+
+WAIT = "20"
+
+
+@pytest.fixture
+def pool(url, start_pool):  # noqa: F811
+    return start_pool(get_broker(url), tasks.init, name="cli-pool")
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- help and usage ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command, words",
+    [
+        ([], ["worker", "status", "enqueue", "purge", "Exit codes"]),
+        (["worker"], ["--init", "--queue", "--workers", "--max-worker-tasks", "--timeout",
+                      "--soft-timeout", "--memory-limit", "--name", "--log-level", "SIGTERM"]),
+        (["status"], ["--json", "URL"]),
+        (["enqueue"], ["TASK", "ARGS_JSON", "--queue", "--wait"]),
+        (["purge"], ["--queue", "--yes"]),
+    ],
+)
+def test_help(capsys, command, words):
+    code, out, _ = run(capsys, *command, "--help")
+    assert code == 0
+    for word in words:
+        assert word in out
+
+
+def test_no_command_is_a_usage_error(capsys):
+    code, _, err = run(capsys)
+    assert code == 2 and "COMMAND" in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["status", "nosuch://x"], "unknown task queue URL scheme"),
+        (["status", "not a url"], "malformed task queue URL"),
+        (["enqueue", "memory://", "t", "[1"], "ARGS_JSON is not valid JSON"),
+        (["enqueue", "memory://", "t", "--wait", "0"], "must be a positive number"),
+        (["purge", "memory://", "--queue"], "expected one argument"),
+    ],
+)
+def test_usage_errors(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def test_status_lists_live_pools_and_queues(capsys, url, pool):
+    get_queue(url, "other").wt.num(1)  # waits: nobody consumes 'other'
+    code, out, _ = run(capsys, "status", url, "--queue", "other")
+    assert code == 0
+    assert out.startswith(f"1 worker pool on {url}\n")
+    assert "cli-pool on " in out and "queue default: running" in out
+    assert "workers: 2 (" in out and "last heartbeat" in out
+    assert "  default: 0 waiting, 0 in flight" in out
+    assert "  other: 1 waiting, 0 in flight" in out
+
+
+def test_status_json(capsys, url, pool, tmp_path):
+    res = get_queue(url).wt.touch_and_wait(str(tmp_path), "s")
+    wait_until((tmp_path / "s.started").exists, 20)
+
+    def busy():
+        status = json.loads(run(capsys, "status", url, "--json")[1])
+        return status if status["queues"]["default"]["in_flight"] == 1 else None
+
+    pool.consumer._publish_status()  # publish now rather than at the next interval
+    status = wait_until(busy, 20)
+    [info] = status["pools"]
+    assert info["name"] == "cli-pool" and info["pid"] > 0 and info["host"]
+    assert {"started", "heartbeat", "tasks_done", "tasks_failed", "workers", "in_flight"} <= set(info)
+    assert sorted(w["state"] for w in info["workers"]) == ["busy", "idle"]
+    assert info["in_flight"] == [f"wt.touch_and_wait [default:{res.id}]"]
+    (tmp_path / "s.unlock").touch()
+    assert res.wait(20)
+
+
+def test_stopped_pools_disappear(capsys, url, pool):
+    pool.stop()
+    code, out, _ = run(capsys, "status", url)
+    assert code == 0 and out.startswith(f"0 worker pools on {url}")
+
+
+def test_silent_pools_expire(capsys, url):
+    get_broker(url).taskqueue.register_pool("ghost", json.dumps({"name": "ghost"}), 0.05)
+    wait_until(lambda: "ghost" not in run(capsys, "status", url)[1], 10)
+
+
+# -- enqueue -------------------------------------------------------------------------------
+
+
+def test_enqueue_prints_the_id(capsys, url):
+    code, out, _ = run(capsys, "enqueue", url, "wt.num", "[7]")
+    assert code == 0
+    task = get_broker(url).next_task(timeout=1)
+    assert out == f"{task.id}\n" and task.name == "wt.num" and task.args == (7,)
+
+
+@pytest.mark.parametrize(
+    "args, result",
+    [
+        (["wt.add", "[[1, 2, 3]]"], "6"),
+        (["wt.num", '"12"'], "12"),
+        (["wt.echo", '{"a": 1}'], '[[], {"a": 1}]'),
+        (["wt.echo"], "[[], {}]"),
+    ],
+)
+def test_enqueue_and_wait(capsys, url, pool, args, result):
+    code, out, err = run(capsys, "enqueue", url, *args, "--wait", WAIT)
+    assert code == 0, err
+    task_id, value = out.splitlines()
+    assert len(task_id) == 32 and value == result
+
+
+def test_enqueue_failed_task_exits_1(capsys, url, pool):
+    code, out, err = run(capsys, "enqueue", url, "wt.div", "[1, 0]", "--wait", WAIT)
+    assert code == 1
+    assert err.startswith("poolx enqueue: task failed: wt.div [default:")
+    assert "ZeroDivisionError: division by zero" in err
+    assert "Traceback" not in err
+
+
+def test_enqueue_with_a_time_limit(capsys, url, pool):
+    code, _, err = run(capsys, "enqueue", url, "wt.sleep", "[30]", "--timeout", "0.2", "--wait", WAIT)
+    assert code == 1
+    assert "TimeLimitExceeded: hard time limit (0.2 s) exceeded" in err
+
+
+def test_enqueue_wait_times_out(capsys, url):
+    code, out, err = run(capsys, "enqueue", url, "wt.num", "[1]", "--queue", "idle", "--wait", "0.05")
+    assert code == 1
+    assert "no result within 0.05 s" in err and "enqueued" in err
+    assert get_broker(url, "idle").next_task(timeout=1).id == out.strip()
+
+
+# -- purge ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def waiting(url) -> Iterator[list]:
+    yield [get_queue(url, "p").wt.num(i) for i in range(3)]
+
+
+def test_purge_with_yes(capsys, url, waiting):
+    code, out, _ = run(capsys, "purge", url, "--queue", "p", "--yes")
+    assert code == 0 and out.startswith("discarded 3 tasks from queue 'p'")
+    assert len(get_broker(url, "p")) == 0
+    assert [res.wait(1) for res in waiting] == [True] * 3  # waiters learn at once
+
+
+def test_purge_confirmed(capsys, monkeypatch, url, waiting):
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    code, out, err = run(capsys, "purge", url, "--queue", "p")
+    assert code == 0
+    assert "Discard 3 waiting tasks in queue 'p'" in err
+    assert len(get_broker(url, "p")) == 0
+
+
+@pytest.mark.parametrize("answer", ["n\n", "\n", ""])
+def test_purge_declined(capsys, monkeypatch, url, waiting, answer):
+    monkeypatch.setattr("sys.stdin", io.StringIO(answer))
+    code, _, err = run(capsys, "purge", url, "--queue", "p")
+    assert code == 1 and "purge cancelled" in err
+    assert len(get_broker(url, "p")) == 3
+
+
+def test_purge_empty_queue(capsys, url):
+    code, out, _ = run(capsys, "purge", url, "--queue", "empty")
+    assert code == 0 and out.startswith("no tasks waiting in queue 'empty'")
+
+
+# -- unreachable brokers ---------------------------------------------------------------------
+
+
+class _Unreachable(AbstractTaskQueue):
+    def _down(self, *args, **kw):
+        raise ConnectionError("Error 111 connecting to down:1. Connection refused.")
+
+    size = live_pools = enqueue_task = discard_pending = get = pop_result = _down
+
+
+@pytest.fixture
+def down() -> Iterator[str]:
+    register_backend("down", _Unreachable)
+    yield "down://:secret@host:1/0"
+    registry.unregister("down")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status"],
+        ["enqueue", "{url}", "wt.num"],
+        ["purge", "--yes"],
+    ],
+)
+def test_unreachable_broker_is_one_line_exit_1(capsys, down, argv):
+    argv = [arg.format(url=down) for arg in argv]
+    if "{url}" not in " ".join(argv) and down not in argv:
+        argv.insert(1, down)
+    code, _, err = run(capsys, *argv)
+    assert code == 1
+    assert err.startswith(f"poolx {argv[0]}: cannot reach down://***@host:1/0: ConnectionError")
+    assert "secret" not in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_worker_with_unreachable_broker(capsys, down, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(logging, "basicConfig", lambda **kw: None)
+    for name in ("", "poolx.task"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.getLogger(name).level)
+    code, _, err = run(capsys, "worker", down, "--init", "tests.worker.tasks:init")
+    assert code == 1 and "cannot reach down://***@host:1/0" in err

@@ -1,0 +1,146 @@
+"""``poolx worker`` as an operator runs it: a subprocess, logs on stderr,
+stopped by signals.  The queue is ``memory://`` in the command's own process;
+tests/cli/producer.py enqueues tasks there (see its docstring)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 30
+
+
+def _env(**extra: str) -> dict[str, str]:
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+@pytest.fixture
+def worker(tmp_path):
+    procs: list[subprocess.Popen] = []
+    log = tmp_path / "stderr"
+
+    def start(*args: str) -> subprocess.Popen:
+        with open(log, "w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "poolx", "worker", "memory://", *args],
+                cwd=ROOT, env=_env(POOLX_TEST_PRODUCE_DIR=str(tmp_path)),
+                stdout=subprocess.DEVNULL, stderr=err,
+            )
+        procs.append(proc)
+        return proc
+
+    yield start, log
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"poolx worker still running; stderr:\n{log.read_text()}")
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def test_worker_runs_tasks_logs_and_stops_gracefully(worker, tmp_path):
+    start, log = worker
+    proc = start("--init", "tests.cli.producer:init", "--workers", "2", "--name", "cli-test")
+    wait_until((tmp_path / "g.started").exists, WAIT)
+    wait_until((tmp_path / "div").exists, WAIT)
+    assert _read(tmp_path / "num") == "ok: 5"
+    assert _read(tmp_path / "div").endswith("ZeroDivisionError: division by zero")
+    text = log.read_text()
+    assert len(re.findall(r"cli-test: worker \d+ started", text)) == 2
+    failed = [line for line in text.splitlines() if "task failed" in line]
+    assert len(failed) == 1 and "wt.div [default:" in failed[0], text
+    assert "Traceback" not in text
+    proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: "stopping gracefully" in log.read_text(), WAIT)
+    assert proc.poll() is None  # the running task holds the shutdown
+    (tmp_path / "g.unlock").touch()
+    assert proc.wait(WAIT) == 0, log.read_text()
+    assert _read(tmp_path / "g") == "ok: g done"
+    text = log.read_text()
+    assert len(re.findall(r"cli-test: worker \d+ exited", text)) == 2, text
+    assert "cli-test stopped" in text
+
+
+def test_second_signal_stops_at_once(worker, tmp_path):
+    start, log = worker
+    proc = start("--init", "tests.cli.producer:init", "--workers", "1")
+    wait_until((tmp_path / "g.started").exists, WAIT)
+    proc.send_signal(signal.SIGINT)
+    wait_until(lambda: "stopping gracefully" in log.read_text(), WAIT)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(WAIT) == 0, log.read_text()
+    assert "second signal" in log.read_text()
+    wait_until((tmp_path / "g").exists, WAIT)
+    assert _read(tmp_path / "g").endswith("Terminated: the worker pool was stopped while the task ran")
+
+
+def test_debug_log_level_shows_tracebacks(worker, tmp_path):
+    start, log = worker
+    proc = start("--init", "tests.cli.producer:init", "--workers", "1", "--log-level", "debug")
+    wait_until((tmp_path / "g.started").exists, WAIT)
+    assert "ZeroDivisionError" in log.read_text() and "Traceback" in log.read_text()
+    (tmp_path / "g.unlock").touch()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(WAIT) == 0
+
+
+def test_broken_init_exits_with_1(worker):
+    start, log = worker
+    proc = start("--init", "tests.worker.tasks:init_fails", "--workers", "1")
+    assert proc.wait(WAIT) == 1, log.read_text()
+    text = log.read_text()
+    assert "poolx worker: " in text and "is broken" in text and "this init always fails" in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "the following arguments are required: --init"),
+        (["--init", "no_such_module_xyz:init"], "cannot import 'no_such_module_xyz'"),
+        (["--init", "tests.worker.tasks:nope"], "has no attribute 'nope'"),
+        (["--init", "tests.worker.tasks"], "must look like module:function"),
+        (["--init", "tests.worker.tasks:init", "--workers", "0"], "must be at least 1"),
+        (["--init", "tests.worker.tasks:init", "--memory-limit", "lots"], "memory limit must be"),
+        (["--init", "tests.worker.tasks:init", "--log-level", "loud"], "unknown log level"),
+    ],
+)
+def test_usage_errors_exit_2_without_traceback(args, message):
+    proc = subprocess.run([sys.executable, "-m", "poolx", "worker", "memory://", *args], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=WAIT)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_scheme_is_a_usage_error():
+    proc = subprocess.run([sys.executable, "-m", "poolx", "worker", "nosuch://x", "--init",
+                           "tests.worker.tasks:init"], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=WAIT)
+    assert proc.returncode == 2
+    assert "unknown task queue URL scheme 'nosuch'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_console_script_and_module_help():
+    script = Path(sys.executable).with_name("poolx")
+    commands = [[sys.executable, "-m", "poolx", "--help"]]
+    if script.exists():
+        commands.append([str(script), "--help"])
+    for command in commands:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=WAIT, env=_env())
+        assert proc.returncode == 0
+        for name in ("worker", "status", "enqueue", "purge"):
+            assert name in proc.stdout
