@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--memory-limit", type=_size, metavar="SIZE",
                         help="memory a worker may use during a task, e.g. 512MB")
     worker.add_argument("--name", metavar="NAME", help="pool name shown in logs and `poolx status`")
+    worker.add_argument("--status-interval", type=_seconds, default=5.0, metavar="S",
+                        help="seconds between two status heartbeats for `poolx status` (default 5); "
+                             "a pool silent for three intervals disappears from it")
     worker.add_argument("--log-level", type=_log_level, default=logging.INFO, metavar="LEVEL",
                         help="DEBUG, INFO (default), WARNING or ERROR; DEBUG adds tracebacks of failed tasks")
 
@@ -270,7 +273,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         if name and len(queues) > 1:
             name = f"{name}-{queue}"
         pools.append(WorkerPool(broker, init, workers=args.workers, max_worker_tasks=args.max_worker_tasks,
-                                name=name, **options))
+                                name=name, status_interval=args.status_interval, **options))
     logging.getLogger("poolx.cli").info(
         "poolx worker on %s, queue(s) %s", redact_url(args.url), ", ".join(queues))
     try:

@@ -1,0 +1,20 @@
+"""A pool process on Redis for the cross-process tests (run_in_subprocess)."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from pathlib import Path
+
+from poolx.core import get_broker
+from poolx.pool.process import WorkerPool, start_pools
+from tests.worker import tasks
+
+
+def serve(url: str, tmp: str, workers: int = 1) -> None:
+    logging.basicConfig(filename=str(Path(tmp, "log")), level=logging.INFO,
+                        format="%(process)d %(name)s %(message)s")
+    pool = WorkerPool(get_broker(url), tasks.init, workers=workers,
+                      context=multiprocessing.get_context("fork"))
+    start_pools(pool, timeout=1)
+    Path(tmp, "exited").write_text("")
