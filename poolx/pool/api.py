@@ -34,6 +34,7 @@ __all__ = ["Pool"]
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 _AT_EXIT_WAIT = 2.0
 IMAP_AHEAD = 256  # chunks an imap feeder may submit beyond the completed ones
+IMAP_GROUP = 32  # jobs per submission when imap's input is already in memory
 
 
 def _shutdown(supervisor: Supervisor) -> None:
@@ -344,16 +345,20 @@ class Pool:
         self._check_running()
         options.check_count("chunksize", chunksize, 1)
         limit_values = self._limits(**_limit_kwargs(limits))
-        iterator = iter(iterable)
+        # An input already in memory (it has a length) is fed in groups of
+        # jobs; a lazy one (a generator, a socket...) job by job, so that no
+        # item waits for the next one to be produced.
+        group_size = IMAP_GROUP if hasattr(iterable, "__len__") else 1
         feeder = threading.Thread(
-            target=self._feed, args=(sink, wire.portable(func), iterator, chunksize, limit_values),
+            target=self._feed,
+            args=(sink, wire.portable(func), iter(iterable), chunksize, limit_values, group_size),
             name="poolx-feeder", daemon=True,
         )
         feeder.start()
         return sink
 
     def _feed(self, sink: IMapIterator, func: Callable[..., Any], iterator: Iterator[Any],
-              chunksize: int, limits: tuple[Any, Any, Any]) -> None:
+              chunksize: int, limits: tuple[Any, Any, Any], group_size: int) -> None:
         """Feeder thread: read the input lazily, one chunk at a time.
 
         It stays at most ``IMAP_AHEAD`` chunks ahead of completed ones, so a
@@ -362,29 +367,43 @@ class Pool:
         """
         ahead = max(IMAP_AHEAD, 4 * self._supervisor.target)
         index = 0
+        group: list[Job] = []
+
+        def flush() -> bool:
+            try:
+                if group:
+                    self._submit(group)
+                return True
+            except ValueError as exc:  # the pool was closed or terminated meanwhile
+                for job in group:
+                    sink._job_done(job.index, False, exc)
+                sink._set_length(group[-1].index + 1)
+                return False
+            finally:
+                group.clear()
+
         while True:
             if index - sink._completed() >= ahead:
+                if not flush():
+                    return
                 sink._wait_completed(index - ahead + 1)
             try:
                 chunk = list(itertools.islice(iterator, chunksize))
             except Exception as exc:  # the input raised: that is the last "item"
-                sink._job_done(index, False, exc)
-                sink._set_length(index + 1)
-                return
-            if not chunk:
-                sink._set_length(index)
-                return
-            try:
-                job = self._job(sink, index, func, chunk, None, wire.MAP, *limits)
-            except Exception as exc:
-                sink._job_done(index, False, exc)
-            else:
-                try:
-                    self._submit([job])
-                except ValueError as exc:
+                if flush():
                     sink._job_done(index, False, exc)
                     sink._set_length(index + 1)
-                    return
+                return
+            if not chunk:
+                if flush():
+                    sink._set_length(index)
+                return
+            try:
+                group.append(self._job(sink, index, func, chunk, None, wire.MAP, *limits))
+            except Exception as exc:  # an unpicklable item fails its own position
+                sink._job_done(index, False, exc)
+            if len(group) >= group_size and not flush():
+                return
             index += 1
 
     # ------------------------------------------------------------------ lifecycle
