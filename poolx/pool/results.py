@@ -172,7 +172,10 @@ class MapResult(ApplyResult):
         error_callback: Callable[[BaseException], Any] | None = None,
     ) -> None:
         super().__init__(runner, callback, error_callback)
-        self._chunks: list[list[Any] | None] = [None] * len(chunks)
+        self._offsets = [0] * len(chunks)
+        for i in range(1, len(chunks)):
+            self._offsets[i] = self._offsets[i - 1] + chunks[i - 1]
+        self._values: list[Any] = [None] * sum(chunks)
         self._left = len(chunks)
         self._failed = False
         if not chunks:  # the standard library completes at once, without callback
@@ -184,14 +187,14 @@ class MapResult(ApplyResult):
             return
         if not ok:
             self._failed = True
-            self._chunks = []
+            self._values = []
             self._complete(False, value)
             return
-        self._chunks[index] = value
+        start = self._offsets[index]
+        self._values[start : start + len(value)] = value  # C-speed, like the stdlib
         self._left -= 1
         if self._left == 0:
-            values = [item for chunk in self._chunks for item in chunk]  # type: ignore[union-attr]
-            self._chunks = []
+            values, self._values = self._values, []
             self._complete(True, values)
 
 
