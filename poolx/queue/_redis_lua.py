@@ -231,9 +231,10 @@ elseif cmd == 'args' then
   return out
 
 elseif cmd == 'fetch' then
-  -- consumer, count, minimum lease ms, reclaim limit
+  -- consumer, count, lease ms for records that name none, reclaim limit
   -- -> {reclaimed, ms to the next lease deadline or -1,
-  --     then per task: ref, id, message, delivery, max deliveries, nargs, (arg id, value)...}
+  --     then per task: ref, id, message, delivery, max deliveries, lease ms,
+  --     nargs, (arg id, value)...}
   local consumer, count = ARGV[2], tonumber(ARGV[3])
   local min_lease, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
   local now = now_ms()
@@ -272,12 +273,14 @@ elseif cmd == 'fetch' then
       local delivery = redis.call('HINCRBY', key, 'd', 1)
       local owner = consumer .. '#' .. delivery
       redis.call('HSET', key, 's', 'processing', 'o', owner)
-      redis.call('ZADD', LEASES, now + math.max(tonumber(f[5]) or 0, min_lease), ref)
+      local lease = tonumber(f[5]) or min_lease
+      redis.call('ZADD', LEASES, now + lease, ref)
       out[#out + 1] = ref
       out[#out + 1] = id
       out[#out + 1] = f[3]
       out[#out + 1] = delivery
       out[#out + 1] = f[6] or '0'
+      out[#out + 1] = lease
       if f[8] and tonumber(f[8]) > 0 then arguments(key, out) else out[#out + 1] = 0 end
       taken = taken + 1
     end

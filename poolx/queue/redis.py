@@ -100,7 +100,8 @@ RECLAIM_LIMIT = 100
 POPPED_KEEP_MS = 60_000
 """How long a read result stays readable by the same (retried) call."""
 HANDOFF_FRESH = 1.0
-"""A fetched task handed to a thread later than this is re-checked first."""
+"""A fetched task handed to a thread later than this is re-checked (and its
+lease renewed) first."""
 
 _RETRYABLE = (_RedisConnectionError, _RedisTimeoutError, ReadOnlyError)
 _OWN_OPTIONS = frozenset(["prefix", "serializer", "retry_timeout"])
@@ -178,9 +179,10 @@ class TaskQueue(AbstractTaskQueue):
         query options: ``prefix`` (key prefix, default ``poolx``),
         ``serializer`` (``pickle`` or ``json``), ``retry_timeout``.
     :param name: The queue name (its keys share the hash tag ``{name}``).
-    :param initial_result_timeout: Seconds a taken task is leased to its
-        consumer before the first heartbeat (at least the task's own
-        ``2 * heartrate + 5``).  WorQ's name for it.
+    :param initial_result_timeout: WorQ's name for the lease of a taken task
+        before its first heartbeat.  poolx tasks name their own lease
+        (``2 * heartrate + 5`` seconds, the same as every heartbeat grants),
+        so this only applies to records that carry none.
     :param redis_factory: Builds the client: a ``redis.Redis`` subclass (its
         ``from_url`` is used) or a callable taking the URL without poolx's
         options.  Pass ``redis.RedisCluster.from_url`` for Redis Cluster.
@@ -248,9 +250,10 @@ class TaskQueue(AbstractTaskQueue):
         self._consumer_id = consumer_id
         self._consumer_pid: int | None = None if consumer_id is not None else -1
         self._local = threading.local()
-        # Taken tasks: id -> (ref, owner); fetched Deferred arguments: id -> dict.
+        # Taken tasks: id -> (ref, owner, lease ms); fetched Deferred
+        # arguments: id -> dict.
         self._lock = threading.Lock()
-        self._held: dict[str, tuple[str, str]] = {}
+        self._held: dict[str, tuple[str, str, int]] = {}
         self._args: dict[str, dict[str, bytes]] = {}
         # The fetcher protocol among threads blocked in get().
         self._cond = threading.Condition()
@@ -463,8 +466,9 @@ class TaskQueue(AbstractTaskQueue):
         i = 2
         while i < len(reply):
             ref, task_id, message = _text(reply[i]), _text(reply[i + 1]), reply[i + 2]
-            attempt, allowed, nargs = int(reply[i + 3]), int(reply[i + 4]), int(reply[i + 5])
-            i += 6
+            attempt, allowed = int(reply[i + 3]), int(reply[i + 4])
+            lease, nargs = int(float(reply[i + 5])), int(reply[i + 6])
+            i += 7
             args = {_text(reply[i + 2 * k]): reply[i + 2 * k + 1] for k in range(nargs)}
             i += 2 * nargs
             failure = None
@@ -475,7 +479,7 @@ class TaskQueue(AbstractTaskQueue):
                     f"machine lost or stalled); max_retries={allowed - 1} is used up"
                 )
             with self._lock:
-                self._held[task_id] = (ref, f"{self.consumer_id}#{attempt}")
+                self._held[task_id] = (ref, f"{self.consumer_id}#{attempt}", lease)
                 if nargs:
                     self._args[task_id] = args
             out.append(Delivery(task_id, message, attempt, failure))
@@ -525,8 +529,7 @@ class TaskQueue(AbstractTaskQueue):
         if time.monotonic() - fetched < HANDOFF_FRESH:
             return True
         with self._lock:
-            ref, owner = self._held.get(item[0], ("t" + item[0], ""))
-        lease = max(self._min_lease_ms, 5000)
+            ref, owner, lease = self._held.get(item[0], ("t" + item[0], "", self._min_lease_ms))
         if self._call("renew", lease, ref, owner)[0]:
             return True
         log.warning("[%s:%s] was reclaimed before a thread took it; skipped", self.name, item[0])
@@ -599,7 +602,7 @@ class TaskQueue(AbstractTaskQueue):
         if timeout <= 0:
             raise ValueError(f"invalid task timeout: {timeout!r}")
         with self._lock:
-            ref, owner = self._held.get(task_id, ("t" + task_id, ""))
+            ref, owner, _lease = self._held.get(task_id, ("t" + task_id, "", 0))
         if not self._call("renew", _lease_ms(timeout), ref, owner)[0]:
             log.warning(
                 "[%s:%s] lost its lease (it ran longer than its heartbeat allowed, or its "
@@ -608,13 +611,13 @@ class TaskQueue(AbstractTaskQueue):
 
     def task_done(self, task_id: str) -> None:
         with self._lock:
-            ref, owner = self._held.pop(task_id, ("t" + task_id, ""))
+            ref, owner, _lease = self._held.pop(task_id, ("t" + task_id, "", 0))
             self._args.pop(task_id, None)
         self._call("done", ref, owner)
 
     def requeue_task(self, task_id: str, message: bytes, ignore_result: bool = False) -> bool:
         with self._lock:
-            ref, owner = self._held.pop(task_id, ("t" + task_id, ""))
+            ref, owner, _lease = self._held.pop(task_id, ("t" + task_id, "", 0))
             self._args.pop(task_id, None)
         return bool(self._call("requeue", task_id, message, b"1" if ignore_result else b"0",
                                ref, owner))
@@ -634,7 +637,7 @@ class TaskQueue(AbstractTaskQueue):
 
     def discard_result(self, task_id: str, task_expired_token: bytes) -> None:
         with self._lock:
-            ref, _owner = self._held.pop(task_id, ("", ""))
+            ref, _owner, _lease = self._held.pop(task_id, ("", "", 0))
             self._args.pop(task_id, None)
         self._call("discard", task_id, task_expired_token, ref)
 

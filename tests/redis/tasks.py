@@ -1,0 +1,34 @@
+"""Tasks for the Redis tests, importable by consumer subprocesses."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from poolx import TaskSpace
+
+ts = TaskSpace("rt")
+
+STUCK_ENV = "POOLX_TEST_STUCK_EVERY"
+
+
+@ts.task
+def square(i: int) -> int:
+    """``i * i`` — except in a consumer started with POOLX_TEST_STUCK_EVERY=n,
+    where every n-th task never returns (a consumer doomed to be killed)."""
+    every = int(os.environ.get(STUCK_ENV, "0"))
+    if every and i % every == every - 1:
+        threading.Event().wait()
+    return i * i
+
+
+@ts.task
+def touch(path: str) -> str:
+    with open(path, "w") as fh:
+        fh.write("ran")
+    return path
+
+
+@ts.task
+def total(values: list[int]) -> int:
+    return sum(values)
