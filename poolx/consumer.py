@@ -75,10 +75,12 @@ __all__ = ["BrokerConsumer", "init_worker", "run_task", "redact_url"]
 
 log = logging.getLogger(__name__)
 
-SHORT_TASK = 0.005
-"""Tasks that run (on average) shorter than this many seconds are prefetched."""
-PREFETCH_MAX = 4
-"""At most this many extra tasks per worker are taken ahead (tiny tasks only)."""
+PREFETCH_WINDOW = 0.05
+"""Seconds of predicted work each worker may hold ahead of the task it runs:
+tasks that take longer on average are never prefetched, and a burst of tiny
+tasks is taken in batches (one backend call for many tasks)."""
+PREFETCH_MAX = 64
+"""At most this many extra tasks per worker are taken ahead."""
 STATUS_INTERVAL = 5.0
 """Default seconds between two status heartbeats in the pool registry."""
 MAX_BACKOFF = 5.0
@@ -227,10 +229,10 @@ class BrokerConsumer:
         A stop request is seen when it returns, so it bounds how long
         :meth:`stop` waits while the queue is empty.
     :param prefetch: Tasks each worker may hold ahead of the one it runs.
-        ``None`` (the default) adapts: up to :data:`PREFETCH_MAX` for tasks
-        shorter than :data:`SHORT_TASK` seconds, none for longer ones, so a
-        long task never keeps another waiting while a worker elsewhere is
-        idle.
+        ``None`` (the default) adapts to the mean run time of recent tasks:
+        as many as fit in :data:`PREFETCH_WINDOW` seconds (at most
+        :data:`PREFETCH_MAX`), none for tasks longer than that, so a long
+        task never keeps another waiting while a worker elsewhere is idle.
     :param worker_broker: If true, the pool's initializer is
         :func:`init_worker` and workers invoke tasks on their own broker;
         otherwise the callable this broker exposes is sent with each task.
@@ -376,7 +378,7 @@ class BrokerConsumer:
         prefetch = self.prefetch
         if prefetch is None:
             ewma = self._ewma
-            prefetch = 0 if ewma is None or ewma >= SHORT_TASK else PREFETCH_MAX
+            prefetch = 0 if ewma is None else min(PREFETCH_MAX, int(PREFETCH_WINDOW / max(ewma, 1e-6)))
         return workers * (1 + prefetch)
 
     # -- the consumer thread ----------------------------------------------------

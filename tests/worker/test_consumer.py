@@ -11,7 +11,7 @@ import pytest
 
 import poolx
 from poolx import Task, TaskFailure, TaskSpace, get_queue
-from poolx.consumer import PREFETCH_MAX, BrokerConsumer, redact_url
+from poolx.consumer import PREFETCH_MAX, PREFETCH_WINDOW, BrokerConsumer, redact_url
 from poolx.core import get_broker
 from tests.conftest import wait_until
 from tests.worker import tasks
@@ -186,7 +186,9 @@ def test_capacity_adapts_to_task_length(url, consume):
     results = [get_queue(url).wt.num(i) for i in range(20)]
     assert all(r.wait(WAIT) for r in results)
     assert consumer.capacity == 2 * (1 + PREFETCH_MAX)  # tiny tasks: prefetch
-    consumer._ewma = 0.05  # as if tasks took 50 ms
+    consumer._ewma = PREFETCH_WINDOW / 3  # as if tasks took 1/3 of the window
+    assert consumer.capacity == 2 * (1 + 3)
+    consumer._ewma = PREFETCH_WINDOW * 1.1  # longer tasks: none taken ahead
     assert consumer.capacity == 2
 
 
