@@ -187,7 +187,7 @@ def _broker(url: str, queue: str = DEFAULT) -> Any:
 
 def _reach(url: str, call: Any) -> Any:
     """Run one broker call; a connection problem becomes a one-line failure."""
-    from poolx.consumer import redact_url
+    from poolx.queue.urls import redact_url
 
     try:
         return call()
@@ -251,8 +251,8 @@ def _mib(value: Any) -> str:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from poolx.consumer import redact_url
     from poolx.pool.process import Error, WorkerPool, start_pools
+    from poolx.queue.urls import redact_url
 
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     logging.getLogger().setLevel(args.log_level)
@@ -284,7 +284,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _status(url: str, extra_queues: Sequence[str]) -> dict[str, Any]:
-    from poolx.consumer import redact_url
+    from poolx.queue.urls import redact_url
 
     broker = _broker(url)
     pools = []
@@ -382,7 +382,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def _cmd_purge(args: argparse.Namespace) -> int:
-    from poolx.consumer import redact_url
+    from poolx.queue.urls import redact_url
 
     broker = _broker(args.url, args.queue)
     count = _reach(args.url, lambda: len(broker))

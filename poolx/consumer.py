@@ -56,7 +56,6 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 from uuid import uuid4
 
 from poolx.exceptions import (
@@ -69,9 +68,10 @@ from poolx.exceptions import (
     WorkerLostError,
 )
 from poolx.pool import wire
+from poolx.queue.urls import redact_url
 from poolx.task import FunctionTask, TaskExpired, TaskFailure
 
-__all__ = ["BrokerConsumer", "init_worker", "run_task", "redact_url"]
+__all__ = ["BrokerConsumer", "init_worker", "run_task"]
 
 log = logging.getLogger(__name__)
 
@@ -144,21 +144,6 @@ def run_task(task: FunctionTask, func: Callable[..., Any] | None, queue: str) ->
 
 
 # -- in the pool's process ---------------------------------------------------------
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password, for logs and status output."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else "***@"
-    return urlunsplit(parts._replace(netloc=user + host))
 
 
 def _error_text(err: BaseException) -> str:

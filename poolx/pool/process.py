@@ -45,9 +45,10 @@ from typing import Any
 import cloudpickle
 
 from poolx.const import DEFAULT
-from poolx.consumer import BrokerConsumer, init_worker, redact_url
+from poolx.consumer import BrokerConsumer, init_worker
 from poolx.pool import wire
 from poolx.pool.api import Pool
+from poolx.queue.urls import redact_url
 
 __all__ = [
     "WorkerPool",

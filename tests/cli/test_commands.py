@@ -232,7 +232,7 @@ def test_unreachable_broker_is_one_line_exit_1(capsys, down, argv):
         argv.insert(1, down)
     code, _, err = run(capsys, *argv)
     assert code == 1
-    assert err.startswith(f"poolx {argv[0]}: cannot reach down://***@host:1/0: ConnectionError")
+    assert err.startswith(f"poolx {argv[0]}: cannot reach down://:***@host:1/0: ConnectionError")
     assert "secret" not in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
 
@@ -244,4 +244,4 @@ def test_worker_with_unreachable_broker(capsys, down, monkeypatch):
     for name in ("", "poolx.task"):
         monkeypatch.setattr(logging.getLogger(name), "level", logging.getLogger(name).level)
     code, _, err = run(capsys, "worker", down, "--init", "tests.worker.tasks:init")
-    assert code == 1 and "cannot reach down://***@host:1/0" in err
+    assert code == 1 and "cannot reach down://:***@host:1/0" in err

@@ -11,7 +11,7 @@ import pytest
 
 import poolx
 from poolx import Task, TaskFailure, TaskSpace, get_queue
-from poolx.consumer import PREFETCH_MAX, PREFETCH_WINDOW, BrokerConsumer, redact_url
+from poolx.consumer import PREFETCH_MAX, PREFETCH_WINDOW, BrokerConsumer
 from poolx.core import get_broker
 from tests.conftest import wait_until
 from tests.worker import tasks
@@ -244,17 +244,3 @@ def test_register_false(broker, consume):
     consumer.check_pool = lambda: (checks.append(1), real())
     wait_until(lambda: len(checks) >= 3, WAIT)
     assert broker.taskqueue.live_pools() == []
-
-
-@pytest.mark.parametrize(
-    "url, shown",
-    [
-        ("redis://:secret@host:6379/0", "redis://***@host:6379/0"),
-        ("redis://user:secret@host/1", "redis://user:***@host/1"),
-        ("redis://host:6379/0", "redis://host:6379/0"),
-        ("memory://", "memory://"),
-    ],
-)
-def test_redact_url(url, shown):
-    assert redact_url(url) == shown
-
