@@ -567,11 +567,9 @@ class Supervisor:
                     self.stats_counters["lost"] += 1
                     self._finish(job, JobState.LOST, False, WorkerLostError(_lost_message(exitcode, job)))
             else:
-                job.move(JobState.QUEUED)
-                job.worker = None
                 requeue.append(job)
         handle.jobs.clear()
-        self.queue.extendleft(reversed(requeue))
+        self._requeue(requeue)
         del self.workers[handle.pid]
         try:
             handle.conn.close()
@@ -598,6 +596,21 @@ class Supervisor:
                 ),
                 cause,
             )
+
+    def _requeue(self, jobs: list[Job]) -> None:
+        """Put jobs a dead worker never started back at the head of the queue
+        (in order) — or end them, if the pool can no longer run them."""
+        for job in jobs:
+            job.move(JobState.QUEUED)
+            job.worker = None
+        if self.broken is not None:
+            for job in jobs:
+                self._finish(job, JobState.FAILED, False, self._broken_error())
+        elif self.terminating:
+            for job in jobs:
+                self._finish(job, JobState.CANCELLED, False, Terminated("pool terminated"))
+        else:
+            self.queue.extendleft(reversed(jobs))
 
     def _note_restart(self) -> None:
         self.stats_counters["restarts"] += 1
@@ -644,7 +657,7 @@ class Supervisor:
 
     def _dispatch(self) -> None:
         queue = self.queue
-        if not queue or self.terminating:
+        if not queue or self.terminating or self.broken is not None:
             return
         limit = self._prefetch()
         maxtasks = self.config.maxtasksperchild

@@ -120,9 +120,12 @@ def test_callbacks_that_raise_are_logged_and_the_pool_goes_on(pool, caplog):
 def test_initializer_that_always_raises_breaks_the_pool(ctx):
     pool = poolx.Pool(2, initializer=helpers.failing_initializer, context=ctx)
     try:
-        result = pool.apply_async(helpers.square, (2,))
-        with pytest.raises(BrokenPoolError, match="initializer failed") as info:
-            result.get(timeout=60)
+        # several jobs: some wait in the queue, some in the pipes of booting
+        # workers; every one of them must fail, none may wait forever
+        results = [pool.apply_async(helpers.square, (i,)) for i in range(10)]
+        for result in results:
+            with pytest.raises(BrokenPoolError, match="initializer failed") as info:
+                result.get(timeout=60)
         assert "RuntimeError" in str(info.value)
         assert not pool.did_start_ok()
         with pytest.raises(BrokenPoolError):
