@@ -293,6 +293,10 @@ class Supervisor:
     def _done(self) -> bool:
         if self.terminating:
             return not self.workers
+        if self.closing and self.target == 0 and not self.workers and self.queue:
+            error = BrokenPoolError("the pool was closed with 0 processes: nothing can run this job")
+            while self.queue:
+                self._finish(self.queue.popleft(), JobState.FAILED, False, error)
         if self.closing and not self.queue and not self._incoming:
             if not any(h.jobs for h in self.workers.values()):
                 for handle in list(self.workers.values()):

@@ -270,3 +270,12 @@ def test_pool_cannot_be_pickled(pool):
 
     with pytest.raises(NotImplementedError):
         pickle.dumps(pool)
+
+
+def test_closing_an_empty_pool_fails_its_queued_jobs(fork_ctx):
+    pool = poolx.Pool(0, context=fork_ctx)
+    result = pool.apply_async(helpers.square, (3,))
+    pool.close()
+    assert pool.join(timeout=10)
+    with pytest.raises(poolx.BrokenPoolError, match="closed with 0 processes"):
+        result.get(0)
