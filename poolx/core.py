@@ -348,8 +348,7 @@ class Broker:
             )
             log.error("%s", failure)
             message = self.serialize(failure)
-        for ready in self._queue.set_result(task.id, message, task.result_timeout) or ():
-            log.debug("undefer [%s:%s]", self.name, ready)
+        self._queue.store_result(task.id, message, task.result_timeout)
 
     def task_failed(self, task: FunctionTask) -> None:
         """Give up on a task: its waiters get :class:`~poolx.task.TaskExpired`."""

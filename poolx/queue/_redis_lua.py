@@ -164,6 +164,33 @@ local function arguments(key, out)
   end
 end
 
+-- Store one result (see setres): the dependents it made ready.
+local function store(id, msg, ttl)
+  local key = P .. 't:' .. id
+  redis.call('ZREM', LEASES, 't' .. id)
+  local ok, status = live(key)
+  if not ok or status == 'completed' then return {} end
+  local drop = {'m'}
+  for _, field in ipairs(redis.call('HKEYS', key)) do
+    if string.sub(field, 1, 2) == 'a:' then drop[#drop + 1] = field end
+  end
+  chunked('HDEL', key, drop)
+  redis.call('HSET', key, 's', 'completed', 'r', msg)
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('SREM', DEFERRED, id)
+  wake(id, key)
+  return deliver(id, key, msg)
+end
+
+-- A taken ignore_result task finished: drop its lease (and detached record).
+local function done(ref, owner)
+  local key = rkey(ref)
+  if owner == '' or redis.call('HGET', key, 'o') == owner then
+    redis.call('ZREM', LEASES, ref)
+    if string.sub(ref, 1, 1) == 'f' then redis.call('DEL', key) end
+  end
+end
+
 if cmd == 'enqueue' then
   -- nonce, then (id, message, ir, lease ms, max deliveries) per task
   local nonce = ARGV[2]
@@ -304,44 +331,35 @@ elseif cmd == 'renew' then
   end
   return out
 
+elseif cmd == 'setres' or cmd == 'commit' then
+  -- setres: id, message, ttl ms -> ids of the dependents this queued.
+  -- commit: n, then n (id, message, ttl ms) results, then (ref, owner)
+  -- pairs of finished ignore_result tasks -> ids of dependents queued.
+  local ready = {}
+  local n, first = 1, 2
+  if cmd == 'commit' then n, first = tonumber(ARGV[2]), 3 end
+  for i = first, first + 3 * n - 1, 3 do
+    for _, dep in ipairs(store(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]))) do
+      ready[#ready + 1] = dep
+    end
+  end
+  for i = first + 3 * n, #ARGV, 2 do done(ARGV[i], ARGV[i + 1]) end
+  return ready
+
 elseif cmd == 'done' then
   -- ref, owner: a taken ignore_result task finished
-  local ref, owner = ARGV[2], ARGV[3]
-  local key = rkey(ref)
-  if owner == '' or redis.call('HGET', key, 'o') == owner then
-    redis.call('ZREM', LEASES, ref)
-    if string.sub(ref, 1, 1) == 'f' then redis.call('DEL', key) end
-  end
+  done(ARGV[2], ARGV[3])
   return 0
 
-elseif cmd == 'setres' then
-  -- id, message, ttl ms -> ids of the dependents this queued
-  local id = ARGV[2]
-  local key = P .. 't:' .. id
-  redis.call('ZREM', LEASES, 't' .. id)
-  local ok, status = live(key)
-  if not ok or status == 'completed' then return {} end
-  local drop = {'m'}
-  for _, field in ipairs(redis.call('HKEYS', key)) do
-    if string.sub(field, 1, 2) == 'a:' then drop[#drop + 1] = field end
-  end
-  chunked('HDEL', key, drop)
-  redis.call('HSET', key, 's', 'completed', 'r', ARGV[3])
-  redis.call('PEXPIRE', key, tonumber(ARGV[4]))
-  redis.call('SREM', DEFERRED, id)
-  wake(id, key)
-  return deliver(id, key, ARGV[3])
-
 elseif cmd == 'pop' then
-  -- nonce, keep ms, register (0/1), ids... -> per id: code, message
-  -- code 'r' result, 'x' expired or unknown, 'w' not yet
+  -- nonce, keep ms, register (0/1), ids... -> per id, in order, until the
+  -- first that is not ready: code, message ('r' result, 'x' expired or
+  -- unknown, 'w' not yet).  A 'w' ends the reply; with register, that task
+  -- also counts one more waiter to wake when its result arrives.
   local nonce, keep, register = ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
   local out = {}
-  local got = false
-  local first_waiting = nil
   for i = 5, #ARGV do
-    local id = ARGV[i]
-    local key = P .. 't:' .. id
+    local key = P .. 't:' .. ARGV[i]
     local f = redis.call('HMGET', key, 's', 'p', 'r')
     if not f[1] then
       out[#out + 1] = 'x'; out[#out + 1] = ''
@@ -353,18 +371,15 @@ elseif cmd == 'pop' then
         out[#out + 1] = 'x'; out[#out + 1] = ''
       end
     elseif f[1] == 'completed' then
-      got = true
       redis.call('HSET', key, 'p', nonce)
       local ttl = redis.call('PTTL', key)
       if ttl < 0 or ttl > keep then redis.call('PEXPIRE', key, keep) end
       out[#out + 1] = 'r'; out[#out + 1] = f[3]
     else
-      if not first_waiting then first_waiting = key end
+      if register then redis.call('HINCRBY', key, 'wt', 1) end
       out[#out + 1] = 'w'; out[#out + 1] = ''
+      break
     end
-  end
-  if register and first_waiting and not got then
-    redis.call('HINCRBY', first_waiting, 'wt', 1)
   end
   return out
 

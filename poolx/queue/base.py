@@ -53,6 +53,9 @@ a third-party backend needs only the methods above):
 
 * :meth:`~AbstractTaskQueue.task_done` — a taken ``ignore_result`` task has
   finished (a backend with leases drops the lease; default: nothing).
+* :meth:`~AbstractTaskQueue.store_result` — :meth:`set_result` that may
+  complete after it returns, so a backend can commit the results of many
+  workers in one round trip (default: ``set_result``).
 * :meth:`~AbstractTaskQueue.batch` — buffer ``enqueue_task`` calls and send
   them together (default: no buffering).
 * :meth:`~AbstractTaskQueue.get_many` and :meth:`~AbstractTaskQueue.pop_results`
@@ -322,6 +325,17 @@ class AbstractTaskQueue:
         (``redis://``) can drop the lease instead of redelivering the task.
         Default: nothing.
         """
+
+    def store_result(self, task_id: str, message: bytes, timeout: float) -> None:
+        """:meth:`set_result` for a worker that does not need its return value.
+
+        A backend may finish the write after returning (``redis://`` commits
+        the results buffered meanwhile in one round trip, group-commit
+        style), provided that every later call on *this* queue object sees
+        it.  Other processes see it as soon as it is committed, like any
+        result arriving over the network.  Default: :meth:`set_result`.
+        """
+        self.set_result(task_id, message, timeout)
 
     def batch(self) -> contextlib.AbstractContextManager[Any]:
         """A context in which :meth:`enqueue_task` calls of this thread may be

@@ -13,7 +13,8 @@ Redis and changes only through the Lua script in
                  │        thread in one call                  │  first: at-least-once)
                  │     BLMOVE ready ready (blocks, takes nothing) when empty
                 heartbeat ── set_task_timeout ───────────▶ EVALSHA renew
-                result ───── set_result ─────────────────▶ EVALSHA setres ─▶ wake tokens
+                result ───── store_result ─▶ writer thread: EVALSHA commit (every result
+                             (task_done)       buffered meanwhile, one call) ─▶ wake tokens
     waiter ──── pop_result / pop_results ────────────────▶ EVALSHA pop; BLPOP w:<id>
 
 Who owns what:
@@ -28,6 +29,17 @@ Who owns what:
   themselves to talk to Redis; it takes as many tasks as there are idle
   threads in one call and hands them over — batching exactly where workers
   are idle, never hoarding tasks a busy pool cannot start.
+* **The writer** (:class:`_Writer`): results stored through
+  :meth:`TaskQueue.store_result` (what the broker uses) and ``task_done``
+  acknowledgements are buffered and committed by one thread, all that
+  accumulated during the previous round trip in one script call (group
+  commit).  A worker never waits for its result to reach Redis, and a busy
+  pool's results cost a fraction of a round trip each.  Every other call on
+  the same TaskQueue first waits until earlier writes are committed, so the
+  queue object always reads its own writes.  The thread is not a daemon:
+  a process that exits normally commits what is buffered first.  If a
+  commit fails for good (Redis gone longer than ``retry_timeout``), it is
+  logged, and the tasks' leases bring them back: at-least-once, not lost.
 
 Failures.  Redis errors that mean "not reachable" (refused, reset, timed out,
 loading, read-only replica) are retried with exponential backoff for up to
@@ -168,6 +180,66 @@ def default_redis_factory(url: str) -> redis.Redis:
     )
 
 
+class _Writer:
+    """Group commit: one thread writes everything buffered, one call per batch."""
+
+    LINGER = 0.2
+    """Seconds the idle writer thread waits for more before it exits."""
+
+    def __init__(self, commit: Callable[[list[tuple[Any, ...]]], None], name: str) -> None:
+        self._commit = commit
+        self._name = name
+        self._cond = threading.Condition()
+        self._items: list[tuple[Any, ...]] = []
+        self._submitted = 0
+        self._committed = 0
+        self._thread: threading.Thread | None = None
+
+    def add(self, item: tuple[Any, ...]) -> None:
+        with self._cond:
+            self._items.append(item)
+            self._submitted += 1
+            self._ensure_thread()
+            self._cond.notify()
+
+    def _ensure_thread(self) -> None:
+        # After a fork the parent's thread object reports not alive.
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=False)
+            self._thread.start()
+
+    def sync(self) -> None:
+        """Return once everything added so far is committed (or failed)."""
+        with self._cond:
+            target = self._submitted
+            while self._committed < target:
+                self._ensure_thread()
+                self._cond.wait()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._items:
+                    self._cond.wait(self.LINGER)  # idle: linger briefly for more
+                    if not self._items:
+                        if self._thread is threading.current_thread():
+                            self._thread = None
+                        return
+                items, self._items = self._items, []
+                upto = self._submitted
+            try:
+                self._commit(items)
+            except BaseException:
+                log.error(
+                    "could not store %d result(s); their tasks will be delivered again "
+                    "when their leases expire", len(items), exc_info=True,
+                )
+            finally:
+                with self._cond:
+                    self._committed = max(self._committed, upto)
+                    self._cond.notify_all()
+
+
 class TaskQueue(AbstractTaskQueue):
     """Redis task queue: reliable (leased) delivery, atomic scripts, blocking
     waits.
@@ -260,6 +332,7 @@ class TaskQueue(AbstractTaskQueue):
         self._idle = 0
         self._fetching = False
         self._handoff: deque[tuple[Delivery, float]] = deque()
+        self._writer = _Writer(self._commit, f"poolx-redis-writer-{name}")
 
     @classmethod
     def factory(cls, url: str, name: str = DEFAULT, *args: Any, **kw: Any) -> TaskQueue:
@@ -345,6 +418,11 @@ class TaskQueue(AbstractTaskQueue):
         """True if Redis answers (raises :class:`RedisUnavailable` if not)."""
         return bool(self._run("ping", self._client.ping))
 
+    def flush(self) -> None:
+        """Wait until every result and acknowledgement stored so far through
+        :meth:`store_result` or :meth:`task_done` is committed to Redis."""
+        self._writer.sync()
+
     def close(self) -> None:
         """Give back tasks fetched but never handed to a thread, and close the
         connections.  Operations after ``close`` raise :class:`RedisUnavailable`
@@ -357,6 +435,7 @@ class TaskQueue(AbstractTaskQueue):
                 self.requeue_task(item[0], item[1])
             except Exception:
                 log.warning("could not give back task %s; its lease will expire", item[0])
+        self._writer.sync()
         self._closed.set()
         with contextlib.suppress(Exception):
             self._client.close()
@@ -436,6 +515,7 @@ class TaskQueue(AbstractTaskQueue):
         self._call("undefer", task_id)
 
     def reserve_argument(self, argument_id: str, deferred_id: str) -> tuple[bool, Any]:
+        self._writer.sync()
         reply = self._call("reserve", argument_id, deferred_id)
         if not reply[0]:
             return (False, None)
@@ -448,6 +528,7 @@ class TaskQueue(AbstractTaskQueue):
         return int(self._call("size"))
 
     def discard_pending(self) -> None:
+        self._writer.sync()
         self._call("purge")
 
     # -- consumer side ----------------------------------------------------------
@@ -613,18 +694,20 @@ class TaskQueue(AbstractTaskQueue):
         with self._lock:
             ref, owner, _lease = self._held.pop(task_id, ("t" + task_id, "", 0))
             self._args.pop(task_id, None)
-        self._call("done", ref, owner)
+        self._writer.add(("d", ref, owner))
 
     def requeue_task(self, task_id: str, message: bytes, ignore_result: bool = False) -> bool:
         with self._lock:
             ref, owner, _lease = self._held.pop(task_id, ("t" + task_id, "", 0))
             self._args.pop(task_id, None)
+        self._writer.sync()
         return bool(self._call("requeue", task_id, message, b"1" if ignore_result else b"0",
                                ref, owner))
 
     # -- results ------------------------------------------------------------------
 
     def get_status(self, task_id: str) -> str | None:
+        self._writer.sync()
         status = self._call("status", task_id)
         return None if status is None else _text(status)
 
@@ -632,13 +715,37 @@ class TaskQueue(AbstractTaskQueue):
         with self._lock:
             self._held.pop(task_id, None)
             self._args.pop(task_id, None)
+        self._writer.sync()
         ready = self._call("setres", task_id, message, _lease_ms(timeout))
         return [_text(dep) for dep in ready]
+
+    def store_result(self, task_id: str, message: bytes, timeout: float) -> None:
+        with self._lock:
+            self._held.pop(task_id, None)
+            self._args.pop(task_id, None)
+        self._writer.add(("r", task_id, message, _lease_ms(timeout)))
+
+    def _commit(self, items: list[tuple[Any, ...]]) -> None:
+        """The writer's call: results and acknowledgements, one script call
+        per :data:`BATCH_SIZE` of them."""
+        for start in range(0, len(items), BATCH_SIZE):
+            part = items[start : start + BATCH_SIZE]
+            results = [item[1:] for item in part if item[0] == "r"]
+            args: list[Any] = [len(results)]
+            for fields in results:
+                args += fields
+            for item in part:
+                if item[0] == "d":
+                    args += item[1:]
+            ready = self._call("commit", *args)
+            if ready:
+                log.debug("[%s] undefer %s", self.name, ", ".join(_text(dep) for dep in ready))
 
     def discard_result(self, task_id: str, task_expired_token: bytes) -> None:
         with self._lock:
             ref, _owner, _lease = self._held.pop(task_id, ("", "", 0))
             self._args.pop(task_id, None)
+        self._writer.sync()
         self._call("discard", task_id, task_expired_token, ref)
 
     def _pop(self, nonce: bytes, register: bool, ids: list[str]) -> list[tuple[bytes, Any]]:
@@ -649,6 +756,7 @@ class TaskQueue(AbstractTaskQueue):
         self._client.blpop([self._key + "w:" + task_id], max(block, 0.01))
 
     def pop_result(self, task_id: str, timeout: float | None) -> Any:
+        self._writer.sync()
         deadline = None if timeout is None else time.monotonic() + timeout
         nonce = os.urandom(8)
         while True:
@@ -665,31 +773,31 @@ class TaskQueue(AbstractTaskQueue):
             self._run("pop_result", self._wait_result, task_id, block)
 
     def pop_results(self, task_ids: list[str], timeout: float | None) -> dict[str, Any]:
+        """Results in order: each call reads every ready result up to the first
+        task still running, then blocks until *that* one is done, so a
+        stream of results costs one round trip per burst, not per task."""
+        self._writer.sync()
         deadline = None if timeout is None else time.monotonic() + timeout
         nonce = os.urandom(8)
         pending = list(dict.fromkeys(task_ids))
         found: dict[str, Any] = {}
-        while pending:
-            waiting: list[str] = []
-            progress = False
-            for start in range(0, len(pending), POP_CHUNK):
-                chunk = pending[start : start + POP_CHUNK]
-                replies = self._pop(nonce, start == 0 and timeout != 0, chunk)
-                for task_id, (code, message) in zip(chunk, replies, strict=True):
-                    if code == b"w":
-                        waiting.append(task_id)
-                    else:
-                        progress = True
-                        found[task_id] = message if code == b"r" else TASK_EXPIRED
-            pending = waiting
-            if not pending or progress:
-                continue
+        start = 0
+        while start < len(pending):
+            chunk = pending[start : start + POP_CHUNK]
+            replies = self._pop(nonce, timeout != 0, chunk)
+            for task_id, (code, message) in zip(chunk, replies, strict=False):
+                if code == b"w":
+                    break
+                found[task_id] = message if code == b"r" else TASK_EXPIRED
+                start += 1
+            else:
+                continue  # the whole chunk was ready: go on at once
             block = self._max_block
             if deadline is not None:
                 block = min(block, deadline - time.monotonic())
                 if block <= 0:
                     break
-            self._run("pop_results", self._wait_result, pending[0], block)
+            self._run("pop_results", self._wait_result, pending[start], block)
         return found
 
     # -- the registry of live worker pools --------------------------------------
