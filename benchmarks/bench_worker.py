@@ -25,7 +25,6 @@ faster).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import statistics
 import sys
@@ -68,8 +67,7 @@ def init_worq(url: str) -> Any:
 def _poolx_pool(url: str) -> Any:
     from poolx.pool.process import WorkerPool
 
-    return WorkerPool(init_poolx(url), init_poolx, workers=WORKERS,
-                      context=multiprocessing.get_context("fork"))
+    return WorkerPool(init_poolx(url), init_poolx, workers=WORKERS)  # default start method
 
 
 def _worq_pool(url: str) -> Any:
@@ -100,7 +98,10 @@ def _produce_poolx(url: str, n: int) -> float:
         results = [q.noop(i) for i in range(n)]
     if not wait_all(results, 300):
         raise RuntimeError("poolx: results missing")
-    return n / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    if [res.value for res in results[:: max(1, n // 100)]] != list(range(n))[:: max(1, n // 100)]:
+        raise RuntimeError("poolx: wrong results")
+    return n / elapsed
 
 
 def _produce_worq(url: str, n: int) -> float:

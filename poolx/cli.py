@@ -250,15 +250,26 @@ def _mib(value: Any) -> str:
 # -- commands ------------------------------------------------------------------------------
 
 
+def _setup_logging(level: int) -> None:
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    logging.getLogger().setLevel(level)
+    if level > logging.DEBUG:
+        # the pool logs one line per failed task; the worker-side traceback only at DEBUG
+        logging.getLogger("poolx.task").setLevel(logging.CRITICAL)
+
+
+def worker_init(url: str, init: Any, level: int) -> Any:
+    """The workers' ``init_func`` under ``poolx worker``: log as the command
+    does (workers are started fresh, not forked), then call ``--init``."""
+    _setup_logging(level)
+    return init(url)
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     from poolx.pool.process import Error, WorkerPool, start_pools
     from poolx.queue.urls import redact_url
 
-    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
-    logging.getLogger().setLevel(args.log_level)
-    if args.log_level > logging.DEBUG:
-        # the pool logs one line per failed task; the worker-side traceback only at DEBUG
-        logging.getLogger("poolx.task").setLevel(logging.CRITICAL)
+    _setup_logging(args.log_level)
     init = _resolve(args.init)
     queues = list(dict.fromkeys(args.queue or [DEFAULT]))
     options: dict[str, Any] = {}
@@ -272,7 +283,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         name = args.name
         if name and len(queues) > 1:
             name = f"{name}-{queue}"
-        pools.append(WorkerPool(broker, init, workers=args.workers, max_worker_tasks=args.max_worker_tasks,
+        pools.append(WorkerPool(broker, worker_init, (init, args.log_level), workers=args.workers,
+                                max_worker_tasks=args.max_worker_tasks,
                                 name=name, status_interval=args.status_interval, **options))
     logging.getLogger("poolx.cli").info(
         "poolx worker on %s, queue(s) %s", redact_url(args.url), ", ".join(queues))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -57,6 +58,7 @@ __all__ = [
     "run_in_subprocess",
     "PopenProcess",
     "WORKER_POLL_INTERVAL",
+    "default_context",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,23 @@ def _init_worker(parent_pid: int, init_func: Callable[..., Any], init_args: tupl
 # -- the pool ---------------------------------------------------------------------
 
 
+def default_context() -> Any:
+    """The start method of a WorkerPool's workers unless ``context=`` says
+    otherwise: ``forkserver`` where available, else ``spawn``.
+
+    Not ``fork``: the pool's process runs threads (the consumer, the pool's
+    supervisor and callback threads) that log and write while workers are
+    started, and a forked child inherits any lock such a thread held at
+    that instant — a worker could then hang on its first log line.  (WorQ
+    starts fresh interpreters for the same reason; Python 3.14 made
+    ``forkserver`` its default.)  ``init_func`` must therefore be picklable,
+    as WorQ requires; ``context=multiprocessing.get_context("fork")`` is
+    faster to start and fine for programs without such threads.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
 class WorkerPool:
     """Multi-process worker pool: a :class:`poolx.Pool` consuming a broker.
 
@@ -123,7 +142,8 @@ class WorkerPool:
         (default: the queue name unless it is ``'default'``).
     :param pool_options: More :class:`poolx.Pool` options: ``timeout``,
         ``soft_timeout``, ``memory_limit``, ``max_memory_per_child``,
-        ``context``, ``on_process_up``... (defaults for every task; a task's
+        ``context`` (default: :func:`default_context`), ``on_process_up``...
+        (defaults for every task; a task's
         own ``timeout``, ``soft_timeout`` and ``memory_limit`` options win),
         and the :class:`~poolx.consumer.BrokerConsumer` options ``prefetch``
         and ``status_interval``.
@@ -209,6 +229,7 @@ class WorkerPool:
             user_up = self.pool_options.get("on_process_up")
             user_exit = self.pool_options.get("on_process_exit")
             options = dict(self.pool_options)
+            options.setdefault("context", default_context())
             options["on_process_up"] = lambda process: self._worker_up(process, user_up)
             options["on_process_exit"] = lambda pid, code: self._worker_exit(pid, code, user_exit)
             pool = Pool(

@@ -93,15 +93,15 @@ def test_status_json(capsys, url, pool, tmp_path):
     wait_until((tmp_path / "s.started").exists, 20)
 
     def busy():
+        pool.consumer._publish_status()  # publish now rather than at the next interval
         status = json.loads(run(capsys, "status", url, "--json")[1])
-        return status if status["queues"]["default"]["in_flight"] == 1 else None
+        [info] = status["pools"]
+        states = sorted(w["state"] for w in info["workers"])
+        return info if status["queues"]["default"]["in_flight"] == 1 and states == ["busy", "idle"] else None
 
-    pool.consumer._publish_status()  # publish now rather than at the next interval
-    status = wait_until(busy, 20)
-    [info] = status["pools"]
+    info = wait_until(busy, 20)
     assert info["name"] == "cli-pool" and info["pid"] > 0 and info["host"]
     assert {"started", "heartbeat", "tasks_done", "tasks_failed", "workers", "in_flight"} <= set(info)
-    assert sorted(w["state"] for w in info["workers"]) == ["busy", "idle"]
     assert info["in_flight"] == [f"wt.touch_and_wait [default:{res.id}]"]
     (tmp_path / "s.unlock").touch()
     assert res.wait(20)

@@ -1,18 +1,22 @@
 """Fixtures for the worker-pool tests: isolated ``memory://`` URLs and pools
-that always stop.  Pools run under the fork start method (fast)."""
+that always stop."""
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Iterator
 from uuid import uuid4
 
 import pytest
 
 from poolx.core import get_broker
-from poolx.pool.process import WorkerPool
+from poolx.pool.process import WorkerPool, default_context
 
-FORK = multiprocessing.get_context("fork")
+CONTEXT = default_context()
+"""The start method of the pools of these tests: WorkerPool's own default
+(forkserver).  Not fork: the pool's process logs from several threads, and a
+worker forked while one of them held a stream's lock hangs on its first log
+line (the reason WorkerPool does not default to fork); with pytest capturing
+output that happens often enough to make tests flaky."""
 
 
 @pytest.fixture
@@ -30,7 +34,7 @@ def start_pool() -> Iterator:
 
     def start(broker, init_func, *args, poll: float = 0.2, **kw) -> WorkerPool:
         kw.setdefault("workers", 2)
-        kw.setdefault("context", FORK)
+        kw.setdefault("context", CONTEXT)
         pool = WorkerPool(broker, init_func, *args, **kw)
         pool.start(timeout=poll, handle_sigterm=False)
         pools.append(pool)

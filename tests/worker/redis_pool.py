@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 from pathlib import Path
 
 from poolx.core import get_broker
@@ -14,7 +13,6 @@ from tests.worker import tasks
 def serve(url: str, tmp: str, workers: int = 1) -> None:
     logging.basicConfig(filename=str(Path(tmp, "log")), level=logging.INFO,
                         format="%(process)d %(name)s %(message)s")
-    pool = WorkerPool(get_broker(url), tasks.init, workers=workers,
-                      context=multiprocessing.get_context("fork"))
+    pool = WorkerPool(get_broker(url), tasks.init, workers=workers)
     start_pools(pool, timeout=1)
     Path(tmp, "exited").write_text("")

@@ -8,7 +8,6 @@ SIGTERM/SIGINT) and, on a thread, enqueues one task that blocks on files in
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
 from pathlib import Path
 
@@ -21,7 +20,7 @@ def serve(tmp: str, init=tasks.init) -> None:
     logging.basicConfig(filename=str(Path(tmp, "log")), level=logging.INFO,
                         format="%(process)d %(name)s %(message)s")
     url = "memory://"
-    pool = WorkerPool(tasks.init(url), init, workers=1, context=multiprocessing.get_context("fork"))
+    pool = WorkerPool(tasks.init(url), init, workers=1)
 
     def produce() -> None:
         res = get_queue(url).wt.touch_and_wait(tmp, "g")

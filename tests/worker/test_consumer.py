@@ -15,14 +15,14 @@ from poolx.consumer import PREFETCH_MAX, PREFETCH_WINDOW, BrokerConsumer
 from poolx.core import get_broker
 from tests.conftest import wait_until
 from tests.worker import tasks
-from tests.worker.conftest import FORK
+from tests.worker.conftest import CONTEXT
 
 WAIT = 20
 
 
 @pytest.fixture
 def pool() -> Iterator[poolx.Pool]:
-    pool = poolx.Pool(2, context=FORK)
+    pool = poolx.Pool(2, context=CONTEXT)
     yield pool
     pool.terminate()
 

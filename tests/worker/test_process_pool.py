@@ -12,7 +12,7 @@ from poolx.pool.process import Error, WorkerPool, start_pools
 from poolx.task import TaskExpired
 from tests.conftest import wait_until
 from tests.worker import tasks
-from tests.worker.conftest import FORK
+from tests.worker.conftest import CONTEXT
 
 WAIT = 20
 
@@ -78,7 +78,7 @@ def test_start_twice(url, start_pool):
 
 
 def test_stop_returns_false_when_not_running(url):
-    pool = WorkerPool(get_broker(url), tasks.init, workers=1, context=FORK)
+    pool = WorkerPool(get_broker(url), tasks.init, workers=1, context=CONTEXT)
     assert pool.stop() is False
 
 
@@ -110,7 +110,7 @@ def test_invalid_arguments(url, kw, error):
 
 def test_init_arguments_are_read_at_start(url, start_pool):
     broker = get_broker(url)
-    pool = WorkerPool(broker, tasks.init, workers=1, context=FORK)
+    pool = WorkerPool(broker, tasks.init, workers=1, context=CONTEXT)
     assert pool.init_args == (url,)
     pool.init_func = tasks.init_with_kwargs
     pool.init_args += ("late",)
@@ -231,7 +231,7 @@ def test_graceful_stop_lets_running_tasks_finish(url, start_pool, tmp_path):
 def test_terminate_fails_running_and_requeues_prefetched(url, tmp_path):
     broker = get_broker(url)
     q = get_queue(url)
-    pool = WorkerPool(broker, tasks.init, workers=1, context=FORK, prefetch=3)
+    pool = WorkerPool(broker, tasks.init, workers=1, context=CONTEXT, prefetch=3)
     pool.start(timeout=0.2, handle_sigterm=False)
     running = q.wt.touch_and_wait(str(tmp_path), "r")
     wait_until((tmp_path / "r.started").exists, WAIT)
@@ -242,7 +242,7 @@ def test_terminate_fails_running_and_requeues_prefetched(url, tmp_path):
         _ = running.value
     assert [r.status for r in waiting] == ["enqueued"] * 3
     assert pool.consumer.stats["requeued"] == 3
-    pool2 = WorkerPool(broker, tasks.init, workers=1, context=FORK)
+    pool2 = WorkerPool(broker, tasks.init, workers=1, context=CONTEXT)
     pool2.start(timeout=0.2, handle_sigterm=False)
     try:
         assert all(r.wait(WAIT) for r in waiting)
@@ -253,7 +253,7 @@ def test_terminate_fails_running_and_requeues_prefetched(url, tmp_path):
 
 def test_context_manager_and_restart(url):
     broker = get_broker(url)
-    pool = WorkerPool(broker, tasks.init, workers=1, context=FORK)
+    pool = WorkerPool(broker, tasks.init, workers=1, context=CONTEXT)
     for _ in range(2):
         with pool:
             assert pool.running
@@ -279,7 +279,7 @@ def test_start_pools_needs_pools():
 
 
 def test_start_pools_raises_when_a_pool_breaks(url):
-    pool = WorkerPool(get_broker(url), tasks.init_fails, workers=1, context=FORK)
+    pool = WorkerPool(get_broker(url), tasks.init_fails, workers=1, context=CONTEXT)
     with pytest.raises(Error, match="is broken"):
         start_pools(pool, timeout=0.2)
     assert not pool.running
