@@ -523,12 +523,11 @@ class BrokerConsumer:
             return self._started_keys
 
     def _store(self, task: FunctionTask, outcome: Any) -> None:
-        failed = isinstance(outcome, TaskFailure)
-        if failed:
-            self.stats["failed"] += 1
+        key = "failed" if isinstance(outcome, TaskFailure) else "done"
+        with self._lock:  # outcomes are stored from the callback and consumer threads
+            self.stats[key] += 1
+        if key == "failed":
             log.error("task failed: %s", outcome)
-        else:
-            self.stats["done"] += 1
         try:
             self.broker.set_result(task, outcome)
         except Exception:
@@ -543,7 +542,8 @@ class BrokerConsumer:
             if args:
                 raise ValueError("its arguments still hold Deferred results")
             if queue.requeue_task(task.id, message, task.ignore_result):
-                self.stats["requeued"] += 1
+                with self._lock:
+                    self.stats["requeued"] += 1
                 log.info("returned %s [%s:%s] to the queue: %s", task.name, self.broker.name, task.id, why)
             else:
                 log.debug("not requeued (no longer processing): %s [%s:%s]", task.name, self.broker.name, task.id)

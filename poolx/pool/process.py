@@ -44,6 +44,7 @@ from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
+import psutil
 
 from poolx.const import DEFAULT
 from poolx.consumer import BrokerConsumer, init_worker
@@ -66,8 +67,8 @@ log = logging.getLogger(__name__)
 PYTHON_EXE = sys.executable
 WORKER_POLL_INTERVAL: float = 30
 """Seconds between two checks, in each worker, that the pool's process is
-still its parent (read at run time; the lifeline pipe usually ends an
-orphaned worker long before)."""
+still alive (read at run time; the lifeline pipe usually ends an orphaned
+worker long before)."""
 
 EXIT_ORPHANED = 4
 
@@ -87,19 +88,31 @@ class Error(Exception):
 # -- inside each worker -------------------------------------------------------------
 
 
-def _watch_parent(parent_pid: int) -> None:
+def _process_started(pid: int) -> float | None:
+    """When process ``pid`` started (tells it from a later one with its pid)."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _watch_pool_process(pool_pid: int, started: float | None) -> None:
+    """Exit once the pool's process is gone (a second line of defence behind
+    the engine's lifeline).  Under forkserver and spawn the pool's process is
+    not the worker's parent, so its pid and start time are checked."""
     never = threading.Event()
     module = sys.modules[__name__]
     while True:
         never.wait(module.WORKER_POLL_INTERVAL)
-        if os.getppid() != parent_pid:
+        if _process_started(pool_pid) != started:
             log.error("Worker-%s: the pool's process is gone; exiting", os.getpid())
             os._exit(EXIT_ORPHANED)
 
 
-def _init_worker(parent_pid: int, init_func: Callable[..., Any], init_args: tuple, init_kwargs: dict) -> None:
+def _init_worker(pool: tuple[int, float | None], init_func: Callable[..., Any], init_args: tuple,
+                 init_kwargs: dict) -> None:
     """Pool initializer of a WorkerPool's workers."""
-    threading.Thread(target=_watch_parent, args=(parent_pid,), name="poolx-parent-watch", daemon=True).start()
+    threading.Thread(target=_watch_pool_process, args=pool, name="poolx-pool-watch", daemon=True).start()
     init_worker(init_func, init_args, init_kwargs)
 
 
@@ -235,7 +248,8 @@ class WorkerPool:
             pool = Pool(
                 self.workers,
                 initializer=_init_worker,
-                initargs=(os.getpid(), wire.portable(self.init_func), tuple(self.init_args), dict(self.init_kwargs)),
+                initargs=((os.getpid(), _process_started(os.getpid())), wire.portable(self.init_func),
+                          tuple(self.init_args), dict(self.init_kwargs)),
                 maxtasksperchild=self.max_worker_tasks,
                 **options,
             )

@@ -283,3 +283,16 @@ def test_start_pools_raises_when_a_pool_breaks(url):
     with pytest.raises(Error, match="is broken"):
         start_pools(pool, timeout=0.2)
     assert not pool.running
+
+
+def test_the_pool_watch_keeps_workers_of_a_live_pool(url, start_pool):
+    # init_poll_fast checks every 0.1 s that the pool's process lives: under
+    # forkserver that process is not the workers' parent, and they must stay
+    start_pool(get_broker(url), tasks.init_poll_fast, workers=1)
+    q = get_queue(url)
+    first = q.wt.getpid()
+    assert first.wait(WAIT)
+    slow = q.wt.sleep(0.5)  # runs through five checks
+    assert slow.wait(WAIT) and slow.value == 0.5
+    again = q.wt.getpid()
+    assert again.wait(WAIT) and again.value == first.value
