@@ -62,7 +62,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 try:
     import redis
@@ -146,11 +146,17 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     query = parse_qsl(parts.query, keep_blank_values=True)
     own = {key: value for key, value in query if key in _OWN_OPTIONS}
     rest = [(key, value) for key, value in query if key not in _OWN_OPTIONS]
-    clean = urlunsplit(parts._replace(query=urlencode(rest)))
+    # Not urlunsplit: it drops the "//" of "unix:///path" (empty host).
+    clean = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    if rest:
+        clean += "?" + urlencode(rest)
     try:
         redis.connection.parse_url(clean)
         if parts.scheme.lower() != "unix":
             parts.port  # noqa: B018 - raises ValueError for a bad port
+            db = parts.path.strip("/")
+            if db and not db.isdigit():
+                raise ValueError(f"database must be a number, not {db!r}")
     except ValueError as err:
         raise ValueError(f"invalid Redis URL {shown!r}: {err}") from None
     return clean, own
@@ -170,13 +176,16 @@ def default_redis_factory(url: str) -> redis.Redis:
     """The client poolx uses: redis-py's own retries are off (poolx retries
     idempotent script calls itself), a socket timeout well above the longest
     blocking call, bytes responses."""
+    options: dict[str, Any] = {}
+    if not url.lower().startswith("unix:"):
+        options["socket_keepalive"] = True  # TCP only
     return redis.Redis.from_url(
         url,
         retry=Retry(NoBackoff(), 0),
         socket_timeout=MAX_BLOCK * 6,
         socket_connect_timeout=5,
-        socket_keepalive=True,
         health_check_interval=30,
+        **options,
     )
 
 
