@@ -29,7 +29,9 @@ Systems (skipped when not installed: ``pip install worq==1.1.1 rq``):
   two ``SimpleWorker`` processes (RQ's default ``Worker`` forks a process
   per job and is several times slower still).
 
-Ratios are against WorQ (higher is better for rates, lower for round trips).
+Each figure is the median of ``--rounds`` runs (default 3), the systems
+interleaved round by round so that machine noise hits them alike.  Ratios are
+against WorQ with the same task count (higher is better for rates).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -273,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="2000,20000", help="task counts (comma separated)")
     parser.add_argument("--systems", default="", help="subset of: " + ", ".join(SYSTEMS))
+    parser.add_argument("--rounds", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--consume", nargs=2, metavar=("SYSTEM", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.consume:
@@ -283,24 +287,27 @@ def main(argv: list[str] | None = None) -> int:
     names = [s.strip() for s in args.systems.split(",") if s.strip()] or _available()
     sizes = [int(size) for size in args.sizes.split(",")]
     server = Server()
-    rows: list[tuple[str, int, dict[str, float]]] = []
+    runs: dict[tuple[str, int], list[dict[str, float]]] = {}
     try:
         for n in sizes:
-            for name in names:
-                if name == "rq" and n > 5000:
-                    n_run = 5000  # RQ is slow: fewer tasks keep the run short
-                else:
-                    n_run = n
-                print(f"  running {name} with {n_run} tasks...", flush=True)
-                rows.append((name, n_run, run_one(server, name, n_run)))
+            for round_ in range(args.rounds):
+                for name in names:
+                    # RQ is slow: fewer tasks keep the run short.
+                    n_run = min(n, 5000) if name == "rq" else n
+                    print(f"  round {round_ + 1}: {name} with {n_run} tasks...", flush=True)
+                    runs.setdefault((name, n_run), []).append(run_one(server, name, n_run))
     finally:
         server.stop()
+    rows = [
+        (name, n, {key: statistics.median(r[key] for r in results) for key in results[0]})
+        for (name, n), results in runs.items()
+    ]
     base = {n: r for name, n, r in rows if name == "worq"}
     print()
     print(f"{'system':<12} {'tasks':>6} {'tasks/s':>9} {'enqueue/s':>10} {'trips/task':>10}"
           f" {'x WorQ':>7} {'enq x WorQ':>10}")
     for name, n, r in rows:
-        ref = base.get(n) or next(iter(base.values()), None)
+        ref = base.get(n)
         ratio = f"{r['tasks_per_s'] / ref['tasks_per_s']:.1f}" if ref else "-"
         eratio = f"{r['enqueue_rate'] / ref['enqueue_rate']:.1f}" if ref else "-"
         print(f"{name:<12} {n:>6} {r['tasks_per_s']:>9.0f} {r['enqueue_rate']:>10.0f}"
