@@ -330,6 +330,13 @@ class TaskQueue(AbstractTaskQueue):
         self._blmove = True
         self._consumer_id = consumer_id
         self._consumer_pid: int | None = None if consumer_id is not None else -1
+        self._init_process_state()
+
+    def _init_process_state(self) -> None:
+        """State that belongs to one process: a child made by ``fork`` starts
+        afresh (its parent's locks may have been held by parent threads, and
+        its parent's tasks and buffered results are the parent's to finish)."""
+        self._pid = os.getpid()
         self._local = threading.local()
         # Taken tasks: id -> (ref, owner, lease ms); fetched Deferred
         # arguments: id -> dict.
@@ -341,7 +348,17 @@ class TaskQueue(AbstractTaskQueue):
         self._idle = 0
         self._fetching = False
         self._handoff: deque[tuple[Delivery, float]] = deque()
-        self._writer = _Writer(self._commit, f"poolx-redis-writer-{name}")
+        self._writer = _Writer(self._commit, f"poolx-redis-writer-{self.name}")
+
+    def _here(self) -> None:
+        """Start this process's state afresh if we are in a forked child."""
+        if os.getpid() != self._pid:
+            self._init_process_state()
+
+    def _sync(self) -> None:
+        """Wait until this process's buffered writes are committed."""
+        self._here()
+        self._writer.sync()
 
     @classmethod
     def factory(cls, url: str, name: str = DEFAULT, *args: Any, **kw: Any) -> TaskQueue:
@@ -430,12 +447,13 @@ class TaskQueue(AbstractTaskQueue):
     def flush(self) -> None:
         """Wait until every result and acknowledgement stored so far through
         :meth:`store_result` or :meth:`task_done` is committed to Redis."""
-        self._writer.sync()
+        self._sync()
 
     def close(self) -> None:
         """Give back tasks fetched but never handed to a thread, and close the
         connections.  Operations after ``close`` raise :class:`RedisUnavailable`
         (once Redis would have to be retried)."""
+        self._here()
         with self._cond:
             leftovers = [item for item, _ in self._handoff]
             self._handoff.clear()
@@ -444,7 +462,7 @@ class TaskQueue(AbstractTaskQueue):
                 self.requeue_task(item[0], item[1])
             except Exception:
                 log.warning("could not give back task %s; its lease will expire", item[0])
-        self._writer.sync()
+        self._sync()
         self._closed.set()
         with contextlib.suppress(Exception):
             self._client.close()
@@ -460,6 +478,7 @@ class TaskQueue(AbstractTaskQueue):
         return ignore, _lease_ms(heartrate * 2 + 5), 1 + retries
 
     def enqueue_task(self, result: Deferred, message: bytes) -> bool:
+        self._here()
         ignore, lease, deliveries = self._task_fields(result)
         buffer = getattr(self._local, "buffer", None)
         if buffer is not None:
@@ -524,7 +543,7 @@ class TaskQueue(AbstractTaskQueue):
         self._call("undefer", task_id)
 
     def reserve_argument(self, argument_id: str, deferred_id: str) -> tuple[bool, Any]:
-        self._writer.sync()
+        self._sync()
         reply = self._call("reserve", argument_id, deferred_id)
         if not reply[0]:
             return (False, None)
@@ -537,12 +556,13 @@ class TaskQueue(AbstractTaskQueue):
         return int(self._call("size"))
 
     def discard_pending(self) -> None:
-        self._writer.sync()
+        self._sync()
         self._call("purge")
 
     # -- consumer side ----------------------------------------------------------
 
     def get_arguments(self, task_id: str) -> dict[str, Any]:
+        self._here()
         with self._lock:
             fetched = self._args.pop(task_id, None)
         if fetched is not None:
@@ -629,6 +649,7 @@ class TaskQueue(AbstractTaskQueue):
         return False
 
     def get(self, timeout: float | None = None) -> Delivery | None:
+        self._here()
         if timeout is not None and timeout < 0:
             raise ValueError("negative timeout not supported")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -671,6 +692,7 @@ class TaskQueue(AbstractTaskQueue):
     def get_many(self, count: int, timeout: float | None = None) -> list[Delivery]:
         """Up to ``count`` tasks in one round trip (blocking up to ``timeout``
         for the first); for consumers that feed several workers."""
+        self._here()
         if timeout is not None and timeout < 0:
             raise ValueError("negative timeout not supported")
         items: list[Delivery] = []
@@ -689,6 +711,7 @@ class TaskQueue(AbstractTaskQueue):
         return items
 
     def set_task_timeout(self, task_id: str, timeout: float) -> None:
+        self._here()
         if timeout <= 0:
             raise ValueError(f"invalid task timeout: {timeout!r}")
         with self._lock:
@@ -700,6 +723,7 @@ class TaskQueue(AbstractTaskQueue):
             )
 
     def task_done(self, task_id: str) -> None:
+        self._here()
         with self._lock:
             ref, owner, _lease = self._held.pop(task_id, ("t" + task_id, "", 0))
             self._args.pop(task_id, None)
@@ -709,14 +733,14 @@ class TaskQueue(AbstractTaskQueue):
         with self._lock:
             ref, owner, _lease = self._held.pop(task_id, ("t" + task_id, "", 0))
             self._args.pop(task_id, None)
-        self._writer.sync()
+        self._sync()
         return bool(self._call("requeue", task_id, message, b"1" if ignore_result else b"0",
                                ref, owner))
 
     # -- results ------------------------------------------------------------------
 
     def get_status(self, task_id: str) -> str | None:
-        self._writer.sync()
+        self._sync()
         status = self._call("status", task_id)
         return None if status is None else _text(status)
 
@@ -724,11 +748,12 @@ class TaskQueue(AbstractTaskQueue):
         with self._lock:
             self._held.pop(task_id, None)
             self._args.pop(task_id, None)
-        self._writer.sync()
+        self._sync()
         ready = self._call("setres", task_id, message, _lease_ms(timeout))
         return [_text(dep) for dep in ready]
 
     def store_result(self, task_id: str, message: bytes, timeout: float) -> None:
+        self._here()
         with self._lock:
             self._held.pop(task_id, None)
             self._args.pop(task_id, None)
@@ -754,7 +779,7 @@ class TaskQueue(AbstractTaskQueue):
         with self._lock:
             ref, _owner, _lease = self._held.pop(task_id, ("", "", 0))
             self._args.pop(task_id, None)
-        self._writer.sync()
+        self._sync()
         self._call("discard", task_id, task_expired_token, ref)
 
     def _pop(self, nonce: bytes, register: bool, ids: list[str]) -> list[tuple[bytes, Any]]:
@@ -765,7 +790,7 @@ class TaskQueue(AbstractTaskQueue):
         self._client.blpop([self._key + "w:" + task_id], max(block, 0.01))
 
     def pop_result(self, task_id: str, timeout: float | None) -> Any:
-        self._writer.sync()
+        self._sync()
         deadline = None if timeout is None else time.monotonic() + timeout
         nonce = os.urandom(8)
         while True:
@@ -785,7 +810,7 @@ class TaskQueue(AbstractTaskQueue):
         """Results in order: each call reads every ready result up to the first
         task still running, then blocks until *that* one is done, so a
         stream of results costs one round trip per burst, not per task."""
-        self._writer.sync()
+        self._sync()
         deadline = None if timeout is None else time.monotonic() + timeout
         nonce = os.urandom(8)
         pending = list(dict.fromkeys(task_ids))

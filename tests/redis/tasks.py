@@ -32,3 +32,12 @@ def touch(path: str) -> str:
 @ts.task
 def total(values: list[int]) -> int:
     return sum(values)
+
+
+def init(url: str):
+    """A worker initializer (WorQ's init_func): a broker exposing these tasks."""
+    from poolx import get_broker
+
+    broker = get_broker(url)
+    broker.expose(ts)
+    return broker

@@ -414,3 +414,33 @@ def test_round_trips_per_task(url, redis_server):
         assert wait_all(results, WAIT)
         trips = client.info("stats")["total_reads_processed"] - before - 1
     assert trips / 400 < 2.5, trips
+
+
+def test_a_forked_child_starts_with_fresh_process_state(url):
+    queue = get_broker(url).taskqueue
+    res = get_queue(url).rt.square(2)
+    queue.get(WAIT)  # the parent holds a lease
+    with queue._writer._cond:  # ...and a parent thread holds the writer's lock
+        pid = os.fork()
+        if pid == 0:  # the child must neither deadlock nor inherit the lease
+            code = 1
+            try:
+                if queue.get_status(res.id) == "processing" and queue._held == {}:
+                    code = 0
+            finally:
+                os._exit(code)
+    reaped: list[int] = []
+
+    def child_exited() -> bool:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            reaped.append(status)
+        return bool(done)
+
+    try:
+        wait_until(child_exited, timeout=WAIT)
+    finally:
+        if not reaped:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(reaped[0]) == 0
