@@ -29,7 +29,7 @@ Who owns what:
   themselves to talk to Redis; it takes as many tasks as there are idle
   threads in one call and hands them over — batching exactly where workers
   are idle, never hoarding tasks a busy pool cannot start.
-* **The writer** (:class:`_Writer`): results stored through
+* **The writer** (:class:`~poolx.queue._redis_writer.Writer`): results stored through
   :meth:`TaskQueue.store_result` (what the broker uses) and ``task_done``
   acknowledgements are buffered and committed by one thread, all that
   accumulated during the previous round trip in one script call (group
@@ -41,19 +41,19 @@ Who owns what:
   commit fails for good (Redis gone longer than ``retry_timeout``), it is
   logged, and the tasks' leases bring them back: at-least-once, not lost.
 
-Failures.  Redis errors that mean "not reachable" (refused, reset, timed out,
-loading, read-only replica) are retried with exponential backoff for up to
-``retry_timeout`` seconds once the queue has talked to Redis at least once,
-logged with the URL minus its password; every script call is idempotent
-under retry (creating calls carry a nonce).  A Redis that cannot be reached
-the first time, or refuses the credentials, fails at once with
-:class:`RedisUnavailable`.
+Failures: see :mod:`poolx.queue._redis_conn` (retry with backoff while
+Redis is unreachable, for up to ``retry_timeout`` seconds; a server never
+reached, or refused credentials, fail at once with :class:`RedisUnavailable`).
+Every script call is idempotent under retry (creating calls carry a nonce).
+
+Modules: this one owns the queue semantics; :mod:`poolx.queue._redis_conn`
+the URL, client and retries; :mod:`poolx.queue._redis_writer` the group
+commit; :mod:`poolx.queue._redis_lua` the server side.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import socket
@@ -61,48 +61,32 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit
-
-try:
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.exceptions import (
-        AuthenticationError,
-        NoScriptError,
-        ReadOnlyError,
-        ResponseError,
-    )
-    from redis.exceptions import ConnectionError as _RedisConnectionError
-    from redis.exceptions import TimeoutError as _RedisTimeoutError
-    from redis.retry import Retry
-except ImportError as err:  # pragma: no cover - exercised without redis-py only
-    raise ImportError(
-        "poolx's redis:// backend needs the redis package: pip install 'poolx[redis]'"
-    ) from err
+from typing import TYPE_CHECKING, Any
 
 from poolx.const import DEFAULT, TASK_EXPIRED
-from poolx.queue._redis_lua import SCRIPT
+from poolx.queue._redis_conn import (
+    SCHEMES,
+    Connection,
+    RedisUnavailable,
+    ResponseError,
+    default_redis_factory,
+    make_client,
+    make_serializer,
+    split_url,
+)
+from poolx.queue._redis_writer import Writer
 from poolx.queue.base import AbstractTaskQueue, Delivery
 from poolx.queue.urls import redact_url
-from poolx.serialization import JSONSerializer, PickleSerializer, Serializer
+from poolx.serialization import Serializer
 
 if TYPE_CHECKING:
     from poolx.task import Deferred
 
-__all__ = ["TaskQueue", "RedisUnavailable", "SCHEMES"]
+__all__ = ["TaskQueue", "RedisUnavailable", "SCHEMES", "default_redis_factory"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-SCHEMES = ("redis", "rediss", "unix")
-"""URL schemes this backend serves (TLS is ``rediss``)."""
-
 DEFAULT_PREFIX = "poolx"
-MAX_BLOCK = 5.0
-"""Longest single blocking call (seconds): a wait re-checks leases and
-records at least this often, so nothing waits forever on a vanished key."""
 BATCH_SIZE = 500
 """Tasks per script call when a batch is flushed."""
 POP_CHUNK = 500
@@ -115,138 +99,12 @@ HANDOFF_FRESH = 1.0
 """A fetched task handed to a thread later than this is re-checked (and its
 lease renewed) first."""
 
-_RETRYABLE = (_RedisConnectionError, _RedisTimeoutError, ReadOnlyError)
-_OWN_OPTIONS = frozenset(["prefix", "serializer", "retry_timeout"])
-
-
-class RedisUnavailable(ConnectionError):
-    """Redis could not be reached (or refused the credentials).
-
-    The message names the URL with its password replaced by ``***``.
-    """
-
-
 def _lease_ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _split_url(url: str) -> tuple[str, dict[str, str]]:
-    """The URL for redis-py, and poolx's own query options taken out of it."""
-    shown = redact_url(url)
-    try:
-        parts = urlsplit(url)
-    except ValueError as err:
-        raise ValueError(f"malformed Redis URL {shown!r}: {err}") from None
-    if parts.scheme.lower() not in SCHEMES:
-        raise ValueError(f"not a Redis URL: {shown!r} (schemes: redis, rediss, unix)")
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    own = {key: value for key, value in query if key in _OWN_OPTIONS}
-    rest = [(key, value) for key, value in query if key not in _OWN_OPTIONS]
-    # Not urlunsplit: it drops the "//" of "unix:///path" (empty host).
-    clean = f"{parts.scheme}://{parts.netloc}{parts.path}"
-    if rest:
-        clean += "?" + urlencode(rest)
-    try:
-        redis.connection.parse_url(clean)
-        if parts.scheme.lower() != "unix":
-            parts.port  # noqa: B018 - raises ValueError for a bad port
-            db = parts.path.strip("/")
-            if db and not db.isdigit():
-                raise ValueError(f"database must be a number, not {db!r}")
-    except ValueError as err:
-        raise ValueError(f"invalid Redis URL {shown!r}: {err}") from None
-    return clean, own
-
-
-def _make_serializer(choice: Serializer | str | None) -> Serializer | None:
-    if choice is None or isinstance(choice, Serializer):
-        return choice
-    named = {"pickle": PickleSerializer, "json": JSONSerializer}
-    try:
-        return named[choice.lower()]()
-    except (KeyError, AttributeError):
-        raise ValueError(f"unknown serializer {choice!r} (pickle or json)") from None
-
-
-def default_redis_factory(url: str) -> redis.Redis:
-    """The client poolx uses: redis-py's own retries are off (poolx retries
-    idempotent script calls itself), a socket timeout well above the longest
-    blocking call, bytes responses."""
-    options: dict[str, Any] = {}
-    if not url.lower().startswith("unix:"):
-        options["socket_keepalive"] = True  # TCP only
-    return redis.Redis.from_url(
-        url,
-        retry=Retry(NoBackoff(), 0),
-        socket_timeout=MAX_BLOCK * 6,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        **options,
-    )
-
-
-class _Writer:
-    """Group commit: one thread writes everything buffered, one call per batch."""
-
-    LINGER = 0.2
-    """Seconds the idle writer thread waits for more before it exits."""
-
-    def __init__(self, commit: Callable[[list[tuple[Any, ...]]], None], name: str) -> None:
-        self._commit = commit
-        self._name = name
-        self._cond = threading.Condition()
-        self._items: list[tuple[Any, ...]] = []
-        self._submitted = 0
-        self._committed = 0
-        self._thread: threading.Thread | None = None
-
-    def add(self, item: tuple[Any, ...]) -> None:
-        with self._cond:
-            self._items.append(item)
-            self._submitted += 1
-            self._ensure_thread()
-            self._cond.notify()
-
-    def _ensure_thread(self) -> None:
-        # After a fork the parent's thread object reports not alive.
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=False)
-            self._thread.start()
-
-    def sync(self) -> None:
-        """Return once everything added so far is committed (or failed)."""
-        with self._cond:
-            target = self._submitted
-            while self._committed < target:
-                self._ensure_thread()
-                self._cond.wait()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                if not self._items:
-                    self._cond.wait(self.LINGER)  # idle: linger briefly for more
-                    if not self._items:
-                        if self._thread is threading.current_thread():
-                            self._thread = None
-                        return
-                items, self._items = self._items, []
-                upto = self._submitted
-            try:
-                self._commit(items)
-            except BaseException:
-                log.error(
-                    "could not store %d result(s); their tasks will be delivered again "
-                    "when their leases expire", len(items), exc_info=True,
-                )
-            finally:
-                with self._cond:
-                    self._committed = max(self._committed, upto)
-                    self._cond.notify_all()
 
 
 class TaskQueue(AbstractTaskQueue):
@@ -293,7 +151,7 @@ class TaskQueue(AbstractTaskQueue):
         consumer_id: str | None = None,
     ) -> None:
         super().__init__(url, name)
-        clean, own = _split_url(url)
+        clean, own = split_url(url)
         shown = redact_url(url)
         if not isinstance(name, str) or not name or name.startswith("}"):
             raise ValueError(f"invalid Redis queue name {name!r}: its hash tag would be empty")
@@ -305,28 +163,21 @@ class TaskQueue(AbstractTaskQueue):
                           else own.get("retry_timeout", 30.0))
         except ValueError:
             raise ValueError(f"invalid retry_timeout in {shown!r}") from None
-        self.serializer = _make_serializer(
+        self.serializer = make_serializer(
             serializer if serializer is not None else own.get("serializer")
         )
         self.initial_result_timeout = max(float(initial_result_timeout), 1.0)
-        self.retry_timeout = retry
         self.prefix = prefix
         self._key = f"{prefix}:{{{name}}}:"
         self._pools_key = f"{prefix}:{{pools}}:"
         self._ready_key = self._key + "ready"
         self._min_lease_ms = _lease_ms(self.initial_result_timeout)
-        if redis_factory is None:
-            self._client = default_redis_factory(clean)
-        elif isinstance(redis_factory, type) and issubclass(redis_factory, redis.Redis):
-            self._client = redis_factory.from_url(clean, retry=Retry(NoBackoff(), 0))
-        else:
-            self._client = redis_factory(clean)
-        timeout = getattr(self._client, "connection_pool", None)
-        timeout = getattr(timeout, "connection_kwargs", {}).get("socket_timeout")
-        self._max_block = MAX_BLOCK if not timeout else max(0.05, min(MAX_BLOCK, timeout / 2))
-        self._sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
-        self._connected = False
-        self._closed = threading.Event()
+        client = make_client(clean, redis_factory)
+        self._conn = Connection(url, client, retry)
+        self._client = client
+        self._max_block = self._conn.max_block
+        self._run = self._conn.run
+        self._script = self._conn.script
         self._blmove = True
         self._consumer_id = consumer_id
         self._consumer_pid: int | None = None if consumer_id is not None else -1
@@ -348,7 +199,7 @@ class TaskQueue(AbstractTaskQueue):
         self._idle = 0
         self._fetching = False
         self._handoff: deque[tuple[Delivery, float]] = deque()
-        self._writer = _Writer(self._commit, f"poolx-redis-writer-{self.name}")
+        self._writer = Writer(self._commit, f"poolx-redis-writer-{self.name}")
 
     def _here(self) -> None:
         """Start this process's state afresh if we are in a forked child."""
@@ -389,52 +240,10 @@ class TaskQueue(AbstractTaskQueue):
         """The redis-py client (for diagnostics; do not change queue keys)."""
         return self._client
 
-    def _run(self, what: str, call: Callable[..., T], *args: Any) -> T:
-        """Call Redis, retrying while it is unreachable (see module docs)."""
-        deadline = None
-        attempt = 0
-        while True:
-            try:
-                result = call(*args)
-            except AuthenticationError as err:
-                raise RedisUnavailable(
-                    f"Redis at {self.display_url} refused the credentials ({what}): {err}"
-                ) from None
-            except _RETRYABLE as err:
-                if self._closed.is_set():
-                    raise RedisUnavailable(f"queue on {self.display_url} is closed") from None
-                if not self._connected:
-                    raise RedisUnavailable(
-                        f"cannot connect to Redis at {self.display_url} ({what}): {err}"
-                    ) from None
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.retry_timeout
-                    log.warning(
-                        "Redis at %s unreachable during %s (%s); retrying for up to %.0f s",
-                        self.display_url, what, err, self.retry_timeout,
-                    )
-                if now >= deadline:
-                    raise RedisUnavailable(
-                        f"Redis at {self.display_url} unreachable for {self.retry_timeout:.0f} s "
-                        f"({what} not done): {err}"
-                    ) from None
-                delay = min(0.05 * 2**attempt, 2.0, deadline - now)
-                attempt += 1
-                if self._closed.wait(delay):
-                    raise RedisUnavailable(f"queue on {self.display_url} is closed") from None
-                continue
-            if attempt:
-                log.warning("reconnected to Redis at %s (%s)", self.display_url, what)
-            self._connected = True
-            return result
-
-    def _script(self, key: str, *args: Any) -> Any:
-        try:
-            return self._client.evalsha(self._sha, 1, key, *args)
-        except NoScriptError:
-            # A fresh (or restarted) server: EVAL also caches the script.
-            return self._client.eval(SCRIPT, 1, key, *args)
+    @property
+    def retry_timeout(self) -> float:
+        """Seconds an operation is retried while Redis is unreachable."""
+        return self._conn.retry_timeout
 
     def _call(self, what: str, *args: Any) -> Any:
         """One script command on this queue's keys."""
@@ -463,9 +272,7 @@ class TaskQueue(AbstractTaskQueue):
             except Exception:
                 log.warning("could not give back task %s; its lease will expire", item[0])
         self._sync()
-        self._closed.set()
-        with contextlib.suppress(Exception):
-            self._client.close()
+        self._conn.close()
 
     # -- producer side ----------------------------------------------------------
 

@@ -1,0 +1,227 @@
+"""Connections of the ``redis://`` backend: URLs, clients, and what to do
+when Redis is unreachable.
+
+Owned here: URL parsing (:func:`split_url`: poolx's own query options out,
+the rest for redis-py), the default client (:func:`default_redis_factory`),
+:class:`RedisUnavailable`, and :class:`Connection` — one client plus the
+retry policy every queue operation goes through:
+
+* errors that mean "not reachable" (refused, reset, timed out, loading,
+  read-only replica) are retried with exponential backoff (50 ms doubling
+  to 2 s) for up to ``retry_timeout`` seconds — but only once the
+  connection has worked at least once, so a wrong host or a server that is
+  not running fails at once;
+* refused credentials fail at once;
+* every message names the URL with its password replaced by ``***``.
+
+Retrying is safe because every script call of the queue is idempotent (see
+:mod:`poolx.queue._redis_lua`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.exceptions import AuthenticationError, NoScriptError, ReadOnlyError, ResponseError
+    from redis.exceptions import ConnectionError as _RedisConnectionError
+    from redis.exceptions import TimeoutError as _RedisTimeoutError
+    from redis.retry import Retry
+except ImportError as err:  # pragma: no cover - exercised without redis-py only
+    raise ImportError(
+        "poolx's redis:// backend needs the redis package: pip install 'poolx[redis]'"
+    ) from err
+
+from poolx.queue._redis_lua import SCRIPT
+from poolx.queue.urls import redact_url
+from poolx.serialization import JSONSerializer, PickleSerializer, Serializer
+
+__all__ = [
+    "Connection",
+    "RedisUnavailable",
+    "SCHEMES",
+    "MAX_BLOCK",
+    "default_redis_factory",
+    "make_client",
+    "split_url",
+    "ResponseError",
+    "make_serializer",
+]
+
+log = logging.getLogger("poolx.queue.redis")
+
+T = TypeVar("T")
+
+SCHEMES = ("redis", "rediss", "unix")
+"""URL schemes the backend serves (TLS is ``rediss``)."""
+MAX_BLOCK = 5.0
+"""Longest single blocking call (seconds): a wait re-checks leases and
+records at least this often, so nothing waits forever on a vanished key."""
+
+_RETRYABLE = (_RedisConnectionError, _RedisTimeoutError, ReadOnlyError)
+_OWN_OPTIONS = frozenset(["prefix", "serializer", "retry_timeout"])
+
+
+class RedisUnavailable(ConnectionError):
+    """Redis could not be reached (or refused the credentials).
+
+    The message names the URL with its password replaced by ``***``.
+    """
+
+    __module__ = "poolx.queue.redis"  # its public home
+
+
+def split_url(url: str) -> tuple[str, dict[str, str]]:
+    """The URL for redis-py, and poolx's own query options taken out of it."""
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as err:
+        raise ValueError(f"malformed Redis URL {shown!r}: {err}") from None
+    if parts.scheme.lower() not in SCHEMES:
+        raise ValueError(f"not a Redis URL: {shown!r} (schemes: redis, rediss, unix)")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    own = {key: value for key, value in query if key in _OWN_OPTIONS}
+    rest = [(key, value) for key, value in query if key not in _OWN_OPTIONS]
+    # Not urlunsplit: it drops the "//" of "unix:///path" (empty host).
+    clean = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    if rest:
+        clean += "?" + urlencode(rest)
+    try:
+        redis.connection.parse_url(clean)
+        if parts.scheme.lower() != "unix":
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+            db = parts.path.strip("/")
+            if db and not db.isdigit():
+                raise ValueError(f"database must be a number, not {db!r}")
+    except ValueError as err:
+        raise ValueError(f"invalid Redis URL {shown!r}: {err}") from None
+    return clean, own
+
+
+def make_serializer(choice: Serializer | str | None) -> Serializer | None:
+    if choice is None or isinstance(choice, Serializer):
+        return choice
+    named = {"pickle": PickleSerializer, "json": JSONSerializer}
+    try:
+        return named[choice.lower()]()
+    except (KeyError, AttributeError):
+        raise ValueError(f"unknown serializer {choice!r} (pickle or json)") from None
+
+
+def default_redis_factory(url: str) -> redis.Redis:
+    """The client poolx uses: redis-py's own retries are off (poolx retries
+    idempotent script calls itself), a socket timeout well above the longest
+    blocking call, bytes responses."""
+    options: dict[str, Any] = {}
+    if not url.lower().startswith("unix:"):
+        options["socket_keepalive"] = True  # TCP only
+    return redis.Redis.from_url(
+        url,
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=MAX_BLOCK * 6,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        **options,
+    )
+
+
+
+def make_client(url: str, redis_factory: Callable[..., Any] | None = None) -> Any:
+    """The client for ``url`` (poolx's options already taken out).
+
+    :param redis_factory: None for :func:`default_redis_factory`; a
+        ``redis.Redis`` subclass (built with its ``from_url``, redis-py's own
+        retries off); or any callable taking the URL.
+    """
+    if redis_factory is None:
+        return default_redis_factory(url)
+    if isinstance(redis_factory, type) and issubclass(redis_factory, redis.Redis):
+        return redis_factory.from_url(url, retry=Retry(NoBackoff(), 0))
+    return redis_factory(url)
+
+
+class Connection:
+    """A redis-py client with poolx's retry policy.
+
+    :param url: The URL as given (shown redacted in messages).
+    :param client: The redis-py client.
+    :param retry_timeout: Seconds to keep retrying an unreachable server.
+    """
+
+    def __init__(self, url: str, client: Any, retry_timeout: float) -> None:
+        self.display_url = redact_url(url)
+        self.client = client
+        self.retry_timeout = retry_timeout
+        self.sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
+        self.connected = False
+        self.closed = threading.Event()
+        pool = getattr(client, "connection_pool", None)
+        timeout = getattr(pool, "connection_kwargs", {}).get("socket_timeout")
+        self.max_block = MAX_BLOCK if not timeout else max(0.05, min(MAX_BLOCK, timeout / 2))
+        """Longest blocking call: below the socket timeout."""
+
+    def run(self, what: str, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)``, retried while Redis is unreachable (see the module
+        docstring); ``what`` names the operation in logs and errors."""
+        deadline = None
+        attempt = 0
+        while True:
+            try:
+                result = call(*args)
+            except AuthenticationError as err:
+                raise RedisUnavailable(
+                    f"Redis at {self.display_url} refused the credentials ({what}): {err}"
+                ) from None
+            except _RETRYABLE as err:
+                if self.closed.is_set():
+                    raise RedisUnavailable(f"queue on {self.display_url} is closed") from None
+                if not self.connected:
+                    raise RedisUnavailable(
+                        f"cannot connect to Redis at {self.display_url} ({what}): {err}"
+                    ) from None
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.retry_timeout
+                    log.warning(
+                        "Redis at %s unreachable during %s (%s); retrying for up to %.0f s",
+                        self.display_url, what, err, self.retry_timeout,
+                    )
+                if now >= deadline:
+                    raise RedisUnavailable(
+                        f"Redis at {self.display_url} unreachable for {self.retry_timeout:.0f} s "
+                        f"({what} not done): {err}"
+                    ) from None
+                delay = min(0.05 * 2**attempt, 2.0, deadline - now)
+                attempt += 1
+                if self.closed.wait(delay):
+                    raise RedisUnavailable(f"queue on {self.display_url} is closed") from None
+                continue
+            if attempt:
+                log.warning("reconnected to Redis at %s (%s)", self.display_url, what)
+            self.connected = True
+            return result
+
+    def script(self, key: str, *args: Any) -> Any:
+        """One call of the queue script with ``KEYS[1] = key`` (no retry)."""
+        try:
+            return self.client.evalsha(self.sha, 1, key, *args)
+        except NoScriptError:
+            # A fresh (or restarted) server: EVAL also caches the script.
+            return self.client.eval(SCRIPT, 1, key, *args)
+
+    def close(self) -> None:
+        """Stop retrying and close the client's connections."""
+        self.closed.set()
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            log.debug("closing the Redis client failed", exc_info=True)
