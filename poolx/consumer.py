@@ -479,7 +479,10 @@ class BrokerConsumer:
             self._set_broken(error)
             return
         if isinstance(error, Terminated) and error.args == _POOL_TERMINATED:
-            if entry.key not in self._started_snapshot():
+            started = error.started  # the pool knows; infer only if it does not say
+            if started is None:
+                started = entry.key in self._started_snapshot()
+            if not started:
                 self._requeue(task, "the pool was terminated before the task started")
                 self._forget(entry)
                 return

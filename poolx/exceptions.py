@@ -58,8 +58,12 @@ class WorkerLostError(PoolError):
 class Terminated(PoolError):
     """The job was terminated on request (``terminate_job`` or ``terminate``).
 
-    ``args[0]`` is the signal number used when one was sent.
+    ``args[0]`` is the signal number used when one was sent.  ``started`` is
+    True when the job had started running in a worker, False when it had
+    not (it was queued or prefetched), None when unknown.
     """
+
+    started: bool | None = None
 
     def __str__(self) -> str:
         if len(self.args) == 1 and isinstance(self.args[0], int):

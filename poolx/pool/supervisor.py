@@ -320,7 +320,7 @@ class Supervisor:
             if self.broken is not None:
                 self._finish(job, JobState.FAILED, False, self._broken_error())
             elif self.terminating:
-                self._finish(job, JobState.CANCELLED, False, Terminated("pool terminated"))
+                self._finish(job, JobState.CANCELLED, False, _pool_terminated(False))
             else:
                 self.queue.append(job)
         commands = self._commands
@@ -566,7 +566,7 @@ class Supervisor:
                 continue
             if job.seq == running:
                 if handle.kill_reason == "terminate":
-                    self._finish(job, JobState.CANCELLED, False, Terminated("pool terminated"))
+                    self._finish(job, JobState.CANCELLED, False, _pool_terminated(True))
                 else:
                     self.stats_counters["lost"] += 1
                     self._finish(job, JobState.LOST, False, WorkerLostError(_lost_message(exitcode, job)))
@@ -612,7 +612,7 @@ class Supervisor:
                 self._finish(job, JobState.FAILED, False, self._broken_error())
         elif self.terminating:
             for job in jobs:
-                self._finish(job, JobState.CANCELLED, False, Terminated("pool terminated"))
+                self._finish(job, JobState.CANCELLED, False, _pool_terminated(False))
         else:
             self.queue.extendleft(reversed(jobs))
 
@@ -817,13 +817,13 @@ class Supervisor:
         if self.terminating:
             return
         self.terminating = True
-        error = Terminated("pool terminated")
         while self.queue:
-            self._finish(self.queue.popleft(), JobState.CANCELLED, False, error)
+            self._finish(self.queue.popleft(), JobState.CANCELLED, False, _pool_terminated(False))
         for handle in list(self.workers.values()):
+            running = handle.slot[RUNNING]
             for job in list(handle.jobs.values()):
                 if not job.state.terminal:
-                    self._finish(job, JobState.CANCELLED, False, Terminated("pool terminated"))
+                    self._finish(job, JobState.CANCELLED, False, _pool_terminated(job.seq == running))
             self._kill(handle, "terminate", signal.SIGTERM)
         self.schedule(time.monotonic() + TERMINATE_GRACE, self._kill_stragglers)
 
@@ -904,7 +904,7 @@ class Supervisor:
         for job in leftover_jobs:
             if not job.state.terminal:
                 job.state = JobState.CANCELLED
-                job.sink._job_done(job.index, False, Terminated("pool terminated"))
+                job.sink._job_done(job.index, False, _pool_terminated(False))
         for name, *args in leftover_commands:
             if name == "call":
                 args[0](self)
@@ -948,6 +948,12 @@ class _ForkGuard:
 
     def run(self) -> None:
         self.supervisor._close_fds_in_child()
+
+
+def _pool_terminated(started: bool) -> Terminated:
+    error = Terminated("pool terminated")
+    error.started = started
+    return error
 
 
 def _close_process(process: Any) -> None:

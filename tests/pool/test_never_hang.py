@@ -228,3 +228,15 @@ def test_fork_while_another_thread_imports(fork_ctx):
     finally:
         helpers.IMPORT_GATE.set()
         importer.join(10)
+
+
+def test_terminate_says_which_jobs_had_started(fork_ctx):
+    pool = poolx.Pool(1, context=fork_ctx)
+    running = pool.apply_async(helpers.sleep, (30,))
+    queued = pool.apply_async(helpers.square, (2,))
+    wait_until(lambda: any(w["job"] for w in pool.stats()["workers"]))
+    pool.terminate()
+    for result, started in ((running, True), (queued, False)):
+        with pytest.raises(poolx.Terminated) as info:
+            result.get(0)
+        assert info.value.started is started
