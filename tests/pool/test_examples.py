@@ -28,7 +28,11 @@ def run_example(path: str) -> str:
         ("examples/pool/lifecycle.py", ["jobs ran in 1 worker(s)", "processes: 1 completed: 4",
                                         "exited with code 0"]),
         ("examples/demo.py", ["a worker died mid-job; only its job failed",
-                              "...and the pool goes on: 144"]),
+                              "...and the pool goes on: 144",
+                              "0 + 1 + ... + 9 = 45",
+                              "failed, clearly: demo.segfault", "WorkerLostError",
+                              "failed, clearly: demo.forever", "TimeLimitExceeded",
+                              "the workers go on: yes"]),
     ],
 )
 def test_example(path, expected):
