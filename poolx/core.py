@@ -332,10 +332,14 @@ class Broker:
         self._queue.set_task_timeout(task.id, task.heartrate * 2 + 5)
 
     def set_result(self, task: FunctionTask, result: Any) -> None:
-        """Store a task's result (nothing for ``ignore_result`` tasks).
+        """Store a task's result (for an ``ignore_result`` task: tell the
+        backend it is done).
 
         A result that cannot be serialized is replaced by a
-        :class:`~poolx.task.TaskFailure` saying so.
+        :class:`~poolx.task.TaskFailure` saying so.  The backend may commit
+        the result after this returns (``store_result``: ``redis://`` writes
+        the results of many workers in one round trip); this broker reads it
+        back at once all the same.
         """
         if task.ignore_result:
             self._queue.task_done(task.id)

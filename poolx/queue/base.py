@@ -12,7 +12,8 @@ Who calls what::
                                    set_argument, undefer_task    (Deferred args)
     worker ──── Broker.next_task ─▶ get, get_arguments
                 Broker.heartbeat ─▶ set_task_timeout
-                Broker.set_result ▶ set_result  (also feeds dependent tasks)
+                Broker.set_result ▶ store_result (= set_result by default; also
+                                    feeds dependent tasks)
                 Broker.task_failed ▶ discard_result
     consumer ── (stop, taken task never started) ▶ requeue_task
     pools ───── register_pool / unregister_pool  (heartbeat of a worker pool)
