@@ -10,6 +10,8 @@ Modules, one job each:
 * :mod:`poolx.pool.results` — ``ApplyResult``, ``MapResult``, ``IMapIterator``;
 * :mod:`poolx.pool.callbacks` — the thread that runs user callbacks;
 * :mod:`poolx.pool.options` — argument validation;
+* :mod:`poolx.pool.memory` — measuring a worker's memory (psutil);
+* :mod:`poolx.pool.log` — the engine's logger, imported lazily;
 * :mod:`poolx.pool.thread`, :mod:`poolx.pool.process` — WorQ's WorkerPools.
 
 ``RemoteTraceback`` and ``MaybeEncodingError`` are the standard library's

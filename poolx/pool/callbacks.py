@@ -11,13 +11,12 @@ supervisor, so timeouts and dead workers are still handled on time).
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-logger = logging.getLogger("poolx")
+from poolx.pool import log
 
 _STOP = object()
 
@@ -66,4 +65,4 @@ class CallbackRunner:
             try:
                 func(*args)
             except Exception:
-                logger.exception("poolx: callback %r raised; the pool keeps running", func)
+                log.logger().exception("poolx: callback %r raised; the pool keeps running", func)

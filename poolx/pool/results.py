@@ -9,7 +9,6 @@ callback timing (a result is ready only after its callback returned).
 
 from __future__ import annotations
 
-import logging
 import threading
 from _thread import allocate_lock as _allocate_lock
 from collections import deque
@@ -17,9 +16,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from poolx.exceptions import TimeoutError
+from poolx.pool import log
 from poolx.pool.callbacks import CallbackRunner
-
-logger = logging.getLogger("poolx")
 
 __all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator", "IMapUnorderedIterator"]
 
@@ -144,7 +142,7 @@ class ApplyResult:
         try:
             callback(value)
         except Exception:
-            logger.exception("poolx: callback %r raised; the pool keeps running", callback)
+            log.logger().exception("poolx: callback %r raised; the pool keeps running", callback)
         finally:
             self._callback = self._error_callback = None
             self._set_done()

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import os
 import pickle
 import selectors
@@ -53,12 +52,10 @@ from poolx.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
-from poolx.pool import memory, wire
+from poolx.pool import log, memory, wire
 from poolx.pool.callbacks import CallbackRunner
 from poolx.pool.jobs import Job, JobState
 from poolx.pool.worker import RUNNING, SLOT_SIZE, SOFT_TARGET, STARTED_NS, worker_main
-
-logger = logging.getLogger("poolx")
 
 # Tiny jobs are sent several at a time to a worker (fewer wake-ups on both
 # sides); jobs slower than this are sent one at a time so that a worker never
@@ -285,7 +282,7 @@ class Supervisor:
                 if self._done():
                     break
         except BaseException as exc:  # a bug in poolx must not hang the callers
-            logger.exception("poolx: supervisor crashed; failing all jobs")
+            log.logger().exception("poolx: supervisor crashed; failing all jobs")
             self._crash(exc)
         finally:
             self._cleanup()
@@ -413,7 +410,7 @@ class Supervisor:
             return False
         except OSError as exc:
             parent_conn.close()
-            logger.error("poolx: cannot start a worker process: %s; retrying in 0.1 s", exc)
+            log.logger().error("poolx: cannot start a worker process: %s; retrying in 0.1 s", exc)
             self.schedule(time.monotonic() + 0.1, lambda: None)
             return False
         finally:
@@ -519,7 +516,7 @@ class Supervisor:
         elif kind == wire.RETIRING:
             handle.retiring = True
         else:
-            logger.error("poolx: unknown message kind %r from worker %d", kind, handle.pid)
+            log.logger().error("poolx: unknown message kind %r from worker %d", kind, handle.pid)
 
     def _on_result(self, handle: WorkerHandle, body: bytes) -> None:
         seq, ok, duration, payload = wire.decode_result(body)
@@ -640,7 +637,7 @@ class Supervisor:
             return
         error.__cause__ = cause
         self.broken = error
-        logger.error("poolx: %s", error)
+        log.logger().error("poolx: %s", error)
         while self.queue:
             self._finish(self.queue.popleft(), JobState.FAILED, False, self._broken_error())
 
