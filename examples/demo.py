@@ -76,8 +76,8 @@ def total(values: list[int]) -> int:
 
 
 @tasks.task
-def segfault() -> None:
-    os._exit(11)
+def kill_worker() -> None:
+    os._exit(11)  # the worker process dies under the task
 
 
 @tasks.task
@@ -103,7 +103,7 @@ def queue_demo() -> None:
         result.wait(timeout=60)
         print("0 + 1 + ... + 9 =", result.value)
 
-        crashed = q.demo.segfault()
+        crashed = q.demo.kill_worker()
         limited = Task(q.demo.forever, timeout=0.5)()  # a per-task hard time limit
         for deferred in (crashed, limited):
             deferred.wait(timeout=60)

@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from poolx.exceptions import BrokenPoolError
+from poolx.exceptions import BrokenPoolError, Terminated
 from poolx.pool import options, wire
 from poolx.pool.jobs import Job
 from poolx.pool.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
@@ -258,6 +258,7 @@ class Pool:
         except Exception as exc:  # unpicklable arguments fail this call only
             result._job_done(0, False, exc)
             return result
+        result._seq = job.seq
         self._submit([job])
         return result
 
@@ -349,6 +350,7 @@ class Pool:
         # jobs; a lazy one (a generator, a socket...) job by job, so that no
         # item waits for the next one to be produced.
         group_size = IMAP_GROUP if hasattr(iterable, "__len__") else 1
+        self._supervisor.feeder_started()
         feeder = threading.Thread(
             target=self._feed,
             args=(sink, wire.portable(func), iter(iterable), chunksize, limit_values, group_size),
@@ -365,6 +367,13 @@ class Pool:
         huge (or endless) input is never materialized and the feeder does not
         starve the supervisor of the GIL.
         """
+        try:
+            self._feed_chunks(sink, func, iterator, chunksize, limits, group_size)
+        finally:
+            self._supervisor.feeder_finished()
+
+    def _feed_chunks(self, sink: IMapIterator, func: Callable[..., Any], iterator: Iterator[Any],
+                     chunksize: int, limits: tuple[Any, Any, Any], group_size: int) -> None:
         ahead = max(IMAP_AHEAD, 4 * self._supervisor.target)
         index = 0
         group: list[Job] = []
@@ -374,9 +383,11 @@ class Pool:
                 if group:
                     self._submit(group)
                 return True
-            except ValueError as exc:  # the pool was closed or terminated meanwhile
+            except ValueError:  # the pool was terminated meanwhile
                 for job in group:
-                    sink._job_done(job.index, False, exc)
+                    error = Terminated("pool terminated")
+                    error.started = False
+                    sink._job_done(job.index, False, error)
                 sink._set_length(group[-1].index + 1)
                 return False
             finally:
@@ -411,8 +422,7 @@ class Pool:
     def close(self) -> None:
         """Accept no more jobs; workers exit once the submitted ones are done."""
         if self._state == RUN:
-            self._state = CLOSE
-            self._supervisor.stop_accepting()
+            self._state = CLOSE  # new calls are refused; imap feeders finish their input
             self._supervisor.command("close")
 
     def terminate(self) -> None:
@@ -488,8 +498,9 @@ class Pool:
         job; that job fails with ``Terminated(sig)``."""
         self._supervisor.command("terminate_job", pid, sig or signal_module.SIGTERM, None)
 
-    def _terminate_job_of_result(self, pid: int, sig: int | None) -> None:
-        self.terminate_job(pid, sig)
+    def _terminate_job_of_result(self, pid: int, sig: int | None, seq: int) -> None:
+        """``ApplyResult.terminate``: acts only while that very job runs."""
+        self._supervisor.command("terminate_job", pid, sig or signal_module.SIGTERM, seq)
 
     def maintain_pool(self) -> None:
         """Replace exited workers now (the supervisor also does so by itself)."""

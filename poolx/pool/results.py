@@ -45,7 +45,7 @@ class ApplyResult:
         accept_callback: Callable[[int, float], Any] | None = None,
         timeout_callback: Callable[..., Any] | None = None,
         correlation_id: Any = None,
-        terminate_job: Callable[[int, int | None], None] | None = None,
+        terminate_job: Callable[[int, int | None, int], None] | None = None,
     ) -> None:
         # A latch: a lock held until the result is set.  Waiters acquire and
         # release it in turn; far cheaper to create than a threading.Event,
@@ -61,6 +61,7 @@ class ApplyResult:
         self._terminate_job = terminate_job
         self.correlation_id = correlation_id
         self._worker_pid: int | None = None
+        self._seq = 0  # the job's id, set by the pool at submission
         self._success = False
         self._value: Any = None
 
@@ -110,9 +111,12 @@ class ApplyResult:
         return [self._worker_pid] if self._worker_pid is not None else []
 
     def terminate(self, signum: int | None = None) -> None:
-        """Kill the worker running this job (see :meth:`poolx.Pool.terminate_job`)."""
+        """Kill the worker running this job (see :meth:`poolx.Pool.terminate_job`).
+
+        Nothing happens unless this job is the one that worker is running.
+        """
         if self._worker_pid is not None and self._terminate_job is not None:
-            self._terminate_job(self._worker_pid, signum)
+            self._terminate_job(self._worker_pid, signum, self._seq)
 
     # -- JobSink (called by the supervisor) --------------------------------------------
 

@@ -171,6 +171,7 @@ class Supervisor:
         self._wake_pending = False
         self.lock = threading.Lock()
         self.accepting = True
+        self.feeders = 0  # imap feeders still reading their input
         self._stopped = False
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
@@ -229,6 +230,17 @@ class Supervisor:
     def stop_accepting(self) -> None:
         with self.lock:
             self.accepting = False
+
+    def feeder_started(self) -> None:
+        """An imap feeder will go on submitting (even after close())."""
+        with self.lock:
+            self.feeders += 1
+
+    def feeder_finished(self) -> None:
+        with self.lock:
+            self.feeders -= 1
+            if not self._stopped:
+                self._wake()  # a closing pool may now be done
 
     def call(self, func: Callable[[Supervisor], Any], timeout: float | None = None) -> Any:
         """Run ``func(self)`` on the supervisor thread and return its value."""
@@ -294,7 +306,7 @@ class Supervisor:
             error = BrokenPoolError("the pool was closed with 0 processes: nothing can run this job")
             while self.queue:
                 self._finish(self.queue.popleft(), JobState.FAILED, False, error)
-        if self.closing and not self.queue and not self._incoming:
+        if self.closing and not self.queue and not self._incoming and not self.feeders:
             if not any(h.jobs for h in self.workers.values()):
                 for handle in list(self.workers.values()):
                     self._retire(handle)
@@ -561,7 +573,11 @@ class Supervisor:
         for job in handle.jobs.values():
             if job.state.terminal:
                 continue
-            if job.seq == running:
+            if job.seq == running and handle.kill_reason in _TARGETED_KILLS:
+                # Killed for another job's limit, which finished just before
+                # the kill landed: this one is collateral, run it again.
+                requeue.append(job)
+            elif job.seq == running:
                 if handle.kill_reason == "terminate":
                     self._finish(job, JobState.CANCELLED, False, _pool_terminated(True))
                 else:
@@ -854,7 +870,9 @@ class Supervisor:
         if job is None or (seq is not None and job.seq != seq):
             return
         self._kill(handle, "terminate_job", sig)
-        self._finish(job, JobState.CANCELLED, False, Terminated(sig))
+        error = Terminated(sig)
+        error.started = True
+        self._finish(job, JobState.CANCELLED, False, error)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -945,6 +963,10 @@ class _ForkGuard:
 
     def run(self) -> None:
         self.supervisor._close_fds_in_child()
+
+
+# Kills aimed at one job (whose outcome is already settled when the worker dies).
+_TARGETED_KILLS = frozenset({"timeout", "memory", "terminate_job"})
 
 
 def _pool_terminated(started: bool) -> Terminated:

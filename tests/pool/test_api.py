@@ -279,3 +279,15 @@ def test_closing_an_empty_pool_fails_its_queued_jobs(fork_ctx):
     assert pool.join(timeout=10)
     with pytest.raises(poolx.BrokenPoolError, match="closed with 0 processes"):
         result.get(0)
+
+
+def test_imap_then_close_delivers_everything(ctx):
+    """The standard library's pattern: close() forbids new calls, but the
+    input of an imap already running is read to the end."""
+    pool = poolx.Pool(2, context=ctx)
+    ordered = pool.imap(helpers.square, range(3000))
+    unordered = pool.imap_unordered(helpers.square, (i for i in range(1000)))
+    pool.close()
+    assert list(ordered) == [i * i for i in range(3000)]
+    assert sorted(unordered) == [i * i for i in range(1000)]
+    assert pool.join(timeout=30)

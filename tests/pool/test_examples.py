@@ -30,7 +30,7 @@ def run_example(path: str) -> str:
         ("examples/demo.py", ["a worker died mid-job; only its job failed",
                               "...and the pool goes on: 144",
                               "0 + 1 + ... + 9 = 45",
-                              "failed, clearly: demo.segfault", "WorkerLostError",
+                              "failed, clearly: demo.kill_worker", "WorkerLostError",
                               "failed, clearly: demo.forever", "TimeLimitExceeded",
                               "the workers go on: yes"]),
     ],

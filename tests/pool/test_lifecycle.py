@@ -132,3 +132,25 @@ def test_stats(fork_ctx):
             assert worker["state"] == "idle" and worker["job"] is None
             assert worker["rss"] > 0 and worker["uptime"] >= 0
         assert sum(w["tasks_done"] for w in stats["workers"]) == 11
+
+
+def test_result_terminate_only_hits_its_own_job(fork_ctx):
+    with poolx.Pool(1, context=fork_ctx) as pool:
+        finished = pool.apply_async(helpers.square, (2,))
+        assert finished.get(10) == 4
+        running = pool.apply_async(helpers.sleep, (0.5,))
+        wait_until(lambda: any(w["job"] for w in pool.stats()["workers"]))
+        finished.terminate()  # its job is over: the running one must not be hit
+        assert running.get(10) == 0.5
+        running = pool.apply_async(helpers.sleep, (0.5,))
+        prefetched = pool.apply_async(helpers.square, (3,))
+        wait_until(lambda: any(w["job"] for w in pool.stats()["workers"]))
+        prefetched.terminate()  # not started yet: nothing happens
+        assert running.get(10) == 0.5
+        assert prefetched.get(10) == 9
+        victim = pool.apply_async(helpers.sleep, (30,))
+        wait_until(lambda: any(w["job"] for w in pool.stats()["workers"]))
+        victim.terminate(signal.SIGKILL)
+        with pytest.raises(Terminated) as info:
+            victim.get(10)
+        assert info.value.started is True
