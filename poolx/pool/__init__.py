@@ -4,6 +4,7 @@ Modules, one job each:
 
 * :mod:`poolx.pool.api` — :class:`Pool`, the public API and argument checks;
 * :mod:`poolx.pool.supervisor` — the one thread that owns all pool state;
+* :mod:`poolx.pool.limits` — time and memory limits of running jobs;
 * :mod:`poolx.pool.worker` — the loop each worker process runs;
 * :mod:`poolx.pool.wire` — framing and codecs on each worker's pipe;
 * :mod:`poolx.pool.jobs` — the job state machine;

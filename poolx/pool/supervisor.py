@@ -18,7 +18,8 @@ Data flow::
                                  │  re-queue the rest, start a replacement
                                  └─ timer heap: soft/hard deadlines, memory polls
 
-Nothing else mutates this state: the public :class:`~poolx.Pool` methods only
+Time and memory limits are kept by its :class:`~poolx.pool.limits.LimitKeeper`,
+on the same thread.  Nothing else mutates this state: the public :class:`~poolx.Pool` methods only
 append to the two deques and write one byte to the wake-up pipe.  Because the
 supervisor chose which worker got which job, a dead worker can never leave a
 caller waiting forever — the reason poolx exists.
@@ -46,16 +47,14 @@ from typing import Any, NamedTuple
 
 from poolx.exceptions import (
     BrokenPoolError,
-    MemoryLimitExceeded,
     RestartFreqExceeded,
     Terminated,
-    TimeLimitExceeded,
     WorkerLostError,
 )
-from poolx.pool import log, memory, wire
+from poolx.pool import limits, log, wire
 from poolx.pool.callbacks import CallbackRunner
 from poolx.pool.jobs import Job, JobState
-from poolx.pool.worker import RUNNING, SLOT_SIZE, SOFT_TARGET, STARTED_NS, worker_main
+from poolx.pool.worker import RUNNING, SLOT_SIZE, worker_main
 
 # Tiny jobs are sent several at a time to a worker (fewer wake-ups on both
 # sides); jobs slower than this are sent one at a time so that a worker never
@@ -186,6 +185,7 @@ class Supervisor:
         self.workers: dict[int, WorkerHandle] = {}
         self.target = config.processes
         self._timers: list[list[Any]] = []
+        self.limits = limits.LimitKeeper(self)
         self._timer_ids = itertools.count()
         self._duration_ewma: float | None = None
         self._worker_names = itertools.count(1)
@@ -549,7 +549,7 @@ class Supervisor:
         else:
             self._finish(job, JobState.FAILED, False, value)
         if not handle.jobs and not self.queue:
-            self._cancel_memory_poll(handle)
+            self.limits.cancel_memory_poll(handle)
 
     def _on_exit(self, handle: WorkerHandle) -> None:
         """The worker's sentinel fired: it is gone.  Settle everything it held."""
@@ -568,7 +568,7 @@ class Supervisor:
         handle.process.join(1.0)
         exitcode = handle.process.exitcode
         running = handle.slot[RUNNING]
-        self._cancel_memory_poll(handle)
+        self.limits.cancel_memory_poll(handle)
         requeue = []
         for job in handle.jobs.values():
             if job.state.terminal:
@@ -708,9 +708,9 @@ class Supervisor:
                 batch.append((job.seq, job.flags, job.payload))
                 job.sink._job_sent(handle.pid)
                 if job.timed:
-                    self._arm_timeouts(job, handle, now)
+                    self.limits.arm_timeouts(job, handle, now)
                 if job.memory_limit is not None:
-                    self._arm_memory_poll(handle)
+                    self.limits.arm_memory_poll(handle)
             handle.sent += len(batch)
             self._send(handle, wire.encode_jobs(batch))  # type: ignore[arg-type]
             if maxtasks is not None and handle.sent >= maxtasks:
@@ -728,95 +728,6 @@ class Supervisor:
         else:
             counters["failed"] += 1
         job.sink._job_done(job.index, ok, value)
-
-    # ------------------------------------------------------------------ timeouts and memory
-
-    def _arm_timeouts(self, job: Job, handle: WorkerHandle, now: float) -> None:
-        first = min(t for t in (job.soft_timeout, job.timeout) if t is not None)
-        self.schedule(now + first, self._check_timeout, job, handle)
-        if self.config.on_timeout_set is not None:
-            self.runner.submit(self.config.on_timeout_set, job.sink, job.soft_timeout, job.timeout)
-
-    def _check_timeout(self, job: Job, handle: WorkerHandle) -> None:
-        if job.state.terminal or job.worker is not handle or handle.exited:
-            return
-        now = time.monotonic()
-        slot = handle.slot
-        if slot[RUNNING] != job.seq:
-            # Not started yet (or finished, result on its way): it cannot expire
-            # before now + its shortest limit.
-            pending = [t for t in (None if job.soft_fired else job.soft_timeout, job.timeout) if t]
-            if pending:
-                self.schedule(now + min(pending), self._check_timeout, job, handle)
-            return
-        started = slot[STARTED_NS] / 1e9
-        if job.soft_timeout is not None and not job.soft_fired:
-            deadline = started + job.soft_timeout
-            if now < deadline:
-                self.schedule(deadline, self._check_timeout, job, handle)
-                return
-            job.soft_fired = True
-            slot[SOFT_TARGET] = job.seq  # mark the target *before* signalling
-            try:
-                os.kill(handle.pid, signal.SIGUSR1)
-            except ProcessLookupError:
-                pass
-            job.sink._job_timed_out(True, job.soft_timeout)
-        if job.timeout is not None:
-            deadline = started + job.timeout
-            if now < deadline:
-                self.schedule(deadline, self._check_timeout, job, handle)
-                return
-            self._kill(handle, "timeout")
-            job.sink._job_timed_out(False, job.timeout)
-            self._finish(job, JobState.TIMED_OUT, False, TimeLimitExceeded(job.timeout))
-
-    def _arm_memory_poll(self, handle: WorkerHandle) -> None:
-        if handle.memory_timer is None:
-            handle.memory_timer = self.schedule(
-                time.monotonic() + self.config.memory_poll_interval, self._poll_memory, handle
-            )
-
-    def _cancel_memory_poll(self, handle: WorkerHandle) -> None:
-        self.cancel_timer(handle.memory_timer)
-        handle.memory_timer = None
-
-    def _poll_memory(self, handle: WorkerHandle) -> None:
-        handle.memory_timer = None
-        if handle.exited or handle.kill_reason:
-            return
-        job = handle.running_job()
-        if job is not None and job.memory_limit is not None and not job.state.terminal:
-            rss = self._usage_over(handle, job.memory_limit)
-            if rss is not None:
-                self._kill(handle, "memory")
-                self.stats_counters["memory_killed"] += 1
-                self._finish(job, JobState.FAILED, False,
-                             MemoryLimitExceeded(rss, job.memory_limit, handle.pid))
-                return
-        if any(j.memory_limit is not None for j in handle.jobs.values()):
-            self._arm_memory_poll(handle)
-
-    def _psutil(self, handle: WorkerHandle) -> Any:
-        if handle.psutil is None:
-            handle.psutil = memory.process(handle.pid)
-        return handle.psutil
-
-    def _rss(self, handle: WorkerHandle) -> int | None:
-        import psutil
-
-        try:
-            return self._psutil(handle).memory_info().rss
-        except psutil.Error:
-            return None
-
-    def _usage_over(self, handle: WorkerHandle, limit: int) -> int | None:
-        import psutil
-
-        try:
-            return memory.usage_over(self._psutil(handle), limit)
-        except psutil.Error:
-            return None
 
     # ------------------------------------------------------------------ commands
 
@@ -940,7 +851,7 @@ class Supervisor:
                 "state": handle.state(),
                 "job": job.seq if job is not None else None,
                 "tasks_done": handle.done,
-                "rss": self._rss(handle),
+                "rss": limits.rss(handle),
                 "uptime": now - handle.started_at,
             })
         return {
