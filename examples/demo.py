@@ -101,7 +101,7 @@ def queue_demo() -> None:
         nums = [q.demo.num(i) for i in range(10)]  # ten tasks, in parallel
         result = q.demo.total(nums)  # runs once all ten are done (a Deferred graph)
         result.wait(timeout=60)
-        print("0 + 1 + ... + 9 =", result.value)
+        print(f"0 + 1 + ... + 9 = {result.value}")
 
         crashed = q.demo.kill_worker()
         limited = Task(q.demo.forever, timeout=0.5)()  # a per-task hard time limit
@@ -110,8 +110,9 @@ def queue_demo() -> None:
             try:
                 print("unexpected success:", deferred.value)
             except TaskFailure as failure:  # .value raises the task's failure
-                print("failed, clearly:", failure)
-        print("the workers go on:", q.demo.num(42).wait(timeout=60) and "yes")
+                print(f"failed, clearly: {failure}")  # one write: log lines cannot split it
+        alive = q.demo.num(42).wait(timeout=60)
+        print(f"the workers go on: {'yes' if alive else 'no'}")
     finally:
         workers.stop()
 

@@ -9,6 +9,7 @@ enqueued.  Outcomes are written to files in that directory.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -39,4 +40,8 @@ def _produce(directory: Path) -> None:
 
 _DIR = os.environ.get("POOLX_TEST_PRODUCE_DIR")
 if _DIR and sys.argv[1:2] == ["worker"]:  # the command's process, not a worker
-    threading.Thread(target=_produce, args=(Path(_DIR),), daemon=True).start()
+    _producer = threading.Thread(target=_produce, args=(Path(_DIR),), daemon=True)
+    _producer.start()
+    # The command may exit right after its pool stopped: let the producer
+    # write the last outcome first (bounded), or a loaded machine loses it.
+    atexit.register(_producer.join, 10)
