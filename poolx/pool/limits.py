@@ -67,7 +67,8 @@ class LimitKeeper:
             if now < deadline:
                 self.sup.schedule(deadline, self.check_timeout, job, handle)
                 return
-            self.sup._kill(handle, "timeout")
+            if not self.sup.kill_job(handle, job, "timeout"):
+                return  # it finished at this very instant: its result is on the way
             job.sink._job_timed_out(False, job.timeout)
             self.sup._finish(job, JobState.TIMED_OUT, False, TimeLimitExceeded(job.timeout))
 
@@ -88,8 +89,7 @@ class LimitKeeper:
         job = handle.running_job()
         if job is not None and job.memory_limit is not None and not job.state.terminal:
             rss = usage_over(handle, job.memory_limit)
-            if rss is not None:
-                self.sup._kill(handle, "memory")
+            if rss is not None and self.sup.kill_job(handle, job, "memory"):
                 self.sup.stats_counters["memory_killed"] += 1
                 self.sup._finish(job, JobState.FAILED, False,
                              MemoryLimitExceeded(rss, job.memory_limit, handle.pid))

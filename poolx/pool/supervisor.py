@@ -54,7 +54,7 @@ from poolx.exceptions import (
 from poolx.pool import limits, log, wire
 from poolx.pool.callbacks import CallbackRunner
 from poolx.pool.jobs import Job, JobState
-from poolx.pool.worker import RUNNING, SLOT_SIZE, worker_main
+from poolx.pool.worker import KILL_TARGET, RUNNING, SLOT_SIZE, worker_main
 
 # Tiny jobs are sent several at a time to a worker (fewer wake-ups on both
 # sides); jobs slower than this are sent one at a time so that a worker never
@@ -106,6 +106,7 @@ class WorkerHandle:
         "done",
         "ready",
         "retiring",
+        "write_closed",
         "eof",
         "exited",
         "kill_reason",
@@ -129,7 +130,8 @@ class WorkerHandle:
         self.done = 0
         self.ready = False
         self.retiring = False  # no new jobs: it will exit after what it holds
-        self.eof = False
+        self.write_closed = False  # the worker stopped reading: send nothing more
+        self.eof = False  # everything it wrote has been read
         self.exited = False
         self.kill_reason: str | None = None  # set when the supervisor kills it
         self.started_at = time.time()
@@ -448,6 +450,24 @@ class Supervisor:
         handle.retiring = True
         self._send(handle, wire.QUIT_MESSAGE if after_current else wire.STOP_MESSAGE)
 
+    def kill_job(self, handle: WorkerHandle, job: Job, reason: str,
+                 sig: int = signal.SIGKILL) -> bool:
+        """Kill ``handle``'s worker because of ``job``, if that job is still
+        the one running; False if it has finished (its result is on the way).
+
+        The target is written to the slot *before* the slot's running job is
+        read, and the worker reads it only *after* clearing its running job:
+        so either the job is seen running here and the worker will not start
+        another one after it, or it is seen finished and nobody is killed.
+        """
+        slot = handle.slot
+        slot[KILL_TARGET] = job.seq
+        if slot[RUNNING] != job.seq or handle.exited:
+            slot[KILL_TARGET] = 0
+            return False
+        self._kill(handle, reason, sig)
+        return True
+
     def _kill(self, handle: WorkerHandle, reason: str, sig: int = signal.SIGKILL) -> None:
         handle.kill_reason = handle.kill_reason or reason
         handle.retiring = True
@@ -457,7 +477,7 @@ class Supervisor:
             pass
 
     def _send(self, handle: WorkerHandle, body: bytes) -> None:
-        if handle.eof or handle.exited:
+        if handle.write_closed or handle.exited:
             return
         handle.writer.push(body)
         self._flush(handle)
@@ -466,9 +486,12 @@ class Supervisor:
         try:
             done = handle.writer.flush()
         except OSError:
+            # The worker is gone or going.  Only the write side is closed:
+            # results it wrote before exiting are still in the pipe, and they
+            # must be read before anything is concluded about its jobs.
             handle.writer.clear()
-            self._on_eof(handle)
-            return
+            handle.write_closed = True
+            done = True
         events = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
         try:
             key = self._selector.get_key(handle.fd)
@@ -555,8 +578,8 @@ class Supervisor:
         """The worker's sentinel fired: it is gone.  Settle everything it held."""
         if handle.exited:
             return
-        if not handle.eof:  # read what it wrote before dying
-            frames, _ = handle.reader.read()
+        if not handle.eof:  # read everything it wrote before dying: those jobs finished
+            frames, _ = handle.reader.read(drain=True)
             for body in frames:
                 self._on_message(handle, body)
         handle.exited = True
@@ -570,15 +593,15 @@ class Supervisor:
         running = handle.slot[RUNNING]
         self.limits.cancel_memory_poll(handle)
         requeue = []
+        # The slot is final now and the pipe has been read to its end: the
+        # job in slot[RUNNING] started and did not finish; the others never
+        # started.  (A kill aimed at one job never lets the next one start:
+        # see kill_job.)
         for job in handle.jobs.values():
             if job.state.terminal:
                 continue
-            if job.seq == running and handle.kill_reason in _TARGETED_KILLS:
-                # Killed for another job's limit, which finished just before
-                # the kill landed: this one is collateral, run it again.
-                requeue.append(job)
-            elif job.seq == running:
-                if handle.kill_reason == "terminate":
+            if job.seq == running:
+                if self.terminating or handle.kill_reason == "terminate":
                     self._finish(job, JobState.CANCELLED, False, _pool_terminated(True))
                 else:
                     self.stats_counters["lost"] += 1
@@ -680,7 +703,7 @@ class Supervisor:
         maxtasks = self.config.maxtasksperchild
         takers = []
         for handle in self.workers.values():
-            if handle.retiring or handle.eof or handle.exited:
+            if handle.retiring or handle.write_closed or handle.eof or handle.exited:
                 continue
             # A booting worker gets one job, which waits in its pipe until its
             # initializer is done (and goes back to the queue if that fails):
@@ -743,11 +766,9 @@ class Supervisor:
         self.terminating = True
         while self.queue:
             self._finish(self.queue.popleft(), JobState.CANCELLED, False, _pool_terminated(False))
+        # The jobs workers hold end when their worker's exit is seen: only
+        # then does the slot tell for certain which one had started.
         for handle in list(self.workers.values()):
-            running = handle.slot[RUNNING]
-            for job in list(handle.jobs.values()):
-                if not job.state.terminal:
-                    self._finish(job, JobState.CANCELLED, False, _pool_terminated(job.seq == running))
             self._kill(handle, "terminate", signal.SIGTERM)
         self.schedule(time.monotonic() + TERMINATE_GRACE, self._kill_stragglers)
 
@@ -780,7 +801,8 @@ class Supervisor:
         job = handle.running_job()
         if job is None or (seq is not None and job.seq != seq):
             return
-        self._kill(handle, "terminate_job", sig)
+        if not self.kill_job(handle, job, "terminate_job", sig):
+            return
         error = Terminated(sig)
         error.started = True
         self._finish(job, JobState.CANCELLED, False, error)
@@ -874,10 +896,6 @@ class _ForkGuard:
 
     def run(self) -> None:
         self.supervisor._close_fds_in_child()
-
-
-# Kills aimed at one job (whose outcome is already settled when the worker dies).
-_TARGETED_KILLS = frozenset({"timeout", "memory", "terminate_job"})
 
 
 def _pool_terminated(started: bool) -> Terminated:

@@ -200,8 +200,12 @@ class FrameReader:
         self.fd = fd
         self._buf = bytearray()
 
-    def read(self) -> tuple[list[bytes], bool]:
-        """Read what is available; return (complete frames, eof)."""
+    def read(self, drain: bool = False) -> tuple[list[bytes], bool]:
+        """Read what is available; return (complete frames, eof).
+
+        With ``drain``, keep reading until the pipe is empty or closed (used
+        once the writer is dead, so that nothing it wrote is left unread).
+        """
         frames: list[bytes] = []
         eof = False
         buf = self._buf
@@ -219,7 +223,7 @@ class FrameReader:
                 break
             buf += chunk
             self._parse(frames)
-            if len(chunk) < want:
+            if len(chunk) < want and not drain:
                 break
         return frames, eof
 

@@ -13,6 +13,20 @@ array (the *slot*) and a lifeline.  The supervisor decides everything else.
   ``SIGUSR1``: the handler raises :class:`SoftTimeLimitExceeded` only if that
   seq is the job still running user code, so a late signal never hits the
   next job or an idle worker.
+* ``slot[KILL_TARGET]`` is written by the supervisor *before* it reads
+  ``slot[RUNNING]`` to decide to kill the worker for one job (a hard time
+  limit, a memory limit, ``terminate_job``).  The worker clears
+  ``slot[RUNNING]`` after each job and only then reads ``slot[KILL_TARGET]``:
+  if it names the job just finished, the worker exits instead of starting
+  another one.  So a kill aimed at a job that finished at that very instant
+  never lands in the middle of the next job.
+
+What the supervisor concludes when a worker dies rests on two facts: the
+slot is final once the process is gone, and every result the worker wrote is
+still in the pipe until the supervisor reads it.  It reads the pipe to the
+end first (those jobs finished), then the job in ``slot[RUNNING]`` started
+and did not finish (it fails as lost), and every other job it held never
+started (it goes to another worker).  No job that finished runs again.
 * The lifeline is the read end of a pipe whose write end only the pool's
   process holds.  A watchdog thread blocks on it; if the pool's process dies
   the pipe reports EOF and the worker exits at once, even mid-job.
@@ -36,12 +50,13 @@ from typing import Any
 from poolx.exceptions import SoftTimeLimitExceeded
 from poolx.pool import memory, wire
 
-RUNNING, STARTED_NS, SOFT_TARGET = 0, 1, 2
+RUNNING, STARTED_NS, SOFT_TARGET, KILL_TARGET = 0, 1, 2, 3
 SLOT_SIZE = 4
 
 SOFT_TIMEOUT_SIGNAL = signal.SIGUSR1
 EXIT_INIT_FAILED = 3
 EXIT_ORPHANED = 4
+EXIT_KILL_PENDING = 5  # the supervisor is killing it for the job it just finished
 
 
 class _WorkerState:
@@ -213,6 +228,8 @@ def worker_main(
         seq, flags, payload = local.popleft()
         _run_job(conn, state, seq, flags, payload)
         del payload
+        if slot[KILL_TARGET] == seq:  # read only after slot[RUNNING] was cleared
+            os._exit(EXIT_KILL_PENDING)
         if _over_memory(max_memory_kib):
             # Jobs it held but did not start go back to the pool's queue.
             conn.send_bytes(bytes((wire.RETIRING,)) + b"max_memory_per_child")
