@@ -13,7 +13,7 @@ Two faces, one engine (see ``docs/`` and DESIGN.md):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from poolx.exceptions import (
     BrokenPoolError,
@@ -25,12 +25,18 @@ from poolx.exceptions import (
     TimeoutError,
     WorkerLostError,
 )
-from poolx.pool import Pool
+
+if TYPE_CHECKING:
+    from poolx.core import get_broker, get_queue
+    from poolx.engine.api import Pool
+    from poolx.task import Task, TaskFailure, TaskSpace
 
 __version__ = "0.1.0"
 
-# Task-queue names, imported on first use (PEP 562).
+# Imported on first use (PEP 562): task-queue users do not load the engine,
+# pool users do not load the task queue.
 _LAZY = {
+    "Pool": "poolx.engine.api",
     "get_broker": "poolx.core",
     "get_queue": "poolx.core",
     "Task": "poolx.task",
@@ -39,7 +45,6 @@ _LAZY = {
 }
 
 __all__ = [
-    "Pool",
     "TimeoutError",
     "SoftTimeLimitExceeded",
     "TimeLimitExceeded",
@@ -48,7 +53,12 @@ __all__ = [
     "RestartFreqExceeded",
     "MemoryLimitExceeded",
     "BrokenPoolError",
-    *_LAZY,
+    "Pool",
+    "get_broker",
+    "get_queue",
+    "Task",
+    "TaskSpace",
+    "TaskFailure",
 ]
 
 

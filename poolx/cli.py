@@ -69,7 +69,7 @@ def _seconds(text: str) -> float:
 
 
 def _size(text: str) -> int:
-    from poolx.pool.options import parse_size
+    from poolx.checks import parse_size
 
     try:
         return parse_size("memory limit", text)  # type: ignore[return-value]

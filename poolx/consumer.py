@@ -58,6 +58,7 @@ from collections.abc import Callable
 from typing import Any
 from uuid import uuid4
 
+from poolx.engine import wire
 from poolx.exceptions import (
     BrokenPoolError,
     MemoryLimitExceeded,
@@ -67,7 +68,6 @@ from poolx.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
-from poolx.pool import wire
 from poolx.queue.urls import redact_url
 from poolx.task import FunctionTask, TaskExpired, TaskFailure
 

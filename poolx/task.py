@@ -132,7 +132,7 @@ def _is_number(value: Any) -> bool:
 
 def _parse_memory_limit(value: Any) -> int:
     """Bytes from an int or a size string (``"512MB"``); ValueError otherwise."""
-    from poolx.pool.options import parse_size
+    from poolx.checks import parse_size
 
     try:
         return parse_size("memory_limit", value)  # type: ignore[return-value]

@@ -1,35 +1,43 @@
-"""The process-pool engine (and, beside it, WorQ's WorkerPools).
+"""``poolx.pool``: the pool's public names, and WorQ's WorkerPools beside them.
 
-Modules, one job each:
-
-* :mod:`poolx.pool.api` — :class:`Pool`, the public API and argument checks;
-* :mod:`poolx.pool.supervisor` — the one thread that owns all pool state;
-* :mod:`poolx.pool.limits` — time and memory limits of running jobs;
-* :mod:`poolx.pool.worker` — the loop each worker process runs;
-* :mod:`poolx.pool.wire` — framing and codecs on each worker's pipe;
-* :mod:`poolx.pool.jobs` — the job state machine;
-* :mod:`poolx.pool.results` — ``ApplyResult``, ``MapResult``, ``IMapIterator``;
-* :mod:`poolx.pool.callbacks` — the thread that runs user callbacks;
-* :mod:`poolx.pool.options` — argument validation;
-* :mod:`poolx.pool.memory` — measuring a worker's memory (psutil);
-* :mod:`poolx.pool.log` — the engine's logger, imported lazily;
-* :mod:`poolx.pool.thread`, :mod:`poolx.pool.process` — WorQ's WorkerPools.
+* :class:`Pool` and its result classes live in :mod:`poolx.engine`; they are
+  re-exported here lazily (PEP 562), so that ``import poolx.pool.thread``
+  does not load the process-pool engine it never uses.
+* :mod:`poolx.pool.thread`, :mod:`poolx.pool.process` — WorQ's WorkerPools
+  (their import paths are WorQ's, with ``worq`` replaced by ``poolx``).
 
 ``RemoteTraceback`` and ``MaybeEncodingError`` are the standard library's
 classes, so code that catches them keeps working.
 """
 
-from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
+from __future__ import annotations
 
-from poolx.exceptions import TimeoutError
-from poolx.pool.api import Pool
-from poolx.pool.results import (
-    ApplyResult,
-    AsyncResult,
-    IMapIterator,
-    IMapUnorderedIterator,
-    MapResult,
-)
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
+
+    from poolx.engine.api import Pool
+    from poolx.engine.results import (
+        ApplyResult,
+        AsyncResult,
+        IMapIterator,
+        IMapUnorderedIterator,
+        MapResult,
+    )
+    from poolx.exceptions import TimeoutError
+
+_LAZY = {
+    "Pool": "poolx.engine.api",
+    "ApplyResult": "poolx.engine.results",
+    "AsyncResult": "poolx.engine.results",
+    "MapResult": "poolx.engine.results",
+    "IMapIterator": "poolx.engine.results",
+    "IMapUnorderedIterator": "poolx.engine.results",
+    "RemoteTraceback": "multiprocessing.pool",
+    "MaybeEncodingError": "multiprocessing.pool",
+    "TimeoutError": "poolx.exceptions",
+}
 
 __all__ = [
     "Pool",
@@ -42,3 +50,14 @@ __all__ = [
     "MaybeEncodingError",
     "TimeoutError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'poolx.pool' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

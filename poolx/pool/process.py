@@ -48,8 +48,8 @@ import psutil
 
 from poolx.const import DEFAULT
 from poolx.consumer import BrokerConsumer, init_worker
-from poolx.pool import wire
-from poolx.pool.api import Pool
+from poolx.engine import wire
+from poolx.engine.api import Pool
 from poolx.queue.urls import redact_url
 
 __all__ = [

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import poolx
 from poolx.exceptions import WorkerLostError
 from tests.conftest import wait_until
-from tests.pool import helpers
+from tests.engine import helpers
 
 KINDS = st.sampled_from(["return", "return", "return", "raise", "sleep", "kill"])
 JOBS = st.lists(st.tuples(KINDS, st.integers(0, 1000)), min_size=0, max_size=12)

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from poolx.pool import log
+from poolx.engine import log
 
 _STOP = object()
 

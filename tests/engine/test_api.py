@@ -13,7 +13,7 @@ import pytest
 
 import poolx
 from poolx.pool import MaybeEncodingError, RemoteTraceback
-from tests.pool import helpers
+from tests.engine import helpers
 
 
 def test_apply_and_apply_async(pool):

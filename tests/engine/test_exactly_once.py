@@ -12,7 +12,7 @@ import pytest
 
 import poolx
 from poolx.exceptions import WorkerLostError
-from tests.pool import helpers
+from tests.engine import helpers
 
 JOBS = 1000
 

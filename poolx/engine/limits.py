@@ -1,7 +1,7 @@
 """Time limits and memory limits of running jobs, kept by the supervisor.
 
 Who owns what: :class:`LimitKeeper` belongs to the
-:class:`~poolx.pool.supervisor.Supervisor` and runs only on its thread, from
+:class:`~poolx.engine.supervisor.Supervisor` and runs only on its thread, from
 the supervisor's timer heap.  It reads each worker's shared slot (which job
 is running, since when) to time jobs from their real start, marks the soft
 limit's target job in the slot *before* signalling the worker, and samples
@@ -16,13 +16,13 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
+from poolx.engine import memory
+from poolx.engine.jobs import Job, JobState
+from poolx.engine.worker import RUNNING, SOFT_TARGET, STARTED_NS
 from poolx.exceptions import MemoryLimitExceeded, TimeLimitExceeded
-from poolx.pool import memory
-from poolx.pool.jobs import Job, JobState
-from poolx.pool.worker import RUNNING, SOFT_TARGET, STARTED_NS
 
 if TYPE_CHECKING:
-    from poolx.pool.supervisor import Supervisor, WorkerHandle
+    from poolx.engine.supervisor import Supervisor, WorkerHandle
 
 
 class LimitKeeper:

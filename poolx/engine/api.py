@@ -2,7 +2,7 @@
 
 Who owns what: :class:`Pool` validates arguments, pickles jobs in the
 caller's thread (so an unpicklable argument fails that call, not the pool)
-and hands them to the :class:`~poolx.pool.supervisor.Supervisor`, which owns
+and hands them to the :class:`~poolx.engine.supervisor.Supervisor`, which owns
 everything else.  ``imap``/``imap_unordered`` read their input on a feeder
 thread, lazily, as the standard library does.
 
@@ -23,11 +23,12 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from poolx import checks
+from poolx.engine import wire
+from poolx.engine.jobs import Job
+from poolx.engine.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from poolx.engine.supervisor import PoolConfig, Supervisor
 from poolx.exceptions import BrokenPoolError, Terminated
-from poolx.pool import options, wire
-from poolx.pool.jobs import Job
-from poolx.pool.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
-from poolx.pool.supervisor import PoolConfig, Supervisor
 
 __all__ = ["Pool"]
 
@@ -113,17 +114,17 @@ class Pool:
         self._state = "INIT"
         if processes is None:
             processes = os.cpu_count() or 1
-        options.check_count("processes", processes, 0)
-        options.check_count("maxtasksperchild", maxtasksperchild, 1, allow_none=True)
-        options.check_count("max_memory_per_child", max_memory_per_child, 1, allow_none=True)
-        options.check_count("max_restarts", max_restarts, 0, allow_none=True)
+        checks.check_count("processes", processes, 0)
+        checks.check_count("maxtasksperchild", maxtasksperchild, 1, allow_none=True)
+        checks.check_count("max_memory_per_child", max_memory_per_child, 1, allow_none=True)
+        checks.check_count("max_restarts", max_restarts, 0, allow_none=True)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         for name, value in (("on_process_up", on_process_up), ("on_process_down", on_process_down),
                             ("on_process_exit", on_process_exit), ("on_timeout_set", on_timeout_set),
                             ("on_timeout_cancel", on_timeout_cancel)):
-            options.check_callable(name, value)
-        options.check_seconds("lost_worker_timeout", lost_worker_timeout)
+            checks.check_callable(name, value)
+        checks.check_seconds("lost_worker_timeout", lost_worker_timeout)
         if context is None:
             context = multiprocessing.get_context()
         self._ctx = context
@@ -134,13 +135,13 @@ class Pool:
             initargs=tuple(initargs),
             maxtasksperchild=maxtasksperchild,
             max_memory_per_child=max_memory_per_child,
-            soft_timeout=options.check_seconds("soft_timeout", soft_timeout),
-            timeout=options.check_seconds("timeout", timeout),
-            memory_limit=options.parse_size("memory_limit", memory_limit),
-            memory_poll_interval=options.check_seconds("memory_poll_interval", memory_poll_interval)
+            soft_timeout=checks.check_seconds("soft_timeout", soft_timeout),
+            timeout=checks.check_seconds("timeout", timeout),
+            memory_limit=checks.parse_size("memory_limit", memory_limit),
+            memory_poll_interval=checks.check_seconds("memory_poll_interval", memory_poll_interval)
             or 0.05,
             max_restarts=max_restarts,
-            max_restart_freq=options.check_seconds("max_restart_freq", max_restart_freq) or 1.0,
+            max_restart_freq=checks.check_seconds("max_restart_freq", max_restart_freq) or 1.0,
             on_process_up=on_process_up,
             on_process_down=on_process_down,
             on_process_exit=on_process_exit,
@@ -193,9 +194,9 @@ class Pool:
     @staticmethod
     def _limits(soft_timeout: Any, timeout: Any, memory_limit: Any) -> tuple[Any, Any, Any]:
         return (
-            options.check_seconds("soft_timeout", soft_timeout),
-            options.check_seconds("timeout", timeout),
-            options.parse_size("memory_limit", memory_limit),
+            checks.check_seconds("soft_timeout", soft_timeout),
+            checks.check_seconds("timeout", timeout),
+            checks.parse_size("memory_limit", memory_limit),
         )
 
     def _chunksize(self, chunksize: Any, length: int) -> int:
@@ -203,7 +204,7 @@ class Pool:
             workers = max(1, self._supervisor.target)
             chunksize, extra = divmod(length, workers * 4)
             return chunksize + 1 if extra else max(chunksize, 1)
-        options.check_count("chunksize", chunksize, 1)
+        checks.check_count("chunksize", chunksize, 1)
         return chunksize
 
     # ------------------------------------------------------------------ apply
@@ -248,7 +249,7 @@ class Pool:
             for name, value in (("callback", callback), ("error_callback", error_callback),
                                 ("accept_callback", accept_callback),
                                 ("timeout_callback", timeout_callback)):
-                options.check_callable(name, value)
+                checks.check_callable(name, value)
         result = ApplyResult(self._supervisor.runner, callback, error_callback, accept_callback,
                              timeout_callback, correlation_id, self._terminate_job_of_result)
         try:
@@ -296,8 +297,8 @@ class Pool:
                    callback: Any, error_callback: Any, mode: int, limits: dict[str, Any]) -> MapResult:
         self._check_running()
         soft_timeout, timeout, memory_limit = self._limits(**_limit_kwargs(limits))
-        options.check_callable("callback", callback)
-        options.check_callable("error_callback", error_callback)
+        checks.check_callable("callback", callback)
+        checks.check_callable("error_callback", error_callback)
         items = list(iterable)
         size = self._chunksize(chunksize, len(items))
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
@@ -344,7 +345,7 @@ class Pool:
     def _imap(self, sink: IMapIterator, func: Callable[..., Any], iterable: Iterable[Any],
               chunksize: Any, limits: dict[str, Any]) -> IMapIterator:
         self._check_running()
-        options.check_count("chunksize", chunksize, 1)
+        checks.check_count("chunksize", chunksize, 1)
         limit_values = self._limits(**_limit_kwargs(limits))
         # An input already in memory (it has a length) is fed in groups of
         # jobs; a lazy one (a generator, a socket...) job by job, so that no
@@ -472,13 +473,13 @@ class Pool:
     def grow(self, n: int = 1) -> None:
         """Add ``n`` worker processes."""
         self._check_running()
-        options.check_count("n", n, 0)
+        checks.check_count("n", n, 0)
         self._supervisor.command("grow", n)
 
     def shrink(self, n: int = 1) -> None:
         """Remove ``n`` workers: idle ones at once, busy ones after their current job."""
         self._check_running()
-        options.check_count("n", n, 0)
+        checks.check_count("n", n, 0)
 
         def shrink(sup: Supervisor) -> None:
             if n > sup.target:

@@ -1,4 +1,4 @@
-"""Argument checking for the public pool API.
+"""Shared argument checks (L0): counts, seconds, sizes, callables.
 
 Every message names the argument and says what is wrong, and ``True`` /
 ``False`` are never accepted where a number is expected (they are ints to

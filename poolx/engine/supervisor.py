@@ -18,7 +18,7 @@ Data flow::
                                  │  re-queue the rest, start a replacement
                                  └─ timer heap: soft/hard deadlines, memory polls
 
-Time and memory limits are kept by its :class:`~poolx.pool.limits.LimitKeeper`,
+Time and memory limits are kept by its :class:`~poolx.engine.limits.LimitKeeper`,
 on the same thread.  Nothing else mutates this state: the public :class:`~poolx.Pool` methods only
 append to the two deques and write one byte to the wake-up pipe.  Because the
 supervisor chose which worker got which job, a dead worker can never leave a
@@ -26,7 +26,7 @@ caller waiting forever — the reason poolx exists.
 
 Writes to workers are non-blocking and buffered (a worker blocked sending a
 50 MB result must not deadlock against a parent blocked sending it a job), and
-reads reassemble frames incrementally (see :mod:`poolx.pool.wire`).
+reads reassemble frames incrementally (see :mod:`poolx.engine.wire`).
 """
 
 from __future__ import annotations
@@ -45,16 +45,16 @@ from multiprocessing import util as mp_util
 from multiprocessing.pool import MaybeEncodingError
 from typing import Any, NamedTuple
 
+from poolx.engine import limits, log, wire
+from poolx.engine.callbacks import CallbackRunner
+from poolx.engine.jobs import Job, JobState
+from poolx.engine.worker import KILL_TARGET, RUNNING, SLOT_SIZE, worker_main
 from poolx.exceptions import (
     BrokenPoolError,
     RestartFreqExceeded,
     Terminated,
     WorkerLostError,
 )
-from poolx.pool import limits, log, wire
-from poolx.pool.callbacks import CallbackRunner
-from poolx.pool.jobs import Job, JobState
-from poolx.pool.worker import KILL_TARGET, RUNNING, SLOT_SIZE, worker_main
 
 # Tiny jobs are sent several at a time to a worker (fewer wake-ups on both
 # sides); jobs slower than this are sent one at a time so that a worker never

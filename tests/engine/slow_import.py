@@ -3,7 +3,7 @@ test_fork_while_another_thread_imports)."""
 
 import os
 
-from tests.pool import helpers
+from tests.engine import helpers
 
 if os.getpid() == helpers.IMPORT_GATE_PID:
     helpers.IMPORT_STARTED.set()

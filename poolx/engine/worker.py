@@ -47,8 +47,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.pool import ExceptionWithTraceback, MaybeEncodingError
 from typing import Any
 
+from poolx.engine import memory, wire
 from poolx.exceptions import SoftTimeLimitExceeded
-from poolx.pool import memory, wire
 
 RUNNING, STARTED_NS, SOFT_TARGET, KILL_TARGET = 0, 1, 2, 3
 SLOT_SIZE = 4

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from poolx.pool.results import JobSink
+    from poolx.engine.results import JobSink
 
 
 class JobState:

@@ -7,9 +7,9 @@ import multiprocessing
 import pytest
 
 import poolx
+from poolx.checks import parse_size
 from poolx.exceptions import MemoryLimitExceeded
-from poolx.pool.options import parse_size
-from tests.pool import helpers
+from tests.engine import helpers
 
 MiB = 2**20
 

@@ -9,7 +9,7 @@ import pytest
 
 import poolx
 from poolx.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from tests.pool import helpers
+from tests.engine import helpers
 
 
 def test_soft_limit_is_raised_inside_the_task(ctx):

@@ -17,7 +17,7 @@ import poolx
 from poolx.exceptions import BrokenPoolError, WorkerLostError
 from poolx.pool import MaybeEncodingError
 from tests.conftest import wait_until
-from tests.pool import helpers
+from tests.engine import helpers
 
 
 def _children() -> set[int]:
@@ -173,7 +173,7 @@ def test_parent_killed_workers_exit_by_themselves(tmp_path):
         """
         import sys, time
         import poolx
-        from tests.pool import helpers
+        from tests.engine import helpers
         pool = poolx.Pool(2)
         pool.apply(helpers.square, (1,))
         results = [pool.apply_async(helpers.sleep, (1000,)) for _ in range(3)]
@@ -200,7 +200,7 @@ def test_pool_follows_the_programs_start_method():
         """
         import multiprocessing, os
         import poolx
-        from tests.pool import helpers
+        from tests.engine import helpers
         if __name__ == "__main__":
             multiprocessing.set_start_method("forkserver")
             with poolx.Pool(1) as pool:

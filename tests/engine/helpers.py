@@ -156,7 +156,7 @@ IMPORT_GATE_PID = None
 def import_slow_module(_=None):
     import importlib
 
-    return importlib.import_module("tests.pool.slow_import").VALUE
+    return importlib.import_module("tests.engine.slow_import").VALUE
 
 
 def soft_aware_sleep(seconds):

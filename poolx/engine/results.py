@@ -15,9 +15,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from poolx.engine import log
+from poolx.engine.callbacks import CallbackRunner
 from poolx.exceptions import TimeoutError
-from poolx.pool import log
-from poolx.pool.callbacks import CallbackRunner
 
 __all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator", "IMapUnorderedIterator"]
 

@@ -10,7 +10,7 @@ import pytest
 import poolx
 from poolx.exceptions import RestartFreqExceeded, Terminated
 from tests.conftest import wait_until
-from tests.pool import helpers
+from tests.engine import helpers
 
 
 def _pids(pool):

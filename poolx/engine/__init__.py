@@ -1,0 +1,18 @@
+"""The process-pool engine (layer L1): imports only poolx's L0 modules.
+
+Modules, one job each:
+
+* :mod:`poolx.engine.api` — :class:`Pool`, the public API and argument checks;
+* :mod:`poolx.engine.supervisor` — the one thread that owns all pool state;
+* :mod:`poolx.engine.limits` — time and memory limits of running jobs;
+* :mod:`poolx.engine.worker` — the loop each worker process runs;
+* :mod:`poolx.engine.wire` — framing and codecs on each worker's pipe;
+* :mod:`poolx.engine.jobs` — the job state machine;
+* :mod:`poolx.engine.results` — ``ApplyResult``, ``MapResult``, ``IMapIterator``;
+* :mod:`poolx.engine.callbacks` — the thread that runs user callbacks;
+* :mod:`poolx.engine.memory` — measuring a worker's memory (psutil);
+* :mod:`poolx.engine.log` — the engine's logger, imported lazily.
+
+This package's ``__init__`` imports nothing: a spawned worker that needs only
+:mod:`poolx.engine.worker` must not load the supervisor and the API with it.
+"""
