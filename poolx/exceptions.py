@@ -18,6 +18,8 @@ __all__ = [
     "TimeLimitExceeded",
     "WorkerLostError",
     "Terminated",
+    "PoolTerminated",
+    "PoolNotRunning",
     "RestartFreqExceeded",
     "MemoryLimitExceeded",
     "BrokenPoolError",
@@ -75,6 +77,30 @@ class Terminated(PoolError):
                 name = "unknown signal"
             return f"terminated by signal {self.args[0]} ({name})"
         return super().__str__()
+
+
+class PoolTerminated(Terminated):
+    """The job ended because the whole pool was terminated (``terminate()``,
+    leaving a ``with`` block, or the pool being garbage collected), not
+    because this job was targeted.  ``started`` says whether it had begun."""
+
+    def __init__(self, started: bool | None = None) -> None:
+        super().__init__("pool terminated")
+        self.started = started
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return type(self), (self.started,)
+
+
+class PoolNotRunning(ValueError):
+    """A job was submitted to a pool that was closed or terminated.
+
+    A ``ValueError`` with the standard library's text ("Pool not running"),
+    so code written for ``multiprocessing.Pool`` catches it unchanged.
+    """
+
+    def __init__(self, message: str = "Pool not running") -> None:
+        super().__init__(message)
 
 
 class RestartFreqExceeded(PoolError):

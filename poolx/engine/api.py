@@ -28,7 +28,7 @@ from poolx.engine import wire
 from poolx.engine.jobs import Job
 from poolx.engine.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
 from poolx.engine.supervisor import PoolConfig, Supervisor
-from poolx.exceptions import BrokenPoolError, Terminated
+from poolx.exceptions import BrokenPoolError, PoolNotRunning, PoolTerminated
 
 __all__ = ["Pool"]
 
@@ -158,7 +158,7 @@ class Pool:
 
     def _check_running(self) -> None:
         if self._state != RUN:
-            raise ValueError("Pool not running")
+            raise PoolNotRunning()
 
     def _job(
         self,
@@ -189,7 +189,7 @@ class Pool:
         try:
             self._supervisor.submit(jobs)
         except ValueError:
-            raise ValueError("Pool not running") from None
+            raise PoolNotRunning() from None
 
     @staticmethod
     def _limits(soft_timeout: Any, timeout: Any, memory_limit: Any) -> tuple[Any, Any, Any]:
@@ -386,9 +386,7 @@ class Pool:
                 return True
             except ValueError:  # the pool was terminated meanwhile
                 for job in group:
-                    error = Terminated("pool terminated")
-                    error.started = False
-                    sink._job_done(job.index, False, error)
+                    sink._job_done(job.index, False, PoolTerminated(False))
                 sink._set_length(group[-1].index + 1)
                 return False
             finally:

@@ -51,6 +51,8 @@ from poolx.engine.jobs import Job, JobState
 from poolx.engine.worker import KILL_TARGET, RUNNING, SLOT_SIZE, worker_main
 from poolx.exceptions import (
     BrokenPoolError,
+    PoolNotRunning,
+    PoolTerminated,
     RestartFreqExceeded,
     Terminated,
     WorkerLostError,
@@ -216,7 +218,7 @@ class Supervisor:
         """Hand jobs to the supervisor (any thread); ValueError once it stopped."""
         with self.lock:
             if not self.accepting:
-                raise ValueError("Pool not running")
+                raise PoolNotRunning()
             self._incoming.extend(jobs)
             self._wake()
 
@@ -898,10 +900,8 @@ class _ForkGuard:
         self.supervisor._close_fds_in_child()
 
 
-def _pool_terminated(started: bool) -> Terminated:
-    error = Terminated("pool terminated")
-    error.started = started
-    return error
+def _pool_terminated(started: bool) -> PoolTerminated:
+    return PoolTerminated(started)
 
 
 def _close_process(process: Any) -> None:
