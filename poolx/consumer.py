@@ -58,7 +58,7 @@ from collections.abc import Callable
 from typing import Any
 from uuid import uuid4
 
-from poolx.engine import wire
+from poolx.engine import pickling
 from poolx.exceptions import (
     BrokenPoolError,
     MemoryLimitExceeded,
@@ -430,7 +430,7 @@ class BrokerConsumer:
             if func is None:
                 self._store(task, TaskFailure(task.name, self.broker.name, task.id, "no such task"))
                 return
-            func = wire.portable(func)
+            func = pickling.portable(func)
         key = next(self._keys)
         entry = _Running(self, key, task, time.monotonic() + task.heartrate)
         with self._lock:

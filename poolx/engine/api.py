@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from poolx import checks
-from poolx.engine import wire
+from poolx.engine import pickling, wire
 from poolx.engine.jobs import Job
 from poolx.engine.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
 from poolx.engine.supervisor import PoolConfig, Supervisor
@@ -131,7 +131,7 @@ class Pool:
         config = PoolConfig(
             processes=processes,
             context=context,
-            initializer=wire.portable(initializer) if initializer is not None else None,
+            initializer=pickling.portable(initializer) if initializer is not None else None,
             initargs=tuple(initargs),
             maxtasksperchild=maxtasksperchild,
             max_memory_per_child=max_memory_per_child,
@@ -173,7 +173,7 @@ class Pool:
         memory_limit: int | None,
         flags: int = 0,
     ) -> Job:
-        payload = wire.dumps_job(func, args, kwds, mode)
+        payload = pickling.dumps_job(func, args, kwds, mode)
         return Job(
             self._supervisor.next_seq(),
             sink,
@@ -253,7 +253,7 @@ class Pool:
         result = ApplyResult(self._supervisor.runner, callback, error_callback, accept_callback,
                              timeout_callback, correlation_id, self._terminate_job_of_result)
         try:
-            job = self._job(result, 0, wire.portable(func), tuple(args), dict(kwds or {}), wire.APPLY,
+            job = self._job(result, 0, pickling.portable(func), tuple(args), dict(kwds or {}), wire.APPLY,
                             soft_timeout, timeout, memory_limit,
                             wire.FLAG_ACK if accept_callback is not None else 0)
         except Exception as exc:  # unpicklable arguments fail this call only
@@ -305,7 +305,7 @@ class Pool:
         result = MapResult(self._supervisor.runner, [len(c) for c in chunks], callback, error_callback)
         if not chunks:
             return result
-        func = wire.portable(func)
+        func = pickling.portable(func)
         # Submit as we pickle, so workers start on the first chunks at once;
         # groups grow so that huge maps are not one wake-up per chunk.
         group: list[Job] = []
@@ -354,7 +354,7 @@ class Pool:
         self._supervisor.feeder_started()
         feeder = threading.Thread(
             target=self._feed,
-            args=(sink, wire.portable(func), iter(iterable), chunksize, limit_values, group_size),
+            args=(sink, pickling.portable(func), iter(iterable), chunksize, limit_values, group_size),
             name="poolx-feeder", daemon=True,
         )
         feeder.start()

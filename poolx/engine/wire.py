@@ -26,21 +26,13 @@ Worker -> parent::
     RESULT      kind | seq:i64 ok:u8 dur:f64 | pickled value or exception
     RETIRING    kind | reason (utf-8)           leaving after this message
 
-Function pickling: anything plain pickle cannot send by reference (lambdas,
-closures, functions defined interactively) is wrapped by :func:`portable` and
-travels as cloudpickle bytes; the worker gets the function back.
+What goes inside the payloads is pickled by :mod:`poolx.engine.pickling`.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import struct
-import weakref
-from collections.abc import Callable
-from typing import Any
-
-PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 # Message kinds.
 JOBS = 0x4A  # 'J'
@@ -69,66 +61,6 @@ _LEN8 = struct.Struct("!Q")
 
 RESULT_OK = 1
 RESULT_ERROR = 0
-
-
-# --------------------------------------------------------------------------
-# Function portability (cloudpickle fallback)
-
-
-class _Cloudpickled:
-    """A callable that plain pickle cannot send, carried as cloudpickle bytes.
-
-    Unpickling yields the original function itself, so the worker never sees
-    this wrapper.
-    """
-
-    __slots__ = ("data", "func", "__weakref__")
-
-    def __init__(self, func: Callable[..., Any]) -> None:
-        # Imported on first use (it costs memory); a worker forked while this
-        # import runs in another thread is repaired by repair_import_locks().
-        import cloudpickle
-
-        self.func = func
-        self.data = cloudpickle.dumps(func, protocol=PROTOCOL)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        import cloudpickle
-
-        return cloudpickle.loads, (self.data,)
-
-    def __call__(self, *args: Any, **kwds: Any) -> Any:
-        return self.func(*args, **kwds)
-
-
-_portable_cache: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-
-def portable(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Return ``func`` itself if plain pickle can send it, else a wrapper.
-
-    The wrapper pickles through cloudpickle, which handles lambdas and
-    closures.  The answer is cached per function object.
-    """
-    try:
-        return _portable_cache[func]
-    except (KeyError, TypeError):
-        pass
-    try:
-        pickle.dumps(func, PROTOCOL)
-        result: Callable[..., Any] = func
-    except Exception:
-        result = _Cloudpickled(func)
-    try:
-        _portable_cache[func] = result
-    except TypeError:  # not weak-referenceable (builtins): no cache
-        pass
-    return result
-
-
-def dumps_job(func: Callable[..., Any], args: Any, kwds: Any, mode: int) -> bytes:
-    """Pickle one job's call; ``func`` must already have gone through portable()."""
-    return pickle.dumps((func, args, kwds, mode), PROTOCOL)
 
 
 # --------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.pool import ExceptionWithTraceback, MaybeEncodingError
 from typing import Any
 
-from poolx.engine import memory, wire
+from poolx.engine import memory, pickling, wire
 from poolx.exceptions import SoftTimeLimitExceeded
 
 RUNNING, STARTED_NS, SOFT_TARGET, KILL_TARGET = 0, 1, 2, 3
@@ -119,18 +119,18 @@ def _watch_lifeline(lifeline: Connection) -> None:
 def _encode_error(exc: BaseException) -> bytes:
     """Pickle an exception with its traceback text, checking it round-trips."""
     try:
-        data = pickle.dumps(ExceptionWithTraceback(exc, exc.__traceback__), wire.PROTOCOL)
+        data = pickle.dumps(ExceptionWithTraceback(exc, exc.__traceback__), pickling.PROTOCOL)
         pickle.loads(data)  # an exception that cannot be rebuilt must not reach the parent
         return data
     except Exception as encoding_error:
-        return pickle.dumps(MaybeEncodingError(encoding_error, exc), wire.PROTOCOL)
+        return pickle.dumps(MaybeEncodingError(encoding_error, exc), pickling.PROTOCOL)
 
 
 def _encode_value(value: Any) -> tuple[int, bytes]:
     try:
-        return wire.RESULT_OK, pickle.dumps(value, wire.PROTOCOL)
+        return wire.RESULT_OK, pickle.dumps(value, pickling.PROTOCOL)
     except Exception as exc:
-        return wire.RESULT_ERROR, pickle.dumps(MaybeEncodingError(exc, value), wire.PROTOCOL)
+        return wire.RESULT_ERROR, pickle.dumps(MaybeEncodingError(exc, value), pickling.PROTOCOL)
 
 
 def _call(payload: memoryview, state: _WorkerState) -> Any:

@@ -48,7 +48,7 @@ import psutil
 
 from poolx.const import DEFAULT
 from poolx.consumer import BrokerConsumer, init_worker
-from poolx.engine import wire
+from poolx.engine import pickling
 from poolx.engine.api import Pool
 from poolx.queue.urls import redact_url
 
@@ -248,7 +248,7 @@ class WorkerPool:
             pool = Pool(
                 self.workers,
                 initializer=_init_worker,
-                initargs=((os.getpid(), _process_started(os.getpid())), wire.portable(self.init_func),
+                initargs=((os.getpid(), _process_started(os.getpid())), pickling.portable(self.init_func),
                           tuple(self.init_args), dict(self.init_kwargs)),
                 maxtasksperchild=self.max_worker_tasks,
                 **options,
