@@ -1,5 +1,5 @@
 """Multi-process worker pool for a task-queue broker (WorQ's
-``worq.pool.process`` under poolx's name).
+``worq.pool.process`` under poolx's name; layer L7).
 
 Owned here: :class:`WorkerPool` — a :class:`poolx.Pool` fed by a
 :class:`~poolx.consumer.BrokerConsumer` — plus WorQ's helpers
@@ -46,10 +46,12 @@ from typing import Any
 import cloudpickle
 import psutil
 
+from poolx.checks import check_count
 from poolx.const import DEFAULT
-from poolx.consumer import BrokerConsumer, init_worker
-from poolx.engine import pickling
+from poolx.consumer.adapter import BrokerConsumer
+from poolx.consumer.inworker import init_worker
 from poolx.engine.api import Pool
+from poolx.engine.pickling import portable
 from poolx.queue.urls import redact_url
 
 __all__ = [
@@ -184,14 +186,8 @@ class WorkerPool:
         self.init_kwargs: dict[str, Any] = {} if init_kwargs is None else init_kwargs
         if workers is None:
             workers = os.cpu_count() or 1
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-        if max_worker_tasks is not None and (
-            not isinstance(max_worker_tasks, int) or isinstance(max_worker_tasks, bool) or max_worker_tasks < 1
-        ):
-            raise ValueError(f"max_worker_tasks must be None or an int >= 1, got {max_worker_tasks!r}")
-        self.workers = workers
-        self.max_worker_tasks = max_worker_tasks
+        self.workers: int = check_count("workers", workers, 1)  # type: ignore[assignment]
+        self.max_worker_tasks = check_count("max_worker_tasks", max_worker_tasks, 1, allow_none=True)
         if name is None and broker.name != DEFAULT:
             name = broker.name
         self.name = name
@@ -248,7 +244,7 @@ class WorkerPool:
             pool = Pool(
                 self.workers,
                 initializer=_init_worker,
-                initargs=((os.getpid(), _process_started(os.getpid())), pickling.portable(self.init_func),
+                initargs=((os.getpid(), _process_started(os.getpid())), portable(self.init_func),
                           tuple(self.init_args), dict(self.init_kwargs)),
                 maxtasksperchild=self.max_worker_tasks,
                 **options,
