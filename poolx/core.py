@@ -220,7 +220,7 @@ class Broker:
         log.debug("defer %s [%s:%s]", task.name, self.name, task.id)
         for arg_id, arg in args.items():
             if arg.has_value():
-                msg = self.serialize(arg._value)
+                msg = self.serialize(arg.received())
             else:
                 reserved, msg = store.reserve_argument(arg_id, task.id)
                 if not reserved:

@@ -515,6 +515,17 @@ class Deferred:
         """True if the value has already been received (no backend call)."""
         return self._value is not _MISSING
 
+    def received(self) -> Any:
+        """What was received, without raising: the value or the
+        :class:`TaskFailure` (no backend call).
+
+        :raises AttributeError: if nothing was received yet (see :meth:`has_value`).
+        """
+        value = self._value
+        if value is _MISSING:
+            raise AttributeError("Deferred value not available")
+        return value
+
     @property
     def status(self) -> str | None:
         """``'success'`` or ``'failed'`` once complete; else the backend's
