@@ -28,11 +28,14 @@ Who does what::
   engine's lifeline pipe and exits; as a second line of defence each worker
   also checks its parent every :data:`WORKER_POLL_INTERVAL` seconds (read
   at run time, as in WorQ).
+
+Workers import this module for their initializer, so the pool's side (the
+engine's API, the consumer, cloudpickle) is imported where it is used, in
+the pool's process only.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import multiprocessing
 import os
@@ -41,18 +44,18 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cloudpickle
 import psutil
 
 from poolx.checks import check_count
 from poolx.const import DEFAULT
-from poolx.consumer.adapter import BrokerConsumer
 from poolx.consumer.inworker import init_worker
-from poolx.engine.api import Pool
-from poolx.engine.pickling import portable
 from poolx.queue.urls import redact_url
+
+if TYPE_CHECKING:
+    from poolx.consumer.adapter import BrokerConsumer
+    from poolx.engine.api import Pool
 
 __all__ = [
     "WorkerPool",
@@ -229,6 +232,10 @@ class WorkerPool:
         if handle_sigterm:
             start_pools(self, timeout=timeout)
             return
+        from poolx.consumer.adapter import BrokerConsumer
+        from poolx.engine.api import Pool
+        from poolx.engine.pickling import portable
+
         with self._lock:
             if self._running:
                 raise Error("cannot start already running WorkerPool")
@@ -366,6 +373,10 @@ class WorkerPool:
 
 
 def _check_pool_options(options: dict[str, Any]) -> None:
+    import inspect
+
+    from poolx.engine.api import Pool
+
     for key, instead in _OWN_OPTIONS.items():
         if key in options:
             raise TypeError(f"WorkerPool sets the pool's {key!r} itself: use {instead}=")
@@ -468,6 +479,8 @@ def run_in_subprocess(_func: Callable[..., Any], *args: Any, **kw: Any) -> Popen
     :raises pickle.PicklingError: if the call cannot be pickled (the child
         is killed).
     """
+    import cloudpickle
+
     data = cloudpickle.dumps((_func, args, kw))
     prog = "from poolx.pool.process import main; main()"
     proc = subprocess.Popen([PYTHON_EXE, "-c", prog], stdin=subprocess.PIPE, close_fds=True)
