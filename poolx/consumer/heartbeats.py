@@ -94,7 +94,7 @@ class Heartbeats:
         with self._cond:
             self._table.pop(key, None)
             if self._closing and not self._table:
-                self._cond.notify()
+                self._cond.notify_all()
 
     @contextmanager
     def running(self, task: FunctionTask) -> Iterator[None]:
@@ -109,7 +109,7 @@ class Heartbeats:
         """Let the thread end once no task is left (no more ticks)."""
         with self._cond:
             self._closing = True
-            self._cond.notify()
+            self._cond.notify_all()
 
     def __len__(self) -> int:
         return len(self._table)

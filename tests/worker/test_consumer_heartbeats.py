@@ -50,10 +50,10 @@ def test_running_tasks_get_heartbeats_until_discarded(beats):
     heartbeats.discard(slow)
 
 
-def test_close_ends_the_thread_once_no_task_runs(beats):
-    heartbeats = beats()
+def test_close_ends_the_thread_once_no_task_runs():
+    heartbeats = Heartbeats(lambda t: None)
     key = heartbeats.add(task("t", 3600))
-    thread = threading.Thread(target=heartbeats.run, daemon=True)  # a second loop, to watch
+    thread = threading.Thread(target=heartbeats.run, daemon=True)
     thread.start()
     heartbeats.close()
     thread.join(0.2)
