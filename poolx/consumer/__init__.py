@@ -48,12 +48,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from poolx.consumer.adapter import (
-        PREFETCH_MAX,
-        PREFETCH_WINDOW,
-        STATUS_INTERVAL,
-        BrokerConsumer,
-    )
+    from poolx.consumer.adapter import BrokerConsumer
     from poolx.consumer.inworker import init_worker, run_task
 
 __all__ = [
@@ -65,14 +60,24 @@ __all__ = [
     "STATUS_INTERVAL",
 ]
 
+PREFETCH_WINDOW = 0.05
+"""Seconds of predicted work each worker may hold ahead of the task it runs:
+tasks that take longer on average are never prefetched, and a burst of tiny
+tasks is taken in batches (one backend call for many tasks)."""
+PREFETCH_MAX = 64
+"""At most this many extra tasks per worker are taken ahead."""
+STATUS_INTERVAL = 5.0
+"""Default seconds between two status heartbeats in the pool registry."""
+
 _LAZY = {
     "BrokerConsumer": "poolx.consumer.adapter",
-    "PREFETCH_WINDOW": "poolx.consumer.adapter",
-    "PREFETCH_MAX": "poolx.consumer.adapter",
-    "STATUS_INTERVAL": "poolx.consumer.adapter",
     "init_worker": "poolx.consumer.inworker",
     "run_task": "poolx.consumer.inworker",
 }
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def __getattr__(name: str) -> Any:

@@ -33,24 +33,15 @@ from typing import Any
 from uuid import uuid4
 
 from poolx.checks import MovingAverage, check_count, check_seconds, prefetch_depth
-from poolx.consumer import outcomes
+from poolx.consumer import PREFETCH_MAX, PREFETCH_WINDOW, STATUS_INTERVAL, outcomes
 from poolx.consumer.heartbeats import Heartbeats
 from poolx.consumer.intake import Intake
 from poolx.queue.urls import redact_url
 from poolx.task import FunctionTask, TaskFailure, error_text
 
-__all__ = ["BrokerConsumer", "InFlight", "PREFETCH_WINDOW", "PREFETCH_MAX", "STATUS_INTERVAL"]
+__all__ = ["BrokerConsumer", "InFlight"]
 
 log = logging.getLogger("poolx.consumer")
-
-PREFETCH_WINDOW = 0.05
-"""Seconds of predicted work each worker may hold ahead of the task it runs:
-tasks that take longer on average are never prefetched, and a burst of tiny
-tasks is taken in batches (one backend call for many tasks)."""
-PREFETCH_MAX = 64
-"""At most this many extra tasks per worker are taken ahead."""
-STATUS_INTERVAL = 5.0
-"""Default seconds between two status heartbeats in the pool registry."""
 
 
 class InFlight:
