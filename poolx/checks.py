@@ -1,4 +1,7 @@
-"""Shared argument checks (L0): counts, seconds, sizes, callables.
+"""Shared argument checks (L0): counts, seconds, sizes, callables, backoff.
+
+Used by the engine (:mod:`poolx.engine`) and the task-queue layer alike, so
+that one kind of argument is checked, and worded, in one place.
 
 Every message names the argument and says what is wrong, and ``True`` /
 ``False`` are never accepted where a number is expected (they are ints to
@@ -35,14 +38,18 @@ def check_count(name: str, value: Any, minimum: int, *, allow_none: bool = False
     return value
 
 
-def check_seconds(name: str, value: Any) -> float | None:
-    """None, or a positive number of seconds."""
-    if value is None:
+def check_seconds(
+    name: str, value: Any, *, allow_none: bool = True, allow_zero: bool = False
+) -> float | None:
+    """None (when allowed), or a positive number of seconds (or zero, when allowed)."""
+    if value is None and allow_none:
         return None
     if not _is_number(value):
-        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
-    if not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        kind = "a number of seconds or None" if allow_none else "a number of seconds"
+        raise TypeError(f"{name} must be {kind}, not {type(value).__name__}")
+    if not (value >= 0 if allow_zero else value > 0):
+        kind = "a number of seconds >= 0" if allow_zero else "a positive number of seconds"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
     return float(value)
 
 
@@ -71,3 +78,36 @@ def parse_size(name: str, value: Any) -> int | None:
     if size <= 0:
         raise ValueError(f"{name} must be positive, got {value!r}")
     return size
+
+
+def backoff_delay(failures: int, *, cap: float, base: float = 0.05) -> float:
+    """Seconds to wait after ``failures`` failures in a row: none after none,
+    then ``base``, doubling each time, never more than ``cap``."""
+    if failures <= 0:
+        return 0.0
+    return min(cap, base * 2.0 ** min(failures - 1, 64))
+
+
+class MovingAverage:
+    """An exponentially weighted moving average: each new sample weighs
+    ``weight`` (recent tasks' mean run time, which prefetching follows)."""
+
+    __slots__ = ("weight", "value")
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self.weight = weight
+        self.value: float | None = None
+        """The average; None before the first sample."""
+
+    def add(self, sample: float) -> None:
+        value = self.value
+        self.value = sample if value is None else value + (sample - value) * self.weight
+
+
+def prefetch_depth(mean: float | None, window: float, maximum: int) -> int:
+    """How many tasks beyond the running one a worker may hold: as many as
+    fit in ``window`` seconds at ``mean`` seconds each, at most ``maximum``;
+    none while the mean is unknown or not shorter than the window."""
+    if mean is None or mean >= window:
+        return 0
+    return min(maximum, int(window / max(mean, 1e-9)))

@@ -11,23 +11,30 @@ work itself is done by the public API:
 * ``poolx enqueue URL TASK [ARGS_JSON]`` — a task by its dotted name.
 * ``poolx purge URL`` — ``discard_pending_tasks`` after confirmation.
 
+``poolx --version`` prints the version.
+
 Exit codes: 0 success; 1 a task failed or timed out, a pool broke, the
 broker is unreachable, or the user declined; 2 a usage mistake.  Errors are
 one line on stderr, never a traceback.
+
+Layer L8, the top: it may import anything below; only ``python -m poolx``
+imports it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pkgutil import resolve_name
 from typing import Any
 
+from poolx import __version__
+from poolx.checks import check_count, check_seconds, parse_size
 from poolx.const import DEFAULT
 
 __all__ = ["main", "build_parser"]
@@ -48,33 +55,25 @@ class _Usage(Exception):
 # -- argument parsing --------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _argument(parse: Callable[[str], Any], check: Callable[..., Any], what: str, **kw: Any) -> Any:
+    """An argparse type: ``parse`` the text, then ``check`` it (poolx.checks)."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        try:
+            return check("the value", value, **kw)
+        except (TypeError, ValueError) as err:
+            raise argparse.ArgumentTypeError(str(err).removeprefix("the value ")) from None
+
+    return convert
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
-
-
-def _size(text: str) -> int:
-    from poolx.checks import parse_size
-
-    try:
-        return parse_size("memory limit", text)  # type: ignore[return-value]
-    except (TypeError, ValueError) as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+_positive_int = _argument(int, check_count, "an integer", minimum=1)
+_seconds = _argument(float, check_seconds, "a number of seconds", allow_none=False)
+_size = _argument(str, parse_size, "a size")
 
 
 def _log_level(text: str) -> int:
@@ -91,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run and inspect poolx worker pools on a task queue (memory:// or redis://).",
         epilog="Exit codes: 0 ok, 1 a task failed (or the broker is unreachable), 2 usage error.",
     )
+    parser.add_argument("--version", action="version", version=f"poolx {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
@@ -204,14 +204,11 @@ def _resolve(spec: str) -> Any:
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj = resolve_name(spec)
+    except AttributeError:
+        raise _Usage(f"module {module_name!r} has no attribute {attr!r} (from --init {spec})") from None
     except Exception as err:
         raise _Usage(f"cannot import {module_name!r} (from --init {spec}): {type(err).__name__}: {err}") from None
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise _Usage(f"module {module_name!r} has no attribute {attr!r} (from --init {spec})") from None
     if not callable(obj):
         raise _Usage(f"--init {spec} is not callable")
     return obj

@@ -1,7 +1,7 @@
 """Constants of the task-queue layer (WorQ's ``worq.const`` under poolx's name).
 
 Owned here: the default queue name, time units, the task status values that
-``Deferred.status`` reports, and two singleton markers that storage backends
+``Deferred.status`` reports, and the singleton marker that storage backends
 hand back instead of a serialized message.
 
 Status values are plain strings so that every backend (memory, Redis) can
@@ -12,8 +12,8 @@ store them as they are::
     processing  a worker has taken the task
     completed   the result is stored and waiting to be read
 
-Markers keep their identity through pickling (``pickle.loads(pickle.dumps(
-TASK_EXPIRED)) is TASK_EXPIRED``), so they can cross process boundaries.
+The marker keeps its identity through pickling (``pickle.loads(pickle.dumps(
+TASK_EXPIRED)) is TASK_EXPIRED``), so it can cross process boundaries.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ __all__ = [
     "PROCESSING",
     "COMPLETED",
     "STATUS_VALUES",
-    "RESERVED",
     "TASK_EXPIRED",
 ]
 
@@ -62,9 +61,6 @@ class _Marker:
         # the very same object, so ``is`` comparisons keep working.
         return self._name
 
-
-RESERVED = _Marker("RESERVED")
-"""A result that another task has reserved as its argument."""
 
 TASK_EXPIRED = _Marker("TASK_EXPIRED")
 """Returned by backends for a task whose result can no longer arrive."""

@@ -27,6 +27,11 @@ separately serialized ``(args, kwargs)`` and ``args`` maps each Deferred
 argument's task id to its name.  The envelope holds only plain data, so a
 worker can always name the task it failed to load, and fail it clearly,
 even when the payload cannot be deserialized.
+
+Layer L5: imports the task objects (L2), serialization (L3) and the backend
+package (L4); nothing below imports this module.  On import it registers
+:func:`get_broker` as the way a :class:`~poolx.task.Deferred` read from bytes
+finds its broker (:func:`poolx.task.set_broker_connector`).
 """
 
 from __future__ import annotations
@@ -57,6 +62,9 @@ from poolx.task import (
     TaskExpired,
     TaskFailure,
     TaskSpace,
+    error_text,
+    queue_broker,
+    set_broker_connector,
 )
 
 __all__ = [
@@ -76,10 +84,6 @@ SECRET_ENV = "POOLX_SECRET"
 
 UNKNOWN_TASK = "<unknown>"
 """Task name used in a failure when a message is too damaged to name it."""
-
-
-def _error_text(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
 
 
 _ENVELOPE_KEYS = frozenset(["name", "id", "options", "args", "payload"])
@@ -107,7 +111,7 @@ class Broker:
         serializer: Serializer | None = None,
         secret: Any = None,
     ) -> None:
-        self._queue = taskqueue
+        self._taskqueue = taskqueue
         self.tasks: dict[str, Callable[..., Any]] = {}
         self.name: str = taskqueue.name
         chosen = serializer or getattr(taskqueue, "serializer", None) or PickleSerializer()
@@ -119,12 +123,12 @@ class Broker:
 
     @property
     def url(self) -> str:
-        return self._queue.url
+        return self._taskqueue.url
 
     @property
     def taskqueue(self) -> AbstractTaskQueue:
         """The storage backend this broker talks to."""
-        return self._queue
+        return self._taskqueue
 
     def __repr__(self) -> str:
         return f"<Broker {redact_url(self.url)} [{self.name}]>"
@@ -166,11 +170,11 @@ class Broker:
 
     def __len__(self) -> int:
         """The approximate number of tasks waiting to run."""
-        return self._queue.size()
+        return self._taskqueue.size()
 
     def discard_pending_tasks(self) -> None:
         """Discard every task waiting to run; their waiters get TaskExpired."""
-        self._queue.discard_pending()
+        self._taskqueue.discard_pending()
 
     def batch(self) -> contextlib.AbstractContextManager[Any]:
         """A context in which this thread's enqueues are sent in batches.
@@ -182,7 +186,7 @@ class Broker:
         (:class:`~poolx.task.DuplicateTask`), not by the call.  On backends
         without batching (``memory://``) this changes nothing.
         """
-        return self._queue.batch()
+        return self._taskqueue.batch()
 
     def enqueue(self, task: FunctionTask) -> Deferred | None:
         """Queue a task; return its :class:`~poolx.task.Deferred`, or None if
@@ -200,36 +204,36 @@ class Broker:
         """
         message, args = self._task_message(task)
         result = Deferred(self, task)
-        queue = self._queue
+        store = self._taskqueue
         if not args:
-            if not queue.enqueue_task(result, message):
+            if not store.enqueue_task(result, message):
                 raise DuplicateTask(
                     task.name, self.name, task.id, "cannot enqueue task with duplicate id"
                 )
             log.debug("enqueue %s [%s:%s]", task.name, self.name, task.id)
             return None if task.ignore_result else result
 
-        if not queue.defer_task(result, message, list(args)):
+        if not store.defer_task(result, message, list(args)):
             raise DuplicateTask(
                 task.name, self.name, task.id, "cannot enqueue task with duplicate id"
             )
         log.debug("defer %s [%s:%s]", task.name, self.name, task.id)
         for arg_id, arg in args.items():
             if arg.has_value():
-                msg = self.serialize(arg._value)
+                msg = self.serialize(arg.received())
             else:
-                reserved, msg = queue.reserve_argument(arg_id, task.id)
+                reserved, msg = store.reserve_argument(arg_id, task.id)
                 if not reserved:
-                    queue.discard_result(task.id, self.serialize(TASK_EXPIRED))
+                    store.discard_result(task.id, self.serialize(TASK_EXPIRED))
                     raise TaskFailure(
                         task.name,
                         self.name,
                         task.id,
                         f"task [{self.name}:{arg_id}] result is not available",
                     )
-            if msg is not None and queue.set_argument(task.id, arg_id, msg):
+            if msg is not None and store.set_argument(task.id, arg_id, msg):
                 log.debug("undefer %s [%s:%s]", task.name, self.name, task.id)
-                queue.undefer_task(task.id)
+                store.undefer_task(task.id)
         return None if task.ignore_result else result
 
     def _task_message(self, task: FunctionTask) -> tuple[bytes, dict[str, Deferred]]:
@@ -262,7 +266,7 @@ class Broker:
             raise ValueError(str(err)) from None
         except Exception as err:
             raise SerializationError(
-                f"cannot serialize task {task.name} [{self.name}:{task.id}]: {_error_text(err)}"
+                f"cannot serialize task {task.name} [{self.name}:{task.id}]: {error_text(err)}"
             ) from err
         return message, args
 
@@ -277,7 +281,7 @@ class Broker:
             ``on_error=Task.FAIL``).  Such a task is already marked failed
             with a :class:`~poolx.task.TaskFailure` saying why.
         """
-        item = self._queue.get(timeout=timeout)
+        item = self._taskqueue.get(timeout=timeout)
         if item is None:
             return None
         return self._take(item)
@@ -291,7 +295,7 @@ class Broker:
         over, or empty.
         """
         tasks = []
-        for item in self._queue.get_many(count, timeout=timeout):
+        for item in self._taskqueue.get_many(count, timeout=timeout):
             task = self._take(item)
             if task is not None:
                 tasks.append(task)
@@ -314,7 +318,7 @@ class Broker:
             task = self._load_task(task_id, envelope)
         except Exception as err:
             failure = TaskFailure(
-                name, self.name, task_id, f"cannot deserialize task: {_error_text(err)}"
+                name, self.name, task_id, f"cannot deserialize task: {error_text(err)}"
             )
             log.error("%s", failure, exc_info=True)
             self.set_result(_stub_task(name, task_id, options), failure)
@@ -329,7 +333,7 @@ class Broker:
 
     def heartbeat(self, task: FunctionTask) -> None:
         """Tell the backend that ``task`` is still running."""
-        self._queue.set_task_timeout(task.id, task.heartrate * 2 + 5)
+        self._taskqueue.set_task_timeout(task.id, task.lease)
 
     def set_result(self, task: FunctionTask, result: Any) -> None:
         """Store a task's result (for an ``ignore_result`` task: tell the
@@ -342,27 +346,27 @@ class Broker:
         back at once all the same.
         """
         if task.ignore_result:
-            self._queue.task_done(task.id)
+            self._taskqueue.task_done(task.id)
             return
         try:
             message = self.serialize(result)
         except Exception as err:
             failure = TaskFailure(
-                task.name, self.name, task.id, f"cannot serialize result: {_error_text(err)}"
+                task.name, self.name, task.id, f"cannot serialize result: {error_text(err)}"
             )
             log.error("%s", failure)
             message = self.serialize(failure)
-        self._queue.store_result(task.id, message, task.result_timeout)
+        self._taskqueue.store_result(task.id, message, task.result_timeout)
 
     def task_failed(self, task: FunctionTask) -> None:
         """Give up on a task: its waiters get :class:`~poolx.task.TaskExpired`."""
-        self._queue.discard_result(task.id, self.serialize(TASK_EXPIRED))
+        self._taskqueue.discard_result(task.id, self.serialize(TASK_EXPIRED))
 
     # -- waiter side --------------------------------------------------------
 
     def status(self, result: Deferred) -> Any:
         """The backend's status for a Deferred's task (None if unknown)."""
-        message = self._queue.get_status(result.id)
+        message = self._taskqueue.get_status(result.id)
         if message is None or message in STATUS_VALUES:
             return message
         return self.deserialize(message)
@@ -380,7 +384,7 @@ class Broker:
             raise ValueError("negative timeout not supported")
         by_id = {task.id: task for task in tasks}
         values: dict[str, Any] = {}
-        for task_id, message in self._queue.pop_results(list(by_id), timeout).items():
+        for task_id, message in self._taskqueue.pop_results(list(by_id), timeout).items():
             task = by_id[task_id]
             value = self._decode_result(task, message)
             values[task_id] = _expired(task, self.name) if value is TASK_EXPIRED else value
@@ -395,7 +399,7 @@ class Broker:
         except Exception as err:
             log.error("cannot deserialize result of %s [%s:%s]", task.name, self.name, task.id)
             return TaskFailure(
-                task.name, self.name, task.id, f"cannot deserialize result: {_error_text(err)}"
+                task.name, self.name, task.id, f"cannot deserialize result: {error_text(err)}"
             )
 
     def pop_result(self, task: Any, timeout: float | None = 0) -> Any:
@@ -411,7 +415,7 @@ class Broker:
         """
         if timeout is not None and timeout < 0:
             raise ValueError("negative timeout not supported")
-        message = self._queue.pop_result(task.id, timeout)
+        message = self._taskqueue.pop_result(task.id, timeout)
         if message is None:
             raise KeyError(task.id)
         result = self._decode_result(task, message)
@@ -459,7 +463,7 @@ class Broker:
         failures: list[TaskFailure] = []
         persistent_load = None
         if envelope["args"]:
-            stored = self._queue.get_arguments(task_id)
+            stored = self._taskqueue.get_arguments(task_id)
             values: dict[str, Any] = {}
             for arg_id, arg_name in envelope["args"].items():
                 msg = stored.get(arg_id, TASK_EXPIRED)
@@ -570,5 +574,8 @@ def batch(queue: Queue | Broker) -> contextlib.AbstractContextManager[Any]:
     :param queue: A :class:`~poolx.task.Queue` (from :func:`get_queue`) or a
         :class:`Broker`.  See :meth:`Broker.batch`.
     """
-    broker = queue if isinstance(queue, Broker) else queue._Queue__broker  # type: ignore[union-attr]
-    return broker.batch()
+    broker = queue if isinstance(queue, Broker) else queue_broker(queue)
+    return broker.batch()  # type: ignore[union-attr]
+
+
+set_broker_connector(get_broker)

@@ -24,6 +24,9 @@ never unpickled.
 Errors: ``dumps`` and ``loads`` may raise anything their format raises; the
 broker turns a failure into :class:`SerializationError` (at enqueue, naming
 the task) or into a failed task (at the worker), so nothing is lost silently.
+
+Layer L3: imports :mod:`poolx.const` and :mod:`poolx.task` (the objects JSON
+knows by name), nothing above.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ import json
 import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from poolx.const import TASK_EXPIRED
+from poolx.task import Deferred, DuplicateTask, TaskExpired, TaskFailure, restore_deferred
 
 __all__ = [
     "Serializer",
@@ -126,6 +132,7 @@ def _refuse_signed(data: bytes) -> None:
 
 _TAG = "$poolx"
 _PLAIN = (str, int, float, bool, type(None))
+_FAILURES = {cls.__name__: cls for cls in (TaskFailure, TaskExpired, DuplicateTask)}
 
 
 class JSONSerializer(Serializer):
@@ -176,16 +183,13 @@ class JSONSerializer(Serializer):
         return self._encode_object(obj, pid)
 
     def _encode_object(self, obj: Any, pid: PersistentId | None) -> Any:
-        from poolx.const import RESERVED, TASK_EXPIRED
-        from poolx.task import Deferred, TaskFailure
-
-        if obj is TASK_EXPIRED or obj is RESERVED:
-            return {_TAG: "marker", "v": obj.__reduce__()}
+        if obj is TASK_EXPIRED:
+            return {_TAG: "marker", "v": "TASK_EXPIRED"}
         if isinstance(obj, TaskFailure):
             args = [self._encode(arg, pid) for arg in obj.args]
             return {_TAG: "failure", "type": type(obj).__name__, "v": args}
         if isinstance(obj, Deferred):
-            _restore, args = obj.__reduce__()
+            args = obj.__reduce__()[1]  # what restore_deferred takes
             return {_TAG: "deferred", "v": [self._encode(arg, pid) for arg in args]}
         raise TypeError(f"JSONSerializer cannot encode {type(obj).__qualname__} objects")
 
@@ -212,20 +216,16 @@ class JSONSerializer(Serializer):
         return self._decode_object(tag, data, pl)
 
     def _decode_object(self, tag: str, data: dict[str, Any], pl: PersistentLoad | None) -> Any:
-        from poolx import const, task
-
         value = data.get("v")
-        if tag == "marker" and value in ("TASK_EXPIRED", "RESERVED"):
-            return getattr(const, value)
+        if tag == "marker" and value == "TASK_EXPIRED":
+            return TASK_EXPIRED
         if tag == "failure":
-            classes = {cls.__name__: cls for cls in (task.TaskFailure, task.TaskExpired,
-                                                      task.DuplicateTask)}
-            cls = classes.get(data.get("type"))
+            cls = _FAILURES.get(data.get("type"))  # type: ignore[arg-type]
             if cls is None:
                 raise ValueError(f"unknown failure type in JSON message: {data.get('type')!r}")
             return cls(*[self._decode(arg, pl) for arg in value])
         if tag == "deferred":
-            return task._restore_deferred(*[self._decode(arg, pl) for arg in value])
+            return restore_deferred(*[self._decode(arg, pl) for arg in value])
         raise ValueError(f"unknown {_TAG} tag in JSON message: {tag!r}")
 
     def __repr__(self) -> str:

@@ -18,9 +18,19 @@ Owned here (WorQ's ``worq.task`` under poolx's name):
 * :func:`wait_all` — wait for many Deferreds with few backend calls.
 * :class:`TaskFailure` and its subclasses :class:`TaskExpired` and
   :class:`DuplicateTask` — every way a task can fail ends as one of these.
+* The one home of the task options' defaults (:attr:`Task.OPTIONS`, read by
+  the option properties of :class:`Task` and :class:`FunctionTask`), of the
+  lease a heartbeat grants (:func:`lease_seconds`) and of the error text of
+  a failure (:func:`error_text`).
 
-Nothing here touches storage directly: every read and write goes through the
-:class:`~poolx.core.Broker` the queue was made from.
+Layer L2: this module imports only L0 (:mod:`poolx.const`,
+:mod:`poolx.checks`).  Nothing here touches storage directly: every read and
+write goes through the broker the queue was made from, which this module
+knows only as the :class:`TaskBroker` protocol (:class:`poolx.core.Broker`
+implements it).  A :class:`Deferred` read from bytes finds its broker
+through the connector that :mod:`poolx.core` registers when it is imported
+(:func:`set_broker_connector`); the pickle names that connector, so a fresh
+process that unpickles a Deferred imports :mod:`poolx.core` by itself.
 """
 
 from __future__ import annotations
@@ -29,14 +39,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from numbers import Real
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from uuid import uuid4
 
+from poolx.checks import check_count, check_seconds, parse_size
 from poolx.const import HOUR
-
-if TYPE_CHECKING:
-    from poolx.core import Broker
 
 __all__ = [
     "Queue",
@@ -48,14 +55,69 @@ __all__ = [
     "TaskFailure",
     "TaskExpired",
     "DuplicateTask",
+    "TaskBroker",
+    "queue_broker",
+    "queue_target",
+    "lease_seconds",
+    "error_text",
+    "set_broker_connector",
+    "restore_deferred",
 ]
 
 log = logging.getLogger(__name__)
 
 _MISSING: Any = object()
 
+DEFAULT_HEARTRATE = 30
+"""Seconds between two heartbeats of a running task."""
 DEFAULT_MAX_RETRIES = 3
 """How often a task is delivered again after its consumer was lost."""
+
+
+def lease_seconds(heartrate: float) -> float:
+    """How long a heartbeat keeps a running task leased: ``2 * heartrate + 5``
+    seconds, so that one late or lost heartbeat never loses the task."""
+    return heartrate * 2 + 5
+
+
+def error_text(err: BaseException) -> str:
+    """The error text of a :class:`TaskFailure` caused by ``err``:
+    ``'Type: message'`` (WorQ's format)."""
+    return f"{type(err).__name__}: {err}"
+
+
+class TaskBroker(Protocol):
+    """What this module needs from a broker (:class:`poolx.core.Broker`)."""
+
+    name: str
+    url: str
+    tasks: dict[str, Callable[..., Any]]
+
+    def enqueue(self, task: FunctionTask) -> Deferred | None: ...
+
+    def set_result(self, task: FunctionTask, result: Any) -> None: ...
+
+    def pop_result(self, task: Any, timeout: float | None = 0) -> Any: ...
+
+    def pop_results(self, tasks: list[Any], timeout: float | None = 0) -> dict[str, Any]: ...
+
+    def status(self, result: Deferred) -> Any: ...
+
+    def discard_pending_tasks(self) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+_connector: Callable[[str, str], TaskBroker] | None = None
+
+
+def set_broker_connector(connect: Callable[[str, str], TaskBroker]) -> None:
+    """Register how a :class:`Deferred` read from bytes finds its broker:
+    ``connect(url, queue_name)``.  :mod:`poolx.core` registers
+    :func:`~poolx.core.get_broker` when it is imported; ``connect`` must be
+    a module-level function (pickles of Deferreds name it)."""
+    global _connector
+    _connector = connect
 
 
 class Queue:
@@ -85,7 +147,7 @@ class Queue:
         this queue and the queues derived from it.
     """
 
-    def __init__(self, broker: Broker, target: str = "", **options: Any) -> None:
+    def __init__(self, broker: TaskBroker, target: str = "", **options: Any) -> None:
         self.__broker = broker
         self.__target = target
         self.__options = options
@@ -126,18 +188,38 @@ class Queue:
         return self.__target
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
+def queue_broker(queue: Queue) -> TaskBroker:
+    """The broker a :class:`Queue` enqueues on.
+
+    A function, not an attribute: every attribute of a Queue names a task.
+    """
+    return queue._Queue__broker  # type: ignore[attr-defined]
 
 
-def _parse_memory_limit(value: Any) -> int:
-    """Bytes from an int or a size string (``"512MB"``); ValueError otherwise."""
-    from poolx.checks import parse_size
+def queue_target(queue: Queue) -> str:
+    """The dotted task (space) name a :class:`Queue` stands for."""
+    return queue._Queue__target  # type: ignore[attr-defined]
 
+
+def _checked(name: str, check: Callable[..., Any], value: Any, **kw: Any) -> Any:
+    """``check(name, value)``, its complaint turned into WorQ's ValueError."""
     try:
-        return parse_size("memory_limit", value)  # type: ignore[return-value]
+        return check(name, value, **kw)
     except (TypeError, ValueError):
-        raise ValueError(f"invalid memory_limit: {value!r}") from None
+        raise ValueError(f"invalid {name}: {value!r}") from None
+
+
+def _option_properties(cls: type) -> type:
+    """Add a read-only property per :attr:`Task.OPTIONS` entry: the value in
+    ``self.options``, else the default (WorQ's ``option_descriptors``)."""
+
+    def make(name: str, default: Any) -> property:
+        return property(lambda self: self.options.get(name, default),
+                        doc=f"The ``{name}`` option (default {default!r}).")
+
+    for name, default in Task.OPTIONS.items():
+        setattr(cls, name, make(name, default))
+    return cls
 
 
 class Task:
@@ -189,16 +271,18 @@ class Task:
     PASS = "pass"
     FAIL = "fail"
 
-    OPTIONS = {
+    OPTIONS: dict[str, Any] = {
         "on_error": FAIL,
         "ignore_result": False,
         "result_timeout": HOUR,
-        "heartrate": 30,
+        "heartrate": DEFAULT_HEARTRATE,
         "max_retries": DEFAULT_MAX_RETRIES,
         "timeout": None,
         "soft_timeout": None,
         "memory_limit": None,
     }
+    """Every option and its default: the one place defaults are written.
+    Only options that differ from these are stored with a task."""
 
     def __init__(
         self,
@@ -206,61 +290,47 @@ class Task:
         id: str | Callable[..., str] | None = None,
         on_error: str = FAIL,
         ignore_result: bool = False,
-        result_timeout: float = HOUR,
-        heartrate: float = 30,
-        max_retries: int = DEFAULT_MAX_RETRIES,
+        result_timeout: float = OPTIONS["result_timeout"],
+        heartrate: float = OPTIONS["heartrate"],
+        max_retries: int = OPTIONS["max_retries"],
         timeout: float | None = None,
         soft_timeout: float | None = None,
         memory_limit: int | str | None = None,
     ) -> None:
         if not isinstance(queue, Queue):
             raise ValueError(f"invalid queue: {queue!r}")
-        self.queue = queue
-        self.name: str = queue._Queue__target  # type: ignore[attr-defined]
-        options: dict[str, Any] = {}
-        self.options = options
-
-        if id is not None:
-            if not (isinstance(id, str) or callable(id)):
-                raise ValueError(f"invalid id: {id!r}")
-            options["id"] = id
-
+        if id is not None and not (isinstance(id, str) or callable(id)):
+            raise ValueError(f"invalid id: {id!r}")
         if on_error not in (Task.PASS, Task.FAIL):
             raise ValueError(f"invalid on_error: {on_error!r}")
-        if on_error == Task.PASS:
-            options["on_error"] = on_error
-
-        if ignore_result:
-            if result_timeout != HOUR:
-                raise ValueError("ignore_result is incompatible with result_timeout")
-            options["ignore_result"] = True
-
-        if not _is_number(result_timeout) or result_timeout <= 0:
-            raise ValueError(f"invalid result_timeout: {result_timeout!r}")
-        if result_timeout != HOUR:
-            options["result_timeout"] = result_timeout
-
-        if not _is_number(heartrate) or heartrate <= 0:
-            raise ValueError(f"invalid heartrate: {heartrate!r}")
-        if heartrate != 30:
-            options["heartrate"] = heartrate
-
-        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
-            raise ValueError(f"invalid max_retries: {max_retries!r}")
-        if max_retries != DEFAULT_MAX_RETRIES:
-            options["max_retries"] = max_retries
-
-        for key, value in (("timeout", timeout), ("soft_timeout", soft_timeout)):
-            if value is not None:
-                if not _is_number(value) or value <= 0:
-                    raise ValueError(f"invalid {key}: {value!r}")
+        if ignore_result and result_timeout != Task.OPTIONS["result_timeout"]:
+            raise ValueError("ignore_result is incompatible with result_timeout")
+        values = {
+            "on_error": on_error,
+            "ignore_result": bool(ignore_result),
+            "result_timeout": _checked("result_timeout", check_seconds, result_timeout,
+                                       allow_none=False),
+            "heartrate": _checked("heartrate", check_seconds, heartrate, allow_none=False),
+            "max_retries": _checked("max_retries", check_count, max_retries, minimum=0),
+            "timeout": _checked("timeout", check_seconds, timeout),
+            "soft_timeout": _checked("soft_timeout", check_seconds, soft_timeout),
+            "memory_limit": _checked("memory_limit", parse_size, memory_limit),
+        }
+        # The values as given (an int stays an int), validated above.
+        given = {"result_timeout": result_timeout, "heartrate": heartrate, "timeout": timeout,
+                 "soft_timeout": soft_timeout}
+        self.queue = queue
+        self.name: str = queue_target(queue)
+        options: dict[str, Any] = {} if id is None else {"id": id}
+        for key, value in values.items():
+            value = given.get(key, value)
+            if value != Task.OPTIONS[key]:
                 options[key] = value
-        if memory_limit is not None:
-            options["memory_limit"] = _parse_memory_limit(memory_limit)
+        self.options = options
 
     @property
-    def broker(self) -> Broker:
-        return self.queue._Queue__broker  # type: ignore[attr-defined]
+    def broker(self) -> TaskBroker:
+        return queue_broker(self.queue)
 
     def __call__(self, *args: Any, **kw: Any) -> Deferred | None:
         """Enqueue an invocation; return its :class:`Deferred` (or ``None``)."""
@@ -301,47 +371,33 @@ class FunctionTask:
         self.kw = kw
         self.options = options
 
-    @property
-    def on_error(self) -> str:
-        return self.options.get("on_error", Task.FAIL)
+    # One property per option (on_error, ignore_result, result_timeout,
+    # heartrate, max_retries, timeout, soft_timeout, memory_limit) is added
+    # by _option_properties from Task.OPTIONS.
+    on_error: str
+    ignore_result: bool
+    result_timeout: float
+    heartrate: float
+    max_retries: int
+    timeout: float | None
+    soft_timeout: float | None
+    memory_limit: int | None
 
     @property
-    def ignore_result(self) -> bool:
-        return self.options.get("ignore_result", False)
-
-    @property
-    def result_timeout(self) -> float:
-        return self.options.get("result_timeout", HOUR)
-
-    @property
-    def heartrate(self) -> float:
-        return self.options.get("heartrate", 30)
-
-    @property
-    def timeout(self) -> float | None:
-        """Hard time limit (seconds) a process pool applies, or None."""
-        return self.options.get("timeout")
-
-    @property
-    def soft_timeout(self) -> float | None:
-        """Soft time limit (seconds) a process pool applies, or None."""
-        return self.options.get("soft_timeout")
-
-    @property
-    def memory_limit(self) -> int | None:
-        """Memory limit (bytes) a process pool applies, or None."""
-        return self.options.get("memory_limit")
-
-    @property
-    def max_retries(self) -> int:
-        """Redeliveries allowed after a lost consumer (see :class:`Task`)."""
-        return self.options.get("max_retries", DEFAULT_MAX_RETRIES)
+    def lease(self) -> float:
+        """Seconds one heartbeat keeps this task leased (:func:`lease_seconds`)."""
+        return lease_seconds(self.heartrate)
 
     @property
     def on_error_pass(self) -> bool:
         return self.on_error == Task.PASS
 
-    def invoke(self, broker: Broker, return_result: bool = False) -> Any:
+    def invoke(
+        self,
+        broker: TaskBroker,
+        return_result: bool = False,
+        reraise: tuple[type[BaseException], ...] = (),
+    ) -> Any:
         """Run the task with ``broker``'s exposed callables.
 
         The outcome (the return value, or a :class:`TaskFailure` for an
@@ -353,25 +409,32 @@ class FunctionTask:
         re-raised, so the task's waiters are never left hanging; with
         ``return_result`` the failure is returned instead (as WorQ does), and
         the caller decides what the exception means for its worker.
+
+        :param reraise: Exception types that propagate as they are instead
+            of being recorded (a process worker lets the pool's
+            ``SoftTimeLimitExceeded`` through, so the pool reports it by type).
         """
-        queue = broker.name
-        log.debug("invoke %s [%s:%s]", self.name, queue, self.id)
+        queue_name = broker.name
+        log.debug("invoke %s [%s:%s]", self.name, queue_name, self.id)
         try:
             func = broker.tasks[self.name]
         except KeyError:
-            result: Any = TaskFailure(self.name, queue, self.id, "no such task")
+            result: Any = TaskFailure(self.name, queue_name, self.id, "no such task")
             log.error("%s", result)
         else:
             try:
                 result = func(*self.args, **self.kw)
+            except reraise:
+                raise
             except Exception as err:
-                log.error("task failed: %s [%s:%s]", self.name, queue, self.id, exc_info=True)
-                result = TaskFailure(self.name, queue, self.id, _error_text(err))
+                log.error("task failed: %s [%s:%s]", self.name, queue_name, self.id, exc_info=True)
+                result = TaskFailure(self.name, queue_name, self.id, error_text(err))
             except BaseException as err:
                 log.error(
-                    "worker died in task: %s [%s:%s]", self.name, queue, self.id, exc_info=True
+                    "worker died in task: %s [%s:%s]", self.name, queue_name, self.id,
+                    exc_info=True,
                 )
-                failure = TaskFailure(self.name, queue, self.id, _error_text(err))
+                failure = TaskFailure(self.name, queue_name, self.id, error_text(err))
                 if return_result:
                     return failure
                 broker.set_result(self, failure)
@@ -383,10 +446,6 @@ class FunctionTask:
 
     def __repr__(self) -> str:
         return f"<FunctionTask {self.name} [{self.id}]>"
-
-
-def _error_text(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
 
 
 class Deferred:
@@ -404,13 +463,28 @@ class Deferred:
     :param task: The :class:`FunctionTask` (at least ``id`` and ``name``).
     """
 
-    def __init__(self, broker: Broker, task: FunctionTask) -> None:
-        self.broker = broker
+    def __init__(self, broker: TaskBroker | None, task: FunctionTask) -> None:
+        self._broker = broker
+        self._address: tuple[str, str] | None = None  # (url, queue name) until connected
         self.task = task
         self._status: str | None = None
         self._value: Any = _MISSING
         self._follow: Deferred | None = None
         self._lock = threading.Lock()
+
+    @property
+    def broker(self) -> TaskBroker:
+        """The broker the task was enqueued on (for a Deferred read from
+        bytes: a broker for the same URL and queue name, made on first use)."""
+        broker = self._broker
+        if broker is None:
+            if _connector is None:
+                raise RuntimeError(
+                    "a Deferred read from bytes needs poolx.core to reconnect: import poolx.core"
+                )
+            assert self._address is not None
+            broker = self._broker = _connector(*self._address)
+        return broker
 
     @property
     def id(self) -> str:
@@ -440,6 +514,17 @@ class Deferred:
     def has_value(self) -> bool:
         """True if the value has already been received (no backend call)."""
         return self._value is not _MISSING
+
+    def received(self) -> Any:
+        """What was received, without raising: the value or the
+        :class:`TaskFailure` (no backend call).
+
+        :raises AttributeError: if nothing was received yet (see :meth:`has_value`).
+        """
+        value = self._value
+        if value is _MISSING:
+            raise AttributeError("Deferred value not available")
+        return value
 
     @property
     def status(self) -> str | None:
@@ -512,23 +597,38 @@ class Deferred:
 
     def __reduce__(self) -> tuple:
         value = () if self._value is _MISSING else (self._value,)
-        return (
-            _restore_deferred,
-            (self.broker.url, self.broker.name, self.id, self.name, value, self._follow),
-        )
+        url, queue_name = (
+            self._address if self._broker is None else (self._broker.url, self._broker.name)
+        )  # type: ignore[misc]
+        args = (url, queue_name, self.id, self.name, value, self._follow)
+        if _connector is None:
+            return (_restore_deferred, args)
+        # The state names the connector (poolx.core.get_broker): a process
+        # that unpickles this imports poolx.core, which registers it, before
+        # the copy is used.  Older poolx versions set it as an attribute.
+        return (_restore_deferred, args, {"connect": _connector})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Nothing to restore: see :meth:`__reduce__`."""
 
 
 def _restore_deferred(
-    url: str, queue: str, task_id: str, name: str, value: tuple, follow: Deferred | None
+    url: str, queue_name: str, task_id: str, name: str, value: tuple, follow: Deferred | None
 ) -> Deferred:
-    """Rebuild a pickled :class:`Deferred` on a broker for the same URL."""
-    from poolx.core import get_broker
-
-    result = Deferred(get_broker(url, queue), FunctionTask(name, (), {}, {"id": task_id}))
+    """Rebuild a pickled :class:`Deferred`; it connects to a broker for the
+    same URL and queue name on first use.  (Stored pickles name this
+    function: it keeps its name and arguments.)"""
+    result = Deferred(None, FunctionTask(name, (), {}, {"id": task_id}))
+    result._address = (url, queue_name)
     if value:
         result._value = value[0]
     result._follow = follow
     return result
+
+
+restore_deferred = _restore_deferred
+"""Public name of the function pickled Deferreds are rebuilt with (the JSON
+serializer calls it with the arguments of :meth:`Deferred.__reduce__`)."""
 
 
 def wait_all(results: Iterable[Deferred], timeout: float | None = None) -> bool:
@@ -670,3 +770,7 @@ class TaskExpired(TaskFailure):
 
 class DuplicateTask(TaskFailure):
     """A task with the same id is already in the queue."""
+
+
+_option_properties(Task)
+_option_properties(FunctionTask)

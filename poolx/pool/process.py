@@ -1,5 +1,5 @@
 """Multi-process worker pool for a task-queue broker (WorQ's
-``worq.pool.process`` under poolx's name).
+``worq.pool.process`` under poolx's name; layer L7).
 
 Owned here: :class:`WorkerPool` — a :class:`poolx.Pool` fed by a
 :class:`~poolx.consumer.BrokerConsumer` — plus WorQ's helpers
@@ -28,11 +28,14 @@ Who does what::
   engine's lifeline pipe and exits; as a second line of defence each worker
   also checks its parent every :data:`WORKER_POLL_INTERVAL` seconds (read
   at run time, as in WorQ).
+
+Workers import this module for their initializer, so the pool's side (the
+engine's API, the consumer, cloudpickle) is imported where it is used, in
+the pool's process only.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import multiprocessing
 import os
@@ -41,16 +44,18 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cloudpickle
 import psutil
 
+from poolx.checks import check_count
 from poolx.const import DEFAULT
-from poolx.consumer import BrokerConsumer, init_worker
-from poolx.engine import pickling
-from poolx.engine.api import Pool
+from poolx.consumer.inworker import init_worker
 from poolx.queue.urls import redact_url
+
+if TYPE_CHECKING:
+    from poolx.consumer.adapter import BrokerConsumer
+    from poolx.engine.api import Pool
 
 __all__ = [
     "WorkerPool",
@@ -184,14 +189,8 @@ class WorkerPool:
         self.init_kwargs: dict[str, Any] = {} if init_kwargs is None else init_kwargs
         if workers is None:
             workers = os.cpu_count() or 1
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-        if max_worker_tasks is not None and (
-            not isinstance(max_worker_tasks, int) or isinstance(max_worker_tasks, bool) or max_worker_tasks < 1
-        ):
-            raise ValueError(f"max_worker_tasks must be None or an int >= 1, got {max_worker_tasks!r}")
-        self.workers = workers
-        self.max_worker_tasks = max_worker_tasks
+        self.workers: int = check_count("workers", workers, 1)  # type: ignore[assignment]
+        self.max_worker_tasks = check_count("max_worker_tasks", max_worker_tasks, 1, allow_none=True)
         if name is None and broker.name != DEFAULT:
             name = broker.name
         self.name = name
@@ -233,6 +232,10 @@ class WorkerPool:
         if handle_sigterm:
             start_pools(self, timeout=timeout)
             return
+        from poolx.consumer.adapter import BrokerConsumer
+        from poolx.engine.api import Pool
+        from poolx.engine.pickling import portable
+
         with self._lock:
             if self._running:
                 raise Error("cannot start already running WorkerPool")
@@ -248,7 +251,7 @@ class WorkerPool:
             pool = Pool(
                 self.workers,
                 initializer=_init_worker,
-                initargs=((os.getpid(), _process_started(os.getpid())), pickling.portable(self.init_func),
+                initargs=((os.getpid(), _process_started(os.getpid())), portable(self.init_func),
                           tuple(self.init_args), dict(self.init_kwargs)),
                 maxtasksperchild=self.max_worker_tasks,
                 **options,
@@ -370,6 +373,10 @@ class WorkerPool:
 
 
 def _check_pool_options(options: dict[str, Any]) -> None:
+    import inspect
+
+    from poolx.engine.api import Pool
+
     for key, instead in _OWN_OPTIONS.items():
         if key in options:
             raise TypeError(f"WorkerPool sets the pool's {key!r} itself: use {instead}=")
@@ -472,6 +479,8 @@ def run_in_subprocess(_func: Callable[..., Any], *args: Any, **kw: Any) -> Popen
     :raises pickle.PicklingError: if the call cannot be pickled (the child
         is killed).
     """
+    import cloudpickle
+
     data = cloudpickle.dumps((_func, args, kw))
     prog = "from poolx.pool.process import main; main()"
     proc = subprocess.Popen([PYTHON_EXE, "-c", prog], stdin=subprocess.PIPE, close_fds=True)

@@ -1,8 +1,10 @@
 """Multi-thread worker pool for a task-queue broker (WorQ's
-``worq.pool.thread.WorkerPool`` under poolx's name).
+``worq.pool.thread.WorkerPool`` under poolx's name; layer L7).
 
-Owned here: :class:`WorkerPool`, its worker threads and its one heartbeat
-thread.  The pool owns no task state of its own; the broker's backend does::
+Owned here: :class:`WorkerPool` and its worker threads; its one heartbeat
+thread runs :class:`poolx.consumer.heartbeats.Heartbeats`, the same
+heartbeats the process pool's consumer keeps.  The pool owns no task state
+of its own; the broker's backend does::
 
     broker.next_task(timeout) ──▶ worker thread ──▶ broker.invoke(task)
                                        │                   │ (sets the result)
@@ -16,8 +18,8 @@ thread.  The pool owns no task state of its own; the broker's backend does::
   :attr:`WorkerPool.broker` at every call, so the broker (or those methods)
   can be wrapped or replaced while the pool runs.  A thread that dies (an
   exception from the broker, or a task raising ``SystemExit``) is logged and
-  replaced; repeated crashes back off, waiting on the stop event, so a broken
-  backend cannot spin the CPU.
+  replaced; repeated crashes back off (:func:`poolx.checks.backoff_delay`),
+  waiting on the stop event, so a broken backend cannot spin the CPU.
 * **The heartbeat thread** sleeps on a condition until the earliest running
   task is due a heartbeat (or a task starts or ends), so heartbeats cost
   nothing while the pool is idle.
@@ -29,14 +31,13 @@ thread.  The pool owns no task state of its own; the broker's backend does::
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
+from poolx.checks import backoff_delay, check_count
+from poolx.consumer.heartbeats import Heartbeats
 from poolx.task import FunctionTask, Task, TaskSpace
 
 __all__ = ["WorkerPool"]
@@ -49,59 +50,6 @@ MAX_RESTART_DELAY = 5.0
 
 def _noop() -> None:
     """The sentinel task: wakes a worker thread so it can see the stop event."""
-
-
-class _Heartbeats:
-    """Running tasks and when each is next due a heartbeat."""
-
-    def __init__(self, pool: WorkerPool) -> None:
-        self._pool = pool
-        self._cond = threading.Condition()
-        self._due: dict[int, list[Any]] = {}  # key -> [deadline, task]
-        self._keys = itertools.count()
-        self._stopping = False
-
-    @contextmanager
-    def running(self, task: FunctionTask) -> Iterator[None]:
-        key = next(self._keys)
-        with self._cond:
-            self._due[key] = [time.monotonic() + task.heartrate, task]
-            self._cond.notify()
-        try:
-            yield
-        finally:
-            with self._cond:
-                del self._due[key]
-                self._cond.notify()
-
-    def stop(self) -> None:
-        """Let the heartbeat thread exit once no task is running."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-
-    def run(self) -> None:
-        cond = self._cond
-        with cond:
-            while not (self._stopping and not self._due):
-                now = time.monotonic()
-                due = [entry[1] for entry in self._due.values() if entry[0] <= now]
-                if not due:
-                    deadline = min((entry[0] for entry in self._due.values()), default=None)
-                    cond.wait(None if deadline is None else deadline - now)
-                    continue
-                for entry in self._due.values():
-                    if entry[0] <= now:
-                        entry[0] = now + entry[1].heartrate
-                cond.release()
-                try:
-                    for task in due:
-                        try:
-                            self._pool.broker.heartbeat(task)
-                        except Exception:
-                            log.error("heartbeat failed: %s", task, exc_info=True)
-                finally:
-                    cond.acquire()
 
 
 class WorkerPool:
@@ -120,10 +68,8 @@ class WorkerPool:
         workers: int = 1,
         thread_factory: Callable[..., Any] = threading.Thread,
     ) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers!r}")
         self.broker = broker
-        self.workers = workers
+        self.workers: int = check_count("workers", workers, 1)  # type: ignore[assignment]
         self.thread_factory = thread_factory
         self.threads: list[Any] = []
         self.stop_event = threading.Event()
@@ -131,7 +77,7 @@ class WorkerPool:
         self._running = False
         self._timeout: float | None = 1
         self._crashes = 0
-        self._heartbeats = _Heartbeats(self)
+        self._heartbeats = self._new_heartbeats()
         self._heartbeat_thread: Any = None
         space = TaskSpace(__name__)
         space.task(_noop, "noop")
@@ -150,10 +96,16 @@ class WorkerPool:
             self._timeout = timeout
             self._crashes = 0
             self.stop_event.clear()
-            self._heartbeats = _Heartbeats(self)
+            self._heartbeats = self._new_heartbeats()
             self._heartbeat_thread = self._start_thread(self._heartbeats.run, (), "heartbeat")
             for ident in range(self.workers):
                 self.threads.append(self._start_thread(self._work, (ident, 0.0), f"worker-{ident}"))
+
+    def _new_heartbeats(self) -> Heartbeats:
+        return Heartbeats(self._heartbeat, label="thread pool")
+
+    def _heartbeat(self, task: FunctionTask) -> None:
+        self.broker.heartbeat(task)  # looked up at each call: the broker may be replaced
 
     def _start_thread(self, target: Callable[..., Any], args: tuple, role: str) -> Any:
         # Called with self._lock held, and the thread is started before the
@@ -188,7 +140,7 @@ class WorkerPool:
             if self.stop_event.is_set():
                 return
             self._crashes += 1
-            delay = min(0.05 * (2 ** (self._crashes - 1) - 1), MAX_RESTART_DELAY)
+            delay = backoff_delay(self._crashes - 1, cap=MAX_RESTART_DELAY)  # the first at once
             log.info("replacing worker %s (restart delay %.2fs)", ident, delay)
             self.threads.append(self._start_thread(self._work, (ident, delay), f"worker-{ident}"))
 
@@ -203,7 +155,7 @@ class WorkerPool:
         :param join: Wait for every thread to finish (see :meth:`join`).
         """
         self.stop_event.set()
-        self._heartbeats.stop()
+        self._heartbeats.close()
         if use_sentinel:
             noop = Task(self.broker.queue(__name__).noop, ignore_result=True)
             with self._lock:

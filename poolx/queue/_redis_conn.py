@@ -1,37 +1,48 @@
-"""Connections of the ``redis://`` backend: URLs, clients, and what to do
-when Redis is unreachable.
+"""Connections of the ``redis://`` backend: URLs, clients, the script, and
+what to do when Redis is unreachable.
 
 Owned here: URL parsing (:func:`split_url`: poolx's own query options out,
 the rest for redis-py), the default client (:func:`default_redis_factory`),
-:class:`RedisUnavailable`, and :class:`Connection` — one client plus the
-retry policy every queue operation goes through:
+:class:`RedisUnavailable`, the queue's Lua script (``redis.lua``, shipped as
+package data, :data:`LUA_SCRIPT`), and :class:`Connection` — one client, the
+script registered on it with redis-py's ``register_script`` (``EVALSHA``,
+and ``SCRIPT LOAD`` again after a server restart), and the retry policy every
+queue operation goes through, run by redis-py's own ``Retry`` with
+``ExponentialBackoff``:
 
 * errors that mean "not reachable" (refused, reset, timed out, loading,
-  read-only replica) are retried with exponential backoff (50 ms doubling
-  to 2 s) for up to ``retry_timeout`` seconds — but only once the
-  connection has worked at least once, so a wrong host or a server that is
-  not running fails at once;
+  read-only replica) are retried with backoff (50 ms doubling to 2 s) for
+  up to ``retry_timeout`` seconds — but only once the connection has worked
+  at least once, so a wrong host or a server that is not running fails at
+  once;
 * refused credentials fail at once;
 * every message names the URL with its password replaced by ``***``.
 
+The ``Retry`` runs around each *queue operation*, not inside the client:
+redis-py applies a client's ``Retry`` to every connect attempt *and* again
+around every command (a down server costs retries squared), counts attempts
+instead of time, and cannot tell a server that never answered from one that
+went away.  So the client's own retries are off and this module's ``Retry``
+decides, per operation, with the deadline and the "ever connected" fact.
+
 Retrying is safe because every script call of the queue is idempotent (see
-:mod:`poolx.queue._redis_lua`).
+``redis.lua``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable
+from importlib.resources import files
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 try:
     import redis
-    from redis.backoff import NoBackoff
-    from redis.exceptions import AuthenticationError, NoScriptError, ReadOnlyError, ResponseError
+    from redis.backoff import ExponentialBackoff, NoBackoff
+    from redis.exceptions import AuthenticationError, ReadOnlyError, ResponseError
     from redis.exceptions import ConnectionError as _RedisConnectionError
     from redis.exceptions import TimeoutError as _RedisTimeoutError
     from redis.retry import Retry
@@ -40,7 +51,6 @@ except ImportError as err:  # pragma: no cover - exercised without redis-py only
         "poolx's redis:// backend needs the redis package: pip install 'poolx[redis]'"
     ) from err
 
-from poolx.queue._redis_lua import SCRIPT
 from poolx.queue.urls import redact_url
 from poolx.serialization import JSONSerializer, PickleSerializer, Serializer
 
@@ -54,6 +64,7 @@ __all__ = [
     "split_url",
     "ResponseError",
     "make_serializer",
+    "LUA_SCRIPT",
 ]
 
 log = logging.getLogger("poolx.queue.redis")
@@ -66,8 +77,17 @@ MAX_BLOCK = 5.0
 """Longest single blocking call (seconds): a wait re-checks leases and
 records at least this often, so nothing waits forever on a vanished key."""
 
+LUA_SCRIPT = files(__package__).joinpath("redis.lua").read_text(encoding="utf-8")
+"""The server side of every queue operation (``poolx/queue/redis.lua``)."""
+
+RETRY_FIRST_DELAY = 0.05
+"""Seconds before the first retry; each further one waits twice as long..."""
+RETRY_MAX_DELAY = 2.0
+"""...but never longer than this."""
+
 _RETRYABLE = (_RedisConnectionError, _RedisTimeoutError, ReadOnlyError)
 _OWN_OPTIONS = frozenset(["prefix", "serializer", "retry_timeout"])
+_NO_RETRY = Retry(NoBackoff(), 0)
 
 
 class RedisUnavailable(ConnectionError):
@@ -118,21 +138,20 @@ def make_serializer(choice: Serializer | str | None) -> Serializer | None:
 
 
 def default_redis_factory(url: str) -> redis.Redis:
-    """The client poolx uses: redis-py's own retries are off (poolx retries
-    idempotent script calls itself), a socket timeout well above the longest
-    blocking call, bytes responses."""
+    """The client poolx uses: no retries inside the client (:class:`Connection`
+    retries whole, idempotent queue operations), a socket timeout well above
+    the longest blocking call, bytes responses."""
     options: dict[str, Any] = {}
     if not url.lower().startswith("unix:"):
         options["socket_keepalive"] = True  # TCP only
     return redis.Redis.from_url(
         url,
-        retry=Retry(NoBackoff(), 0),
+        retry=_NO_RETRY,
         socket_timeout=MAX_BLOCK * 6,
         socket_connect_timeout=5,
         health_check_interval=30,
         **options,
     )
-
 
 
 def make_client(url: str, redis_factory: Callable[..., Any] | None = None) -> Any:
@@ -145,12 +164,13 @@ def make_client(url: str, redis_factory: Callable[..., Any] | None = None) -> An
     if redis_factory is None:
         return default_redis_factory(url)
     if isinstance(redis_factory, type) and issubclass(redis_factory, redis.Redis):
-        return redis_factory.from_url(url, retry=Retry(NoBackoff(), 0))
+        return redis_factory.from_url(url, retry=_NO_RETRY)
     return redis_factory(url)
 
 
 class Connection:
-    """A redis-py client with poolx's retry policy.
+    """A redis-py client, the queue script registered on it, and poolx's
+    retry policy.
 
     :param url: The URL as given (shown redacted in messages).
     :param client: The redis-py client.
@@ -161,9 +181,12 @@ class Connection:
         self.display_url = redact_url(url)
         self.client = client
         self.retry_timeout = retry_timeout
-        self.sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
         self.connected = False
         self.closed = threading.Event()
+        self._script = client.register_script(LUA_SCRIPT)
+        self._retry = Retry(
+            ExponentialBackoff(cap=RETRY_MAX_DELAY, base=RETRY_FIRST_DELAY / 2), -1, _RETRYABLE
+        )
         pool = getattr(client, "connection_pool", None)
         timeout = getattr(pool, "connection_kwargs", {}).get("socket_timeout")
         self.max_block = MAX_BLOCK if not timeout else max(0.05, min(MAX_BLOCK, timeout / 2))
@@ -172,51 +195,16 @@ class Connection:
     def run(self, what: str, call: Callable[..., T], *args: Any) -> T:
         """``call(*args)``, retried while Redis is unreachable (see the module
         docstring); ``what`` names the operation in logs and errors."""
-        deadline = None
-        attempt = 0
-        while True:
-            try:
-                result = call(*args)
-            except AuthenticationError as err:
-                raise RedisUnavailable(
-                    f"Redis at {self.display_url} refused the credentials ({what}): {err}"
-                ) from None
-            except _RETRYABLE as err:
-                if self.closed.is_set():
-                    raise RedisUnavailable(f"queue on {self.display_url} is closed") from None
-                if not self.connected:
-                    raise RedisUnavailable(
-                        f"cannot connect to Redis at {self.display_url} ({what}): {err}"
-                    ) from None
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.retry_timeout
-                    log.warning(
-                        "Redis at %s unreachable during %s (%s); retrying for up to %.0f s",
-                        self.display_url, what, err, self.retry_timeout,
-                    )
-                if now >= deadline:
-                    raise RedisUnavailable(
-                        f"Redis at {self.display_url} unreachable for {self.retry_timeout:.0f} s "
-                        f"({what} not done): {err}"
-                    ) from None
-                delay = min(0.05 * 2**attempt, 2.0, deadline - now)
-                attempt += 1
-                if self.closed.wait(delay):
-                    raise RedisUnavailable(f"queue on {self.display_url} is closed") from None
-                continue
-            if attempt:
-                log.warning("reconnected to Redis at %s (%s)", self.display_url, what)
-            self.connected = True
-            return result
+        outage = _Outage(self, what)
+        result = self._retry.call_with_retry(lambda: call(*args), outage.failed)
+        if outage.failures:
+            log.warning("reconnected to Redis at %s (%s)", self.display_url, what)
+        self.connected = True
+        return result
 
     def script(self, key: str, *args: Any) -> Any:
         """One call of the queue script with ``KEYS[1] = key`` (no retry)."""
-        try:
-            return self.client.evalsha(self.sha, 1, key, *args)
-        except NoScriptError:
-            # A fresh (or restarted) server: EVAL also caches the script.
-            return self.client.eval(SCRIPT, 1, key, *args)
+        return self._script(keys=[key], args=args)
 
     def close(self) -> None:
         """Stop retrying and close the client's connections."""
@@ -225,3 +213,42 @@ class Connection:
             self.client.close()
         except Exception:  # noqa: BLE001 - closing is best effort
             log.debug("closing the Redis client failed", exc_info=True)
+
+
+class _Outage:
+    """One operation's failures: the ``Retry``'s failure handler, which
+    raises :class:`RedisUnavailable` to stop retrying."""
+
+    __slots__ = ("conn", "what", "failures", "deadline")
+
+    def __init__(self, conn: Connection, what: str) -> None:
+        self.conn = conn
+        self.what = what
+        self.failures = 0
+        self.deadline: float | None = None
+
+    def failed(self, err: Exception) -> None:
+        conn, what = self.conn, self.what
+        if isinstance(err, AuthenticationError):
+            raise RedisUnavailable(
+                f"Redis at {conn.display_url} refused the credentials ({what}): {err}"
+            ) from None
+        if conn.closed.is_set():
+            raise RedisUnavailable(f"queue on {conn.display_url} is closed") from None
+        if not conn.connected:
+            raise RedisUnavailable(
+                f"cannot connect to Redis at {conn.display_url} ({what}): {err}"
+            ) from None
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + conn.retry_timeout
+            log.warning(
+                "Redis at %s unreachable during %s (%s); retrying for up to %.0f s",
+                conn.display_url, what, err, conn.retry_timeout,
+            )
+        elif now >= self.deadline:
+            raise RedisUnavailable(
+                f"Redis at {conn.display_url} unreachable for {conn.retry_timeout:.0f} s "
+                f"({what} not done): {err}"
+            ) from None
+        self.failures += 1

@@ -30,16 +30,16 @@ class Writer:
     LINGER = 0.2
     """Seconds the idle writer thread waits for more before it exits."""
 
-    def __init__(self, commit: Callable[[list[tuple[Any, ...]]], None], name: str) -> None:
+    def __init__(self, commit: Callable[[list[Any]], None], name: str) -> None:
         self._commit = commit
         self._name = name
         self._cond = threading.Condition()
-        self._items: list[tuple[Any, ...]] = []
+        self._items: list[Any] = []
         self._submitted = 0
         self._committed = 0
         self._thread: threading.Thread | None = None
 
-    def add(self, item: tuple[Any, ...]) -> None:
+    def add(self, item: Any) -> None:
         with self._cond:
             self._items.append(item)
             self._submitted += 1

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from poolx.checks import check_seconds
 from poolx.const import COMPLETED, DEFAULT, ENQUEUED, PENDING, PROCESSING, TASK_EXPIRED
 from poolx.queue.base import AbstractTaskQueue
 
@@ -253,8 +254,7 @@ class TaskQueue(AbstractTaskQueue):
             self._ready.clear()
 
     def set_task_timeout(self, task_id: str, timeout: float) -> None:
-        if timeout <= 0:
-            raise ValueError(f"invalid task timeout: {timeout!r}")
+        check_seconds("task timeout", timeout, allow_none=False)
 
     def get_status(self, task_id: str) -> str | None:
         with self._lock:
@@ -325,8 +325,7 @@ class TaskQueue(AbstractTaskQueue):
     # -- the registry of live worker pools ------------------------------------
 
     def register_pool(self, pool_id: str, info: str, ttl: float) -> None:
-        if not ttl > 0:
-            raise ValueError(f"invalid pool ttl: {ttl!r}")
+        check_seconds("pool ttl", ttl, allow_none=False)
         with self._stores_lock:
             pools = self._pools.setdefault(self._location, {})
             pools[pool_id] = (time.monotonic() + ttl, info)

@@ -3,9 +3,8 @@
 Owned here: :class:`TaskQueue` (WorQ's ``worq.queue.redis.TaskQueue`` under
 poolx's name), the URL parsing, the connection and reconnection policy, and
 this process's view of the tasks it has taken.  Everything stored lives in
-Redis and changes only through the Lua script in
-:mod:`poolx.queue._redis_lua` (key layout documented there and in
-``docs/redis.rst``)::
+Redis and changes only through the Lua script ``poolx/queue/redis.lua``
+(key layout documented there and in ``docs/redis.rst``)::
 
     producer ── enqueue_task ─(batch: hundreds per call)──▶ EVALSHA enqueue ──▶ ready list
     consumer ── get ── one fetcher thread per TaskQueue ──▶ EVALSHA fetch ──▶ leases (zset)
@@ -47,8 +46,10 @@ reached, or refused credentials, fail at once with :class:`RedisUnavailable`).
 Every script call is idempotent under retry (creating calls carry a nonce).
 
 Modules: this one owns the queue semantics; :mod:`poolx.queue._redis_conn`
-the URL, client and retries; :mod:`poolx.queue._redis_writer` the group
-commit; :mod:`poolx.queue._redis_lua` the server side.
+the URL, client, script registration and retries;
+:mod:`poolx.queue._redis_writer` the group commit; ``redis.lua`` the server
+side.  Layer L4: imports the task layer (L2) and serialization (L3), never
+:mod:`poolx.core`.
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from poolx.checks import check_seconds
 from poolx.const import DEFAULT, TASK_EXPIRED
 from poolx.queue._redis_conn import (
     SCHEMES,
@@ -78,6 +81,7 @@ from poolx.queue._redis_writer import Writer
 from poolx.queue.base import AbstractTaskQueue, Delivery
 from poolx.queue.urls import redact_url
 from poolx.serialization import Serializer
+from poolx.task import DuplicateTask
 
 if TYPE_CHECKING:
     from poolx.task import Deferred
@@ -98,6 +102,33 @@ POPPED_KEEP_MS = 60_000
 HANDOFF_FRESH = 1.0
 """A fetched task handed to a thread later than this is re-checked (and its
 lease renewed) first."""
+
+
+class PopCode(bytes, Enum):
+    """What the script's ``pop`` command says about each task asked for."""
+
+    READY = b"r"
+    """The result follows (it is now read)."""
+    EXPIRED = b"x"
+    """The task is unknown, or its result was read by another call."""
+    WAITING = b"w"
+    """Not done yet: the reply ends here."""
+
+
+class _StoreResult(NamedTuple):
+    """A result for the writer to commit (``store_result``)."""
+
+    task_id: str
+    message: bytes
+    ttl_ms: int
+
+
+class _TaskDone(NamedTuple):
+    """A finished ``ignore_result`` task for the writer to acknowledge."""
+
+    ref: str
+    owner: str
+
 
 def _lease_ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
@@ -278,11 +309,11 @@ class TaskQueue(AbstractTaskQueue):
 
     @staticmethod
     def _task_fields(result: Deferred) -> tuple[bytes, int, int]:
+        """What the record keeps of the task's options: whether its result is
+        ignored, the lease one heartbeat grants, the deliveries allowed."""
         task = result.task
-        heartrate = getattr(task, "heartrate", 30)
-        retries = getattr(task, "max_retries", 3)
-        ignore = b"1" if getattr(task, "ignore_result", False) else b"0"
-        return ignore, _lease_ms(heartrate * 2 + 5), 1 + retries
+        ignore = b"1" if task.ignore_result else b"0"
+        return ignore, _lease_ms(task.lease), 1 + task.max_retries
 
     def enqueue_task(self, result: Deferred, message: bytes) -> bool:
         self._here()
@@ -330,8 +361,6 @@ class TaskQueue(AbstractTaskQueue):
                 args += (task_id, message, ignore, lease, deliveries)
             dups += [_text(dup) for dup in self._call("enqueue", *args)]
         if dups:
-            from poolx.task import DuplicateTask
-
             names = dict((task_id, fields[0]) for task_id, fields in items)
             more = f" ({len(dups) - 1} more duplicates in the batch)" if len(dups) > 1 else ""
             raise DuplicateTask(
@@ -519,8 +548,7 @@ class TaskQueue(AbstractTaskQueue):
 
     def set_task_timeout(self, task_id: str, timeout: float) -> None:
         self._here()
-        if timeout <= 0:
-            raise ValueError(f"invalid task timeout: {timeout!r}")
+        check_seconds("task timeout", timeout, allow_none=False)
         with self._lock:
             ref, owner, _lease = self._held.get(task_id, ("t" + task_id, "", 0))
         if not self._call("renew", _lease_ms(timeout), ref, owner)[0]:
@@ -534,7 +562,7 @@ class TaskQueue(AbstractTaskQueue):
         with self._lock:
             ref, owner, _lease = self._held.pop(task_id, ("t" + task_id, "", 0))
             self._args.pop(task_id, None)
-        self._writer.add(("d", ref, owner))
+        self._writer.add(_TaskDone(ref, owner))
 
     def requeue_task(self, task_id: str, message: bytes, ignore_result: bool = False) -> bool:
         with self._lock:
@@ -564,20 +592,20 @@ class TaskQueue(AbstractTaskQueue):
         with self._lock:
             self._held.pop(task_id, None)
             self._args.pop(task_id, None)
-        self._writer.add(("r", task_id, message, _lease_ms(timeout)))
+        self._writer.add(_StoreResult(task_id, message, _lease_ms(timeout)))
 
-    def _commit(self, items: list[tuple[Any, ...]]) -> None:
+    def _commit(self, items: list[_StoreResult | _TaskDone]) -> None:
         """The writer's call: results and acknowledgements, one script call
         per :data:`BATCH_SIZE` of them."""
         for start in range(0, len(items), BATCH_SIZE):
             part = items[start : start + BATCH_SIZE]
-            results = [item[1:] for item in part if item[0] == "r"]
+            results = [item for item in part if isinstance(item, _StoreResult)]
             args: list[Any] = [len(results)]
-            for fields in results:
-                args += fields
+            for result in results:
+                args += result
             for item in part:
-                if item[0] == "d":
-                    args += item[1:]
+                if isinstance(item, _TaskDone):
+                    args += item
             ready = self._call("commit", *args)
             if ready:
                 log.debug("[%s] undefer %s", self.name, ", ".join(_text(dep) for dep in ready))
@@ -602,9 +630,9 @@ class TaskQueue(AbstractTaskQueue):
         nonce = os.urandom(8)
         while True:
             [(code, message)] = self._pop(nonce, timeout != 0, [task_id])
-            if code == b"r":
+            if code == PopCode.READY:
                 return message
-            if code == b"x":
+            if code == PopCode.EXPIRED:
                 return TASK_EXPIRED
             block = self._max_block
             if deadline is not None:
@@ -627,9 +655,9 @@ class TaskQueue(AbstractTaskQueue):
             chunk = pending[start : start + POP_CHUNK]
             replies = self._pop(nonce, timeout != 0, chunk)
             for task_id, (code, message) in zip(chunk, replies, strict=False):
-                if code == b"w":
+                if code == PopCode.WAITING:
                     break
-                found[task_id] = message if code == b"r" else TASK_EXPIRED
+                found[task_id] = message if code == PopCode.READY else TASK_EXPIRED
                 start += 1
             else:
                 continue  # the whole chunk was ready: go on at once
@@ -644,8 +672,7 @@ class TaskQueue(AbstractTaskQueue):
     # -- the registry of live worker pools --------------------------------------
 
     def register_pool(self, pool_id: str, info: str, ttl: float) -> None:
-        if not ttl > 0:
-            raise ValueError(f"invalid pool ttl: {ttl!r}")
+        check_seconds("pool ttl", ttl, allow_none=False)
         self._run("register_pool", self._script, self._pools_key, "preg", pool_id, info,
                   _lease_ms(ttl))
 

@@ -1,4 +1,4 @@
-"""Which backend serves which URL scheme.
+"""Which backend serves which URL scheme (layer L4, like the backends).
 
 Owned here: :class:`BackendRegistry` and :data:`registry`, the one registry
 instance (the only process-wide mutable state of the task-queue layer besides
@@ -8,8 +8,10 @@ A scheme is looked up in this order:
 
 1. factories registered in code with :func:`poolx.core.register_backend`
    (these may replace anything else);
-2. the built-in backends (``memory``; ``redis``, ``rediss`` and ``unix``,
-   which need redis-py: ``pip install 'poolx[redis]'``);
+2. the built-in backends, :data:`BUILTIN_BACKENDS` (``memory``; ``redis``,
+   ``rediss`` and ``unix``, which need redis-py: ``pip install
+   'poolx[redis]'``) — the one table of them: they work from a source tree
+   too, without installed package metadata;
 3. the ``poolx.queues`` entry-point group, read once per process, so another
    package can add a scheme by declaring, in its ``pyproject.toml``::
 
@@ -24,9 +26,9 @@ one instance per URL.
 
 from __future__ import annotations
 
-import importlib
 import threading
 from importlib.metadata import entry_points
+from pkgutil import resolve_name
 from typing import Any
 
 __all__ = ["BackendRegistry", "registry", "ENTRY_POINT_GROUP"]
@@ -39,14 +41,6 @@ BUILTIN_BACKENDS = {
     "rediss": "poolx.queue.redis:TaskQueue",
     "unix": "poolx.queue.redis:TaskQueue",
 }
-
-
-def _resolve(target: str) -> Any:
-    module, _, attr = target.partition(":")
-    obj = importlib.import_module(module)
-    for part in attr.split(".") if attr else ():
-        obj = getattr(obj, part)
-    return obj
 
 
 class BackendRegistry:
@@ -106,8 +100,8 @@ class BackendRegistry:
             raise KeyError(scheme)
         if isinstance(factory, str):
             try:
-                factory = _resolve(factory)
-            except (ImportError, AttributeError) as err:
+                factory = resolve_name(factory)
+            except (ImportError, AttributeError, ValueError) as err:
                 raise ImportError(
                     f"cannot load the task queue backend for {scheme}:// URLs ({factory}): {err}"
                 ) from err

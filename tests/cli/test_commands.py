@@ -52,6 +52,13 @@ def test_help(capsys, command, words):
         assert word in out
 
 
+def test_version(capsys):
+    import poolx
+
+    code, out, err = run(capsys, "--version")
+    assert (code, out, err) == (0, f"poolx {poolx.__version__}\n", "")
+
+
 def test_no_command_is_a_usage_error(capsys):
     code, _, err = run(capsys)
     assert code == 2 and "COMMAND" in err
@@ -65,6 +72,8 @@ def test_no_command_is_a_usage_error(capsys):
         (["enqueue", "memory://", "t", "[1"], "ARGS_JSON is not valid JSON"),
         (["enqueue", "memory://", "t", "--wait", "0"], "must be a positive number"),
         (["purge", "memory://", "--queue"], "expected one argument"),
+        (["worker", "memory://", "--init", "m:f", "--workers", "two"], "not an integer: 'two'"),
+        (["worker", "memory://", "--init", "m:f", "--timeout", "-1"], "must be a positive number"),
     ],
 )
 def test_usage_errors(capsys, argv, message):

@@ -113,7 +113,7 @@ def test_broken_init_exits_with_1(worker):
         (["--init", "tests.worker.tasks:nope"], "has no attribute 'nope'"),
         (["--init", "tests.worker.tasks"], "must look like module:function"),
         (["--init", "tests.worker.tasks:init", "--workers", "0"], "must be at least 1"),
-        (["--init", "tests.worker.tasks:init", "--memory-limit", "lots"], "memory limit must be"),
+        (["--init", "tests.worker.tasks:init", "--memory-limit", "lots"], "--memory-limit: must be a number of bytes"),
         (["--init", "tests.worker.tasks:init", "--log-level", "loud"], "unknown log level"),
     ],
 )

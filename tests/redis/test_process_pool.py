@@ -1,37 +1,95 @@
 """The process WorkerPool (the distributed consumer) on Redis: results,
-the pool registry, and a graceful stop that leaves no lease behind."""
+limits, the pool registry and no lease left behind with the pool in this
+process; then, as in production and WorQ's own tests, the pool in a process
+of its own (a graceful SIGTERM, a killed worker, two pools on one queue)."""
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 
-from poolx import get_queue
+import pytest
+
+from poolx import Task, TaskFailure, get_queue
 from poolx.core import batch, get_broker
-from poolx.pool.process import WorkerPool
-from poolx.task import TaskFailure, wait_all
+from poolx.pool.process import run_in_subprocess
+from poolx.task import TaskExpired, wait_all
 from tests.conftest import wait_until
-from tests.redis import tasks
+from tests.redis.pool_process import serve
 from tests.taskqueue.helpers import WAIT
+from tests.worker import tasks
+from tests.worker.conftest import start_pool  # noqa: F401 - a fixture
 
 
-def test_process_pool_consumes_redis_and_leaves_nothing_leased(url):
-    broker = tasks.init(url)
-    pool = WorkerPool(broker, tasks.init, workers=2, context=multiprocessing.get_context("fork"))
-    pool.start(timeout=0.2, handle_sigterm=False)
-    try:
-        q = get_queue(url)
-        with batch(q):
-            results = [q.rt.square(i) for i in range(200)]
-            bad = q.rt.no_such_task()
-        total = q.rt.total(results)
-        assert wait_all([*results, bad, total], WAIT)
-        assert total.value == sum(i * i for i in range(200))
-        assert isinstance(bad._value, TaskFailure) and bad._value.error == "no such task"
-        pools = wait_until(lambda: broker.taskqueue.live_pools(), timeout=WAIT)
-        assert any(json.loads(info) for info in pools)
-    finally:
-        pool.stop()
-    queue = get_broker(url).taskqueue
-    assert queue.client.zcard(queue._key + "leases") == 0
-    assert len(q) == 0
+@pytest.fixture
+def pool_process(url, tmp_path):
+    procs = []
+
+    def start(**kw):
+        proc = run_in_subprocess(serve, url, str(tmp_path), **kw)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.terminate()  # graceful: the pool exits once idle
+        proc.join(WAIT)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(WAIT)
+            log = tmp_path / "log"
+            pytest.fail(f"pool process still running:\n{log.read_text() if log.exists() else ''}")
+
+
+def test_pool_here_consumes_redis_and_leaves_nothing_leased(url, start_pool):  # noqa: F811
+    broker = get_broker(url)
+    pool = start_pool(broker, tasks.init)
+    q = get_queue(url)
+    with batch(q):
+        squares = [q.wt.num(i) for i in range(200)]
+        bad = q.wt.no_such_task()
+    total = q.wt.add(squares)  # a Deferred graph across the batch
+    limited = Task(q.wt.sleep, timeout=0.2)(30)
+    assert wait_all([*squares, bad, total, limited], WAIT)
+    assert total.value == sum(range(200))
+    assert isinstance(bad._value, TaskFailure) and bad._value.error == "no such task"
+    with pytest.raises(TaskFailure, match=r"TimeLimitExceeded: hard time limit \(0.2 s\)"):
+        _ = limited.value
+    infos = wait_until(lambda: broker.taskqueue.live_pools(), timeout=WAIT)
+    assert json.loads(infos[0])["queue"] == "default"
+    pool.stop()
+    taskqueue = get_broker(url).taskqueue
+    assert taskqueue.client.zcard(taskqueue._key + "leases") == 0
+    assert len(q) == 0 and broker.taskqueue.live_pools() == []
+
+
+def test_sigterm_lets_the_running_task_finish(url, pool_process, tmp_path):
+    proc = pool_process()
+    res = get_queue(url).wt.touch_and_wait(str(tmp_path), "r")
+    wait_until((tmp_path / "r.started").exists, WAIT)
+    proc.terminate()
+    wait_until(lambda: "stopping gracefully" in (tmp_path / "log").read_text(), WAIT)
+    (tmp_path / "r.unlock").touch()
+    assert res.wait(WAIT) and res.value == "r done"
+    proc.join(WAIT)
+    assert proc.exitcode == 0 and (tmp_path / "exited").exists()
+
+
+def test_killed_worker_fails_promptly(url, pool_process):
+    pool_process()
+    res = Task(get_queue(url).wt.suicide, heartrate=30)()
+    assert res.wait(WAIT)  # far sooner than a lease (65 s) would expire
+    with pytest.raises(TaskExpired, match="signal 9"):
+        _ = res.value
+
+
+def test_two_pools_share_one_queue(url, pool_process, tmp_path):
+    pool_process(workers=1)
+    pool_process(workers=1)
+    q = get_queue(url)
+    # two tasks that each hold a worker until both run: only two pools can do that
+    first = q.wt.touch_and_wait(str(tmp_path), "a")
+    second = q.wt.touch_and_wait(str(tmp_path), "b")
+    wait_until(lambda: (tmp_path / "a.started").exists() and (tmp_path / "b.started").exists(), WAIT)
+    (tmp_path / "a.unlock").touch()
+    (tmp_path / "b.unlock").touch()
+    assert first.wait(WAIT) and second.wait(WAIT)

@@ -21,7 +21,7 @@ from poolx.core import batch
 from poolx.pool.thread import WorkerPool
 from poolx.queue.redis import TaskQueue
 from poolx.serialization import JSONSerializer
-from poolx.task import DuplicateTask, TaskExpired, wait_all
+from poolx.task import DuplicateTask, TaskExpired, queue_broker, wait_all
 from tests.conftest import wait_until
 from tests.redis.tasks import ts
 from tests.taskqueue.conftest import isolated_url
@@ -311,7 +311,7 @@ def test_wait_all_reads_many_results_per_round_trip(url):
     broker = get_broker(url)
     broker.expose(ts)
     q = get_broker(url).queue()
-    counter = Counting(q._Queue__broker.taskqueue)
+    counter = Counting(queue_broker(q).taskqueue)
     with batch(q):
         results = [q.rt.square(i) for i in range(300)]
     pool = WorkerPool(broker, workers=2)

@@ -155,3 +155,11 @@ def suicide():
 @ts.task
 def unpicklable_result():
     return threading.Lock()
+
+
+@ts.task
+def modules():
+    """The modules this worker process has loaded."""
+    import sys
+
+    return sorted(sys.modules)

@@ -163,7 +163,7 @@ def test_stop_waits_for_running_tasks(url, consume, tmp_path):
 
 def test_a_task_taken_after_stop_goes_back(url, consume):
     consumer = consume(timeout=5)
-    wait_until(lambda: consumer._in_get, WAIT)
+    wait_until(lambda: consumer.taking, WAIT)
     consumer.stop()  # returns at once although the consumer is still blocked
     res = get_queue(url).wt.num(1)
     wait_until(lambda: consumer.stats["requeued"] == 1, WAIT)
@@ -186,9 +186,9 @@ def test_capacity_adapts_to_task_length(url, consume):
     results = [get_queue(url).wt.num(i) for i in range(20)]
     assert all(r.wait(WAIT) for r in results)
     assert consumer.capacity == 2 * (1 + PREFETCH_MAX)  # tiny tasks: prefetch
-    consumer._ewma = PREFETCH_WINDOW / 3  # as if tasks took 1/3 of the window
+    consumer.run_time.value = PREFETCH_WINDOW / 3  # as if tasks took 1/3 of the window
     assert consumer.capacity == 2 * (1 + 3)
-    consumer._ewma = PREFETCH_WINDOW * 1.1  # longer tasks: none taken ahead
+    consumer.run_time.value = PREFETCH_WINDOW * 1.1  # longer tasks: none taken ahead
     assert consumer.capacity == 2
 
 
@@ -198,10 +198,18 @@ def test_fixed_prefetch(pool, broker):
 
 
 @pytest.mark.parametrize(
-    "kw", [{"timeout": -1}, {"timeout": "1"}, {"prefetch": -1}, {"prefetch": 1.5}, {"status_interval": 0}]
+    "kw, error",
+    [
+        ({"timeout": -1}, ValueError),
+        ({"timeout": "1"}, TypeError),
+        ({"prefetch": -1}, ValueError),
+        ({"prefetch": 1.5}, TypeError),
+        ({"status_interval": 0}, ValueError),
+        ({"status_interval": None}, TypeError),
+    ],
 )
-def test_invalid_arguments(pool, broker, kw):
-    with pytest.raises(ValueError):
+def test_invalid_arguments(pool, broker, kw, error):
+    with pytest.raises(error, match=next(iter(kw))):
         BrokerConsumer(pool, broker, **kw)
 
 

@@ -296,3 +296,14 @@ def test_the_pool_watch_keeps_workers_of_a_live_pool(url, start_pool):
     assert slow.wait(WAIT) and slow.value == 0.5
     again = q.wt.getpid()
     assert again.wait(WAIT) and again.value == first.value
+
+
+def test_workers_import_only_what_they_run(url, start_pool):
+    start_pool(get_broker(url), tasks.init, workers=1)
+    res = get_queue(url).wt.modules()
+    assert res.wait(WAIT)
+    loaded = set(res.value)
+    assert {"poolx.consumer.inworker", "poolx.engine.worker"} <= loaded
+    pool_side = {"poolx.consumer.adapter", "poolx.consumer.intake", "poolx.engine.api",
+                 "poolx.engine.supervisor", "cloudpickle"}
+    assert not loaded & pool_side

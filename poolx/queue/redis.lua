@@ -1,56 +1,51 @@
-"""The one server-side Lua script behind every ``redis://`` queue operation.
+-- poolx's redis:// queue: the one server-side script behind every operation.
+--
+-- Loaded as package data by poolx/queue/_redis_conn.py and registered with
+-- redis-py's register_script (EVALSHA, and the script is sent again by itself
+-- after a server restart).  Called as  EVALSHA sha 1 <prefix> <command> <args...>:
+-- each queue operation is *one* script call, so it is atomic on the server and
+-- costs one round trip (several tasks or results travel in one call where the
+-- API allows it).  No WATCH/MULTI retry loops, no client-side read-modify-write.
+-- Every command is idempotent under retry: creating calls carry a nonce.
+--
+-- KEYS[1] is the key prefix of one queue, <prefix>:{<queue>}:.  Every
+-- key the script touches starts with it, so all of a queue's keys share the
+-- hash tag {<queue>} and live in one Redis Cluster slot (the script builds
+-- the other key names from the prefix; they hash to the same slot as
+-- KEYS[1]).  The registry of live worker pools uses the prefix
+-- <prefix>:{pools}: the same way.
+--
+-- Key layout (P = the prefix)::
+--
+--     P t:<id>     HASH   one task record (fields below)
+--     P f:<seq>    HASH   a taken ignore_result task, detached from its id so
+--                         the id can be enqueued again at once
+--     P ready      LIST   refs of tasks ready to run; LPUSH new, RPOP to take,
+--                         RPUSH to put a reclaimed task at the front
+--     P deferred   SET    ids of pending tasks (waiting for Deferred arguments)
+--     P leases     ZSET   refs of taken tasks, scored by lease deadline (ms)
+--     P w:<id>     LIST   wake-up tokens for result waiters (BLPOP)
+--     P seq        STRING counter for detached records
+--
+-- A *ref* names a record: t<id> is P t:<id>, f<seq> is P f:<seq>.
+--
+-- Task record fields::
+--
+--     s    status: pending | enqueued | processing | completed
+--     m    the task message            id   task id (detached records)
+--     ir   "1" if the result is ignored
+--     ls   lease (ms) the task asks for: 2 * heartrate + 5 s
+--     mx   deliveries allowed: 1 + max_retries
+--     d    deliveries so far           o    owner of the current delivery
+--     n    nonce of the call that created it (a retried call is recognized)
+--     na   number of Deferred arguments  need   how many are still missing
+--     a:<arg id>   an argument's value   dep:<id>   a task that reserved this result
+--     r    the result                  p    nonce of the pop that read it
+--     wt   waiters registered for a wake-up token
+--
+-- Time comes from the server (TIME), so consumers on machines with skewed
+-- clocks agree on lease deadlines.
 
-Owned here: :data:`SCRIPT`, its command table, and nothing else.  The Python
-side (:mod:`poolx.queue.redis`) calls it as ``EVALSHA sha 1 <prefix> <command>
-<args...>``: each queue operation is *one* script call, so it is atomic on the
-server and costs one round trip (several tasks or results travel in one call
-where the API allows it).  No WATCH/MULTI retry loops, no client-side
-read-modify-write.
-
-``KEYS[1]`` is the key prefix of one queue, ``<prefix>:{<queue>}:``.  Every
-key the script touches starts with it, so all of a queue's keys share the
-hash tag ``{<queue>}`` and live in one Redis Cluster slot (the script builds
-the other key names from the prefix; they hash to the same slot as
-``KEYS[1]``).  The registry of live worker pools uses the prefix
-``<prefix>:{pools}:`` the same way.
-
-Key layout (``P`` = the prefix)::
-
-    P t:<id>     HASH   one task record (fields below)
-    P f:<seq>    HASH   a taken ignore_result task, detached from its id so
-                        the id can be enqueued again at once
-    P ready      LIST   refs of tasks ready to run; LPUSH new, RPOP to take,
-                        RPUSH to put a reclaimed task at the front
-    P deferred   SET    ids of pending tasks (waiting for Deferred arguments)
-    P leases     ZSET   refs of taken tasks, scored by lease deadline (ms)
-    P w:<id>     LIST   wake-up tokens for result waiters (BLPOP)
-    P seq        STRING counter for detached records
-
-A *ref* names a record: ``t<id>`` is ``P t:<id>``, ``f<seq>`` is ``P f:<seq>``.
-
-Task record fields::
-
-    s    status: pending | enqueued | processing | completed
-    m    the task message            id   task id (detached records)
-    ir   "1" if the result is ignored
-    ls   lease (ms) the task asks for: 2 * heartrate + 5 s
-    mx   deliveries allowed: 1 + max_retries
-    d    deliveries so far           o    owner of the current delivery
-    n    nonce of the call that created it (a retried call is recognized)
-    na   number of Deferred arguments  need   how many are still missing
-    a:<arg id>   an argument's value   dep:<id>   a task that reserved this result
-    r    the result                  p    nonce of the pop that read it
-    wt   waiters registered for a wake-up token
-
-Time comes from the server (``TIME``), so consumers on machines with skewed
-clocks agree on lease deadlines.
-"""
-
-from __future__ import annotations
-
-__all__ = ["SCRIPT"]
-
-SCRIPT = r"""
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 
 local P = KEYS[1]
@@ -346,11 +341,6 @@ elseif cmd == 'setres' or cmd == 'commit' then
   for i = first + 3 * n, #ARGV, 2 do done(ARGV[i], ARGV[i + 1]) end
   return ready
 
-elseif cmd == 'done' then
-  -- ref, owner: a taken ignore_result task finished
-  done(ARGV[2], ARGV[3])
-  return 0
-
 elseif cmd == 'pop' then
   -- nonce, keep ms, register (0/1), ids... -> per id, in order, until the
   -- first that is not ready: code, message ('r' result, 'x' expired or
@@ -473,4 +463,3 @@ elseif cmd == 'plive' then
 end
 
 return redis.error_reply('poolx: unknown script command ' .. tostring(cmd))
-"""

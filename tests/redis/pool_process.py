@@ -1,4 +1,6 @@
-"""A pool process on Redis for the cross-process tests (run_in_subprocess)."""
+"""A pool process on Redis for the cross-process tests (run_in_subprocess):
+a process WorkerPool on the ``wt`` tasks, run by start_pools until signalled,
+logging to ``tmp/log`` and writing ``tmp/exited`` when it returns."""
 
 from __future__ import annotations
 

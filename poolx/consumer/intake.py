@@ -1,0 +1,161 @@
+"""The consumer's intake thread: the only taker of tasks (layer L6).
+
+Owned here: :class:`Intake` — one thread that waits until the consumer has
+room (fewer tasks in flight than its :attr:`~poolx.consumer.BrokerConsumer.capacity`),
+blocks in the broker for the first task, takes what else is ready up to the
+room left (one backend call when the broker batches), and hands each task to
+the pool with its own limits.  A broker that fails is asked again after a
+backoff (:func:`poolx.checks.backoff_delay`), waiting on the consumer's stop
+event, so a broken backend cannot spin the CPU::
+
+    consumer.wait_for_room() ──▶ broker.next_tasks(room, timeout) ──▶ dispatch(task):
+        (None once stopping)          (the only blocking call)           track it, then
+                                                                         pool.apply_async(run_task, limits)
+
+A task taken after the consumer started stopping (the thread was blocked in
+the broker meanwhile) goes straight back to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from poolx.checks import backoff_delay
+from poolx.consumer import outcomes
+from poolx.consumer.inworker import run_task
+from poolx.engine.pickling import portable
+from poolx.exceptions import PoolNotRunning
+from poolx.queue.urls import redact_url
+from poolx.task import FunctionTask, TaskFailure, error_text
+
+if TYPE_CHECKING:
+    from poolx.consumer.adapter import BrokerConsumer
+
+__all__ = ["Intake", "MAX_BACKOFF"]
+
+log = logging.getLogger("poolx.consumer")
+
+MAX_BACKOFF = 5.0
+"""Longest wait (seconds) before asking a failing broker for tasks again."""
+
+
+class Intake:
+    """The intake thread of one :class:`~poolx.consumer.BrokerConsumer`.
+
+    :param consumer: The consumer it takes tasks for.
+    :param timeout: Seconds one broker call blocks waiting for a task.
+    """
+
+    def __init__(self, consumer: BrokerConsumer, timeout: float) -> None:
+        self.consumer = consumer
+        self.timeout = timeout
+        self._cond = threading.Condition()
+        self._waiting = False  # blocked in the broker, waiting for a task
+        self._done = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="poolx-consumer", daemon=True)
+        self._thread.start()
+
+    @property
+    def waiting(self) -> bool:
+        """True while the thread is blocked in the broker waiting for a task."""
+        return self._waiting
+
+    def wait_parked(self, deadline: float | None) -> bool:
+        """Wait until the thread has ended or is blocked in the broker (where
+        it hands back anything it takes from now on); False at ``deadline``."""
+        with self._cond:
+            while self._thread is not None and not (self._done or self._waiting):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def _set(self, *, waiting: bool | None = None, done: bool | None = None) -> None:
+        with self._cond:
+            if waiting is not None:
+                self._waiting = waiting
+            if done is not None:
+                self._done = done
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        consumer = self.consumer
+        failures = 0
+        while True:
+            room = consumer.wait_for_room()
+            if room is None:
+                break
+            try:
+                self._set(waiting=True)
+                try:
+                    tasks = self._next_tasks(room)
+                finally:
+                    self._set(waiting=False)
+                if tasks:
+                    failures = 0
+                for task in tasks:
+                    self.dispatch(task)
+            except Exception:
+                failures += 1
+                delay = backoff_delay(failures, cap=MAX_BACKOFF)
+                log.error("%s: cannot take tasks from %s (retrying in %.2f s)",
+                          consumer.name, redact_url(consumer.broker.url), delay, exc_info=True)
+                if consumer.stop_requested.wait(delay):
+                    break
+        self._set(done=True)
+        log.debug("%s: intake stopped", consumer.name)
+
+    def _next_tasks(self, room: int) -> list[FunctionTask]:
+        """Block up to ``timeout`` for one task, then take what is ready, up
+        to ``room`` tasks (one backend call when the broker can batch)."""
+        broker = self.consumer.broker
+        next_tasks = getattr(broker, "next_tasks", None)
+        if next_tasks is not None:
+            return next_tasks(room, timeout=self.timeout)
+        tasks = []
+        task = broker.next_task(timeout=self.timeout)
+        while task is not None:
+            tasks.append(task)
+            if len(tasks) >= room:
+                break
+            task = broker.next_task(timeout=0)
+        return tasks
+
+    def dispatch(self, task: FunctionTask) -> None:
+        """Hand one task that was just taken to the pool (or give it back)."""
+        consumer = self.consumer
+        consumer.count("taken")
+        if not consumer.accepting:
+            consumer.give_back(task, "the consumer is stopping")
+            return
+        queue_name = consumer.broker.name
+        func: Any = None
+        if not consumer.worker_broker:
+            func = consumer.broker.tasks.get(task.name)
+            if func is None:
+                consumer.store(task, TaskFailure(task.name, queue_name, task.id, "no such task"))
+                return
+            func = portable(func)
+        entry = consumer.track(task)
+        try:
+            entry.result = consumer.pool.apply_async(
+                run_task,
+                (task, func, queue_name),
+                callback=entry.done,
+                error_callback=entry.failed,
+                soft_timeout=task.soft_timeout,
+                timeout=task.timeout,
+                memory_limit=task.memory_limit,
+            )
+        except PoolNotRunning as err:
+            consumer.settle(entry, outcomes.not_running(err, stopping=not consumer.accepting))
+        except Exception as err:  # the pool refused this one task (e.g. its limits)
+            consumer.settle(entry, outcomes.Store(TaskFailure(
+                task.name, queue_name, task.id, f"not run: {error_text(err)}")))
