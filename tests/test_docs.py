@@ -1,0 +1,125 @@
+"""The documentation's examples are true: what a page shows, the tests run.
+
+A page shows a program with ``.. literalinclude:: ../examples/X.py`` and its
+output in the ``.. code-block:: text`` right after it; these tests run the
+file as a user would and compare its output with the page, line for line.
+The shell commands of the Getting started page are run too, against a
+private Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from poolx.core import get_broker
+from tests.conftest import wait_until
+from tests.taskqueue.conftest import delete_prefix, isolated_url
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+WAIT = 60
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def blocks(page: Path) -> list[tuple[str, str, str]]:
+    """The page's directives in order: (directive, argument, indented body)."""
+    found = []
+    lines = page.read_text().splitlines()
+    for i, line in enumerate(lines):
+        match = re.match(r"\.\. ([\w-]+):: *(.*)$", line)
+        if not match:
+            continue
+        body = []
+        for following in lines[i + 1:]:
+            if following and not following.startswith("   "):
+                break
+            body.append(following[3:])
+        text = "\n".join(b for b in body if not b.startswith(":")).strip("\n")
+        found.append((match.group(1), match.group(2).strip(), text))
+    return found
+
+
+def shown_programs(page: Path) -> list[tuple[str, str]]:
+    """(example file, the output the page shows for it) for each included example."""
+    shown = []
+    directives = blocks(page)
+    for (kind, arg, _), (next_kind, next_arg, next_body) in zip(directives, directives[1:], strict=False):
+        if kind == "literalinclude" and arg.startswith("../examples/"):
+            assert (next_kind, next_arg) == ("code-block", "text"), \
+                f"{page.name}: {arg} is not followed by the output it prints"
+            shown.append((arg.removeprefix("../"), next_body + "\n"))
+    return shown
+
+
+PROGRAMS = sorted({(page.name, script, output) for page in DOCS.glob("*.rst")
+                   for script, output in shown_programs(page)})
+
+
+def test_the_pages_that_must_show_programs_do():
+    pages = {page for page, _, _ in PROGRAMS}
+    assert {"index.rst", "getting-started.rst"} <= pages
+    assert ("index.rst", "examples/quickstart.py") in {(p, s) for p, s, _ in PROGRAMS}
+
+
+@pytest.mark.parametrize("page, script, output", PROGRAMS)
+def test_a_shown_program_prints_what_its_page_says(page, script, output):
+    done = subprocess.run([sys.executable, script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == output, f"{page} shows other output for {script}:\n{done.stdout}"
+
+
+def shell_commands(page: Path) -> list[list[str]]:
+    """The commands of the page's ``sh`` blocks, split, without comments."""
+    commands = []
+    for kind, arg, body in blocks(page):
+        if kind == "code-block" and arg == "sh":
+            for line in body.splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    commands.append(re.findall(r"'[^']*'|\S+", line))
+    return [[word.strip("'") for word in command] for command in commands]
+
+
+@pytest.mark.redis
+def test_getting_started_commands_on_redis(redis_server, tmp_path):
+    """The worker, enqueue and status commands, as the page shows them."""
+    commands = {c[1]: c for c in shell_commands(DOCS / "getting-started.rst") if c[0] == "poolx"}
+    assert set(commands) == {"worker", "enqueue", "status"}
+    url = isolated_url(redis_server.url)
+
+    def run(command: list[str]) -> list[str]:
+        return [url if word == "redis://localhost:6379/0" else word for word in command]
+
+    log = tmp_path / "worker.log"
+    with open(log, "w") as err:  # in examples/, as the page says
+        worker = subprocess.Popen([sys.executable, "-m", *run(commands["worker"])],
+                                  cwd=ROOT / "examples", env=ENV, stdout=subprocess.DEVNULL,
+                                  stderr=err)
+    try:
+        wait_until(lambda: "Press CTRL+C" in log.read_text() or worker.poll() is not None, WAIT)
+        assert worker.poll() is None, log.read_text()
+        done = subprocess.run([sys.executable, "-m", *run(commands["enqueue"])], cwd=tmp_path,
+                              env=ENV, capture_output=True, text=True, timeout=WAIT)
+        assert done.returncode == 0, done.stderr + log.read_text()
+        task_id, value = done.stdout.splitlines()
+        assert re.fullmatch(r"[0-9a-f]{32}", task_id) and value == "6"
+        status = subprocess.run([sys.executable, "-m", *run(commands["status"])], cwd=tmp_path,
+                                env=ENV, capture_output=True, text=True, timeout=WAIT)
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.startswith("1 worker pool on "), status.stdout
+        worker.send_signal(signal.SIGTERM)  # "stops gracefully on SIGTERM"
+        assert worker.wait(WAIT) == 0, log.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        get_broker(url).discard_pending_tasks()
+        delete_prefix(url)
