@@ -46,26 +46,36 @@ def blocks(page: Path) -> list[tuple[str, str, str]]:
     return found
 
 
-def shown_programs(page: Path) -> list[tuple[str, str]]:
-    """(example file, the output the page shows for it) for each included example."""
+def included_examples(page: Path) -> list[tuple[str, str | None]]:
+    """(example file, the output the page shows for it, or None) per included example."""
     shown = []
     directives = blocks(page)
-    for (kind, arg, _), (next_kind, next_arg, next_body) in zip(directives, directives[1:], strict=False):
+    for i, (kind, arg, _) in enumerate(directives):
+        after = directives[i + 1] if i + 1 < len(directives) else None
         if kind == "literalinclude" and arg.startswith("../examples/"):
-            assert (next_kind, next_arg) == ("code-block", "text"), \
-                f"{page.name}: {arg} is not followed by the output it prints"
-            shown.append((arg.removeprefix("../"), next_body + "\n"))
+            output = after[2] + "\n" if after and after[:2] == ("code-block", "text") else None
+            shown.append((arg.removeprefix("../"), output))
     return shown
 
 
-PROGRAMS = sorted({(page.name, script, output) for page in DOCS.glob("*.rst")
-                   for script, output in shown_programs(page)})
+INCLUDED = sorted({(page.name, script, output) for page in DOCS.glob("*.rst")
+                   for script, output in included_examples(page)}, key=str)
+PROGRAMS = [(page, script, output) for page, script, output in INCLUDED if output is not None]
 
 
 def test_the_pages_that_must_show_programs_do():
     pages = {page for page, _, _ in PROGRAMS}
     assert {"index.rst", "getting-started.rst"} <= pages
     assert ("index.rst", "examples/quickstart.py") in {(p, s) for p, s, _ in PROGRAMS}
+
+
+def test_every_included_example_is_run_by_a_test():
+    """An example shown without its output is run (and checked) by another test."""
+    tests = "\n".join(path.read_text() for path in (ROOT / "tests").rglob("test_*.py"))
+    for page, script, output in INCLUDED:
+        assert (ROOT / script).is_file(), (page, script)
+        if output is None:
+            assert script in tests, f"{page} shows {script}, which no test runs"
 
 
 @pytest.mark.parametrize("page, script, output", PROGRAMS)
@@ -123,3 +133,37 @@ def test_getting_started_commands_on_redis(redis_server, tmp_path):
             worker.wait()
         get_broker(url).discard_pending_tasks()
         delete_prefix(url)
+
+
+IMPORT = re.compile(r"^\s*(from poolx[\w.]* import [^#]+|import poolx[\w.]*)")
+
+
+def shown_imports() -> list[tuple[str, str]]:
+    """Every poolx import a page or the README shows: (file, statement)."""
+    found = []
+    for path in [*sorted(DOCS.glob("*.rst")), ROOT / "README.md"]:
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            match = IMPORT.match(line)
+            if not match:
+                continue
+            statement = match.group(1).strip()
+            j = i
+            while statement.endswith("(") or ("(" in statement and ")" not in statement):
+                j += 1
+                statement += " " + lines[j].split("#", 1)[0].strip()
+            found.append((path.name, statement))
+    return found
+
+
+def test_every_import_the_docs_show_works():
+    """Pages show how to import poolx's names: each statement must run as shown."""
+    shown = shown_imports()
+    assert ("README.md", "from poolx import Pool") in shown
+    failures = []
+    for name, statement in shown:
+        try:
+            exec(statement, {})
+        except ImportError as exc:
+            failures.append(f"{name}: {statement}: {exc}")
+    assert not failures, "\n".join(failures)
