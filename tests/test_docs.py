@@ -167,3 +167,24 @@ def test_every_import_the_docs_show_works():
         except ImportError as exc:
             failures.append(f"{name}: {statement}: {exc}")
     assert not failures, "\n".join(failures)
+
+
+def readme_programs() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.parametrize("index", range(len(readme_programs())))
+def test_a_readme_program_prints_what_its_comments_say(index, tmp_path):
+    """Each Python block of the README runs as shown; ``print(...)  # X`` prints X."""
+    source = readme_programs()[index]
+    expected = [m.group(1).strip() for m in re.finditer(r"print\(.*\)\s+# (.+)$", source, re.M)]
+    assert expected, source
+    script = tmp_path / "readme_example.py"
+    script.write_text(source)
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    lines = iter(done.stdout.splitlines())
+    missing = [line for line in expected if line not in lines]  # in order
+    assert not missing, f"README block {index} printed:\n{done.stdout}"
