@@ -246,14 +246,19 @@ def main() -> None:
     samples: dict[tuple[str, str], list[float]] = {}
     for round_no in range(args.rounds):
         print(f"round {round_no + 1}/{args.rounds}", flush=True)
-        for name, func, _, _ in SCENARIOS:
+        for name, func, unit, _ in SCENARIOS:
             for lib in libs:
                 try:
                     value = func(lib)
                 except Exception as exc:  # a peer failing is a result, not a crash
-                    print(f"  {lib} / {name}: failed: {exc!r}")
+                    print(f"  {lib} / {name}: failed: {exc!r}", flush=True)
                     value = float("nan")
                 samples.setdefault((name, lib), []).append(value)
+                if value == value:  # each result as it is measured (nan: failed, said above)
+                    base = samples.get((name, "stdlib"), [float("nan")])[-1]
+                    ratio = f"  ({value / base:.2f}x stdlib)" if lib != "stdlib" and base == base and base else ""
+                    shown = f"{value:,.0f}" if unit != "s" else f"{value:.3f}"
+                    print(f"  {name:38} {lib:10} {shown:>12} {unit}{ratio}", flush=True)
     print()
     header = f"{'scenario':38} {'unit':8}" + "".join(f"{lib:>18}" for lib in libs)
     print(header)
@@ -269,8 +274,13 @@ def main() -> None:
             ratio = med / base
             shown = f"{med:,.0f}" if unit != "s" else f"{med:.3f}"
             cells.append(f"{shown + f' ({ratio:.2f}x)':>18}")
-        print(f"{name:38} {unit:8}" + "".join(cells))
-    memory = {lib: measure_memory(lib) for lib in libs if lib in POOLS}
+        print(f"{name:38} {unit:8}" + "".join(cells), flush=True)
+    memory = {}
+    for lib in libs:
+        if lib in POOLS:
+            memory[lib] = measure_memory(lib)
+            print(f"  memory {lib:10} idle parent RSS {memory[lib]['rss']:.1f} MiB, "
+                  f"worker USS {memory[lib]['uss']:.1f} MiB", flush=True)
     for key, label in (("rss", "idle parent RSS"), ("uss", "worker USS")):
         base = memory["stdlib"][key]
         cells = "".join(

@@ -294,8 +294,11 @@ def main(argv: list[str] | None = None) -> int:
                 for name in names:
                     # RQ is slow: fewer tasks keep the run short.
                     n_run = min(n, 5000) if name == "rq" else n
-                    print(f"  round {round_ + 1}: {name} with {n_run} tasks...", flush=True)
-                    runs.setdefault((name, n_run), []).append(run_one(server, name, n_run))
+                    print(f"  round {round_ + 1}: {name} with {n_run} tasks...", end="", flush=True)
+                    result = run_one(server, name, n_run)
+                    runs.setdefault((name, n_run), []).append(result)
+                    print(f" {result['tasks_per_s']:,.0f} tasks/s, enqueue {result['enqueue_rate']:,.0f}/s,"
+                          f" {result['round_trips']:.2f} trips/task", flush=True)
     finally:
         server.stop()
     rows = [
@@ -311,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f"{r['tasks_per_s'] / ref['tasks_per_s']:.1f}" if ref else "-"
         eratio = f"{r['enqueue_rate'] / ref['enqueue_rate']:.1f}" if ref else "-"
         print(f"{name:<12} {n:>6} {r['tasks_per_s']:>9.0f} {r['enqueue_rate']:>10.0f}"
-              f" {r['round_trips']:>10.2f} {ratio:>7} {eratio:>10}")
+              f" {r['round_trips']:>10.2f} {ratio:>7} {eratio:>10}", flush=True)
     return 0
 
 

@@ -178,14 +178,17 @@ def _flush(url: str) -> None:
 
 def bench(name: str, url: str, n: int, rounds: int, libs: dict[str, Callable[[str, int], float]]) -> None:
     rates: dict[str, list[float]] = {lib: [] for lib in libs}
-    for _ in range(rounds):
+    for round_ in range(rounds):
         for lib, run in libs.items():
             _flush(url)
             try:
                 rates[lib].append(run(url, n))
             except Exception as err:  # a peer that cannot run here is reported, not fatal
-                print(f"  {lib} on {name} failed: {type(err).__name__}: {err}", file=sys.stderr)
+                print(f"  {lib} on {name} failed: {type(err).__name__}: {err}", file=sys.stderr,
+                      flush=True)
                 libs = {k: v for k, v in libs.items() if k != lib}
+                continue
+            print(f"  round {round_ + 1}: {lib} on {name} {rates[lib][-1]:>9,.0f} tasks/s", flush=True)
     poolx_rate = _median(rates["poolx"])
     line = f"{name:<10} poolx {poolx_rate:>9,.0f} tasks/s"
     if rates.get("worq"):
