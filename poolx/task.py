@@ -597,9 +597,11 @@ class Deferred:
 
     def __reduce__(self) -> tuple:
         value = () if self._value is _MISSING else (self._value,)
-        url, queue_name = (
-            self._address if self._broker is None else (self._broker.url, self._broker.name)
-        )  # type: ignore[misc]
+        if self._broker is not None:
+            url, queue_name = self._broker.url, self._broker.name
+        else:
+            assert self._address is not None  # a Deferred has a broker or its address
+            url, queue_name = self._address
         args = (url, queue_name, self.id, self.name, value, self._follow)
         if _connector is None:
             return (_restore_deferred, args)

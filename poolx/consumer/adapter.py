@@ -412,11 +412,11 @@ class BrokerConsumer:
                 by_pid.setdefault(pid, entry)
         workers = []
         for worker in stats.get("workers", []):
-            entry = by_pid.get(worker["pid"])
+            held = by_pid.get(worker["pid"])
             workers.append({
                 "pid": worker["pid"],
                 "state": worker["state"],
-                "task": entry.describe() if entry is not None and worker["state"] == "busy" else None,
+                "task": held.describe() if held is not None and worker["state"] == "busy" else None,
                 "tasks_done": worker.get("tasks_done"),
                 "rss": worker.get("rss"),
                 "uptime": worker.get("uptime"),
