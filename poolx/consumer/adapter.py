@@ -274,12 +274,21 @@ class BrokerConsumer:
     # -- outcomes (on the pool's callback thread) --------------------------------
 
     def finished(self, entry: InFlight, value: Any, seconds: float) -> None:
-        """The worker returned ``value`` after running ``seconds``."""
+        """The worker returned ``value`` after running ``seconds``.
+
+        :param entry: The task in flight.
+        :param value: What the worker returned (a value or a TaskFailure).
+        :param seconds: How long the task ran.
+        """
         self.run_time.add(seconds)
         self.settle(entry, outcomes.from_worker(entry.task, self.broker.name, value))
 
     def settle(self, entry: InFlight, outcome: outcomes.Outcome) -> None:
-        """Carry out ``outcome`` for a task in flight, which leaves the table."""
+        """Carry out ``outcome`` for a task in flight, which leaves the table.
+
+        :param entry: The task in flight.
+        :param outcome: What to do: store a value, or give the task back.
+        """
         task = entry.task
         if isinstance(outcome, outcomes.GiveBack):
             self.give_back(task, outcome.why)
@@ -290,7 +299,11 @@ class BrokerConsumer:
             self._set_broken(outcome.broken)
 
     def store(self, task: FunctionTask, value: Any) -> None:
-        """Store a task's result (or failure) through this process's broker."""
+        """Store a task's result (or failure) through this process's broker.
+
+        :param task: The task.
+        :param value: Its result, or a TaskFailure.
+        """
         failed = isinstance(value, TaskFailure)
         self.count("failed" if failed else "done")
         if failed:
@@ -302,7 +315,11 @@ class BrokerConsumer:
                       task.name, self.broker.name, task.id, exc_info=True)
 
     def give_back(self, task: FunctionTask, why: str) -> None:
-        """Return a task that never started to the queue (or fail it clearly)."""
+        """Return a task that never started to the queue (or fail it clearly).
+
+        :param task: The task, which never started.
+        :param why: Why it goes back (logged).
+        """
         queue_name = self.broker.name
         taskqueue = self.broker.taskqueue
         try:
