@@ -88,8 +88,6 @@ class Health:
         if expected:
             return None
         if not ready:
-            if not reported:
-                return None  # died without a word: not counted (yet)
             return self._start_failed(exitcode, reported, init_error, others_ready)
         if exitcode == 0:
             return None  # it retired (maxtasksperchild, memory, shrink...)
