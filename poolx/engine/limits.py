@@ -117,7 +117,7 @@ class LimitKeeper:
 
     def check_timeout(self, job: Job, handle: WorkerHandle) -> None:
         """A deadline check came due for ``job`` on ``handle``'s worker."""
-        self._deadlines.pop(job.seq, None)
+        self.disarm(job)  # its timer fired (or, called directly, must not fire again)
         if job.state.terminal or job.worker is not handle or handle.exited:
             return
         now = time.monotonic()
@@ -167,8 +167,10 @@ class LimitKeeper:
     def poll_memory(self, handle: WorkerHandle) -> None:
         """Sample the memory of ``handle``'s worker while it runs a job with a
         memory limit; kill it and fail the job when it is over."""
-        watch = self._watch(handle)
-        watch.poll = None
+        watch = self._watches.get(handle.pid)
+        if watch is not None:
+            self._timers.cancel(watch.poll)  # it fired (or, called directly, must not fire again)
+            watch.poll = None
         if handle.exited or handle.kill_reason is not None:
             return
         job = handle.running_job()

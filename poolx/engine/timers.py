@@ -13,7 +13,8 @@ A :class:`Timer` is the handle :meth:`TimerHeap.schedule` returns; cancelling
 it is O(1): the entry stays in the heap, marked dead, and is dropped when it
 reaches the top.  So that a pool which arms and cancels many timers (a
 deadline per job) never accumulates dead entries, the heap is compacted as
-soon as dead entries outnumber live ones.
+soon as dead entries outnumber live ones (after a cancel, or after due
+timers ran).
 """
 
 from __future__ import annotations
@@ -127,4 +128,6 @@ class TimerHeap:
             timer.args = ()
             func(*args)
             ran += 1
+        if self._dead > len(heap) - self._dead:  # fired timers left dead ones behind
+            self._compact()
         return ran
