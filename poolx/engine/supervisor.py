@@ -511,7 +511,8 @@ class Supervisor:
     # ------------------------------------------------------------------ introspection
 
     def snapshot(self) -> dict[str, Any]:
-        """Per-worker state and pool totals (see :meth:`poolx.Pool.stats`)."""
+        """Per-worker state and pool totals (see :meth:`poolx.Pool.stats`); on
+        the supervisor thread (others use ``call(Supervisor.snapshot)``)."""
         now = time.time()
         workers = []
         for handle in self.workers:

@@ -231,3 +231,10 @@ def logged_runs(path):
 
     with open(path) as f:
         return Counter(int(line) for line in f)
+
+
+def loaded_poolx_modules(_=None):
+    """The poolx modules this process has imported (this module imports none)."""
+    import sys
+
+    return sorted(name for name in sys.modules if name == "poolx" or name.startswith("poolx."))
