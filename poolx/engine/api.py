@@ -128,7 +128,6 @@ class Pool:
         checks.check_seconds("lost_worker_timeout", lost_worker_timeout)
         if context is None:
             context = multiprocessing.get_context()
-        self._ctx = context
         config = PoolConfig(
             processes=processes,
             context=context,

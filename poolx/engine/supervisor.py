@@ -72,7 +72,7 @@ from poolx.exceptions import (
     WorkerLostError,
 )
 
-__all__ = ["PoolConfig", "Supervisor"]
+__all__ = ["Supervisor"]
 
 TERMINATE_GRACE = 0.5  # seconds between SIGTERM and SIGKILL in terminate()
 

@@ -119,9 +119,6 @@ def failing_initializer():
     raise RuntimeError("initializer failed")
 
 
-COUNTER_FILE_ENV = "POOLX_TEST_INIT_FILE"
-
-
 def record_init(path):
     with open(path, "a") as f:
         f.write(f"{os.getpid()}\n")
