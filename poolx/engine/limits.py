@@ -72,9 +72,12 @@ class LimitKeeper:
 
     def job_sent(self, job: Job, handle: WorkerHandle, now: float) -> None:
         """``job`` (which has limits) was sent to ``handle``'s worker."""
-        if job.timed:
-            first = min(t for t in (job.soft_timeout, job.timeout) if t is not None)
-            self._arm(job, handle, now + first)
+        soft, hard = job.soft_timeout, job.timeout
+        if soft is not None or hard is not None:
+            first = hard if soft is None else soft if hard is None else min(soft, hard)
+            # A job is sent from the queue, where it has no deadline (see disarm).
+            self._deadlines[job.seq] = self._timers.schedule(now + first, self.check_timeout,
+                                                             job, handle)
             if self._config.on_timeout_set is not None:
                 self._runner.submit(self._config.on_timeout_set, job.sink, job.soft_timeout,
                                     job.timeout)
@@ -112,7 +115,7 @@ class LimitKeeper:
     # ------------------------------------------------------------------ time limits
 
     def _arm(self, job: Job, handle: WorkerHandle, when: float) -> None:
-        self.disarm(job)
+        # Only from check_timeout, which disarmed the job first.
         self._deadlines[job.seq] = self._timers.schedule(when, self.check_timeout, job, handle)
 
     def check_timeout(self, job: Job, handle: WorkerHandle) -> None:

@@ -9,12 +9,13 @@ closed, retrying a failed spawn) and by
 supervisor's loop asks :meth:`TimerHeap.next_delay` how long it may wait and
 calls :meth:`TimerHeap.run_due` after every wake-up.
 
-A :class:`Timer` is the handle :meth:`TimerHeap.schedule` returns; cancelling
-it is O(1): the entry stays in the heap, marked dead, and is dropped when it
-reaches the top.  So that a pool which arms and cancels many timers (a
-deadline per job) never accumulates dead entries, the heap is compacted as
-soon as dead entries outnumber live ones (after a cancel, or after due
-timers ran).
+A :class:`Timer` is the handle :meth:`TimerHeap.schedule` returns.  Cancelling
+the earliest timer (the usual case: deadlines end in the order they were
+armed) removes it at once; cancelling any other marks its entry dead, to be
+dropped when it reaches the top.  So that a pool which arms and cancels many
+timers (a deadline per job) never accumulates dead entries, the heap is
+compacted as soon as dead entries outnumber live ones (after a cancel, or
+after due timers ran).
 """
 
 from __future__ import annotations
@@ -82,8 +83,13 @@ class TimerHeap:
             return
         timer.func = None
         timer.args = ()
-        self._dead += 1
-        if self._dead > len(self._heap) - self._dead:
+        heap = self._heap
+        if heap[0][2] is timer:  # the usual case (deadlines end in order): drop it now
+            heapq.heappop(heap)
+            self._drop_dead_top()
+        else:
+            self._dead += 1
+        if self._dead > len(heap) - self._dead:
             self._compact()
 
     def _compact(self) -> None:

@@ -96,3 +96,15 @@ def test_arming_and_cancelling_one_timer_per_job_leaves_nothing_behind():
         heap.cancel(heap.schedule(60.0, lambda: None))
     assert len(heap) == 0 and heap.dead == 0
     assert heap.next_delay() is None
+
+
+def test_cancelling_the_earliest_timer_removes_it_at_once():
+    heap = TimerHeap()
+    first, second = heap.schedule(1.0, print), heap.schedule(2.0, print)
+    heap.cancel(first)
+    assert (len(heap), heap.dead) == (1, 0)
+    third = heap.schedule(3.0, print)
+    heap.cancel(third)  # not the earliest: marked dead...
+    assert (len(heap), heap.dead) == (1, 1)
+    heap.cancel(second)  # ...and dropped with the earliest
+    assert (len(heap), heap.dead) == (0, 0)
