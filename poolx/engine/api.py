@@ -520,7 +520,14 @@ class Pool:
         return self._supervisor.call(lambda sup: sup.workers.sentinels())
 
     @property
+    def processes(self) -> int:
+        """The number of worker processes the pool keeps (after :meth:`grow`
+        and :meth:`shrink`)."""
+        return self._supervisor.target
+
+    @property
     def _processes(self) -> int:
+        # The standard library's (and billiard's) private name, which some code reads.
         return self._supervisor.target
 
     def stats(self) -> dict[str, Any]:
