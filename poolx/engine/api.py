@@ -25,9 +25,10 @@ from typing import Any
 
 from poolx import checks
 from poolx.engine import pickling, wire
+from poolx.engine.config import PoolConfig
 from poolx.engine.jobs import Job
 from poolx.engine.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
-from poolx.engine.supervisor import PoolConfig, Supervisor
+from poolx.engine.supervisor import Supervisor
 from poolx.exceptions import BrokenPoolError, PoolNotRunning, PoolTerminated
 
 __all__ = ["Pool"]
@@ -41,7 +42,7 @@ IMAP_GROUP = 32  # jobs per submission when imap's input is already in memory
 def _shutdown(supervisor: Supervisor) -> None:
     """Finalizer: terminate a pool nobody closed (garbage collected, or at exit)."""
     supervisor.stop_accepting()
-    if supervisor.command("terminate"):
+    if supervisor.post(supervisor.terminate):
         supervisor.finished.wait(_AT_EXIT_WAIT)
 
 
@@ -127,7 +128,6 @@ class Pool:
         checks.check_seconds("lost_worker_timeout", lost_worker_timeout)
         if context is None:
             context = multiprocessing.get_context()
-        self._ctx = context
         config = PoolConfig(
             processes=processes,
             context=context,
@@ -172,10 +172,11 @@ class Pool:
         timeout: float | None,
         memory_limit: int | None,
         flags: int = 0,
+        seq: int | None = None,
     ) -> Job:
         payload = pickling.dumps_job(func, args, kwds, mode)
         return Job(
-            self._supervisor.next_seq(),
+            self._supervisor.next_seq() if seq is None else seq,
             sink,
             index,
             payload,
@@ -250,16 +251,16 @@ class Pool:
                                 ("accept_callback", accept_callback),
                                 ("timeout_callback", timeout_callback)):
                 checks.check_callable(name, value)
+        seq = self._supervisor.next_seq()
         result = ApplyResult(self._supervisor.runner, callback, error_callback, accept_callback,
-                             timeout_callback, correlation_id, self._terminate_job_of_result)
+                             timeout_callback, correlation_id, self._terminate_job_of_result, seq)
         try:
             job = self._job(result, 0, pickling.portable(func), tuple(args), dict(kwds or {}), wire.APPLY,
                             soft_timeout, timeout, memory_limit,
-                            wire.FLAG_ACK if accept_callback is not None else 0)
+                            wire.FLAG_ACK if accept_callback is not None else 0, seq)
         except Exception as exc:  # unpicklable arguments fail this call only
-            result._job_done(0, False, exc)
+            result.job_done(0, False, exc)
             return result
-        result._seq = job.seq
         self._submit([job])
         return result
 
@@ -315,7 +316,7 @@ class Pool:
                 group.append(self._job(result, i, func, chunk, None, mode, soft_timeout, timeout,
                                        memory_limit))
             except Exception as exc:  # an unpicklable item fails the map, not the pool
-                result._job_done(i, False, exc)
+                result.job_done(i, False, exc)
                 break
             if len(group) >= group_size:
                 self._submit(group)
@@ -386,32 +387,32 @@ class Pool:
                 return True
             except ValueError:  # the pool was terminated meanwhile
                 for job in group:
-                    sink._job_done(job.index, False, PoolTerminated(False))
-                sink._set_length(group[-1].index + 1)
+                    sink.job_done(job.index, False, PoolTerminated(False))
+                sink.set_length(group[-1].index + 1)
                 return False
             finally:
                 group.clear()
 
         while True:
-            if index - sink._completed() >= ahead:
+            if index - sink.completed() >= ahead:
                 if not flush():
                     return
-                sink._wait_completed(index - ahead + 1)
+                sink.wait_completed(index - ahead + 1)
             try:
                 chunk = list(itertools.islice(iterator, chunksize))
             except Exception as exc:  # the input raised: that is the last "item"
                 if flush():
-                    sink._job_done(index, False, exc)
-                    sink._set_length(index + 1)
+                    sink.job_done(index, False, exc)
+                    sink.set_length(index + 1)
                 return
             if not chunk:
                 if flush():
-                    sink._set_length(index)
+                    sink.set_length(index)
                 return
             try:
                 group.append(self._job(sink, index, func, chunk, None, wire.MAP, *limits))
             except Exception as exc:  # an unpicklable item fails its own position
-                sink._job_done(index, False, exc)
+                sink.job_done(index, False, exc)
             if len(group) >= group_size and not flush():
                 return
             index += 1
@@ -422,7 +423,7 @@ class Pool:
         """Accept no more jobs; workers exit once the submitted ones are done."""
         if self._state == RUN:
             self._state = CLOSE  # new calls are refused; imap feeders finish their input
-            self._supervisor.command("close")
+            self._supervisor.post(self._supervisor.close)
 
     def terminate(self) -> None:
         """Stop now: cancel pending jobs (they fail with ``Terminated``) and
@@ -472,7 +473,7 @@ class Pool:
         """Add ``n`` worker processes."""
         self._check_running()
         checks.check_count("n", n, 0)
-        self._supervisor.command("grow", n)
+        self._supervisor.post(self._supervisor.grow, n)
 
     def shrink(self, n: int = 1) -> None:
         """Remove ``n`` workers: idle ones at once, busy ones after their current job."""
@@ -482,7 +483,7 @@ class Pool:
         def shrink(sup: Supervisor) -> None:
             if n > sup.target:
                 raise ValueError(f"cannot shrink the pool by {n}: it has {sup.target} processes")
-            sup._cmd_shrink(n)
+            sup.shrink(n)
 
         self._supervisor.call(shrink)
 
@@ -490,20 +491,20 @@ class Pool:
         """Replace every worker; running jobs finish first, and no old worker
         starts a new job after this call."""
         self._check_running()
-        self._supervisor.call(Supervisor._cmd_restart)
+        self._supervisor.call(Supervisor.restart)
 
     def terminate_job(self, pid: int, sig: int | None = None) -> None:
         """Kill worker ``pid`` with ``sig`` (default SIGTERM) if it is running a
         job; that job fails with ``Terminated(sig)``."""
-        self._supervisor.command("terminate_job", pid, sig or signal_module.SIGTERM, None)
+        self._supervisor.post(self._supervisor.terminate_job, pid, sig or signal_module.SIGTERM, None)
 
     def _terminate_job_of_result(self, pid: int, sig: int | None, seq: int) -> None:
         """``ApplyResult.terminate``: acts only while that very job runs."""
-        self._supervisor.command("terminate_job", pid, sig or signal_module.SIGTERM, seq)
+        self._supervisor.post(self._supervisor.terminate_job, pid, sig or signal_module.SIGTERM, seq)
 
     def maintain_pool(self) -> None:
         """Replace exited workers now (the supervisor also does so by itself)."""
-        self._supervisor.call(Supervisor._maintain)
+        self._supervisor.call(Supervisor.maintain)
 
     def did_start_ok(self) -> bool:
         """False once the pool is broken (e.g. the initializer keeps failing)."""
@@ -516,10 +517,17 @@ class Pool:
     @property
     def process_sentinels(self) -> list[int]:
         """The sentinels (fds) of the live worker processes."""
-        return self._supervisor.call(lambda sup: [h.sentinel for h in sup.workers.values() if not h.exited])
+        return self._supervisor.call(lambda sup: sup.workers.sentinels())
+
+    @property
+    def processes(self) -> int:
+        """The number of worker processes the pool keeps (after :meth:`grow`
+        and :meth:`shrink`)."""
+        return self._supervisor.target
 
     @property
     def _processes(self) -> int:
+        # The standard library's (and billiard's) private name, which some code reads.
         return self._supervisor.target
 
     def stats(self) -> dict[str, Any]:

@@ -18,8 +18,6 @@ from typing import Any
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
-
-
 class _Cloudpickled:
     """A callable that plain pickle cannot send, carried as cloudpickle bytes.
 

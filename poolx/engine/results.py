@@ -2,9 +2,14 @@
 
 Who owns what: caller threads only *read* these (``get``, ``wait``, ``next``).
 The supervisor thread — and, for a failing input iterable, the imap feeder —
-writes them through the :class:`JobSink` methods, once per job.  They behave
-as the standard library's: same methods, return values, exceptions and
-callback timing (a result is ready only after its callback returned).
+writes them through the :class:`JobSink` methods (``job_sent``,
+``job_accepted``, ``job_timed_out``, ``job_done``), once per job; the imap
+feeder also calls :meth:`IMapIterator.set_length` and waits with
+:meth:`IMapIterator.wait_completed`.  Those methods are the engine's
+interface, not meant for users (like ``concurrent.futures.Future.set_result``).
+They behave as the standard library's: same methods, return values,
+exceptions and callback timing (a result is ready only after its callback
+returned).
 """
 
 from __future__ import annotations
@@ -23,15 +28,28 @@ __all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator", "IMapUnord
 
 
 class JobSink(Protocol):
-    """What the supervisor needs from whatever waits for a job."""
+    """What the supervisor needs from whatever waits for a job.
 
-    def _job_done(self, index: int, ok: bool, value: Any) -> None: ...
+    Called on the supervisor thread (``job_done`` also by the caller's or the
+    imap feeder's thread for a job that never reached the supervisor); each
+    method must be quick and must not raise.
+    """
 
-    def _job_accepted(self, pid: int, time_accepted: float) -> None: ...
+    def job_sent(self, pid: int) -> None:
+        """The job was written to worker ``pid``'s pipe."""
+        ...
 
-    def _job_timed_out(self, soft: bool, timeout: float) -> None: ...
+    def job_accepted(self, pid: int, time_accepted: float) -> None:
+        """Worker ``pid`` started the job (only for jobs sent with ``FLAG_ACK``)."""
+        ...
 
-    def _job_sent(self, pid: int) -> None: ...
+    def job_timed_out(self, soft: bool, timeout: float) -> None:
+        """The job's soft (``soft=True``) or hard time limit expired."""
+        ...
+
+    def job_done(self, index: int, ok: bool, value: Any) -> None:
+        """Job number ``index`` of this sink ended: its value, or its exception."""
+        ...
 
 
 class ApplyResult:
@@ -46,6 +64,7 @@ class ApplyResult:
         timeout_callback: Callable[..., Any] | None = None,
         correlation_id: Any = None,
         terminate_job: Callable[[int, int | None, int], None] | None = None,
+        seq: int = 0,
     ) -> None:
         # A latch: a lock held until the result is set.  Waiters acquire and
         # release it in turn; far cheaper to create than a threading.Event,
@@ -61,7 +80,7 @@ class ApplyResult:
         self._terminate_job = terminate_job
         self.correlation_id = correlation_id
         self._worker_pid: int | None = None
-        self._seq = 0  # the job's id, set by the pool at submission
+        self._seq = seq  # the job's id, for terminate()
         self._success = False
         self._value: Any = None
 
@@ -118,20 +137,20 @@ class ApplyResult:
         if self._worker_pid is not None and self._terminate_job is not None:
             self._terminate_job(self._worker_pid, signum, self._seq)
 
-    # -- JobSink (called by the supervisor) --------------------------------------------
+    # -- JobSink (called by the engine) -------------------------------------------------
 
-    def _job_sent(self, pid: int) -> None:
+    def job_sent(self, pid: int) -> None:
         self._worker_pid = pid
 
-    def _job_accepted(self, pid: int, time_accepted: float) -> None:
+    def job_accepted(self, pid: int, time_accepted: float) -> None:
         if self._accept_callback is not None:
             self._runner.submit(self._accept_callback, pid, time_accepted)
 
-    def _job_timed_out(self, soft: bool, timeout: float) -> None:
+    def job_timed_out(self, soft: bool, timeout: float) -> None:
         if self._timeout_callback is not None:
             self._runner.submit(_call_kw, self._timeout_callback, soft, timeout)
 
-    def _job_done(self, index: int, ok: bool, value: Any) -> None:
+    def job_done(self, index: int, ok: bool, value: Any) -> None:
         self._complete(ok, value)
 
     def _complete(self, ok: bool, value: Any) -> None:
@@ -184,7 +203,7 @@ class MapResult(ApplyResult):
             self._success, self._value = True, []
             self._set_done()
 
-    def _job_done(self, index: int, ok: bool, value: Any) -> None:
+    def job_done(self, index: int, ok: bool, value: Any) -> None:
         if self._failed:
             return
         if not ok:
@@ -243,8 +262,9 @@ class IMapIterator:
             self._items.append((False, value))
         self._next_chunk += 1
 
-    # JobSink
-    def _job_done(self, index: int, ok: bool, value: Any) -> None:
+    # -- JobSink (called by the engine) and the feeder's side
+
+    def job_done(self, index: int, ok: bool, value: Any) -> None:
         with self._cond:
             if index == self._next_chunk:
                 self._push(ok, value)
@@ -254,25 +274,25 @@ class IMapIterator:
             else:
                 self._unsorted[index] = (ok, value)
 
-    def _job_sent(self, pid: int) -> None:
+    def job_sent(self, pid: int) -> None:
         pass
 
-    def _job_accepted(self, pid: int, time_accepted: float) -> None:
+    def job_accepted(self, pid: int, time_accepted: float) -> None:
         pass
 
-    def _job_timed_out(self, soft: bool, timeout: float) -> None:
+    def job_timed_out(self, soft: bool, timeout: float) -> None:
         pass
 
-    def _completed(self) -> int:
+    def completed(self) -> int:
         """How many chunks have completed (read without the lock: a hint)."""
         return self._next_chunk + len(self._unsorted)
 
-    def _wait_completed(self, count: int) -> None:
+    def wait_completed(self, count: int) -> None:
         """Block the feeder until ``count`` chunks have completed."""
         with self._cond:
-            self._cond.wait_for(lambda: self._completed() >= count)
+            self._cond.wait_for(lambda: self.completed() >= count)
 
-    def _set_length(self, chunks: int) -> None:
+    def set_length(self, chunks: int) -> None:
         """Called by the feeder once the input is exhausted."""
         with self._cond:
             self._length = chunks
@@ -282,7 +302,7 @@ class IMapIterator:
 class IMapUnorderedIterator(IMapIterator):
     """The iterator returned by ``imap_unordered``: results as they complete."""
 
-    def _job_done(self, index: int, ok: bool, value: Any) -> None:
+    def job_done(self, index: int, ok: bool, value: Any) -> None:
         with self._cond:
             self._push(ok, value)
             self._cond.notify_all()

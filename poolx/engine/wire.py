@@ -187,11 +187,6 @@ class FrameReader:
             frames.append(bytes(buf[start:end]))
             del buf[:end]
 
-    @property
-    def partial(self) -> bool:
-        """True when a frame was cut off (the writer died mid-message)."""
-        return bool(self._buf)
-
 
 class FrameWriter:
     """Buffers outgoing frames for a non-blocking fd."""
@@ -219,10 +214,6 @@ class FrameWriter:
                 return False
             del buf[:n]
         return True
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._buf)
 
     def clear(self) -> None:
         self._buf.clear()

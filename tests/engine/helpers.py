@@ -119,9 +119,6 @@ def failing_initializer():
     raise RuntimeError("initializer failed")
 
 
-COUNTER_FILE_ENV = "POOLX_TEST_INIT_FILE"
-
-
 def record_init(path):
     with open(path, "a") as f:
         f.write(f"{os.getpid()}\n")
@@ -231,3 +228,10 @@ def logged_runs(path):
 
     with open(path) as f:
         return Counter(int(line) for line in f)
+
+
+def loaded_poolx_modules(_=None):
+    """The poolx modules this process has imported (this module imports none)."""
+    import sys
+
+    return sorted(name for name in sys.modules if name == "poolx" or name.startswith("poolx."))

@@ -201,10 +201,12 @@ def test_pool_drops_arguments_and_results(pool):
 
 def test_processes_zero_then_grow(ctx):
     with poolx.Pool(0, context=ctx) as pool:
+        assert pool.processes == pool._processes == 0
         result = pool.apply_async(helpers.square, (3,))
         assert not result.ready()
         pool.grow(1)
         assert result.get(30) == 9
+        assert pool.processes == pool._processes == 1
 
 
 def test_billiard_extras_exist(pool):

@@ -137,6 +137,48 @@ def test_initializer_that_always_raises_breaks_the_pool(ctx):
         assert time.monotonic() - started < 5
 
 
+def test_workers_that_die_before_ready_without_a_word_break_the_pool(ctx):
+    """An initializer that exits the process sends no error: the deaths still
+    count, and the pool breaks with an error naming the exit code."""
+    pool = poolx.Pool(2, initializer=helpers.exit_now, initargs=(7,), context=ctx)
+    try:
+        results = [pool.apply_async(helpers.square, (i,)) for i in range(5)]
+        for result in results:
+            with pytest.raises(BrokenPoolError, match="before they were ready.*exitcode 7"):
+                result.get(timeout=60)
+        assert not pool.did_start_ok()
+        assert pool.stats()["workers_started"] >= 3
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def test_spawn_pool_whose_main_module_cannot_be_imported_breaks(tmp_path):
+    """Under spawn, a program read from stdin has a main 'file' (<stdin>) the
+    workers cannot import: they die before READY.  This used to respawn
+    workers forever; now the caller gets a BrokenPoolError."""
+    script = textwrap.dedent(
+        """
+        import multiprocessing
+        import poolx
+        pool = poolx.Pool(1, context=multiprocessing.get_context("spawn"))
+        try:
+            pool.apply(abs, (-3,))
+        except Exception as exc:
+            print(type(exc).__name__, exc, flush=True)
+        pool.terminate()
+        pool.join()
+        """
+    )
+    out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("BrokenPoolError 3 workers in a row exited before they were ready"), (
+        out.stdout, out.stderr[-2000:])
+    assert "exitcode 1" in out.stdout
+    assert "<stdin>" in out.stderr  # what the workers died of
+
+
 @pytest.mark.parametrize("state", ["idle", "busy", "stuck"])
 def test_terminate_is_prompt_from_every_state(ctx, state):
     pool = poolx.Pool(2, context=ctx)
