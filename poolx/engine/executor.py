@@ -53,6 +53,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from types import FunctionType
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -125,8 +126,23 @@ class _WorkItem:
     _job_sent, _job_accepted, _job_timed_out, _job_done = job_sent, job_accepted, job_timed_out, job_done
 
 
+# A module-level function's pickle (a reference by name), made once: pickling
+# a function looks its module up every time, a large part of a tiny call's
+# cost.  Workers keep what they unpickle from it (executor_worker.function).
+_function_pickles: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+
+
 def _dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """Pickle a call; a function plain pickle cannot send goes by cloudpickle."""
+    if type(fn) is FunctionType:
+        data = _function_pickles.get(fn)
+        if data is None and "<" not in fn.__qualname__:  # not a lambda, not a local function
+            try:
+                data = _function_pickles[fn] = pickle.dumps(fn, pickling.PROTOCOL)
+            except Exception:
+                data = None
+        if data is not None:
+            return pickle.dumps((data, args, kwargs), pickling.PROTOCOL)
     try:
         return pickle.dumps((fn, args, kwargs), pickling.PROTOCOL)
     except Exception as error:
@@ -366,7 +382,9 @@ class _ExecutorCore:
         a shut-down executor has nothing left to launch."""
         failures: list[tuple[Future, BaseException]] = []
         pending = self.pending
-        if pending:
+        # Launch in batches (half the window's room for tiny calls, at once
+        # for slow ones): the engine then dispatches many calls per wake-up.
+        if pending and self.inflight <= self.window - max(1, (self.window - self.min_window) // 2):
             pool = self.pool
             broken = pool.broken if pool is not None else None
             while pending and (self.inflight < self.window or broken is not None):

@@ -43,6 +43,8 @@ _NOT_STARTED = pickle.dumps((NOT_STARTED, None), PROTOCOL)
 # The worker's view of the executor's stop slots (set by init_worker; a
 # worker process serves exactly one executor).
 _stop_slots: Any = None
+# Module-level functions by their pickle (a reference by name): unpickled once.
+_functions: dict[bytes, Any] = {}
 
 
 class _RemoteTracebackFallback(Exception):
@@ -108,6 +110,11 @@ def init_worker(stop_slots: Any, initializer: Any, initargs: Any) -> None:
         raise
 
 
+def _load_function(data: bytes) -> Any:
+    fn = _functions[data] = pickle.loads(data)
+    return fn
+
+
 def run_call(slot: int, token: int, payload: bytes) -> bytes:
     """Run one pickled ``(fn, args, kwargs)`` call; return its pickled outcome."""
     slots = _stop_slots
@@ -115,6 +122,8 @@ def run_call(slot: int, token: int, payload: bytes) -> bytes:
         return _NOT_STARTED
     try:
         fn, args, kwargs = pickle.loads(payload)
+        if type(fn) is bytes:  # a module-level function, pickled once by the executor
+            fn = _functions.get(fn) or _load_function(fn)
     except Exception as exc:  # SystemExit and the like end the worker: it is lost
         return _encode_error(BAD_CALL, exc)
     del payload
