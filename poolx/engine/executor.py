@@ -53,9 +53,9 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from types import FunctionType
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
+from types import FunctionType
 from typing import Any
 
 from poolx import checks
