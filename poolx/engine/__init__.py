@@ -9,6 +9,8 @@ Modules, one job each:
 * :mod:`poolx.engine.wire` — framing and codecs on each worker's pipe;
 * :mod:`poolx.engine.jobs` — the job state machine;
 * :mod:`poolx.engine.results` — ``ApplyResult``, ``MapResult``, ``IMapIterator``;
+* :mod:`poolx.engine.executor` — ``ProcessPoolExecutor`` (``concurrent.futures``
+  on the pool), and :mod:`poolx.engine.executor_worker`, its part in workers;
 * :mod:`poolx.engine.callbacks` — the thread that runs user callbacks;
 * :mod:`poolx.engine.memory` — measuring a worker's memory (psutil);
 * :mod:`poolx.engine.log` — the engine's logger, imported lazily.

@@ -2,13 +2,14 @@
 
 Data flow::
 
-    caller threads                      _ExecutorCore (one lock)              the engine (poolx.Pool)
-    --------------                      ------------------------              -----------------------
-    submit / schedule / map ──pickle──▶ pending deque ──launch (window)──▶ apply_async(run_call, ...)
-      returns a Future (PENDING)         future -> RUNNING at launch            │ supervisor dispatches,
-                                                                                │ a worker runs run_call
-    Future.result() ◀── set_result / ◀── _on_outcome / _on_error ◀──────────────┘ callback thread
-                        set_exception       (unpickle the outcome, launch more)
+    caller threads                  _ExecutorCore (one lock)                the engine (poolx.Pool)
+    --------------                  ------------------------                -----------------------
+    submit / schedule / map ─pickle─▶ pending deque ─launch (window)─▶ Pool.submit_job(item, run_call, ...)
+      returns a Future (PENDING)      the future turns RUNNING               │ supervisor dispatches,
+                                                                             │ a worker runs run_call
+                                    delivery thread                          │
+    Future.result() ◀─set_result/──  settles outcomes in batches, ◀─────────┘ item.job_done(...)
+                      set_exception  launches what waits               (supervisor thread: append + wake)
 
 Who owns what:
 
@@ -16,27 +17,31 @@ Who owns what:
   constructor and methods, argument errors and messages; it owns nothing but
   its :class:`_ExecutorCore`, so that garbage-collecting it can shut the
   core down while calls are still running (as the standard library does).
-* :class:`_ExecutorCore` owns the pending calls, the launch window and the
-  :class:`~poolx.Pool`, behind one lock.  It uses only the pool's public API
-  (``apply_async`` with callbacks, ``ApplyResult.terminate``, ``close``,
-  ``terminate``, ``join``, ``broken``, ``stats``).  Futures are completed on
-  the pool's callback thread, never under the core's lock (a future's done
-  callbacks may call back into the executor).
+* :class:`_ExecutorCore` owns the pending calls, the launch window, the
+  :class:`~poolx.Pool` and a delivery thread.  It talks to the pool through
+  its public methods only (``submit_job``, ``terminate_job``, ``close``,
+  ``terminate``, ``join``, ``broken``, ``stats``).  Each launched call's
+  :class:`_WorkItem` is its job's sink: the supervisor thread only appends
+  the outcome to a deque and wakes the delivery thread, which unpickles
+  outcomes and completes futures — never the supervisor thread, and never
+  under the core's lock, because a future's done callbacks are user code
+  (they may call back into the executor).
 * :mod:`poolx.engine.executor_worker` is the part that runs in workers: it
   calls the function and pickles the outcome the way ``concurrent.futures``
   reports it.
 
 Why a launch window: ``Future.cancel()`` must keep its standard meaning — it
-succeeds only while the call has not been handed to a worker, and a cancelled
-call never runs.  The engine cannot take back a job once submitted, so the
-core hands it only what keeps the workers busy: about two calls per worker
-(the standard library keeps ``max_workers + 1`` queued), plus, for tiny
-calls, as many as fill :data:`LOOKAHEAD` seconds (estimated from the pace of
-completions), so that the engine can still batch them.  The rest wait,
-cancellable, in the pending deque; each completion launches the next ones.
+succeeds only while the call has not been handed to a worker, and a
+cancelled call never runs.  The engine cannot take back a job once
+submitted, so the core hands it only what keeps the workers busy: about two
+calls per worker (the standard library keeps ``max_workers + 1`` queued),
+plus, for tiny calls, as many as fill :data:`LOOKAHEAD` seconds (estimated
+from the pace of completions), so that the engine can still batch them.  The
+rest wait, cancellable, in the pending deque; completions launch them, half
+a window at a time.
 
 The one intended difference from the standard library: where its executor
-breaks for good (a worker died, a result or argument could not be
+breaks for good (a worker died, a result or an argument could not be
 unpickled), poolx fails only the future concerned — with
 :class:`~poolx.exceptions.WorkerLostError` or another
 ``BrokenProcessPool`` — and the executor stays usable.
@@ -59,7 +64,7 @@ from types import FunctionType
 from typing import Any
 
 from poolx import checks
-from poolx.engine import pickling
+from poolx.engine import log, pickling
 from poolx.engine.api import Pool
 from poolx.engine.executor_worker import (
     BAD_CALL,
@@ -189,6 +194,19 @@ def _outcome_error(ok: bool, value: Any) -> tuple[bool, Any]:
     return False, value
 
 
+def _settle_future(future: Future, is_result: bool, value: Any) -> None:
+    """Complete a future; the delivery thread must survive anything (a future
+    that someone else completed, a done callback that raises is logged by
+    ``concurrent.futures`` itself)."""
+    try:
+        if is_result:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+    except Exception:
+        log.logger().exception("poolx: cannot complete %r", future)
+
+
 class _ExecutorCore:
     """The executor's state, shared with the engine (see the module docstring).
 
@@ -269,10 +287,10 @@ class _ExecutorCore:
             if _interpreter_exiting:
                 raise RuntimeError(_EXIT_MESSAGE)
             if error is None:
-                item = _WorkItem(self, future, payload, limits, next(self.tokens))
-                self.items[future] = item
                 if pool is None:
                     self._start_pool()
+                item = _WorkItem(self, future, payload, limits, next(self.tokens))
+                self.items[future] = item
                 if self.pending or self.inflight >= self.window:
                     self.pending.append(item)
                     return future
@@ -361,12 +379,9 @@ class _ExecutorCore:
             failures = self._refill()
         for item, ok, value in ours:
             is_result, value = _outcome_error(ok, value)
-            if is_result:
-                item.future.set_result(value)
-            else:
-                item.future.set_exception(value)
+            _settle_future(item.future, is_result, value)
         for future, error in failures:
-            future.set_exception(error)
+            _settle_future(future, False, error)
 
     def _settle(self, item: _WorkItem) -> bool:  # lock held
         """Account for a finished item; True if its future is still ours to set."""
