@@ -98,15 +98,16 @@ def test_schedule_is_submit_with_limits(executor):
 
 
 def test_hard_time_limit_kills_the_worker(executor):
-    pid = executor.submit(tasks.getpid).result(timeout=60)
+    executor.submit(tasks.getpid).result(timeout=60)
     started = time.monotonic()
     future = executor.schedule(tasks.sleep, (30,), timeout=0.3)
+    busy = wait_until(lambda: [w["pid"] for w in executor.stats()["workers"] if w["job"] is not None])
     with pytest.raises(TimeLimitExceeded):
         future.result(timeout=30)
-    assert time.monotonic() - started < 10
-    pids = {executor.submit(tasks.getpid).result(timeout=60) for _ in range(10)}
-    assert len(pids) <= 2 and executor.submit(tasks.mul, 2, 2).result(timeout=60) == 4
-    assert pid > 0
+    assert time.monotonic() - started < 5  # (the benchmark measures the overshoot: milliseconds)
+    wait_until(lambda: busy[0] not in {w["pid"] for w in executor.stats()["workers"]})
+    wait_until(lambda: len(executor.stats()["workers"]) == 2)  # replaced
+    assert executor.submit(tasks.mul, 2, 2).result(timeout=60) == 4
 
 
 def test_executor_default_time_limit(fork_ctx):
@@ -271,3 +272,17 @@ def test_signals_do_not_reach_workers_running_calls(executor):
     for worker in executor.stats()["workers"]:
         os.kill(worker["pid"], signal.SIGINT)
     assert future.result(timeout=30) == 0.3
+
+
+def test_cancel_then_shutdown_does_not_hang(fork_ctx, tmp_path):
+    """CPython gh-94440, with the cancelled call still waiting in the executor."""
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    ex = poolx.ProcessPoolExecutor(1, mp_context=fork_ctx)
+    blocker = ex.submit(tasks.wait_fifo, fifo, "done")
+    queued = [ex.submit(int) for _ in range(5)]
+    assert queued[-1].cancel()
+    ex.submit(int).cancel()
+    tasks.release_fifo(fifo)
+    ex.shutdown(wait=True)
+    assert blocker.result() == "done" and queued[-1].cancelled()
