@@ -625,6 +625,7 @@ class ProcessPoolExecutor(Executor):
                 mp_context = multiprocessing.get_context("spawn")
             else:
                 mp_context = multiprocessing.get_context()
+        mp_context.get_start_method(allow_none=False)  # as the standard library: a context or an error now
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if max_tasks_per_child is not None:

@@ -47,6 +47,11 @@ def test_max_workers_type():
         poolx.ProcessPoolExecutor(max_workers=2.5)
 
 
+def test_mp_context_must_be_a_context():
+    with pytest.raises(AttributeError, match="get_start_method"):
+        poolx.ProcessPoolExecutor(1, mp_context="fork")
+
+
 def test_initializer_must_be_callable():
     with pytest.raises(TypeError, match="^initializer must be a callable$"):
         poolx.ProcessPoolExecutor(1, initializer=42)
