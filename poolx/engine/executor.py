@@ -133,7 +133,7 @@ class _WorkItem:
 
 # A module-level function's pickle (a reference by name), made once: pickling
 # a function looks its module up every time, a large part of a tiny call's
-# cost.  Workers keep what they unpickle from it (executor_worker.function).
+# cost.  Workers keep what they unpickle from it (executor_worker._functions).
 _function_pickles: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
 
 
@@ -172,7 +172,7 @@ def _broken_copy(broken: BaseException) -> BaseException:
     return error
 
 
-def _outcome_error(ok: bool, value: Any) -> tuple[bool, Any]:
+def _outcome(ok: bool, value: Any) -> tuple[bool, Any]:
     """Turn what the engine reported into ``(is_result, result_or_exception)``."""
     if not ok:  # the engine's own verdict: lost worker, time or memory limit...
         return False, value
@@ -378,7 +378,7 @@ class _ExecutorCore:
                 self.last_done = None
             failures = self._refill()
         for item, ok, value in ours:
-            is_result, value = _outcome_error(ok, value)
+            is_result, value = _outcome(ok, value)
             _settle_future(item.future, is_result, value)
         for future, error in failures:
             _settle_future(future, False, error)
