@@ -5,11 +5,20 @@ The pool engine raises these through ``AsyncResult.get()`` as the real classes
 ``except TimeLimitExceeded:`` works.  ``TimeoutError`` is the standard
 library's ``multiprocessing.TimeoutError`` so that code catching it keeps
 working after switching imports.
+
+:class:`WorkerLostError` and :class:`BrokenPoolError` are also subclasses of
+``concurrent.futures.process.BrokenProcessPool``, so code written for the
+standard library's ``ProcessPoolExecutor`` catches them unchanged (see
+``docs/futures.rst``).  Those two classes are created on first access
+(PEP 562): ``concurrent.futures`` imports ``logging``, and a worker process,
+which imports this module but never raises them, should not pay for it.
 """
 
 from __future__ import annotations
 
+import threading
 from multiprocessing import TimeoutError
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "TimeoutError",
@@ -51,10 +60,6 @@ class TimeLimitExceeded(PoolError):
         if len(self.args) == 1 and isinstance(self.args[0], (int, float)):
             return f"hard time limit of {self.args[0]} s exceeded; the worker was killed"
         return super().__str__()
-
-
-class WorkerLostError(PoolError):
-    """The worker process running the job exited or was killed."""
 
 
 class Terminated(PoolError):
@@ -107,13 +112,6 @@ class RestartFreqExceeded(PoolError):
     """Workers died more than ``max_restarts`` times in ``max_restart_freq`` s."""
 
 
-class BrokenPoolError(PoolError):
-    """The pool cannot run jobs any more (e.g. every initializer failed).
-
-    ``__cause__`` carries the underlying error when there is one.
-    """
-
-
 class MemoryLimitExceeded(PoolError):
     """The worker running the job went over the job's ``memory_limit``.
 
@@ -131,3 +129,49 @@ class MemoryLimitExceeded(PoolError):
             f"worker {self.pid} used {self.rss / 2**20:.1f} MiB, "
             f"over the job's memory limit of {self.limit / 2**20:.1f} MiB"
         )
+
+
+# -- the two classes that are also concurrent.futures' BrokenProcessPool ------------
+
+_LAZY_LOCK = threading.Lock()
+
+if TYPE_CHECKING:  # what __getattr__ creates on first access, for type checkers and linters
+    from concurrent.futures.process import BrokenProcessPool
+
+    class WorkerLostError(PoolError, BrokenProcessPool): ...
+
+    class BrokenPoolError(PoolError, BrokenProcessPool): ...
+
+
+def _define_broken_process_pool_subclasses() -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    class WorkerLostError(PoolError, BrokenProcessPool):
+        """The worker process running the job exited or was killed.
+
+        Also a ``concurrent.futures.process.BrokenProcessPool``: the standard
+        library's executor raises that when a worker dies (and breaks the
+        whole executor); poolx fails only the job that worker was running.
+        """
+
+    class BrokenPoolError(PoolError, BrokenProcessPool):
+        """The pool cannot run jobs any more (e.g. every initializer failed).
+
+        ``__cause__`` carries the underlying error when there is one.  Also a
+        ``concurrent.futures.process.BrokenProcessPool``, which the standard
+        library's executor raises in the same situations.
+        """
+
+    for cls in (WorkerLostError, BrokenPoolError):
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
+        globals()[cls.__name__] = cls
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("WorkerLostError", "BrokenPoolError"):
+        with _LAZY_LOCK:  # two threads must never create two different classes
+            if name not in globals():
+                _define_broken_process_pool_subclasses()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,6 +18,8 @@ Modules, one job each (the parent side runs on one supervisor thread):
 * :mod:`poolx.engine.worker` — the loop each worker process runs;
 * :mod:`poolx.engine.wire` — framing and codecs on each worker's pipe;
 * :mod:`poolx.engine.pickling` — how calls, functions and values are pickled;
+* :mod:`poolx.engine.executor` — ``ProcessPoolExecutor`` (``concurrent.futures``
+  on the pool), and :mod:`poolx.engine.executor_worker`, its part in workers;
 * :mod:`poolx.engine.memory` — measuring a worker's memory (psutil);
 * :mod:`poolx.engine.log` — the engine's logger, imported lazily.
 

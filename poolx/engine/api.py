@@ -27,7 +27,13 @@ from poolx import checks
 from poolx.engine import pickling, wire
 from poolx.engine.config import PoolConfig
 from poolx.engine.jobs import Job
-from poolx.engine.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from poolx.engine.results import (
+    ApplyResult,
+    IMapIterator,
+    IMapUnorderedIterator,
+    JobSink,
+    MapResult,
+)
 from poolx.engine.supervisor import Supervisor
 from poolx.exceptions import BrokenPoolError, PoolNotRunning, PoolTerminated
 
@@ -264,6 +270,35 @@ class Pool:
         self._submit([job])
         return result
 
+    def submit_job(
+        self,
+        sink: JobSink,
+        func: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwds: dict[str, Any] | None = None,
+        *,
+        soft_timeout: float | None = None,
+        timeout: float | None = None,
+        memory_limit: int | str | None = None,
+    ) -> int:
+        """Run ``func(*args, **kwds)`` and report to ``sink``; return the job's seq.
+
+        The low-level form of :meth:`apply_async` for poolx's own front ends
+        (the ``concurrent.futures`` executor): no result object and no hop
+        through the callback thread.  ``sink`` implements
+        :class:`~poolx.engine.results.JobSink`; its methods are called on the
+        supervisor thread, so they must be quick and must not raise.  An
+        argument that cannot be pickled raises here.  The seq identifies the
+        job to :meth:`terminate_job`.
+        """
+        self._check_running()
+        if soft_timeout is not None or timeout is not None or memory_limit is not None:
+            soft_timeout, timeout, memory_limit = self._limits(soft_timeout, timeout, memory_limit)
+        job = self._job(sink, 0, pickling.portable(func), tuple(args), dict(kwds or {}), wire.APPLY,
+                        soft_timeout, timeout, memory_limit)
+        self._submit([job])
+        return job.seq
+
     # ------------------------------------------------------------------ map
 
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None,
@@ -493,10 +528,11 @@ class Pool:
         self._check_running()
         self._supervisor.call(Supervisor.restart)
 
-    def terminate_job(self, pid: int, sig: int | None = None) -> None:
+    def terminate_job(self, pid: int, sig: int | None = None, seq: int | None = None) -> None:
         """Kill worker ``pid`` with ``sig`` (default SIGTERM) if it is running a
-        job; that job fails with ``Terminated(sig)``."""
-        self._supervisor.post(self._supervisor.terminate_job, pid, sig or signal_module.SIGTERM, None)
+        job; that job fails with ``Terminated(sig)``.  With ``seq`` (a poolx
+        extension; see :meth:`submit_job`), only if that job is the one running."""
+        self._supervisor.post(self._supervisor.terminate_job, pid, sig or signal_module.SIGTERM, seq)
 
     def _terminate_job_of_result(self, pid: int, sig: int | None, seq: int) -> None:
         """``ApplyResult.terminate``: acts only while that very job runs."""

@@ -74,7 +74,7 @@ class LimitKeeper:
         """``job`` (which has limits) was sent to ``handle``'s worker."""
         soft, hard = job.soft_timeout, job.timeout
         if soft is not None or hard is not None:
-            first = hard if soft is None else soft if hard is None else min(soft, hard)
+            first = min(t for t in (soft, hard) if t is not None)
             # A job is sent from the queue, where it has no deadline (see disarm).
             self._deadlines[job.seq] = self._timers.schedule(now + first, self.check_timeout,
                                                              job, handle)

@@ -27,13 +27,15 @@ class _Cloudpickled:
 
     __slots__ = ("data", "func", "__weakref__")
 
-    def __init__(self, func: Callable[..., Any]) -> None:
-        # Imported on first use (it costs memory); a worker forked while this
-        # import runs in another thread is repaired by repair_import_locks().
-        import cloudpickle
-
+    def __init__(self, func: Callable[..., Any], data: bytes | None = None) -> None:
         self.func = func
-        self.data = cloudpickle.dumps(func, protocol=PROTOCOL)
+        if data is None:
+            # Imported on first use (it costs memory); a worker forked while this
+            # import runs in another thread is repaired by repair_import_locks().
+            import cloudpickle
+
+            data = cloudpickle.dumps(func, protocol=PROTOCOL)
+        self.data = data
 
     def __reduce__(self) -> tuple[Any, ...]:
         import cloudpickle
@@ -44,7 +46,10 @@ class _Cloudpickled:
         return self.func(*args, **kwds)
 
 
-_portable_cache: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+# function -> None (plain pickle sends it) or its cloudpickle bytes.  The
+# values must never refer to the function: a weak key whose value holds it
+# strongly would never be collected (nor a bound method's instance with it).
+_portable_cache: weakref.WeakKeyDictionary[Any, bytes | None] = weakref.WeakKeyDictionary()
 
 
 def portable(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -54,16 +59,19 @@ def portable(func: Callable[..., Any]) -> Callable[..., Any]:
     closures.  The answer is cached per function object.
     """
     try:
-        return _portable_cache[func]
+        data = _portable_cache[func]
+        return func if data is None else _Cloudpickled(func, data)
     except (KeyError, TypeError):
         pass
     try:
         pickle.dumps(func, PROTOCOL)
         result: Callable[..., Any] = func
+        data = None
     except Exception:
-        result = _Cloudpickled(func)
+        wrapper = _Cloudpickled(func)
+        result, data = wrapper, wrapper.data
     try:
-        _portable_cache[func] = result
+        _portable_cache[func] = data
     except TypeError:  # not weak-referenceable (builtins): no cache
         pass
     return result
