@@ -46,9 +46,14 @@ IMAP_GROUP = 32  # jobs per submission when imap's input is already in memory
 
 
 def _shutdown(supervisor: Supervisor) -> None:
-    """Finalizer: terminate a pool nobody closed (garbage collected, or at exit)."""
+    """Finalizer: terminate a pool nobody closed (garbage collected, or at exit).
+
+    A pool whose last job just ended is often freed on the supervisor's own
+    thread (the job held the last reference to its result, which holds the
+    pool): the terminate command is then queued and not waited for.
+    """
     supervisor.stop_accepting()
-    if supervisor.post(supervisor.terminate):
+    if supervisor.post(supervisor.terminate) and not supervisor.on_own_thread():
         supervisor.finished.wait(_AT_EXIT_WAIT)
 
 

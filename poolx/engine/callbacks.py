@@ -39,6 +39,10 @@ class CallbackRunner:
             self._calls.append((func, args))
             self._cond.notify()
 
+    def is_current_thread(self) -> bool:
+        """True when called from this runner's own thread (from a callback)."""
+        return self._thread is not None and self._thread is threading.current_thread()
+
     def stop(self) -> None:
         """Finish what is queued, then end the thread (does not wait)."""
         with self._cond:

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from poolx.checks import MovingAverage, prefetch_depth
 from poolx.engine import wire
 from poolx.engine.jobs import Job, JobState
 
@@ -29,8 +30,7 @@ if TYPE_CHECKING:
     from poolx.engine.workers import WorkerSet
 
 PREFETCH_WINDOW = 0.002  # seconds of predicted work a worker may hold
-PREFETCH_MAX = 64  # jobs a worker may hold at most
-DURATION_WEIGHT = 0.2  # weight of the newest duration in the moving average
+PREFETCH_MAX = 63  # jobs a worker may hold beyond the one it runs
 
 
 class Dispatcher:
@@ -41,21 +41,15 @@ class Dispatcher:
         self._workers = workers
         self._limits = limits
         self._maxtasks = maxtasksperchild
-        self._duration: float | None = None  # moving average of job durations (s)
+        self._duration = MovingAverage()  # of job durations (s)
 
     def observe(self, duration: float) -> None:
         """A worker reported how long a job ran."""
-        average = self._duration
-        self._duration = duration if average is None else (
-            average * (1 - DURATION_WEIGHT) + duration * DURATION_WEIGHT
-        )
+        self._duration.add(duration)
 
     def prefetch(self) -> int:
         """How many jobs a ready worker may hold right now."""
-        average = self._duration
-        if average is None or average >= PREFETCH_WINDOW:
-            return 1
-        return min(PREFETCH_MAX, 1 + int(PREFETCH_WINDOW / max(average, 1e-6)))
+        return 1 + prefetch_depth(self._duration.value, PREFETCH_WINDOW, PREFETCH_MAX)
 
     def dispatch(self) -> None:
         """Send queued jobs to the workers that have room for them."""

@@ -143,6 +143,11 @@ class Supervisor:
             self._wake()
             return True
 
+    def on_own_thread(self) -> bool:
+        """True on the supervisor's thread or its callback thread: code there
+        must never wait for the supervisor to finish (it would wait for itself)."""
+        return threading.current_thread() is self.thread or self.runner.is_current_thread()
+
     def call(self, func: Callable[[Supervisor], Any]) -> Any:
         """Run ``func(self)`` on the supervisor thread; return its value or
         raise its exception.  Once the supervisor finished, it runs here."""

@@ -235,3 +235,9 @@ def loaded_poolx_modules(_=None):
     import sys
 
     return sorted(name for name in sys.modules if name == "poolx" or name.startswith("poolx."))
+
+
+def sleep_then_touch(seconds, path):
+    """Sleep, then create ``path``: the job's end, seen from outside."""
+    time.sleep(seconds)
+    open(path, "w").close()

@@ -154,3 +154,34 @@ def test_result_terminate_only_hits_its_own_job(fork_ctx):
         with pytest.raises(Terminated) as info:
             victim.get(10)
         assert info.value.started is True
+
+
+def test_a_dropped_pool_releases_its_workers_when_its_last_job_ends(ctx, tmp_path):
+    """A pool nobody closed is terminated once nothing refers to it.  Its
+    running job keeps it alive (the job holds its result, which holds the
+    pool, as in the standard library); when that job ends, the pool is freed
+    on the supervisor's own thread, which must not wait for itself."""
+    import gc
+    import os
+    import time
+
+    import psutil
+
+    done = tmp_path / "done"
+
+    def start() -> list[psutil.Process]:
+        pool = poolx.Pool(2, context=ctx)
+        pool.apply_async(helpers.sleep_then_touch, (0.3, str(done)))
+        return [psutil.Process(w["pid"]) for w in wait_until(lambda: pool.stats()["workers"])]
+
+    workers = start()
+    gc.collect()
+    wait_until(lambda: os.path.exists(done), timeout=30)
+    ended = time.monotonic()
+
+    def gone() -> bool:
+        return not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
+
+    wait_until(gone, timeout=30)
+    # Before the fix the finalizer waited 2 s for its own thread.
+    assert time.monotonic() - ended < 1.5
