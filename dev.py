@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
     if command == "test":
         return _run(PY, "-m", "pytest", *rest)
     if command == "docs":
-        return _run(PY, "-m", "sphinx", "-W", "--keep-going", "-b", "html",
+        return _run(PY, "-m", "sphinx", "-W", "--keep-going", "-E", "-b", "html",
                     "docs", "docs/_build/html", *rest)
     if command == "lint":
         return lint(rest)

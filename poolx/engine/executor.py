@@ -569,6 +569,8 @@ class ProcessPoolExecutor(Executor):
             if it keeps failing, pending futures fail with
             :class:`~poolx.exceptions.BrokenPoolError` (a ``BrokenProcessPool``)
             and ``submit`` raises it.
+        initargs: the positional arguments of ``initializer`` (pickled to
+            each worker).
         max_tasks_per_child: calls a worker runs before it is replaced.
         timeout: hard time limit (s) of every call; past it the worker is
             killed and the future fails with
@@ -582,8 +584,9 @@ class ProcessPoolExecutor(Executor):
         max_memory_per_child: KiB; a worker above it after a call retires.
         on_process_up, on_process_down, on_process_exit: as :class:`poolx.Pool`'s.
         on_timeout_set: ``f(future, soft, hard)`` when a call with limits is
-            sent to a worker; on_timeout_cancel: ``f(future)`` when it finished
-            in time.
+            sent to a worker.
+        on_timeout_cancel: ``f(future)`` when a call with limits finished in
+            time.
 
     Workers start at the first :meth:`submit`, as the standard library's do
     (with ``fork``, they see the parent as it is then).
@@ -710,13 +713,19 @@ class ProcessPoolExecutor(Executor):
                  memory_limit: int | str | None = None) -> Future:
         """Like :meth:`submit`, with limits for this call (pebble's shape).
 
-        ``timeout``: hard limit (s); past it the worker is killed and the
-        future fails with :class:`~poolx.exceptions.TimeLimitExceeded`.
-        ``soft_timeout``: :class:`~poolx.exceptions.SoftTimeLimitExceeded` is
-        raised inside the call.  ``memory_limit``: bytes or ``"512MB"``;
-        over it the future fails with
-        :class:`~poolx.exceptions.MemoryLimitExceeded`.  Each overrides the
-        executor's default.
+        Each limit overrides the executor's default.
+
+        :param fn: the function to call in a worker.
+        :param args: its positional arguments.
+        :param kwargs: its keyword arguments.
+        :param timeout: hard limit (s); past it the worker is killed and the
+            future fails with :class:`~poolx.exceptions.TimeLimitExceeded`.
+        :param soft_timeout: soft limit (s):
+            :class:`~poolx.exceptions.SoftTimeLimitExceeded` is raised inside
+            the call.
+        :param memory_limit: bytes or ``"512MB"``; over it the future fails
+            with :class:`~poolx.exceptions.MemoryLimitExceeded`.
+        :returns: a :class:`concurrent.futures.Future`.
         """
         limits = (checks.check_seconds("soft_timeout", soft_timeout),
                   checks.check_seconds("timeout", timeout),
