@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from poolx import checks
+from poolx import checks, exceptions
 from poolx.engine import pickling, wire
 from poolx.engine.config import PoolConfig
 from poolx.engine.jobs import Job
@@ -35,7 +35,7 @@ from poolx.engine.results import (
     MapResult,
 )
 from poolx.engine.supervisor import Supervisor
-from poolx.exceptions import BrokenPoolError, PoolNotRunning, PoolTerminated
+from poolx.exceptions import PoolNotRunning, PoolTerminated
 
 __all__ = ["Pool"]
 
@@ -578,7 +578,7 @@ class Pool:
         return self._supervisor.call(Supervisor.snapshot)
 
     @property
-    def broken(self) -> BrokenPoolError | None:
+    def broken(self) -> exceptions.BrokenPoolError | None:
         """Why the pool cannot run jobs, or None."""
         return self._supervisor.broken  # type: ignore[return-value]
 

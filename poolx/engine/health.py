@@ -29,7 +29,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from poolx.exceptions import BrokenPoolError, RestartFreqExceeded
+from poolx import exceptions
+from poolx.exceptions import RestartFreqExceeded
 
 # Consecutive start failures (with no worker ready) after which the pool
 # declares itself broken instead of respawning forever.
@@ -100,10 +101,10 @@ class Health:
         if n < self.start_failure_limit or others_ready:
             return None
         if reported:
-            error = BrokenPoolError(f"the worker initializer failed {n} times in a row: {init_error!r}")
+            error = exceptions.BrokenPoolError(f"the worker initializer failed {n} times in a row: {init_error!r}")
             error.__cause__ = init_error
             return error
-        return BrokenPoolError(
+        return exceptions.BrokenPoolError(
             f"{n} workers in a row exited before they were ready (the last with "
             f"{describe_exit(exitcode)}) and reported no error; under spawn or forkserver "
             "this happens when the main module cannot be imported in a worker"

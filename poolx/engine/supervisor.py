@@ -54,6 +54,7 @@ from multiprocessing import util as mp_util
 from multiprocessing.pool import MaybeEncodingError
 from typing import Any
 
+from poolx import exceptions
 from poolx.engine import log, wire
 from poolx.engine.callbacks import CallbackRunner
 from poolx.engine.config import PoolConfig
@@ -65,11 +66,9 @@ from poolx.engine.timers import TimerHeap
 from poolx.engine.worker import RUNNING
 from poolx.engine.workers import KillReason, WorkerHandle, WorkerSet
 from poolx.exceptions import (
-    BrokenPoolError,
     PoolNotRunning,
     PoolTerminated,
     Terminated,
-    WorkerLostError,
 )
 
 __all__ = ["Supervisor"]
@@ -216,7 +215,7 @@ class Supervisor:
             return not self.workers
         queue = self.dispatcher.queue
         if self.closing and self.target == 0 and not self.workers and queue:
-            error = BrokenPoolError("the pool was closed with 0 processes: nothing can run this job")
+            error = exceptions.BrokenPoolError("the pool was closed with 0 processes: nothing can run this job")
             while queue:
                 self.finish(queue.popleft(), JobState.FAILED, error)
         if self.closing and not queue and not self._incoming and not self.feeders:
@@ -367,7 +366,7 @@ class Supervisor:
                     self.finish(job, JobState.CANCELLED, PoolTerminated(True))
                 else:
                     self._counters["lost"] += 1
-                    self.finish(job, JobState.LOST, WorkerLostError(
+                    self.finish(job, JobState.LOST, exceptions.WorkerLostError(
                         f"Worker exited prematurely: {describe_exit(exitcode)} Job: {job.seq}."))
             else:
                 requeue.append(job)
@@ -394,7 +393,7 @@ class Supervisor:
             try:
                 if workers.spawn() is None:
                     return  # the OS refused for now; a timer retries
-            except BrokenPoolError as error:
+            except exceptions.BrokenPoolError as error:
                 self._break(error)
                 return
 
@@ -454,7 +453,7 @@ class Supervisor:
     # ------------------------------------------------------------------ shutdown
 
     def _crash(self, exc: BaseException) -> None:
-        self.broken = BrokenPoolError(f"internal error in the pool supervisor: {exc!r}")
+        self.broken = exceptions.BrokenPoolError(f"internal error in the pool supervisor: {exc!r}")
         self.broken.__cause__ = exc
         jobs = list(self.dispatcher.queue) + list(self._incoming)
         for handle in self.workers:

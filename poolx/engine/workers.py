@@ -34,13 +34,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from poolx import exceptions
 from poolx.engine import log, wire
 from poolx.engine.callbacks import CallbackRunner
 from poolx.engine.config import PoolConfig
 from poolx.engine.jobs import Job
 from poolx.engine.timers import TimerHeap
 from poolx.engine.worker import KILL_TARGET, RUNNING, SLOT_SIZE, worker_main
-from poolx.exceptions import BrokenPoolError
 
 EOF_RECHECK = 0.02  # pipe closed but sentinel silent: how often to check the pid
 SPAWN_RETRY = 0.1  # seconds before retrying a spawn that failed with OSError
@@ -225,7 +225,7 @@ class WorkerSet:
             process.start()
         except (pickle.PicklingError, AttributeError, TypeError) as exc:
             parent_conn.close()
-            raise BrokenPoolError(f"cannot start a worker: {exc}") from exc
+            raise exceptions.BrokenPoolError(f"cannot start a worker: {exc}") from exc
         except OSError as exc:
             parent_conn.close()
             log.logger().error("poolx: cannot start a worker process: %s; retrying in %s s",
