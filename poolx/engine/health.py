@@ -16,7 +16,12 @@ is broken with, and the supervisor fails the queued jobs with it.
   imported in the child) — would be replaced by another that dies the same
   way, forever.  After ``start_failure_limit`` such deaths in a row, while no
   worker is ready, the pool is broken with a :class:`BrokenPoolError` that
-  carries the initializer's exception or names the exit code.
+  carries the initializer's exception or names the exit code.  A worker
+  killed from outside while it starts (``kill -9``, the OOM killer, a
+  process-group ``SIGTERM``: the signals in :data:`OUTSIDE_KILLS`) is simply
+  replaced: that says nothing about whether workers can start, whereas a
+  worker that crashes by itself (``SIGSEGV``, ``SIGABRT``...) would crash
+  again.
 
 An exit the supervisor caused (it killed the worker: time or memory limit,
 ``terminate_job``, ``terminate``) counts for neither.
@@ -35,6 +40,10 @@ from poolx.exceptions import RestartFreqExceeded
 # Consecutive start failures (with no worker ready) after which the pool
 # declares itself broken instead of respawning forever.
 START_FAILURE_LIMIT = 3
+
+# Signals that other processes send (a user, the OOM killer, a process-group
+# signal); a starting worker they kill is not a start failure.
+OUTSIDE_KILLS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -89,6 +98,8 @@ class Health:
         if expected:
             return None
         if not ready:
+            if exitcode is not None and exitcode < 0 and -exitcode in OUTSIDE_KILLS:
+                return None
             return self._start_failed(exitcode, reported, init_error, others_ready)
         if exitcode == 0:
             return None  # it retired (maxtasksperchild, memory, shrink...)

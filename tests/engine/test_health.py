@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 
+import pytest
+
 from poolx.engine.health import START_FAILURE_LIMIT, Health, describe_exit
 from poolx.exceptions import BrokenPoolError, RestartFreqExceeded
 
@@ -56,10 +58,10 @@ def test_the_error_describes_the_last_failure():
     health = Health(None, 1.0, start_failure_limit=2)
     health.init_failed(1, ValueError("x"))
     assert _died(health, 1, 3) is None
-    error = _died(health, 2, -9)
-    assert "signal 9 (SIGKILL)" in str(error) and "initializer" not in str(error)
+    error = _died(health, 2, -11)
+    assert "signal 11 (SIGSEGV)" in str(error) and "initializer" not in str(error)
     health = Health(None, 1.0, start_failure_limit=2)
-    assert _died(health, 1, -9) is None
+    assert _died(health, 1, -11) is None
     health.init_failed(2, ValueError("x"))
     assert "initializer failed" in str(_died(health, 2, 3))
 
@@ -80,6 +82,28 @@ def test_no_break_while_another_worker_is_ready():
         assert _died(health, pid, others_ready=True) is None
     assert health.start_failures == START_FAILURE_LIMIT + 2
     assert isinstance(_died(health, 99), BrokenPoolError)  # the last ready one went away
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_kills_from_outside_while_starting_are_not_start_failures(sig):
+    """kill -9, the OOM killer or a process-group SIGTERM reaching a worker
+    that is still starting says nothing about whether workers can start."""
+    health = Health(None, 1.0)
+    for pid in range(START_FAILURE_LIMIT * 3):
+        assert _died(health, pid, -sig) is None
+    assert health.start_failures == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE])
+def test_crashes_while_starting_are_start_failures(sig):
+    """A worker that crashes by itself while starting (a broken extension
+    module imported by the main module) would crash again, forever."""
+    health = Health(None, 1.0)
+    for pid in range(1, START_FAILURE_LIMIT):
+        assert _died(health, pid, -sig) is None
+    error = _died(health, START_FAILURE_LIMIT, -sig)
+    assert isinstance(error, BrokenPoolError)
+    assert signal.Signals(sig).name in str(error)
 
 
 def test_kills_by_the_supervisor_count_for_nothing():
