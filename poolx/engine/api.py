@@ -20,7 +20,8 @@ import signal as signal_module
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from poolx import checks, exceptions
@@ -123,11 +124,11 @@ class Pool:
         synack: bool = False,
         enable_timeouts: bool = False,
     ) -> None:
-        self._state = "INIT"
+        self._run_state = "INIT"
         if processes is None:
             processes = os.cpu_count() or 1
-        checks.check_count("processes", processes, 0)
-        checks.check_count("maxtasksperchild", maxtasksperchild, 1, allow_none=True)
+        _check_processes(processes)
+        _check_maxtasksperchild(maxtasksperchild)
         checks.check_count("max_memory_per_child", max_memory_per_child, 1, allow_none=True)
         checks.check_count("max_restarts", max_restarts, 0, allow_none=True)
         if initializer is not None and not callable(initializer):
@@ -160,15 +161,16 @@ class Pool:
             on_timeout_cancel=on_timeout_cancel,
         )
         self._config = config
+        self._results: dict[int, Any] = {}  # results not ready yet, by _job: see _cache
         self._supervisor = Supervisor(config)
         self._supervisor.start()
         self._finalizer = weakref.finalize(self, _shutdown, self._supervisor)
-        self._state = RUN
+        self._run_state = RUN
 
     # ------------------------------------------------------------------ helpers
 
     def _check_running(self) -> None:
-        if self._state != RUN:
+        if self._run_state != RUN:
             raise PoolNotRunning()
 
     def _job(
@@ -216,8 +218,7 @@ class Pool:
             workers = max(1, self._supervisor.target)
             chunksize, extra = divmod(length, workers * 4)
             return chunksize + 1 if extra else max(chunksize, 1)
-        checks.check_count("chunksize", chunksize, 1)
-        return chunksize
+        return _check_chunksize(chunksize)
 
     # ------------------------------------------------------------------ apply
 
@@ -264,9 +265,10 @@ class Pool:
                 checks.check_callable(name, value)
         seq = self._supervisor.next_seq()
         result = ApplyResult(self._supervisor.runner, callback, error_callback, accept_callback,
-                             timeout_callback, correlation_id, self._terminate_job_of_result, seq)
+                             timeout_callback, correlation_id, self._terminate_job_of_result, seq,
+                             self._results)
         try:
-            job = self._job(result, 0, pickling.portable(func), tuple(args), dict(kwds or {}), wire.APPLY,
+            job = self._job(result, 0, pickling.portable(func), *_call_arguments(func, args, kwds), wire.APPLY,
                             soft_timeout, timeout, memory_limit,
                             wire.FLAG_ACK if accept_callback is not None else 0, seq)
         except Exception as exc:  # unpicklable arguments fail this call only
@@ -299,7 +301,7 @@ class Pool:
         self._check_running()
         if soft_timeout is not None or timeout is not None or memory_limit is not None:
             soft_timeout, timeout, memory_limit = self._limits(soft_timeout, timeout, memory_limit)
-        job = self._job(sink, 0, pickling.portable(func), tuple(args), dict(kwds or {}), wire.APPLY,
+        job = self._job(sink, 0, pickling.portable(func), *_call_arguments(func, args, kwds), wire.APPLY,
                         soft_timeout, timeout, memory_limit)
         self._submit([job])
         return job.seq
@@ -309,7 +311,7 @@ class Pool:
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None,
             **limits: Any) -> list[Any]:
         """Apply ``func`` to every item, in parallel; return the results in order."""
-        return self._map_async(func, iterable, chunksize, None, None, wire.MAP, limits).get()
+        return self._map_async(func, iterable, chunksize, None, None, wire.MAP, limits, "map").get()
 
     def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None,
                   callback: Callable[[Any], Any] | None = None,
@@ -320,30 +322,34 @@ class Pool:
         ``soft_timeout``, ``timeout`` and ``memory_limit`` (keyword-only)
         apply to each *chunk*; pass ``chunksize=1`` for per-item limits.
         """
-        return self._map_async(func, iterable, chunksize, callback, error_callback, wire.MAP, limits)
+        return self._map_async(func, iterable, chunksize, callback, error_callback, wire.MAP, limits,
+                               "map_async")
 
     def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                 chunksize: int | None = None, **limits: Any) -> list[Any]:
         """Like :meth:`map`, but each item is unpacked: ``func(*item)``."""
-        return self._map_async(func, iterable, chunksize, None, None, wire.STARMAP, limits).get()
+        return self._map_async(func, iterable, chunksize, None, None, wire.STARMAP, limits, "starmap").get()
 
     def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                       chunksize: int | None = None, callback: Callable[[Any], Any] | None = None,
                       error_callback: Callable[[BaseException], Any] | None = None,
                       **limits: Any) -> MapResult:
         """Asynchronous :meth:`starmap`."""
-        return self._map_async(func, iterable, chunksize, callback, error_callback, wire.STARMAP, limits)
+        return self._map_async(func, iterable, chunksize, callback, error_callback, wire.STARMAP, limits,
+                               "starmap_async")
 
     def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: Any,
-                   callback: Any, error_callback: Any, mode: int, limits: dict[str, Any]) -> MapResult:
+                   callback: Any, error_callback: Any, mode: int, limits: dict[str, Any],
+                   method: str) -> MapResult:
         self._check_running()
-        soft_timeout, timeout, memory_limit = self._limits(**_limit_kwargs(limits))
+        soft_timeout, timeout, memory_limit = self._limits(**_limit_kwargs(limits, method))
         checks.check_callable("callback", callback)
         checks.check_callable("error_callback", error_callback)
         items = list(iterable)
         size = self._chunksize(chunksize, len(items))
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        result = MapResult(self._supervisor.runner, [len(c) for c in chunks], callback, error_callback)
+        result = MapResult(self._supervisor.runner, [len(c) for c in chunks], callback, error_callback,
+                           size, self._results)
         if not chunks:
             return result
         func = pickling.portable(func)
@@ -376,18 +382,18 @@ class Pool:
         arrives in time.  Limits apply per chunk (per item with the default
         ``chunksize=1``).
         """
-        return self._imap(IMapIterator(), func, iterable, chunksize, limits)
+        return self._imap(IMapIterator(self._results), func, iterable, chunksize, limits, "imap")
 
     def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1,
                        **limits: Any) -> IMapIterator:
         """Like :meth:`imap`, but results come in completion order."""
-        return self._imap(IMapUnorderedIterator(), func, iterable, chunksize, limits)
+        return self._imap(IMapUnorderedIterator(self._results), func, iterable, chunksize, limits, "imap_unordered")
 
     def _imap(self, sink: IMapIterator, func: Callable[..., Any], iterable: Iterable[Any],
-              chunksize: Any, limits: dict[str, Any]) -> IMapIterator:
+              chunksize: Any, limits: dict[str, Any], method: str) -> IMapIterator:
         self._check_running()
-        checks.check_count("chunksize", chunksize, 1)
-        limit_values = self._limits(**_limit_kwargs(limits))
+        _check_chunksize(chunksize)
+        limit_values = self._limits(**_limit_kwargs(limits, method))
         # An input already in memory (it has a length) is fed in groups of
         # jobs; a lazy one (a generator, a socket...) job by job, so that no
         # item waits for the next one to be produced.
@@ -395,13 +401,13 @@ class Pool:
         self._supervisor.feeder_started()
         feeder = threading.Thread(
             target=self._feed,
-            args=(sink, pickling.portable(func), iter(iterable), chunksize, limit_values, group_size),
+            args=(sink, pickling.portable(func), iterable, chunksize, limit_values, group_size),
             name="poolx-feeder", daemon=True,
         )
         feeder.start()
         return sink
 
-    def _feed(self, sink: IMapIterator, func: Callable[..., Any], iterator: Iterator[Any],
+    def _feed(self, sink: IMapIterator, func: Callable[..., Any], iterable: Iterable[Any],
               chunksize: int, limits: tuple[Any, Any, Any], group_size: int) -> None:
         """Feeder thread: read the input lazily, one chunk at a time.
 
@@ -410,6 +416,12 @@ class Pool:
         starve the supervisor of the GIL.
         """
         try:
+            try:
+                iterator = iter(iterable)
+            except Exception as exc:  # not iterable: raised by next(), as the standard library does
+                sink.job_done(0, False, exc)
+                sink.set_length(1)
+                return
             self._feed_chunks(sink, func, iterator, chunksize, limits, group_size)
         finally:
             self._supervisor.feeder_finished()
@@ -461,14 +473,14 @@ class Pool:
 
     def close(self) -> None:
         """Accept no more jobs; workers exit once the submitted ones are done."""
-        if self._state == RUN:
-            self._state = CLOSE  # new calls are refused; imap feeders finish their input
+        if self._run_state == RUN:
+            self._run_state = CLOSE  # new calls are refused; imap feeders finish their input
             self._supervisor.post(self._supervisor.close)
 
     def terminate(self) -> None:
         """Stop now: cancel pending jobs (they fail with ``Terminated``) and
         kill the workers (SIGTERM, then SIGKILL).  Returns when they are gone."""
-        self._state = TERMINATE
+        self._run_state = TERMINATE
         self._finalizer.detach()
         _shutdown(self._supervisor)
 
@@ -478,7 +490,7 @@ class Pool:
         ``timeout`` (a poolx extension) bounds the wait; returns whether the
         pool has fully stopped.
         """
-        if self._state == RUN:
+        if self._run_state == RUN:
             raise ValueError("Pool is still running")
         self._supervisor.thread.join(timeout)
         stopped = not self._supervisor.thread.is_alive()
@@ -500,12 +512,12 @@ class Pool:
         )
 
     def __del__(self) -> None:
-        if getattr(self, "_state", None) == RUN:
+        if getattr(self, "_run_state", None) == RUN:
             warnings.warn(f"unclosed running pool {self!r}", ResourceWarning, source=self, stacklevel=1)
 
     def __repr__(self) -> str:
         return (f"<{type(self).__module__}.{type(self).__qualname__} "
-                f"state={self._state} pool_size={self._supervisor.target}>")
+                f"state={self._run_state} pool_size={self._supervisor.target}>")
 
     # ------------------------------------------------------------------ billiard's control API
 
@@ -566,10 +578,30 @@ class Pool:
         and :meth:`shrink`)."""
         return self._supervisor.target
 
+    # ------------------------------------------------------------------ the standard library's private attributes
+    # Read-only, with the standard library's meaning, because real code reads
+    # them (see "Compatibility attributes" in docs/migrating-multiprocessing.rst).
+
     @property
     def _processes(self) -> int:
-        # The standard library's (and billiard's) private name, which some code reads.
+        """The number of worker processes the pool keeps (:attr:`processes`)."""
         return self._supervisor.target
+
+    @property
+    def _pool(self) -> list[Any]:
+        """A new list of the live worker process objects (``multiprocessing.Process``):
+        a worker leaves it once the pool has reaped it, as in ``stats()["workers"]``."""
+        return list(self._supervisor.workers.processes)
+
+    @property
+    def _state(self) -> str:
+        """``"INIT"``, ``"RUN"``, ``"CLOSE"`` or ``"TERMINATE"`` (``multiprocessing.pool``'s constants)."""
+        return self._run_state
+
+    @property
+    def _cache(self) -> Mapping[int, Any]:
+        """A read-only view of the results not ready yet, by their ``_job``."""
+        return MappingProxyType(self._results)
 
     def stats(self) -> dict[str, Any]:
         """A snapshot: per worker pid, state, current job, tasks done, RSS and
@@ -583,9 +615,62 @@ class Pool:
         return self._supervisor.broken  # type: ignore[return-value]
 
 
-def _limit_kwargs(limits: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(limits) - {"soft_timeout", "timeout", "memory_limit"}
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+def _limit_kwargs(limits: dict[str, Any], method: str) -> dict[str, Any]:
+    for name in limits:
+        if name not in ("soft_timeout", "timeout", "memory_limit"):  # Python's own wording
+            raise TypeError(f"Pool.{method}() got an unexpected keyword argument {name!r}")
     return {"soft_timeout": limits.get("soft_timeout"), "timeout": limits.get("timeout"),
             "memory_limit": limits.get("memory_limit")}
+
+
+# Argument checks with the standard library's exception types and wording
+# (Lib/multiprocessing/pool.py), where it has a check of its own.
+
+def _check_processes(processes: Any) -> None:
+    if not isinstance(processes, int) or isinstance(processes, bool):
+        raise TypeError(f"processes must be an int, not {type(processes).__name__} ({processes!r})")
+    if processes < 0:  # the standard library says "at least 1": poolx allows an empty pool
+        raise ValueError("Number of processes must be at least 0")
+
+
+def _check_maxtasksperchild(maxtasksperchild: Any) -> None:
+    if maxtasksperchild is not None and (
+        not isinstance(maxtasksperchild, int) or isinstance(maxtasksperchild, bool) or maxtasksperchild <= 0
+    ):
+        raise ValueError("maxtasksperchild must be a positive int or None")
+
+
+def _check_chunksize(chunksize: Any) -> int:
+    if not isinstance(chunksize, int) or isinstance(chunksize, bool):
+        raise TypeError(f"chunksize must be an int, not {type(chunksize).__name__} ({chunksize!r})")
+    if chunksize < 1:
+        raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
+    return chunksize
+
+
+def _call_arguments(func: Any, args: Any, kwds: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``args`` and ``kwds`` as a tuple and a dict; what ``func(*args, **kwds)``
+    would raise (Python's wording, which the standard library's ``get()`` shows)
+    if they are not an iterable and a mapping."""
+    try:
+        args = tuple(args)
+    except TypeError:
+        raise TypeError(f"{_function_str(func)} argument after * must be an iterable, "
+                        f"not {type(args).__name__}") from None
+    if kwds is None:
+        return args, {}
+    if not hasattr(kwds, "keys"):
+        raise TypeError(f"{_function_str(func)} argument after ** must be a mapping, "
+                        f"not {type(kwds).__name__}")
+    return args, dict(kwds)
+
+
+def _function_str(func: Any) -> str:
+    """How CPython names a function in call errors (``_PyObject_FunctionStr``)."""
+    qualname = getattr(func, "__qualname__", None)
+    if not isinstance(qualname, str):
+        return str(func)
+    module = getattr(func, "__module__", None)
+    if isinstance(module, str) and module != "builtins":
+        return f"{module}.{qualname}()"
+    return f"{qualname}()"

@@ -10,10 +10,20 @@ interface, not meant for users (like ``concurrent.futures.Future.set_result``).
 They behave as the standard library's: same methods, return values,
 exceptions and callback timing (a result is ready only after its callback
 returned).
+
+Compatibility: each class subclasses its ``multiprocessing.pool``
+counterpart, so ``isinstance`` checks against the standard library's classes
+hold, and carries the private fields that code polls for progress, read-only
+in meaning: ``_job`` (a unique id), ``MapResult._chunksize`` and
+``MapResult._number_left`` (chunks not finished yet).  A result not ready yet
+is listed in the ``cache`` mapping it was created with (the pool's
+``_cache``), under its ``_job``.
 """
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing.pool as mp_pool
 import threading
 from _thread import allocate_lock as _allocate_lock
 from collections import deque
@@ -52,7 +62,10 @@ class JobSink(Protocol):
         ...
 
 
-class ApplyResult:
+_job_counter = itertools.count()
+
+
+class ApplyResult(mp_pool.ApplyResult):  # type: ignore[type-arg]
     """The result of :meth:`poolx.Pool.apply_async` (stdlib ``AsyncResult``)."""
 
     def __init__(
@@ -65,7 +78,14 @@ class ApplyResult:
         correlation_id: Any = None,
         terminate_job: Callable[[int, int | None, int], None] | None = None,
         seq: int = 0,
+        cache: dict[int, Any] | None = None,
     ) -> None:
+        # The standard library's fields, with its meaning: a unique id, and
+        # an entry in the pool's cache until the result is ready.
+        self._job = next(_job_counter)
+        self._cache = cache
+        if cache is not None:
+            cache[self._job] = self
         # A latch: a lock held until the result is set.  Waiters acquire and
         # release it in turn; far cheaper to create than a threading.Event,
         # which matters at tens of thousands of results per second.
@@ -122,6 +142,9 @@ class ApplyResult:
     def _set_done(self) -> None:
         self._done = True
         self._latch.release()
+        if self._cache is not None:
+            self._cache.pop(self._job, None)
+            self._cache = None
 
     # -- billiard's extras -------------------------------------------------------------
 
@@ -182,7 +205,7 @@ def _call_kw(callback: Callable[..., Any], soft: bool, timeout: float) -> None:
     callback(soft=soft, timeout=timeout)
 
 
-class MapResult(ApplyResult):
+class MapResult(ApplyResult, mp_pool.MapResult):  # type: ignore[type-arg]
     """The result of ``map_async``/``starmap_async``: a list, in input order."""
 
     def __init__(
@@ -191,19 +214,23 @@ class MapResult(ApplyResult):
         chunks: list[int],
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
+        chunksize: int = 0,
+        cache: dict[int, Any] | None = None,
     ) -> None:
-        super().__init__(runner, callback, error_callback)
+        super().__init__(runner, callback, error_callback, cache=cache)
+        self._chunksize = chunksize if chunks else 0  # the standard library's fields
+        self._number_left = len(chunks)
         self._offsets = [0] * len(chunks)
         for i in range(1, len(chunks)):
             self._offsets[i] = self._offsets[i - 1] + chunks[i - 1]
         self._values: list[Any] = [None] * sum(chunks)
-        self._left = len(chunks)
         self._failed = False
         if not chunks:  # the standard library completes at once, without callback
             self._success, self._value = True, []
             self._set_done()
 
     def job_done(self, index: int, ok: bool, value: Any) -> None:
+        self._number_left -= 1
         if self._failed:
             return
         if not ok:
@@ -213,20 +240,23 @@ class MapResult(ApplyResult):
             return
         start = self._offsets[index]
         self._values[start : start + len(value)] = value  # C-speed, like the stdlib
-        self._left -= 1
-        if self._left == 0:
+        if self._number_left == 0:
             values, self._values = self._values, []
             self._complete(True, values)
 
 
-class IMapIterator:
+class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
     """The iterator returned by :meth:`poolx.Pool.imap`: results in input order.
 
     Each job is a chunk; a failed chunk raises its exception once, at its
     position, and iteration goes on with the next chunk.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cache: dict[int, Any] | None = None) -> None:
+        self._job = next(_job_counter)
+        self._cache = cache
+        if cache is not None:
+            cache[self._job] = self
         self._cond = threading.Condition(threading.Lock())
         self._items: deque[tuple[bool, Any]] = deque()
         self._length: int | None = None  # number of chunks, once known
@@ -255,6 +285,12 @@ class IMapIterator:
     def _exhausted(self) -> bool:
         return self._length is not None and self._next_chunk >= self._length
 
+    def _notify(self) -> None:  # with the lock held, after a change
+        self._cond.notify_all()
+        if self._cache is not None and self._exhausted():  # every result is in
+            self._cache.pop(self._job, None)
+            self._cache = None
+
     def _push(self, ok: bool, value: Any) -> None:
         if ok:
             self._items.extend((True, item) for item in value)
@@ -270,7 +306,7 @@ class IMapIterator:
                 self._push(ok, value)
                 while self._next_chunk in self._unsorted:
                     self._push(*self._unsorted.pop(self._next_chunk))
-                self._cond.notify_all()
+                self._notify()
             else:
                 self._unsorted[index] = (ok, value)
 
@@ -296,13 +332,13 @@ class IMapIterator:
         """Called by the feeder once the input is exhausted."""
         with self._cond:
             self._length = chunks
-            self._cond.notify_all()
+            self._notify()
 
 
-class IMapUnorderedIterator(IMapIterator):
+class IMapUnorderedIterator(IMapIterator, mp_pool.IMapUnorderedIterator):  # type: ignore[type-arg]
     """The iterator returned by ``imap_unordered``: results as they complete."""
 
     def job_done(self, index: int, ok: bool, value: Any) -> None:
         with self._cond:
             self._push(ok, value)
-            self._cond.notify_all()
+            self._notify()

@@ -177,6 +177,9 @@ class WorkerSet:
         self._on_message = on_message
         self._on_exit = on_exit
         self._handles: dict[int, WorkerHandle] = {}
+        self.processes: tuple[Any, ...] = ()
+        """The live workers' process objects; replaced (never mutated) on each
+        birth and reaping, so that other threads may read it at any time."""
         self._names = itertools.count(1)
         self._lifeline_r, self._lifeline_w = self.ctx.Pipe(duplex=False)
         self._spawning_fd: int | None = None
@@ -237,6 +240,7 @@ class WorkerSet:
             child_conn.close()
         handle = WorkerHandle(process, parent_conn, slot)
         self._handles[handle.pid] = handle
+        self.processes = (*self.processes, process)
         self._selector.register(handle.fd, selectors.EVENT_READ,
                                 lambda events, h=handle: self._on_io(h, events))
         self._selector.register(handle.sentinel, selectors.EVENT_READ,
@@ -334,6 +338,7 @@ class WorkerSet:
         handle.process.join(1.0)
         exitcode = handle.process.exitcode
         del self._handles[handle.pid]
+        self.processes = tuple(p for p in self.processes if p is not handle.process)
         try:
             handle.conn.close()
         except OSError:
@@ -362,6 +367,7 @@ class WorkerSet:
             handle.send_signal(signal.SIGKILL)
             handle.process.join(1.0)
         self._handles.clear()
+        self.processes = ()
 
     def parent_fds(self) -> list[int]:
         """The fds a forked child must close: every worker pipe's parent end

@@ -241,3 +241,13 @@ def sleep_then_touch(seconds, path):
     """Sleep, then create ``path``: the job's end, seen from outside."""
     time.sleep(seconds)
     open(path, "w").close()
+
+
+def wait_for_file(path, timeout=60.0):
+    """Block until ``path`` exists (a gate the test opens); bounded."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.005)
+    return path
