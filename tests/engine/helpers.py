@@ -251,3 +251,29 @@ def wait_for_file(path, timeout=60.0):
             raise TimeoutError(f"{path} never appeared")
         time.sleep(0.005)
     return path
+
+
+class CustomBaseError(BaseException):
+    """A BaseException that is not an Exception (billiard's tests raise such)."""
+
+
+def raise_base_exception(message):
+    raise CustomBaseError(message)
+
+
+def raise_system_exit(code=0):
+    raise SystemExit(code)
+
+
+def interrupt_self(catch=False):
+    """SIGINT to the worker's own pid from a timer thread, as libraries that
+    enforce their own timeouts do; waits (bounded) for the KeyboardInterrupt."""
+    timer = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        time.sleep(30)
+    except KeyboardInterrupt:
+        if catch:
+            return "interrupted"
+        raise
+    return "not interrupted"
