@@ -182,7 +182,7 @@ class WorkerSet:
         birth and reaping, so that other threads may read it at any time."""
         self._names = itertools.count(1)
         self._lifeline_r, self._lifeline_w = self.ctx.Pipe(duplex=False)
-        self._spawning_fd: int | None = None
+        self._spawning: Any = None  # the parent end of the pipe of a worker being started
         self.started = 0  # workers started so far
 
     # ------------------------------------------------------------------ the set
@@ -223,7 +223,7 @@ class WorkerSet:
             name=f"PoolxWorker-{next(self._names)}",
             daemon=True,
         )
-        self._spawning_fd = parent_conn.fileno()
+        self._spawning = parent_conn
         try:
             process.start()
         except (pickle.PicklingError, AttributeError, TypeError) as exc:
@@ -236,7 +236,7 @@ class WorkerSet:
             self._timers.schedule(time.monotonic() + SPAWN_RETRY, _wake_up)
             return None
         finally:
-            self._spawning_fd = None
+            self._spawning = None
             child_conn.close()
         handle = WorkerHandle(process, parent_conn, slot)
         self._handles[handle.pid] = handle
@@ -369,14 +369,19 @@ class WorkerSet:
         self._handles.clear()
         self.processes = ()
 
-    def parent_fds(self) -> list[int]:
-        """The fds a forked child must close: every worker pipe's parent end
-        (and the one being created), and the lifeline's write end."""
-        fds = [self._lifeline_w.fileno()]
-        fds += [h.fd for h in self._handles.values()]
-        if self._spawning_fd is not None:
-            fds.append(self._spawning_fd)
-        return fds
+    def close_in_child(self) -> None:
+        """In a forked child: close every worker pipe's parent end (and the
+        one being created) and the lifeline's write end, each through the
+        Connection that owns it, so that nothing in the child closes that fd
+        number again later (the child may have reused it by then)."""
+        conns = [self._lifeline_w, *(h.conn for h in self._handles.values())]
+        if self._spawning is not None:
+            conns.append(self._spawning)
+        for conn in conns:
+            try:
+                conn.close()
+            except OSError:
+                pass
 
     def close(self) -> None:
         """Close the lifeline: any worker still alive then exits by itself."""

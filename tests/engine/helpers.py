@@ -277,3 +277,31 @@ def interrupt_self(catch=False):
             return "interrupted"
         raise
     return "not interrupted"
+
+
+HOLDER = []  # a pool that a forked child finds here (and nowhere else on its stack)
+
+
+def pool_copy_gc_spares_reused_fds():
+    """In a forked child: reuse fd numbers the after-fork hook freed, then let
+    the child's copy of the pool be garbage-collected; the new fds must stay
+    open and untouched.  Exit code: 0 fine, 1 an fd was closed, 2 written to."""
+    import gc
+
+    pipes = [os.pipe() for _ in range(16)]  # take the lowest free numbers
+    for r, _ in pipes:
+        os.set_blocking(r, False)
+    HOLDER.clear()
+    gc.collect()
+    for r, w in pipes:
+        try:
+            os.fstat(r)
+            os.fstat(w)
+        except OSError:
+            os._exit(1)
+        try:
+            if os.read(r, 100):
+                os._exit(2)
+        except BlockingIOError:
+            pass
+    os._exit(0)
