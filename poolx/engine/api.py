@@ -42,7 +42,8 @@ __all__ = ["Pool"]
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 _AT_EXIT_WAIT = 2.0
-IMAP_AHEAD = 256  # chunks an imap feeder may submit beyond the completed ones
+IMAP_WINDOW = 256  # default: chunks an imap feeder may submit beyond the ones the caller took
+IMAP_AHEAD = 256  # once the window is released (close()): chunks beyond the completed ones
 IMAP_GROUP = 32  # jobs per submission when imap's input is already in memory
 
 
@@ -374,25 +375,32 @@ class Pool:
 
     # ------------------------------------------------------------------ imap
 
-    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1,
-             **limits: Any) -> IMapIterator:
+    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *,
+             window: int | None = None, **limits: Any) -> IMapIterator:
         """Lazy :meth:`map`: an iterator of results in input order.
 
         ``next(timeout)`` raises :class:`poolx.TimeoutError` when no result
         arrives in time.  Limits apply per chunk (per item with the default
-        ``chunksize=1``).
+        ``chunksize=1``).  At most ``window`` chunks (default 256, or 4 per
+        worker if more) are read and submitted beyond those whose results the
+        caller has taken: a slow consumer pauses the feeder, then the workers.
         """
-        return self._imap(IMapIterator(self._results), func, iterable, chunksize, limits, "imap")
+        return self._imap(IMapIterator(self._results), func, iterable, chunksize, window, limits, "imap")
 
-    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1,
-                       **limits: Any) -> IMapIterator:
+    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *,
+                       window: int | None = None, **limits: Any) -> IMapIterator:
         """Like :meth:`imap`, but results come in completion order."""
-        return self._imap(IMapUnorderedIterator(self._results), func, iterable, chunksize, limits, "imap_unordered")
+        return self._imap(IMapUnorderedIterator(self._results), func, iterable, chunksize, window, limits,
+                          "imap_unordered")
 
     def _imap(self, sink: IMapIterator, func: Callable[..., Any], iterable: Iterable[Any],
-              chunksize: Any, limits: dict[str, Any], method: str) -> IMapIterator:
+              chunksize: Any, window: Any, limits: dict[str, Any], method: str) -> IMapIterator:
         self._check_running()
         _check_chunksize(chunksize)
+        if window is None:
+            window = max(IMAP_WINDOW, 4 * self._supervisor.target)
+        else:
+            checks.check_count("window", window, 1)
         limit_values = self._limits(**_limit_kwargs(limits, method))
         # An input already in memory (it has a length) is fed in groups of
         # jobs; a lazy one (a generator, a socket...) job by job, so that no
@@ -401,19 +409,22 @@ class Pool:
         self._supervisor.feeder_started()
         feeder = threading.Thread(
             target=self._feed,
-            args=(sink, pickling.portable(func), iterable, chunksize, limit_values, group_size),
+            args=(sink, pickling.portable(func), iterable, chunksize, limit_values, group_size, window),
             name="poolx-feeder", daemon=True,
         )
         feeder.start()
         return sink
 
     def _feed(self, sink: IMapIterator, func: Callable[..., Any], iterable: Iterable[Any],
-              chunksize: int, limits: tuple[Any, Any, Any], group_size: int) -> None:
+              chunksize: int, limits: tuple[Any, Any, Any], group_size: int, window: int) -> None:
         """Feeder thread: read the input lazily, one chunk at a time.
 
-        It stays at most ``IMAP_AHEAD`` chunks ahead of completed ones, so a
-        huge (or endless) input is never materialized and the feeder does not
-        starve the supervisor of the GIL.
+        It stays at most ``window`` chunks ahead of those the caller has
+        taken, so a huge (or endless) input is never materialized, results
+        never pile up for a slow consumer, and the feeder does not starve the
+        supervisor of the GIL.  Once the pool is closing, the window is
+        released: the feeder finishes the input (as the standard library's
+        does), staying at most ``IMAP_AHEAD`` chunks ahead of completed ones.
         """
         try:
             try:
@@ -422,12 +433,13 @@ class Pool:
                 sink.job_done(0, False, exc)
                 sink.set_length(1)
                 return
-            self._feed_chunks(sink, func, iterator, chunksize, limits, group_size)
+            self._feed_chunks(sink, func, iterator, chunksize, limits, group_size, window)
         finally:
             self._supervisor.feeder_finished()
 
     def _feed_chunks(self, sink: IMapIterator, func: Callable[..., Any], iterator: Iterator[Any],
-                     chunksize: int, limits: tuple[Any, Any, Any], group_size: int) -> None:
+                     chunksize: int, limits: tuple[Any, Any, Any], group_size: int,
+                     window: int) -> None:
         ahead = max(IMAP_AHEAD, 4 * self._supervisor.target)
         index = 0
         group: list[Job] = []
@@ -446,6 +458,10 @@ class Pool:
                 group.clear()
 
         while True:
+            if index - sink.consumed() >= window and not sink.window_released:
+                if not flush():
+                    return
+                sink.wait_consumed(index - window + 1)
             if index - sink.completed() >= ahead:
                 if not flush():
                     return
@@ -475,6 +491,7 @@ class Pool:
         """Accept no more jobs; workers exit once the submitted ones are done."""
         if self._run_state == RUN:
             self._run_state = CLOSE  # new calls are refused; imap feeders finish their input
+            self._release_imap_windows()
             self._supervisor.post(self._supervisor.close)
 
     def terminate(self) -> None:
@@ -483,6 +500,12 @@ class Pool:
         self._run_state = TERMINATE
         self._finalizer.detach()
         _shutdown(self._supervisor)
+        self._release_imap_windows()  # their feeders then find the pool stopped
+
+    def _release_imap_windows(self) -> None:
+        for result in list(self._results.values()):
+            if isinstance(result, IMapIterator):
+                result.release_window()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the workers to exit after :meth:`close` or :meth:`terminate`.

@@ -262,6 +262,13 @@ class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
         self._length: int | None = None  # number of chunks, once known
         self._next_chunk = 0
         self._unsorted: dict[int, tuple[bool, Any]] = {}
+        # The window: how far the feeder may run ahead of what the caller took.
+        self._pushed = 0  # items (a failed chunk is one item) delivered to _items so far
+        self._taken = 0  # items the caller took
+        self._ends: deque[int] = deque()  # _pushed at the end of each chunk not yet taken
+        self._consumed = 0  # chunks whose every item the caller took
+        self._feeder_waits = False
+        self._released = False
 
     def __iter__(self) -> IMapIterator:
         return self
@@ -276,6 +283,13 @@ class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
                     raise StopIteration
                 raise TimeoutError
             ok, value = self._items.popleft()
+            self._taken += 1
+            ends = self._ends
+            while ends and ends[0] <= self._taken:
+                ends.popleft()
+                self._consumed += 1
+                if self._feeder_waits:
+                    self._cond.notify_all()
         if ok:
             return value
         raise value
@@ -294,8 +308,11 @@ class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
     def _push(self, ok: bool, value: Any) -> None:
         if ok:
             self._items.extend((True, item) for item in value)
+            self._pushed += len(value)
         else:
             self._items.append((False, value))
+            self._pushed += 1
+        self._ends.append(self._pushed)
         self._next_chunk += 1
 
     # -- JobSink (called by the engine) and the feeder's side
@@ -327,6 +344,31 @@ class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
         """Block the feeder until ``count`` chunks have completed."""
         with self._cond:
             self._cond.wait_for(lambda: self.completed() >= count)
+
+    def consumed(self) -> int:
+        """How many chunks the caller has taken every item of (read without
+        the lock: a hint)."""
+        return self._consumed
+
+    def wait_consumed(self, count: int) -> bool:
+        """Block the feeder until the caller has taken ``count`` chunks, or
+        the window is released (see :meth:`release_window`); False then."""
+        with self._cond:
+            self._feeder_waits = True
+            self._cond.wait_for(lambda: self._consumed >= count or self._released)
+            self._feeder_waits = False
+            return not self._released
+
+    def release_window(self) -> None:
+        """The pool is closing: the feeder no longer waits for the caller
+        (it finishes the input, as the standard library's does)."""
+        with self._cond:
+            self._released = True
+            self._cond.notify_all()
+
+    @property
+    def window_released(self) -> bool:
+        return self._released
 
     def set_length(self, chunks: int) -> None:
         """Called by the feeder once the input is exhausted."""
