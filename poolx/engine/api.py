@@ -45,6 +45,7 @@ _AT_EXIT_WAIT = 2.0
 IMAP_WINDOW = 256  # default: chunks an imap feeder may submit beyond the ones the caller took
 IMAP_AHEAD = 256  # once the window is released (close()): chunks beyond the completed ones
 IMAP_GROUP = 32  # jobs per submission when imap's input is already in memory
+MAP_PICKLED_AHEAD = 2**20  # bytes of pickled chunks map() keeps beyond the finished ones (>= 2 per worker)
 
 
 def _shutdown(supervisor: Supervisor) -> None:
@@ -312,7 +313,8 @@ class Pool:
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None,
             **limits: Any) -> list[Any]:
         """Apply ``func`` to every item, in parallel; return the results in order."""
-        return self._map_async(func, iterable, chunksize, None, None, wire.MAP, limits, "map").get()
+        return self._map_async(func, iterable, chunksize, None, None, wire.MAP, limits, "map",
+                               bounded=True).get()
 
     def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None,
                   callback: Callable[[Any], Any] | None = None,
@@ -329,7 +331,8 @@ class Pool:
     def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                 chunksize: int | None = None, **limits: Any) -> list[Any]:
         """Like :meth:`map`, but each item is unpacked: ``func(*item)``."""
-        return self._map_async(func, iterable, chunksize, None, None, wire.STARMAP, limits, "starmap").get()
+        return self._map_async(func, iterable, chunksize, None, None, wire.STARMAP, limits, "starmap",
+                               bounded=True).get()
 
     def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                       chunksize: int | None = None, callback: Callable[[Any], Any] | None = None,
@@ -341,27 +344,59 @@ class Pool:
 
     def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: Any,
                    callback: Any, error_callback: Any, mode: int, limits: dict[str, Any],
-                   method: str) -> MapResult:
+                   method: str, bounded: bool = False) -> MapResult:
+        """Cut, pickle and submit the chunks.  ``bounded`` (``map``/``starmap``,
+        whose caller waits anyway): pickle at most ``MAP_PICKLED_AHEAD`` bytes
+        (and at least 2 chunks per worker) beyond the finished chunks, so the
+        pickled input never all sits in memory beside the results (the
+        standard library pickles as it sends)."""
         self._check_running()
         soft_timeout, timeout, memory_limit = self._limits(**_limit_kwargs(limits, method))
         checks.check_callable("callback", callback)
         checks.check_callable("error_callback", error_callback)
-        items = list(iterable)
-        size = self._chunksize(chunksize, len(items))
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        result = MapResult(self._supervisor.runner, [len(c) for c in chunks], callback, error_callback,
-                           size, self._results)
-        if not chunks:
+        # As the standard library does: a sized input is used as it is (no
+        # copy), anything else read into a list; chunks are cut as they are
+        # pickled, so no second copy of the input exists at any time.
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        length = len(iterable)
+        size = self._chunksize(chunksize, length)
+        count = -(-length // size)
+        lengths = [size] * count
+        if count:
+            lengths[-1] = length - size * (count - 1)
+        result = MapResult(self._supervisor.runner, lengths, callback, error_callback, size, self._results)
+        del lengths
+        if not count:
             return result
         func = pickling.portable(func)
+        if isinstance(iterable, (list, tuple)):
+            sequence = iterable
+            chunks: Iterator[Any] = (sequence[i : i + size] for i in range(0, length, size))
+        else:
+            iterator = iter(iterable)
+            chunks = (list(itertools.islice(iterator, size)) for _ in range(count))
         # Submit as we pickle, so workers start on the first chunks at once;
         # groups grow so that huge maps are not one wake-up per chunk.
         group: list[Job] = []
         group_size = 1
+        min_ahead = max(2, 2 * self._supervisor.target)
+        pickled = 0
+        if bounded:
+            result.track_progress()
         for i, chunk in enumerate(chunks):
+            if bounded and i >= min_ahead:
+                ahead = max(min_ahead, MAP_PICKLED_AHEAD * i // max(pickled, 1))
+                if i >= ahead:
+                    if group:
+                        self._submit(group)
+                        group = []
+                    if not result.wait_chunks(i - ahead + 1):
+                        break  # the map failed: its result is final
             try:
-                group.append(self._job(result, i, func, chunk, None, mode, soft_timeout, timeout,
-                                       memory_limit))
+                job = self._job(result, i, func, chunk, None, mode, soft_timeout, timeout, memory_limit)
+                pickled += len(job.payload or b"")
+                group.append(job)
             except Exception as exc:  # an unpicklable item fails the map, not the pool
                 result.job_done(i, False, exc)
                 break

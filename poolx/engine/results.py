@@ -225,24 +225,43 @@ class MapResult(ApplyResult, mp_pool.MapResult):  # type: ignore[type-arg]
             self._offsets[i] = self._offsets[i - 1] + chunks[i - 1]
         self._values: list[Any] = [None] * sum(chunks)
         self._failed = False
+        self._progress: threading.Condition | None = None  # see wait_chunks
         if not chunks:  # the standard library completes at once, without callback
             self._success, self._value = True, []
             self._set_done()
 
     def job_done(self, index: int, ok: bool, value: Any) -> None:
         self._number_left -= 1
-        if self._failed:
-            return
-        if not ok:
-            self._failed = True
-            self._values = []
-            self._complete(False, value)
-            return
-        start = self._offsets[index]
-        self._values[start : start + len(value)] = value  # C-speed, like the stdlib
-        if self._number_left == 0:
-            values, self._values = self._values, []
-            self._complete(True, values)
+        if not self._failed:
+            if not ok:
+                self._failed = True
+                self._values = []
+                self._complete(False, value)
+            else:
+                start = self._offsets[index]
+                self._values[start : start + len(value)] = value  # C-speed, like the stdlib
+                if self._number_left == 0:
+                    values, self._values = self._values, []
+                    self._complete(True, values)
+        progress = self._progress
+        if progress is not None:
+            with progress:
+                progress.notify_all()
+
+    def track_progress(self) -> None:
+        """Let a submitter wait for chunks with :meth:`wait_chunks` (call
+        before submitting any)."""
+        self._progress = threading.Condition(threading.Lock())
+
+    def wait_chunks(self, count: int) -> bool:
+        """Block until ``count`` chunks have finished; False (at once) if the
+        map has failed: the rest need not be submitted."""
+        progress = self._progress
+        assert progress is not None, "track_progress() first"
+        total = len(self._offsets)
+        with progress:
+            progress.wait_for(lambda: self._failed or total - self._number_left >= count)
+        return not self._failed
 
 
 class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]

@@ -305,3 +305,8 @@ def pool_copy_gc_spares_reused_fds():
         except BlockingIOError:
             pass
     os._exit(0)
+
+
+def gated_len(path, data):
+    wait_for_file(path)
+    return len(data)

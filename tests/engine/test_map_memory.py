@@ -1,0 +1,64 @@
+"""map()/starmap() pickle their input a bounded amount ahead of the finished
+chunks (as the standard library pickles as it sends), so the pickled input
+never all sits in the parent beside the results (issue 18; the peak is
+measured by benchmarks/bench_memory.py)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+
+import pytest
+
+import poolx
+from poolx.engine import api
+from tests.engine import helpers
+
+
+@pytest.fixture
+def pool():
+    p = poolx.Pool(2, context=multiprocessing.get_context("fork"))
+    yield p
+    p.terminate()
+    p.join()
+
+
+def _until(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.005)
+
+
+def test_map_keeps_a_bounded_amount_of_pickled_input_ahead(pool, tmp_path):
+    gate = str(tmp_path / "gate")
+    size = api.MAP_PICKLED_AHEAD // 4  # so the bound is the 2-chunks-per-worker minimum: 4
+    items = [(gate, b"x" * size)] * 40
+    out = []
+    caller = threading.Thread(target=lambda: out.append(pool.starmap(helpers.gated_len, items, chunksize=1)))
+    caller.start()
+    _until(lambda: pool.stats()["submitted"] >= 4)
+    for _ in range(3):  # supervisor rounds: a submitter not bounded would have sent more by now
+        assert pool.stats()["submitted"] <= 5
+    with open(gate, "w"):
+        pass
+    caller.join(60)
+    assert out == [[size] * 40]
+
+
+def test_a_failed_map_stops_submitting(pool):
+    items = [("boom",)] + [("x" * (api.MAP_PICKLED_AHEAD // 4),)] * 200
+    with pytest.raises(ValueError, match="^boom$"):
+        pool.starmap(helpers.raise_value_error, items, chunksize=1)
+    assert pool.stats()["submitted"] < 200
+
+
+def test_map_results_unchanged(pool):
+    data = list(range(10_000))
+    assert pool.map(helpers.square, data) == [x * x for x in data]
+    assert pool.map(helpers.square, data, chunksize=1) == [x * x for x in data]
+    assert pool.map(helpers.square, range(1001), 7) == [x * x for x in range(1001)]
+    assert pool.map(helpers.square, {3: 0, 1: 0}) == [9, 1]
+    assert pool.starmap(helpers.add, iter([(1, 2), (3, 4)])) == [3, 7]
+    assert pool.map(helpers.square, []) == []
