@@ -45,6 +45,7 @@ _AT_EXIT_WAIT = 2.0
 IMAP_WINDOW = 256  # default: chunks an imap feeder may submit beyond the ones the caller took
 IMAP_AHEAD = 256  # once the window is released (close()): chunks beyond the completed ones
 IMAP_GROUP = 32  # jobs per submission when imap's input is already in memory
+RELEASE_ON_START = 64 * 1024  # pickled arguments this big are dropped as soon as the job starts
 MAP_PICKLED_AHEAD = 2**20  # bytes of pickled chunks map() keeps beyond the finished ones (>= 2 per worker)
 
 
@@ -190,6 +191,8 @@ class Pool:
         seq: int | None = None,
     ) -> Job:
         payload = pickling.dumps_job(func, args, kwds, mode)
+        if len(payload) >= RELEASE_ON_START:
+            flags |= wire.FLAG_ACK  # the supervisor drops the payload once the job started
         return Job(
             self._supervisor.next_seq() if seq is None else seq,
             sink,

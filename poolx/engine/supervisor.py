@@ -325,6 +325,7 @@ class Supervisor:
             job = handle.jobs.get(seq)
             if job is not None and job.state is JobState.SENT:
                 job.move(JobState.ACCEPTED)
+                job.payload = None  # a job that started never runs again: its arguments can go
                 job.sink.job_accepted(handle.pid, when)
         elif kind == wire.INIT_FAILED:
             self.health.init_failed(handle.pid, _loads_or(body[1:], None))
@@ -361,7 +362,7 @@ class Supervisor:
         for job in handle.jobs.values():
             if job.state.terminal:
                 continue
-            if job.seq == running:
+            if job.seq == running or job.payload is None:  # (None: it was accepted, so it started)
                 if self.terminating or handle.kill_reason is KillReason.POOL_TERMINATE:
                     self.finish(job, JobState.CANCELLED, PoolTerminated(True))
                 else:

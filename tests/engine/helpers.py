@@ -310,3 +310,9 @@ def pool_copy_gc_spares_reused_fds():
 def gated_len(path, data):
     wait_for_file(path)
     return len(data)
+
+
+def raise_if_boom(value):
+    if value == "boom":
+        raise ValueError(value)
+    return len(value)

@@ -50,7 +50,7 @@ def test_map_keeps_a_bounded_amount_of_pickled_input_ahead(pool, tmp_path):
 def test_a_failed_map_stops_submitting(pool):
     items = [("boom",)] + [("x" * (api.MAP_PICKLED_AHEAD // 4),)] * 200
     with pytest.raises(ValueError, match="^boom$"):
-        pool.starmap(helpers.raise_value_error, items, chunksize=1)
+        pool.starmap(helpers.raise_if_boom, items, chunksize=1)
     assert pool.stats()["submitted"] < 200
 
 
@@ -62,3 +62,18 @@ def test_map_results_unchanged(pool):
     assert pool.map(helpers.square, {3: 0, 1: 0}) == [9, 1]
     assert pool.starmap(helpers.add, iter([(1, 2), (3, 4)])) == [3, 7]
     assert pool.map(helpers.square, []) == []
+
+
+def test_large_arguments_are_dropped_once_the_job_started(pool, tmp_path):
+    gate = str(tmp_path / "gate")
+    big = pool.apply_async(helpers.gated_len, (gate, b"x" * api.RELEASE_ON_START))
+    small = pool.apply_async(helpers.gated_len, (gate, b"x"))
+
+    def payloads(sup):
+        return sorted((job.payload is None, job.state.value) for h in sup.workers for job in h.jobs.values())
+
+    # The small job was sent without asking for an acknowledgement: it keeps its arguments.
+    _until(lambda: pool._supervisor.call(payloads) == [(False, "sent"), (True, "accepted")])
+    with open(gate, "w"):
+        pass
+    assert (big.get(30), small.get(30)) == (api.RELEASE_ON_START, 1)
