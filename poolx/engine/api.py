@@ -352,7 +352,9 @@ class Pool:
         whose caller waits anyway): pickle at most ``MAP_PICKLED_AHEAD`` bytes
         (and at least 2 chunks per worker) beyond the finished chunks, so the
         pickled input never all sits in memory beside the results (the
-        standard library pickles as it sends)."""
+        standard library pickles as it sends).  Once the map has failed, the
+        remaining chunks are submitted at once: every item still runs, as in
+        the standard library."""
         self._check_running()
         soft_timeout, timeout, memory_limit = self._limits(**_limit_kwargs(limits, method))
         checks.check_callable("callback", callback)
@@ -395,7 +397,7 @@ class Pool:
                         self._submit(group)
                         group = []
                     if not result.wait_chunks(i - ahead + 1):
-                        break  # the map failed: its result is final
+                        bounded = False  # the map failed: the rest still runs, as in the standard library
             try:
                 job = self._job(result, i, func, chunk, None, mode, soft_timeout, timeout, memory_limit)
                 pickled += len(job.payload or b"")

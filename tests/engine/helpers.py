@@ -316,3 +316,18 @@ def raise_if_boom(value):
     if value == "boom":
         raise ValueError(value)
     return len(value)
+
+
+def logged_then_boom(path, i, _padding=b""):
+    """:func:`logged_job`, raising ValueError('boom') for item 0."""
+    logged_job(path, i)
+    if i == 0:
+        raise ValueError("boom")
+    return i
+
+
+def boom_or_wait(arg):
+    """ValueError('boom') for "boom"; otherwise wait for the file ``arg``."""
+    if arg == "boom":
+        raise ValueError(arg)
+    return wait_for_file(arg)

@@ -47,11 +47,14 @@ def test_map_keeps_a_bounded_amount_of_pickled_input_ahead(pool, tmp_path):
     assert out == [[size] * 40]
 
 
-def test_a_failed_map_stops_submitting(pool):
-    items = [("boom",)] + [("x" * (api.MAP_PICKLED_AHEAD // 4),)] * 200
+def test_every_item_of_a_failed_map_still_runs_once(pool, tmp_path):
+    log = str(tmp_path / "log")
+    padding = b"x" * (api.MAP_PICKLED_AHEAD // 4)  # so that the submission is bounded
     with pytest.raises(ValueError, match="^boom$"):
-        pool.starmap(helpers.raise_if_boom, items, chunksize=1)
-    assert pool.stats()["submitted"] < 200
+        pool.starmap(helpers.logged_then_boom, [(log, i, padding) for i in range(40)], chunksize=1)
+    _until(lambda: len(helpers.logged_runs(log)) == 40)
+    assert pool.apply(helpers.square, (2,)) == 4
+    assert set(helpers.logged_runs(log).values()) == {1}
 
 
 def test_map_results_unchanged(pool):

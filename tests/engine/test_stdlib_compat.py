@@ -233,3 +233,15 @@ def test_what_the_standard_library_mishandles_is_refused_at_the_call(pools, call
 def test_initargs_that_are_not_iterable_are_refused_at_the_call():
     with pytest.raises(TypeError, match="not iterable"):
         poolx.Pool(1, initializer=helpers.square, initargs=5, context=CTX)
+
+
+def test_a_failed_chunk_is_raised_at_once_while_the_others_run(pools, tmp_path):
+    # The standard library waits for every chunk (a documented difference).
+    _, px = pools
+    gate = str(tmp_path / "gate")
+    result = px.map_async(helpers.boom_or_wait, ["boom", gate], chunksize=1)
+    with pytest.raises(ValueError, match="^boom$"):
+        result.get(30)
+    with open(gate, "w"):
+        pass
+    _until(lambda: px.stats()["completed"] + px.stats()["failed"] == 2)
