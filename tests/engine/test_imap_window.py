@@ -5,11 +5,11 @@
 from __future__ import annotations
 
 import multiprocessing
-import time
 
 import pytest
 
 import poolx
+from tests.conftest import wait_until
 from tests.engine import helpers
 
 
@@ -34,11 +34,6 @@ class Counted:
             yield i
 
 
-def _until(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.005)
 
 
 
@@ -49,13 +44,13 @@ def test_the_feeder_stays_within_the_window_of_what_the_caller_took(pool, method
     source = Counted(10_000)
     results = getattr(pool, method)(helpers.square, source, chunksize, window=4)
     taken = [next(results) for _ in range(5)]
-    _until(lambda: source.read >= 4 * chunksize)
-    _until(lambda: pool.stats()["completed"] >= -(-source.read // chunksize))
+    wait_until(timeout=30, predicate=lambda: source.read >= 4 * chunksize)
+    wait_until(timeout=30, predicate=lambda: pool.stats()["completed"] >= -(-source.read // chunksize))
     pool.apply(helpers.square, (1,))  # a full supervisor round: nothing more may be read
     consumed_chunks = 5 // chunksize
     assert source.read <= (consumed_chunks + 4) * chunksize
     taken += [next(results) for _ in range(20)]
-    _until(lambda: source.read >= ((25 // chunksize) + 4) * chunksize)
+    wait_until(timeout=30, predicate=lambda: source.read >= ((25 // chunksize) + 4) * chunksize)
     pool.apply(helpers.square, (1,))
     assert source.read <= ((25 // chunksize) + 4) * chunksize
     if method == "imap":
@@ -67,7 +62,7 @@ def test_the_feeder_stays_within_the_window_of_what_the_caller_took(pool, method
 def test_results_waiting_for_the_caller_are_capped(pool):
     results = pool.imap(helpers.identity, iter(range(100_000)), window=8)
     next(results)
-    _until(lambda: len(results._items) >= 7)
+    wait_until(timeout=30, predicate=lambda: len(results._items) >= 7)
     pool.apply(helpers.square, (1,))
     assert len(results._items) <= 8  # never more than the window, however long we wait
 

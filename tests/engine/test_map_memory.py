@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-import time
 
 import pytest
 
 import poolx
 from poolx.engine import api
+from tests.conftest import wait_until
 from tests.engine import helpers
 
 
@@ -24,11 +24,6 @@ def pool():
     p.join()
 
 
-def _until(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.005)
 
 
 def test_map_keeps_a_bounded_amount_of_pickled_input_ahead(pool, tmp_path):
@@ -38,7 +33,7 @@ def test_map_keeps_a_bounded_amount_of_pickled_input_ahead(pool, tmp_path):
     out = []
     caller = threading.Thread(target=lambda: out.append(pool.starmap(helpers.gated_len, items, chunksize=1)))
     caller.start()
-    _until(lambda: pool.stats()["submitted"] >= 4)
+    wait_until(timeout=30, predicate=lambda: pool.stats()["submitted"] >= 4)
     for _ in range(3):  # supervisor rounds: a submitter not bounded would have sent more by now
         assert pool.stats()["submitted"] <= 5
     with open(gate, "w"):
@@ -52,7 +47,7 @@ def test_every_item_of_a_failed_map_still_runs_once(pool, tmp_path):
     padding = b"x" * (api.MAP_PICKLED_AHEAD // 4)  # so that the submission is bounded
     with pytest.raises(ValueError, match="^boom$"):
         pool.starmap(helpers.logged_then_boom, [(log, i, padding) for i in range(40)], chunksize=1)
-    _until(lambda: len(helpers.logged_runs(log)) == 40)
+    wait_until(timeout=30, predicate=lambda: len(helpers.logged_runs(log)) == 40)
     assert pool.apply(helpers.square, (2,)) == 4
     assert set(helpers.logged_runs(log).values()) == {1}
 
@@ -76,7 +71,7 @@ def test_large_arguments_are_dropped_once_the_job_started(pool, tmp_path):
         return sorted((job.payload is None, job.state.value) for h in sup.workers for job in h.jobs.values())
 
     # The small job was sent without asking for an acknowledgement: it keeps its arguments.
-    _until(lambda: pool._supervisor.call(payloads) == [(False, "sent"), (True, "accepted")])
+    wait_until(timeout=30, predicate=lambda: pool._supervisor.call(payloads) == [(False, "sent"), (True, "accepted")])
     with open(gate, "w"):
         pass
     assert (big.get(30), small.get(30)) == (api.RELEASE_ON_START, 1)

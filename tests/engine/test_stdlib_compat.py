@@ -14,12 +14,12 @@ import multiprocessing
 import multiprocessing.pool as mp_pool
 import os
 import signal
-import time
 
 import pytest
 
 import poolx
 import poolx.engine.results
+from tests.conftest import wait_until
 from tests.engine import helpers
 
 CTX = multiprocessing.get_context("fork")
@@ -146,19 +146,14 @@ def test_pool_attributes_are_read_only(pools):
     assert px.apply(helpers.square, (3,)) == 9
 
 
-def _until(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.01)
 
 
 def test_a_killed_worker_leaves_pool_list_and_is_replaced(pools):
     _, px = pools
     pid = px._pool[0].pid
     os.kill(pid, signal.SIGKILL)
-    _until(lambda: pid not in [w.pid for w in px._pool])
-    _until(lambda: len(px._pool) == 2)
+    wait_until(timeout=30, predicate=lambda: pid not in [w.pid for w in px._pool])
+    wait_until(timeout=30, predicate=lambda: len(px._pool) == 2)
     assert px.apply(helpers.square, (4,)) == 16
 
 
@@ -182,7 +177,7 @@ def test_result_fields_progress_code_polls(pools, tmp_path):
         first.get(30)
         second.get(30)
         assert mapped._number_left == 0
-        _until(lambda pool=pool: len(pool._cache) == 0)
+        wait_until(timeout=30, predicate=lambda pool=pool: len(pool._cache) == 0)
         os.unlink(gate)
     assert side_by_side[0] == side_by_side[1] == (3, 4, 2, 5, True)
 
@@ -244,4 +239,4 @@ def test_a_failed_chunk_is_raised_at_once_while_the_others_run(pools, tmp_path):
         result.get(30)
     with open(gate, "w"):
         pass
-    _until(lambda: px.stats()["completed"] + px.stats()["failed"] == 2)
+    wait_until(timeout=30, predicate=lambda: px.stats()["completed"] + px.stats()["failed"] == 2)
