@@ -20,7 +20,8 @@ import signal as signal_module
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from poolx import checks, exceptions
@@ -41,8 +42,11 @@ __all__ = ["Pool"]
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 _AT_EXIT_WAIT = 2.0
-IMAP_AHEAD = 256  # chunks an imap feeder may submit beyond the completed ones
+IMAP_WINDOW = 256  # default: chunks an imap feeder may submit beyond the ones the caller took
+IMAP_AHEAD = 256  # once the window is released (close()): chunks beyond the completed ones
 IMAP_GROUP = 32  # jobs per submission when imap's input is already in memory
+RELEASE_ON_START = 64 * 1024  # pickled arguments this big are dropped as soon as the job starts
+MAP_PICKLED_AHEAD = 2**20  # bytes of pickled chunks map() keeps beyond the finished ones (>= 2 per worker)
 
 
 def _shutdown(supervisor: Supervisor) -> None:
@@ -123,11 +127,11 @@ class Pool:
         synack: bool = False,
         enable_timeouts: bool = False,
     ) -> None:
-        self._state = "INIT"
+        self._run_state = "INIT"
         if processes is None:
             processes = os.cpu_count() or 1
-        checks.check_count("processes", processes, 0)
-        checks.check_count("maxtasksperchild", maxtasksperchild, 1, allow_none=True)
+        _check_processes(processes)
+        _check_maxtasksperchild(maxtasksperchild)
         checks.check_count("max_memory_per_child", max_memory_per_child, 1, allow_none=True)
         checks.check_count("max_restarts", max_restarts, 0, allow_none=True)
         if initializer is not None and not callable(initializer):
@@ -160,15 +164,16 @@ class Pool:
             on_timeout_cancel=on_timeout_cancel,
         )
         self._config = config
+        self._results: dict[int, Any] = {}  # results not ready yet, by _job: see _cache
         self._supervisor = Supervisor(config)
         self._supervisor.start()
         self._finalizer = weakref.finalize(self, _shutdown, self._supervisor)
-        self._state = RUN
+        self._run_state = RUN
 
     # ------------------------------------------------------------------ helpers
 
     def _check_running(self) -> None:
-        if self._state != RUN:
+        if self._run_state != RUN:
             raise PoolNotRunning()
 
     def _job(
@@ -186,6 +191,8 @@ class Pool:
         seq: int | None = None,
     ) -> Job:
         payload = pickling.dumps_job(func, args, kwds, mode)
+        if len(payload) >= RELEASE_ON_START:
+            flags |= wire.FLAG_ACK  # the supervisor drops the payload once the job started
         return Job(
             self._supervisor.next_seq() if seq is None else seq,
             sink,
@@ -216,8 +223,7 @@ class Pool:
             workers = max(1, self._supervisor.target)
             chunksize, extra = divmod(length, workers * 4)
             return chunksize + 1 if extra else max(chunksize, 1)
-        checks.check_count("chunksize", chunksize, 1)
-        return chunksize
+        return _check_chunksize(chunksize)
 
     # ------------------------------------------------------------------ apply
 
@@ -265,9 +271,9 @@ class Pool:
         seq = self._supervisor.next_seq()
         result = ApplyResult(self._supervisor.runner, callback, error_callback, accept_callback,
                              timeout_callback, correlation_id, self._terminate_job_of_result, seq,
-                             pool=self)
+                             cache=self._results, pool=self)
         try:
-            job = self._job(result, 0, pickling.portable(func), tuple(args), dict(kwds or {}), wire.APPLY,
+            job = self._job(result, 0, pickling.portable(func), *_call_arguments(func, args, kwds), wire.APPLY,
                             soft_timeout, timeout, memory_limit,
                             wire.FLAG_ACK if accept_callback is not None else 0, seq)
         except Exception as exc:  # unpicklable arguments fail this call only
@@ -300,7 +306,7 @@ class Pool:
         self._check_running()
         if soft_timeout is not None or timeout is not None or memory_limit is not None:
             soft_timeout, timeout, memory_limit = self._limits(soft_timeout, timeout, memory_limit)
-        job = self._job(sink, 0, pickling.portable(func), tuple(args), dict(kwds or {}), wire.APPLY,
+        job = self._job(sink, 0, pickling.portable(func), *_call_arguments(func, args, kwds), wire.APPLY,
                         soft_timeout, timeout, memory_limit)
         self._submit([job])
         return job.seq
@@ -310,7 +316,8 @@ class Pool:
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None,
             **limits: Any) -> list[Any]:
         """Apply ``func`` to every item, in parallel; return the results in order."""
-        return self._map_async(func, iterable, chunksize, None, None, wire.MAP, limits).get()
+        return self._map_async(func, iterable, chunksize, None, None, wire.MAP, limits, "map",
+                               bounded=True).get()
 
     def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None,
                   callback: Callable[[Any], Any] | None = None,
@@ -321,42 +328,81 @@ class Pool:
         ``soft_timeout``, ``timeout`` and ``memory_limit`` (keyword-only)
         apply to each *chunk*; pass ``chunksize=1`` for per-item limits.
         """
-        return self._map_async(func, iterable, chunksize, callback, error_callback, wire.MAP, limits)
+        return self._map_async(func, iterable, chunksize, callback, error_callback, wire.MAP, limits,
+                               "map_async")
 
     def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                 chunksize: int | None = None, **limits: Any) -> list[Any]:
         """Like :meth:`map`, but each item is unpacked: ``func(*item)``."""
-        return self._map_async(func, iterable, chunksize, None, None, wire.STARMAP, limits).get()
+        return self._map_async(func, iterable, chunksize, None, None, wire.STARMAP, limits, "starmap",
+                               bounded=True).get()
 
     def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                       chunksize: int | None = None, callback: Callable[[Any], Any] | None = None,
                       error_callback: Callable[[BaseException], Any] | None = None,
                       **limits: Any) -> MapResult:
         """Asynchronous :meth:`starmap`."""
-        return self._map_async(func, iterable, chunksize, callback, error_callback, wire.STARMAP, limits)
+        return self._map_async(func, iterable, chunksize, callback, error_callback, wire.STARMAP, limits,
+                               "starmap_async")
 
     def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: Any,
-                   callback: Any, error_callback: Any, mode: int, limits: dict[str, Any]) -> MapResult:
+                   callback: Any, error_callback: Any, mode: int, limits: dict[str, Any],
+                   method: str, bounded: bool = False) -> MapResult:
+        """Cut, pickle and submit the chunks.  ``bounded`` (``map``/``starmap``,
+        whose caller waits anyway): pickle at most ``MAP_PICKLED_AHEAD`` bytes
+        (and at least 2 chunks per worker) beyond the finished chunks, so the
+        pickled input never all sits in memory beside the results (the
+        standard library pickles as it sends).  Once the map has failed, the
+        remaining chunks are submitted at once: every item still runs, as in
+        the standard library."""
         self._check_running()
-        soft_timeout, timeout, memory_limit = self._limits(**_limit_kwargs(limits))
+        soft_timeout, timeout, memory_limit = self._limits(**_limit_kwargs(limits, method))
         checks.check_callable("callback", callback)
         checks.check_callable("error_callback", error_callback)
-        items = list(iterable)
-        size = self._chunksize(chunksize, len(items))
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        result = MapResult(self._supervisor.runner, [len(c) for c in chunks], callback, error_callback,
+        # As the standard library does: a sized input is used as it is (no
+        # copy), anything else read into a list; chunks are cut as they are
+        # pickled, so no second copy of the input exists at any time.
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        length = len(iterable)
+        size = self._chunksize(chunksize, length)
+        count = -(-length // size)
+        lengths = [size] * count
+        if count:
+            lengths[-1] = length - size * (count - 1)
+        result = MapResult(self._supervisor.runner, lengths, callback, error_callback, size, self._results,
                            pool=self)
-        if not chunks:
+        del lengths
+        if not count:
             return result
         func = pickling.portable(func)
+        if isinstance(iterable, (list, tuple)):
+            sequence = iterable
+            chunks: Iterator[Any] = (sequence[i : i + size] for i in range(0, length, size))
+        else:
+            iterator = iter(iterable)
+            chunks = (list(itertools.islice(iterator, size)) for _ in range(count))
         # Submit as we pickle, so workers start on the first chunks at once;
         # groups grow so that huge maps are not one wake-up per chunk.
         group: list[Job] = []
         group_size = 1
+        min_ahead = max(2, 2 * self._supervisor.target)
+        pickled = 0
+        if bounded:
+            result.track_progress()
         for i, chunk in enumerate(chunks):
+            if bounded and i >= min_ahead:
+                ahead = max(min_ahead, MAP_PICKLED_AHEAD * i // max(pickled, 1))
+                if i >= ahead:
+                    if group:
+                        self._submit(group)
+                        group = []
+                    if not result.wait_chunks(i - ahead + 1):
+                        bounded = False  # the map failed: the rest still runs, as in the standard library
             try:
-                group.append(self._job(result, i, func, chunk, None, mode, soft_timeout, timeout,
-                                       memory_limit))
+                job = self._job(result, i, func, chunk, None, mode, soft_timeout, timeout, memory_limit)
+                pickled += len(job.payload or b"")
+                group.append(job)
             except Exception as exc:  # an unpicklable item fails the map, not the pool
                 result.job_done(i, False, exc)
                 break
@@ -370,26 +416,33 @@ class Pool:
 
     # ------------------------------------------------------------------ imap
 
-    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1,
-             **limits: Any) -> IMapIterator:
+    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *,
+             window: int | None = None, **limits: Any) -> IMapIterator:
         """Lazy :meth:`map`: an iterator of results in input order.
 
         ``next(timeout)`` raises :class:`poolx.TimeoutError` when no result
         arrives in time.  Limits apply per chunk (per item with the default
-        ``chunksize=1``).
+        ``chunksize=1``).  At most ``window`` chunks (default 256, or 4 per
+        worker if more) are read and submitted beyond those whose results the
+        caller has taken: a slow consumer pauses the feeder, then the workers.
         """
-        return self._imap(IMapIterator(self), func, iterable, chunksize, limits)
+        return self._imap(IMapIterator(self._results, self), func, iterable, chunksize, window, limits, "imap")
 
-    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1,
-                       **limits: Any) -> IMapIterator:
+    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *,
+                       window: int | None = None, **limits: Any) -> IMapIterator:
         """Like :meth:`imap`, but results come in completion order."""
-        return self._imap(IMapUnorderedIterator(self), func, iterable, chunksize, limits)
+        return self._imap(IMapUnorderedIterator(self._results, self), func, iterable, chunksize, window, limits,
+                          "imap_unordered")
 
     def _imap(self, sink: IMapIterator, func: Callable[..., Any], iterable: Iterable[Any],
-              chunksize: Any, limits: dict[str, Any]) -> IMapIterator:
+              chunksize: Any, window: Any, limits: dict[str, Any], method: str) -> IMapIterator:
         self._check_running()
-        checks.check_count("chunksize", chunksize, 1)
-        limit_values = self._limits(**_limit_kwargs(limits))
+        _check_chunksize(chunksize)
+        if window is None:
+            window = max(IMAP_WINDOW, 4 * self._supervisor.target)
+        else:
+            checks.check_count("window", window, 1)
+        limit_values = self._limits(**_limit_kwargs(limits, method))
         # An input already in memory (it has a length) is fed in groups of
         # jobs; a lazy one (a generator, a socket...) job by job, so that no
         # item waits for the next one to be produced.
@@ -397,27 +450,37 @@ class Pool:
         self._supervisor.feeder_started()
         feeder = threading.Thread(
             target=self._feed,
-            args=(sink, pickling.portable(func), iter(iterable), chunksize, limit_values, group_size),
+            args=(sink, pickling.portable(func), iterable, chunksize, limit_values, group_size, window),
             name="poolx-feeder", daemon=True,
         )
         feeder.start()
         return sink
 
-    def _feed(self, sink: IMapIterator, func: Callable[..., Any], iterator: Iterator[Any],
-              chunksize: int, limits: tuple[Any, Any, Any], group_size: int) -> None:
+    def _feed(self, sink: IMapIterator, func: Callable[..., Any], iterable: Iterable[Any],
+              chunksize: int, limits: tuple[Any, Any, Any], group_size: int, window: int) -> None:
         """Feeder thread: read the input lazily, one chunk at a time.
 
-        It stays at most ``IMAP_AHEAD`` chunks ahead of completed ones, so a
-        huge (or endless) input is never materialized and the feeder does not
-        starve the supervisor of the GIL.
+        It stays at most ``window`` chunks ahead of those the caller has
+        taken, so a huge (or endless) input is never materialized, results
+        never pile up for a slow consumer, and the feeder does not starve the
+        supervisor of the GIL.  Once the pool is closing, the window is
+        released: the feeder finishes the input (as the standard library's
+        does), staying at most ``IMAP_AHEAD`` chunks ahead of completed ones.
         """
         try:
-            self._feed_chunks(sink, func, iterator, chunksize, limits, group_size)
+            try:
+                iterator = iter(iterable)
+            except Exception as exc:  # not iterable: raised by next(), as the standard library does
+                sink.job_done(0, False, exc)
+                sink.set_length(1)
+                return
+            self._feed_chunks(sink, func, iterator, chunksize, limits, group_size, window)
         finally:
             self._supervisor.feeder_finished()
 
     def _feed_chunks(self, sink: IMapIterator, func: Callable[..., Any], iterator: Iterator[Any],
-                     chunksize: int, limits: tuple[Any, Any, Any], group_size: int) -> None:
+                     chunksize: int, limits: tuple[Any, Any, Any], group_size: int,
+                     window: int) -> None:
         ahead = max(IMAP_AHEAD, 4 * self._supervisor.target)
         index = 0
         group: list[Job] = []
@@ -436,6 +499,10 @@ class Pool:
                 group.clear()
 
         while True:
+            if index - sink.consumed() >= window and not sink.window_released:
+                if not flush():
+                    return
+                sink.wait_consumed(index - window + 1)
             if index - sink.completed() >= ahead:
                 if not flush():
                     return
@@ -463,16 +530,23 @@ class Pool:
 
     def close(self) -> None:
         """Accept no more jobs; workers exit once the submitted ones are done."""
-        if self._state == RUN:
-            self._state = CLOSE  # new calls are refused; imap feeders finish their input
+        if self._run_state == RUN:
+            self._run_state = CLOSE  # new calls are refused; imap feeders finish their input
+            self._release_imap_windows()
             self._supervisor.post(self._supervisor.close)
 
     def terminate(self) -> None:
         """Stop now: cancel pending jobs (they fail with ``Terminated``) and
         kill the workers (SIGTERM, then SIGKILL).  Returns when they are gone."""
-        self._state = TERMINATE
+        self._run_state = TERMINATE
         self._finalizer.detach()
         _shutdown(self._supervisor)
+        self._release_imap_windows()  # their feeders then find the pool stopped
+
+    def _release_imap_windows(self) -> None:
+        for result in list(self._results.values()):
+            if isinstance(result, IMapIterator):
+                result.release_window()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the workers to exit after :meth:`close` or :meth:`terminate`.
@@ -480,7 +554,7 @@ class Pool:
         ``timeout`` (a poolx extension) bounds the wait; returns whether the
         pool has fully stopped.
         """
-        if self._state == RUN:
+        if self._run_state == RUN:
             raise ValueError("Pool is still running")
         self._supervisor.thread.join(timeout)
         stopped = not self._supervisor.thread.is_alive()
@@ -502,12 +576,12 @@ class Pool:
         )
 
     def __del__(self) -> None:
-        if getattr(self, "_state", None) == RUN:
+        if getattr(self, "_run_state", None) == RUN:
             warnings.warn(f"unclosed running pool {self!r}", ResourceWarning, source=self, stacklevel=1)
 
     def __repr__(self) -> str:
         return (f"<{type(self).__module__}.{type(self).__qualname__} "
-                f"state={self._state} pool_size={self._supervisor.target}>")
+                f"state={self._run_state} pool_size={self._supervisor.target}>")
 
     # ------------------------------------------------------------------ billiard's control API
 
@@ -568,10 +642,30 @@ class Pool:
         and :meth:`shrink`)."""
         return self._supervisor.target
 
+    # ------------------------------------------------------------------ the standard library's private attributes
+    # Read-only, with the standard library's meaning, because real code reads
+    # them (see "Compatibility attributes" in docs/migrating-multiprocessing.rst).
+
     @property
     def _processes(self) -> int:
-        # The standard library's (and billiard's) private name, which some code reads.
+        """The number of worker processes the pool keeps (:attr:`processes`)."""
         return self._supervisor.target
+
+    @property
+    def _pool(self) -> list[Any]:
+        """A new list of the live worker process objects (``multiprocessing.Process``):
+        a worker leaves it once the pool has reaped it, as in ``stats()["workers"]``."""
+        return list(self._supervisor.workers.processes)
+
+    @property
+    def _state(self) -> str:
+        """``"INIT"``, ``"RUN"``, ``"CLOSE"`` or ``"TERMINATE"`` (``multiprocessing.pool``'s constants)."""
+        return self._run_state
+
+    @property
+    def _cache(self) -> Mapping[int, Any]:
+        """A read-only view of the results not ready yet, by their ``_job``."""
+        return MappingProxyType(self._results)
 
     def stats(self) -> dict[str, Any]:
         """A snapshot: per worker pid, state, current job, tasks done, RSS and
@@ -598,9 +692,62 @@ def _signal(sig: Any) -> int:
         raise ValueError(f"invalid signal number: {sig}") from None
 
 
-def _limit_kwargs(limits: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(limits) - {"soft_timeout", "timeout", "memory_limit"}
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+def _limit_kwargs(limits: dict[str, Any], method: str) -> dict[str, Any]:
+    for name in limits:
+        if name not in ("soft_timeout", "timeout", "memory_limit"):  # Python's own wording
+            raise TypeError(f"Pool.{method}() got an unexpected keyword argument {name!r}")
     return {"soft_timeout": limits.get("soft_timeout"), "timeout": limits.get("timeout"),
             "memory_limit": limits.get("memory_limit")}
+
+
+# Argument checks with the standard library's exception types and wording
+# (Lib/multiprocessing/pool.py), where it has a check of its own.
+
+def _check_processes(processes: Any) -> None:
+    if not isinstance(processes, int) or isinstance(processes, bool):
+        raise TypeError(f"processes must be an int, not {type(processes).__name__} ({processes!r})")
+    if processes < 0:  # the standard library says "at least 1": poolx allows an empty pool
+        raise ValueError("Number of processes must be at least 0")
+
+
+def _check_maxtasksperchild(maxtasksperchild: Any) -> None:
+    if maxtasksperchild is not None and (
+        not isinstance(maxtasksperchild, int) or isinstance(maxtasksperchild, bool) or maxtasksperchild <= 0
+    ):
+        raise ValueError("maxtasksperchild must be a positive int or None")
+
+
+def _check_chunksize(chunksize: Any) -> int:
+    if not isinstance(chunksize, int) or isinstance(chunksize, bool):
+        raise TypeError(f"chunksize must be an int, not {type(chunksize).__name__} ({chunksize!r})")
+    if chunksize < 1:
+        raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
+    return chunksize
+
+
+def _call_arguments(func: Any, args: Any, kwds: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``args`` and ``kwds`` as a tuple and a dict; what ``func(*args, **kwds)``
+    would raise (Python's wording, which the standard library's ``get()`` shows)
+    if they are not an iterable and a mapping."""
+    try:
+        args = tuple(args)
+    except TypeError:
+        raise TypeError(f"{_function_str(func)} argument after * must be an iterable, "
+                        f"not {type(args).__name__}") from None
+    if kwds is None:
+        return args, {}
+    if not hasattr(kwds, "keys"):
+        raise TypeError(f"{_function_str(func)} argument after ** must be a mapping, "
+                        f"not {type(kwds).__name__}")
+    return args, dict(kwds)
+
+
+def _function_str(func: Any) -> str:
+    """How CPython names a function in call errors (``_PyObject_FunctionStr``)."""
+    qualname = getattr(func, "__qualname__", None)
+    if not isinstance(qualname, str):
+        return str(func)
+    module = getattr(func, "__module__", None)
+    if isinstance(module, str) and module != "builtins":
+        return f"{module}.{qualname}()"
+    return f"{qualname}()"

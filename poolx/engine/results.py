@@ -10,10 +10,20 @@ interface, not meant for users (like ``concurrent.futures.Future.set_result``).
 They behave as the standard library's: same methods, return values,
 exceptions and callback timing (a result is ready only after its callback
 returned).
+
+Compatibility: each class subclasses its ``multiprocessing.pool``
+counterpart, so ``isinstance`` checks against the standard library's classes
+hold, and carries the private fields that code polls for progress, read-only
+in meaning: ``_job`` (a unique id), ``MapResult._chunksize`` and
+``MapResult._number_left`` (chunks not finished yet).  A result not ready yet
+is listed in the ``cache`` mapping it was created with (the pool's
+``_cache``), under its ``_job``.
 """
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing.pool as mp_pool
 import threading
 from _thread import allocate_lock as _allocate_lock
 from collections import deque
@@ -52,7 +62,10 @@ class JobSink(Protocol):
         ...
 
 
-class ApplyResult:
+_job_counter = itertools.count()
+
+
+class ApplyResult(mp_pool.ApplyResult):  # type: ignore[type-arg]
     """The result of :meth:`poolx.Pool.apply_async` (stdlib ``AsyncResult``)."""
 
     def __init__(
@@ -65,8 +78,15 @@ class ApplyResult:
         correlation_id: Any = None,
         terminate_job: Callable[[int, int | None, int], None] | None = None,
         seq: int = 0,
+        cache: dict[int, Any] | None = None,
         pool: Any = None,
     ) -> None:
+        # The standard library's fields, with its meaning: a unique id, and
+        # an entry in the pool's cache until the result is ready.
+        self._job = next(_job_counter)
+        self._cache = cache
+        if cache is not None:
+            cache[self._job] = self
         # A latch: a lock held until the result is set.  Waiters acquire and
         # release it in turn; far cheaper to create than a threading.Event,
         # which matters at tens of thousands of results per second.
@@ -126,6 +146,9 @@ class ApplyResult:
     def _set_done(self) -> None:
         self._done = True
         self._latch.release()
+        if self._cache is not None:
+            self._cache.pop(self._job, None)
+            self._cache = None
 
     # -- billiard's extras -------------------------------------------------------------
 
@@ -186,7 +209,7 @@ def _call_kw(callback: Callable[..., Any], soft: bool, timeout: float) -> None:
     callback(soft=soft, timeout=timeout)
 
 
-class MapResult(ApplyResult):
+class MapResult(ApplyResult, mp_pool.MapResult):  # type: ignore[type-arg]
     """The result of ``map_async``/``starmap_async``: a list, in input order."""
 
     def __init__(
@@ -195,49 +218,82 @@ class MapResult(ApplyResult):
         chunks: list[int],
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
+        chunksize: int = 0,
+        cache: dict[int, Any] | None = None,
         pool: Any = None,
     ) -> None:
-        super().__init__(runner, callback, error_callback, pool=pool)
+        super().__init__(runner, callback, error_callback, cache=cache, pool=pool)
+        self._chunksize = chunksize if chunks else 0  # the standard library's fields
+        self._number_left = len(chunks)
         self._offsets = [0] * len(chunks)
         for i in range(1, len(chunks)):
             self._offsets[i] = self._offsets[i - 1] + chunks[i - 1]
         self._values: list[Any] = [None] * sum(chunks)
-        self._left = len(chunks)
         self._failed = False
+        self._progress: threading.Condition | None = None  # see wait_chunks
         if not chunks:  # the standard library completes at once, without callback
             self._success, self._value = True, []
             self._set_done()
 
     def job_done(self, index: int, ok: bool, value: Any) -> None:
-        if self._failed:
-            return
-        if not ok:
-            self._failed = True
-            self._values = []
-            self._complete(False, value)
-            return
-        start = self._offsets[index]
-        self._values[start : start + len(value)] = value  # C-speed, like the stdlib
-        self._left -= 1
-        if self._left == 0:
-            values, self._values = self._values, []
-            self._complete(True, values)
+        self._number_left -= 1
+        if not self._failed:
+            if not ok:
+                self._failed = True
+                self._values = []
+                self._complete(False, value)
+            else:
+                start = self._offsets[index]
+                self._values[start : start + len(value)] = value  # C-speed, like the stdlib
+                if self._number_left == 0:
+                    values, self._values = self._values, []
+                    self._complete(True, values)
+        progress = self._progress
+        if progress is not None:
+            with progress:
+                progress.notify_all()
+
+    def track_progress(self) -> None:
+        """Let a submitter wait for chunks with :meth:`wait_chunks` (call
+        before submitting any)."""
+        self._progress = threading.Condition(threading.Lock())
+
+    def wait_chunks(self, count: int) -> bool:
+        """Block until ``count`` chunks have finished; False (at once) if the
+        map has failed: the rest need not be submitted."""
+        progress = self._progress
+        assert progress is not None, "track_progress() first"
+        total = len(self._offsets)
+        with progress:
+            progress.wait_for(lambda: self._failed or total - self._number_left >= count)
+        return not self._failed
 
 
-class IMapIterator:
+class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
     """The iterator returned by :meth:`poolx.Pool.imap`: results in input order.
 
     Each job is a chunk; a failed chunk raises its exception once, at its
     position, and iteration goes on with the next chunk.
     """
 
-    def __init__(self, pool: Any = None) -> None:
+    def __init__(self, cache: dict[int, Any] | None = None, pool: Any = None) -> None:
         self._pool = pool  # kept alive while this iterator is (see ApplyResult)
+        self._job = next(_job_counter)
+        self._cache = cache
+        if cache is not None:
+            cache[self._job] = self
         self._cond = threading.Condition(threading.Lock())
         self._items: deque[tuple[bool, Any]] = deque()
         self._length: int | None = None  # number of chunks, once known
         self._next_chunk = 0
         self._unsorted: dict[int, tuple[bool, Any]] = {}
+        # The window: how far the feeder may run ahead of what the caller took.
+        self._pushed = 0  # items (a failed chunk is one item) delivered to _items so far
+        self._taken = 0  # items the caller took
+        self._ends: deque[int] = deque()  # _pushed at the end of each chunk not yet taken
+        self._consumed = 0  # chunks whose every item the caller took
+        self._feeder_waits = False
+        self._released = False
 
     def __iter__(self) -> IMapIterator:
         return self
@@ -252,6 +308,13 @@ class IMapIterator:
                     raise StopIteration
                 raise TimeoutError
             ok, value = self._items.popleft()
+            self._taken += 1
+            ends = self._ends
+            while ends and ends[0] <= self._taken:
+                ends.popleft()
+                self._consumed += 1
+                if self._feeder_waits:
+                    self._cond.notify_all()
         if ok:
             return value
         raise value
@@ -261,11 +324,20 @@ class IMapIterator:
     def _exhausted(self) -> bool:
         return self._length is not None and self._next_chunk >= self._length
 
+    def _notify(self) -> None:  # with the lock held, after a change
+        self._cond.notify_all()
+        if self._cache is not None and self._exhausted():  # every result is in
+            self._cache.pop(self._job, None)
+            self._cache = None
+
     def _push(self, ok: bool, value: Any) -> None:
         if ok:
             self._items.extend((True, item) for item in value)
+            self._pushed += len(value)
         else:
             self._items.append((False, value))
+            self._pushed += 1
+        self._ends.append(self._pushed)
         self._next_chunk += 1
 
     # -- JobSink (called by the engine) and the feeder's side
@@ -276,10 +348,9 @@ class IMapIterator:
                 self._push(ok, value)
                 while self._next_chunk in self._unsorted:
                     self._push(*self._unsorted.pop(self._next_chunk))
-                self._cond.notify_all()
+                self._notify()
             else:
                 self._unsorted[index] = (ok, value)
-                self._cond.notify_all()  # the feeder waits on completions, in any order
 
     def job_sent(self, pid: int) -> None:
         pass
@@ -299,17 +370,42 @@ class IMapIterator:
         with self._cond:
             self._cond.wait_for(lambda: self.completed() >= count)
 
+    def consumed(self) -> int:
+        """How many chunks the caller has taken every item of (read without
+        the lock: a hint)."""
+        return self._consumed
+
+    def wait_consumed(self, count: int) -> bool:
+        """Block the feeder until the caller has taken ``count`` chunks, or
+        the window is released (see :meth:`release_window`); False then."""
+        with self._cond:
+            self._feeder_waits = True
+            self._cond.wait_for(lambda: self._consumed >= count or self._released)
+            self._feeder_waits = False
+            return not self._released
+
+    def release_window(self) -> None:
+        """The pool is closing: the feeder no longer waits for the caller
+        (it finishes the input, as the standard library's does)."""
+        with self._cond:
+            self._released = True
+            self._cond.notify_all()
+
+    @property
+    def window_released(self) -> bool:
+        return self._released
+
     def set_length(self, chunks: int) -> None:
         """Called by the feeder once the input is exhausted."""
         with self._cond:
             self._length = chunks
-            self._cond.notify_all()
+            self._notify()
 
 
-class IMapUnorderedIterator(IMapIterator):
+class IMapUnorderedIterator(IMapIterator, mp_pool.IMapUnorderedIterator):  # type: ignore[type-arg]
     """The iterator returned by ``imap_unordered``: results as they complete."""
 
     def job_done(self, index: int, ok: bool, value: Any) -> None:
         with self._cond:
             self._push(ok, value)
-            self._cond.notify_all()
+            self._notify()

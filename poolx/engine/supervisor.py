@@ -325,6 +325,7 @@ class Supervisor:
             job = handle.jobs.get(seq)
             if job is not None and job.state is JobState.SENT:
                 job.move(JobState.ACCEPTED)
+                job.payload = None  # a job that started never runs again: its arguments can go
                 job.sink.job_accepted(handle.pid, when)
         elif kind == wire.INIT_FAILED:
             self.health.init_failed(handle.pid, _loads_or(body[1:], None))
@@ -361,7 +362,7 @@ class Supervisor:
         for job in handle.jobs.values():
             if job.state.terminal:
                 continue
-            if job.seq == running:
+            if job.seq == running or job.payload is None:  # (None: it was accepted, so it started)
                 if self.terminating or handle.kill_reason is KillReason.POOL_TERMINATE:
                     self.finish(job, JobState.CANCELLED, PoolTerminated(True))
                 else:
@@ -503,22 +504,33 @@ class Supervisor:
         self.finished.set()
 
     def _close_fds_in_child(self) -> None:
-        """After fork in a child process: drop this pool's parent-side fds.
+        """After fork in a child process: drop this pool's parent-side fds,
+        and make this copy of the pool inert.
 
         Otherwise a worker (or any forked child) would keep other workers'
         pipes and the lifeline's write end open, and they could not notice
-        that the pool's process died.
+        that the pool's process died.  Each fd is closed through the object
+        that owns it (a Connection, the selector), never as a bare number:
+        a copy of the pool that the child garbage-collects later must not
+        close that number again, nor write to the wake-up pipe — the child
+        may have reused the number meanwhile (a ``multiprocessing.Manager``
+        server forked while a pool was alive did, and lost its connections).
         """
-        fds = [self._wake_r, self._wake_w, *self.workers.parent_fds()]
-        try:
-            fds.append(self._selector.fileno())
-        except Exception:
-            pass
-        for fd in fds:
+        self.lock = threading.Lock()  # another thread of the parent may have held it
+        self.accepting = False
+        self._stopped = True  # post(), submit() and _wake() never write now
+        self._wake_pending = True
+        for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
             except OSError:
                 pass
+        self._wake_r = self._wake_w = -1
+        try:
+            self._selector.close()
+        except Exception:
+            pass
+        self.workers.close_in_child()
 
     # ------------------------------------------------------------------ introspection
 

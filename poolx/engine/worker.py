@@ -67,7 +67,7 @@ EXIT_KILL_PENDING = 5  # the supervisor is killing it for the job it just finish
 
 
 class _WorkerState:
-    """Worker-local state read by the soft-timeout signal handler."""
+    """Worker-local state read by the signal handlers (soft time limit, SIGINT)."""
 
     __slots__ = ("slot", "in_user_code")
 
@@ -81,6 +81,13 @@ class _WorkerState:
         if self.in_user_code and running and slot[SOFT_TARGET] == running:
             slot[SOFT_TARGET] = 0
             raise SoftTimeLimitExceeded()
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        """SIGINT raises ``KeyboardInterrupt`` in a running job (the standard
+        library's behaviour, which some libraries rely on to stop a job);
+        an idle worker, or one between jobs, ignores it."""
+        if self.in_user_code:
+            raise KeyboardInterrupt
 
 
 def repair_import_locks() -> None:
@@ -155,26 +162,31 @@ def _call(payload: memoryview, state: _WorkerState) -> Any:
 
 def _run_job(
     conn: Connection, state: _WorkerState, seq: int, flags: int, payload: memoryview
-) -> None:
+) -> bool:
+    """Run one job and send its result; True if the job raised ``SystemExit``
+    (the worker then leaves, as billiard's do)."""
     slot = state.slot
     slot[STARTED_NS] = time.monotonic_ns()
     slot[RUNNING] = seq
     if flags & wire.FLAG_ACK:
         conn.send_bytes(wire.encode_accepted(seq, time.monotonic()))
     started = time.perf_counter()
+    leave = False
     try:
         try:
             value = _call(payload, state)
             ok, data = _encode_value(value)
             del value
-        except Exception as exc:
+        except BaseException as exc:  # BaseExceptions too: the caller gets them (billiard)
             state.in_user_code = False
+            leave = isinstance(exc, SystemExit)
             ok, data = wire.RESULT_ERROR, _encode_error(exc)
-    except SoftTimeLimitExceeded as exc:  # the signal landed in the handler above
+    except (SoftTimeLimitExceeded, KeyboardInterrupt) as exc:  # a signal landed in the handler above
         state.in_user_code = False
         ok, data = wire.RESULT_ERROR, _encode_error(exc)
     conn.send_bytes(wire.encode_result(seq, ok, time.perf_counter() - started, data))
     slot[RUNNING] = 0
+    return leave
 
 
 def _over_memory(max_memory_kib: int | None) -> bool:
@@ -201,8 +213,8 @@ def worker_main(
     """Entry point of every worker process (importable for spawn/forkserver)."""
     if forked:
         repair_import_locks()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     state = _WorkerState(slot)
+    signal.signal(signal.SIGINT, state.on_sigint)
     signal.signal(SOFT_TIMEOUT_SIGNAL, state.on_soft_timeout)
     threading.Thread(
         target=_watch_lifeline, args=(lifeline,), name="poolx-lifeline", daemon=True
@@ -235,11 +247,14 @@ def worker_main(
         if slot[QUIT_NOW]:
             return  # retired: the jobs it holds go to other workers
         seq, flags, payload = local.popleft()
-        _run_job(conn, state, seq, flags, payload)
+        leave = _run_job(conn, state, seq, flags, payload)
         del payload
         if slot[KILL_TARGET] == seq:  # read only after slot[RUNNING] was cleared
             slot[KILL_ACK] = seq  # this exit is the supervisor's doing, not a crash
             os._exit(EXIT_KILL_PENDING)
+        if leave:  # the job raised SystemExit: a new worker takes this one's place
+            conn.send_bytes(bytes((wire.RETIRING,)) + b"SystemExit")
+            return
         if _over_memory(max_memory_kib):
             # Jobs it held but did not start go back to the pool's queue.
             conn.send_bytes(bytes((wire.RETIRING,)) + b"max_memory_per_child")

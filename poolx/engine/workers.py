@@ -192,9 +192,12 @@ class WorkerSet:
         self._on_message = on_message
         self._on_exit = on_exit
         self._handles: dict[int, WorkerHandle] = {}
+        self.processes: tuple[Any, ...] = ()
+        """The live workers' process objects; replaced (never mutated) on each
+        birth and reaping, so that other threads may read it at any time."""
         self._names = itertools.count(1)
         self._lifeline_r, self._lifeline_w = self.ctx.Pipe(duplex=False)
-        self._spawning_fd: int | None = None
+        self._spawning: Any = None  # the parent end of the pipe of a worker being started
         self.started = 0  # workers started so far
 
     # ------------------------------------------------------------------ the set
@@ -235,7 +238,7 @@ class WorkerSet:
             name=f"PoolxWorker-{next(self._names)}",
             daemon=True,
         )
-        self._spawning_fd = parent_conn.fileno()
+        self._spawning = parent_conn
         try:
             process.start()
         except (pickle.PicklingError, AttributeError, TypeError) as exc:
@@ -248,7 +251,7 @@ class WorkerSet:
             self._timers.schedule(time.monotonic() + SPAWN_RETRY, _wake_up)
             return None
         finally:
-            self._spawning_fd = None
+            self._spawning = None
             child_conn.close()
         # Only a child of ours has a pidfd that cannot name a reused pid;
         # under forkserver the sentinel comes from the server and no
@@ -257,6 +260,7 @@ class WorkerSet:
         handle = WorkerHandle(process, parent_conn, slot,
                               _open_pidfd(process.pid) if own_child else None)
         self._handles[handle.pid] = handle
+        self.processes = (*self.processes, process)
         self._selector.register(handle.fd, selectors.EVENT_READ,
                                 lambda events, h=handle: self._on_io(h, events))
         self._selector.register(handle.death_fd, selectors.EVENT_READ,
@@ -358,6 +362,7 @@ class WorkerSet:
         handle.process.join(1.0)
         exitcode = handle.process.exitcode
         del self._handles[handle.pid]
+        self.processes = tuple(p for p in self.processes if p is not handle.process)
         try:
             handle.conn.close()
         except OSError:
@@ -386,16 +391,27 @@ class WorkerSet:
             handle.send_signal(signal.SIGKILL)
             handle.process.join(1.0)
         self._handles.clear()
+        self.processes = ()
 
-    def parent_fds(self) -> list[int]:
-        """The fds a forked child must close: every worker pipe's parent end
-        (and the one being created), and the lifeline's write end."""
-        fds = [self._lifeline_w.fileno()]
-        fds += [h.fd for h in self._handles.values()]
-        fds += [h.death_fd for h in self._handles.values() if h.death_fd != h.sentinel]
-        if self._spawning_fd is not None:
-            fds.append(self._spawning_fd)
-        return fds
+    def close_in_child(self) -> None:
+        """In a forked child: close every worker pipe's parent end (and the
+        one being created) and the lifeline's write end, each through the
+        Connection that owns it, so that nothing in the child closes that fd
+        number again later (the child may have reused it by then)."""
+        conns = [self._lifeline_w, *(h.conn for h in self._handles.values())]
+        if self._spawning is not None:
+            conns.append(self._spawning)
+        for conn in conns:
+            try:
+                conn.close()
+            except OSError:
+                pass
+        for handle in self._handles.values():  # our pidfds (never the sentinels)
+            if handle.death_fd != handle.sentinel:
+                try:
+                    os.close(handle.death_fd)
+                except OSError:
+                    pass
 
     def close(self) -> None:
         """Close the lifeline: any worker still alive then exits by itself."""

@@ -241,3 +241,93 @@ def sleep_then_touch(seconds, path):
     """Sleep, then create ``path``: the job's end, seen from outside."""
     time.sleep(seconds)
     open(path, "w").close()
+
+
+def wait_for_file(path, timeout=60.0):
+    """Block until ``path`` exists (a gate the test opens); bounded."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.005)
+    return path
+
+
+class CustomBaseError(BaseException):
+    """A BaseException that is not an Exception (billiard's tests raise such)."""
+
+
+def raise_base_exception(message):
+    raise CustomBaseError(message)
+
+
+def raise_system_exit(code=0):
+    raise SystemExit(code)
+
+
+def interrupt_self(catch=False):
+    """SIGINT to the worker's own pid from a timer thread, as libraries that
+    enforce their own timeouts do; waits (bounded) for the KeyboardInterrupt."""
+    timer = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        time.sleep(30)
+    except KeyboardInterrupt:
+        if catch:
+            return "interrupted"
+        raise
+    return "not interrupted"
+
+
+HOLDER = []  # a pool that a forked child finds here (and nowhere else on its stack)
+
+
+def pool_copy_gc_spares_reused_fds():
+    """In a forked child: reuse fd numbers the after-fork hook freed, then let
+    the child's copy of the pool be garbage-collected; the new fds must stay
+    open and untouched.  Exit code: 0 fine, 1 an fd was closed, 2 written to."""
+    import gc
+
+    pipes = [os.pipe() for _ in range(16)]  # take the lowest free numbers
+    for r, _ in pipes:
+        os.set_blocking(r, False)
+    HOLDER.clear()
+    gc.collect()
+    for r, w in pipes:
+        try:
+            os.fstat(r)
+            os.fstat(w)
+        except OSError:
+            os._exit(1)
+        try:
+            if os.read(r, 100):
+                os._exit(2)
+        except BlockingIOError:
+            pass
+    os._exit(0)
+
+
+def gated_len(path, data):
+    wait_for_file(path)
+    return len(data)
+
+
+def raise_if_boom(value):
+    if value == "boom":
+        raise ValueError(value)
+    return len(value)
+
+
+def logged_then_boom(path, i, _padding=b""):
+    """:func:`logged_job`, raising ValueError('boom') for item 0."""
+    logged_job(path, i)
+    if i == 0:
+        raise ValueError("boom")
+    return i
+
+
+def boom_or_wait(arg):
+    """ValueError('boom') for "boom"; otherwise wait for the file ``arg``."""
+    if arg == "boom":
+        raise ValueError(arg)
+    return wait_for_file(arg)

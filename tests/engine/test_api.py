@@ -239,11 +239,11 @@ def test_billiard_constructor_arguments_are_accepted(ctx):
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"processes": -1}, ValueError, "processes must be at least 0"),
+        ({"processes": -1}, ValueError, "Number of processes must be at least 0"),
         ({"processes": True}, TypeError, "processes must be an int"),
         ({"processes": "2"}, TypeError, "processes must be an int"),
-        ({"maxtasksperchild": 0}, ValueError, "maxtasksperchild must be at least 1"),
-        ({"maxtasksperchild": False}, TypeError, "maxtasksperchild must be an int"),
+        ({"maxtasksperchild": 0}, ValueError, "maxtasksperchild must be a positive int or None"),
+        ({"maxtasksperchild": False}, ValueError, "maxtasksperchild must be a positive int or None"),
         ({"initializer": 3}, TypeError, "initializer must be a callable"),
         ({"timeout": -1}, ValueError, "timeout must be a positive number"),
         ({"soft_timeout": True}, TypeError, "soft_timeout must be a number"),
@@ -257,7 +257,7 @@ def test_bad_constructor_arguments(kwargs, error, message):
 
 
 def test_bad_call_arguments(pool):
-    with pytest.raises(ValueError, match="chunksize must be at least 1"):
+    with pytest.raises(ValueError, match=r"Chunksize must be 1\+, not 0"):
         pool.map(helpers.square, [1], chunksize=0)
     with pytest.raises(TypeError, match="chunksize must be an int"):
         pool.imap(helpers.square, [1], chunksize=True)

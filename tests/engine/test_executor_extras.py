@@ -22,6 +22,7 @@ from poolx.exceptions import (
 )
 from tests.conftest import wait_until
 from tests.engine import executor_tasks as tasks
+from tests.engine import helpers
 
 
 @pytest.fixture
@@ -270,13 +271,20 @@ def test_shutdown_with_wait_from_a_done_callback_cannot_join_itself(executor):
     assert errors == ["cannot join current thread"]
 
 
-def test_signals_do_not_reach_workers_running_calls(executor):
-    """SIGINT (Ctrl-C) goes to the parent only, as with the standard library."""
-    future = executor.submit(tasks.sleep, 0.3)
-    wait_until(lambda: any(w["job"] is not None for w in executor.stats()["workers"]))
+def test_sigint_in_a_running_call_raises_keyboard_interrupt_in_it(executor):
+    """As in the standard library's executor: the future holds the KeyboardInterrupt."""
+    future = executor.submit(helpers.interrupt_self)
+    with pytest.raises(KeyboardInterrupt):
+        future.result(timeout=30)
+    assert executor.submit(helpers.interrupt_self, True).result(timeout=30) == "interrupted"
+
+
+def test_sigint_does_not_disturb_idle_workers(executor):
+    assert executor.submit(tasks.mul, 2, 3).result(timeout=30) == 6
     for worker in executor.stats()["workers"]:
         os.kill(worker["pid"], signal.SIGINT)
-    assert future.result(timeout=30) == 0.3
+    assert executor.submit(tasks.mul, 3, 3).result(timeout=30) == 9
+    assert executor.stats()["lost"] == 0
 
 
 def test_cancel_then_shutdown_does_not_hang(fork_ctx, tmp_path):

@@ -136,17 +136,6 @@ def test_no_old_worker_starts_a_job_after_restart(fork_ctx, tmp_path):
         assert old not in [r.get(10) for r in later]
 
 
-def test_imap_feeder_wakes_when_results_complete_out_of_order():
-    """A slow first item must not stall the rest of an imap: the others
-    complete on the second worker while it runs (all but the few prefetched
-    behind it; a stalled feeder stops at its window, ~250)."""
-    with poolx.Pool(2) as pool:
-        it = pool.imap(helpers.sleep, [30.0] + [0.0] * 2000)
-        wait_until(lambda: pool.stats()["completed"] >= 1500, timeout=30)
-        pool.terminate()
-        del it
-
-
 def test_terminating_an_executor_call_twice_returns_false_the_second_time(tmp_path):
     ready = tmp_path / "handler-installed"
     with poolx.ProcessPoolExecutor(2) as executor:

@@ -1,0 +1,164 @@
+"""Parent memory of the process pool, poolx beside the standard library, in one run.
+
+Run: ``python3 dev.py bench benchmarks/bench_memory.py`` (or
+``python benchmarks/bench_memory.py --quick``).
+
+Each figure comes from a fresh interpreter (so one scenario's garbage never
+counts in another's), repeated ``--repeat`` times; the table shows the median
+and the poolx/stdlib ratio.
+
+* ``map peak``: ``map(int, range(n))`` over a list of ``n`` small ints with 2
+  workers; the parent's peak RSS (``ru_maxrss``) minus its RSS just before the
+  call (the input already built).  Target: poolx <= 1.1x the stdlib.
+* ``imap slow consumer``: ``imap`` over a lazy 10M-item input, the caller
+  taking ~5,000 results/s for ``--seconds`` s; the parent's RSS growth from
+  the first result to the end.  Target: flat (poolx < 15 MB in 10 s).
+* ``retained after 100k apply_async``: the RSS kept once every result has
+  been read and collected, without and with ``timeout=3600`` (a timer per
+  job).  Target: the same with and without a limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def make_pool(impl: str, processes: int = 2) -> Any:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    if impl == "poolx":
+        import poolx
+
+        return poolx.Pool(processes, context=ctx)
+    import multiprocessing.pool
+
+    return multiprocessing.pool.Pool(processes, context=ctx)
+
+
+def noop(x: Any = None) -> Any:
+    return x
+
+
+def scenario_map(impl: str, n: int, seconds: float) -> float:
+    pool = make_pool(impl)
+    pool.map(int, range(1000))  # warm up
+    data = list(range(n))
+    gc.collect()
+    before = rss()
+    result = pool.map(int, data)
+    grown = peak() - before
+    assert len(result) == n
+    pool.terminate()
+    return grown
+
+
+def scenario_imap(impl: str, n: int, seconds: float) -> float:
+    pool = make_pool(impl)
+    results = pool.imap(noop, iter(range(10_000_000)))
+    next(results)
+    start_rss, start = rss(), time.monotonic()
+    taken = 0
+    while time.monotonic() - start < seconds:
+        next(results)
+        taken += 1
+        if taken % 50 == 0:  # ~5,000 results/s
+            time.sleep(0.01)
+    grown = rss() - start_rss
+    pool.terminate()
+    return grown
+
+
+def scenario_retained(impl: str, n: int, seconds: float, timeout: bool) -> float:
+    pool = make_pool(impl)
+    pool.map(noop, range(1000))
+    gc.collect()
+    before = rss()
+    kwargs = {"timeout": 3600} if timeout and impl == "poolx" else {}
+    for start in range(0, n, 10_000):
+        results = [pool.apply_async(noop, (i,), **kwargs) for i in range(start, start + 10_000)]
+        for r in results:
+            r.get()
+        del results
+    gc.collect()
+    grown = rss() - before
+    pool.terminate()
+    return grown
+
+
+SCENARIOS = {
+    "map": scenario_map,
+    "imap": scenario_imap,
+    "retained": lambda impl, n, seconds: scenario_retained(impl, n, seconds, False),
+    "retained_timeout": lambda impl, n, seconds: scenario_retained(impl, n, seconds, True),
+}
+
+
+def run_child(scenario: str, impl: str, n: int, seconds: float) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", scenario, impl, str(n), str(seconds)],
+        capture_output=True, text=True, check=True, timeout=900,
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, one repetition")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0, help="imap slow-consumer duration")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        scenario, impl, n, seconds = args.child
+        print(json.dumps(SCENARIOS[scenario](impl, int(n), float(seconds))))
+        return
+    repeat = 1 if args.quick else args.repeat
+    seconds = 3.0 if args.quick else args.seconds
+    rows = [("map peak, 1M items", "map", 1_000_000)]
+    if not args.quick:
+        rows += [("map peak, 5M items", "map", 5_000_000), ("map peak, 10M items", "map", 10_000_000)]
+    rows += [
+        (f"imap slow consumer, growth over {seconds:g} s", "imap", 0),
+        ("retained after 100k apply_async", "retained", 20_000 if args.quick else 100_000),
+        ("... with timeout=3600 (poolx only)", "retained_timeout", 20_000 if args.quick else 100_000),
+    ]
+    print(f"{'scenario':44} {'poolx MB':>9} {'stdlib MB':>10} {'ratio':>6}   (median of {repeat})")
+    for label, scenario, n in rows:
+        figures = {}
+        for impl in ("poolx", "stdlib"):
+            if scenario == "retained_timeout" and impl == "stdlib":
+                continue
+            figures[impl] = statistics.median(run_child(scenario, impl, n, seconds) for _ in range(repeat))
+        px = figures["poolx"] / 2**20
+        std = figures.get("stdlib")
+        if std is None:
+            print(f"{label:44} {px:9.1f} {'-':>10} {'-':>6}")
+        else:
+            ratio = figures["poolx"] / std if std > 0 else float("nan")
+            print(f"{label:44} {px:9.1f} {std / 2**20:10.1f} {ratio:6.2f}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(HERE))
+    main()

@@ -1,0 +1,77 @@
+"""map()/starmap() pickle their input a bounded amount ahead of the finished
+chunks (as the standard library pickles as it sends), so the pickled input
+never all sits in the parent beside the results (issue 18; the peak is
+measured by benchmarks/bench_memory.py)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+import pytest
+
+import poolx
+from poolx.engine import api
+from tests.conftest import wait_until
+from tests.engine import helpers
+
+
+@pytest.fixture
+def pool():
+    p = poolx.Pool(2, context=multiprocessing.get_context("fork"))
+    yield p
+    p.terminate()
+    p.join()
+
+
+
+
+def test_map_keeps_a_bounded_amount_of_pickled_input_ahead(pool, tmp_path):
+    gate = str(tmp_path / "gate")
+    size = api.MAP_PICKLED_AHEAD // 4  # so the bound is the 2-chunks-per-worker minimum: 4
+    items = [(gate, b"x" * size)] * 40
+    out = []
+    caller = threading.Thread(target=lambda: out.append(pool.starmap(helpers.gated_len, items, chunksize=1)))
+    caller.start()
+    wait_until(timeout=30, predicate=lambda: pool.stats()["submitted"] >= 4)
+    for _ in range(3):  # supervisor rounds: a submitter not bounded would have sent more by now
+        assert pool.stats()["submitted"] <= 5
+    with open(gate, "w"):
+        pass
+    caller.join(60)
+    assert out == [[size] * 40]
+
+
+def test_every_item_of_a_failed_map_still_runs_once(pool, tmp_path):
+    log = str(tmp_path / "log")
+    padding = b"x" * (api.MAP_PICKLED_AHEAD // 4)  # so that the submission is bounded
+    with pytest.raises(ValueError, match="^boom$"):
+        pool.starmap(helpers.logged_then_boom, [(log, i, padding) for i in range(40)], chunksize=1)
+    wait_until(timeout=30, predicate=lambda: len(helpers.logged_runs(log)) == 40)
+    assert pool.apply(helpers.square, (2,)) == 4
+    assert set(helpers.logged_runs(log).values()) == {1}
+
+
+def test_map_results_unchanged(pool):
+    data = list(range(10_000))
+    assert pool.map(helpers.square, data) == [x * x for x in data]
+    assert pool.map(helpers.square, data, chunksize=1) == [x * x for x in data]
+    assert pool.map(helpers.square, range(1001), 7) == [x * x for x in range(1001)]
+    assert pool.map(helpers.square, {3: 0, 1: 0}) == [9, 1]
+    assert pool.starmap(helpers.add, iter([(1, 2), (3, 4)])) == [3, 7]
+    assert pool.map(helpers.square, []) == []
+
+
+def test_large_arguments_are_dropped_once_the_job_started(pool, tmp_path):
+    gate = str(tmp_path / "gate")
+    big = pool.apply_async(helpers.gated_len, (gate, b"x" * api.RELEASE_ON_START))
+    small = pool.apply_async(helpers.gated_len, (gate, b"x"))
+
+    def payloads(sup):
+        return sorted((job.payload is None, job.state.value) for h in sup.workers for job in h.jobs.values())
+
+    # The small job was sent without asking for an acknowledgement: it keeps its arguments.
+    wait_until(timeout=30, predicate=lambda: pool._supervisor.call(payloads) == [(False, "sent"), (True, "accepted")])
+    with open(gate, "w"):
+        pass
+    assert (big.get(30), small.get(30)) == (api.RELEASE_ON_START, 1)
