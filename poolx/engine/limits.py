@@ -133,24 +133,22 @@ class LimitKeeper:
                 self._arm(job, handle, now + min(pending))
             return
         started = slot[STARTED_NS] / 1e9
-        if job.soft_timeout is not None and not job.soft_fired:
-            deadline = started + job.soft_timeout
-            if now < deadline:
-                self._arm(job, handle, deadline)
-                return
-            job.soft_fired = True
-            slot[SOFT_TARGET] = job.seq  # mark the target *before* signalling
-            handle.send_signal(SOFT_TIMEOUT_SIGNAL)
-            job.sink.job_timed_out(True, job.soft_timeout)
-        if job.timeout is not None:
-            deadline = started + job.timeout
-            if now < deadline:
-                self._arm(job, handle, deadline)
-                return
+        # The hard limit first: with soft_timeout >= timeout the soft one
+        # must never fire (nor delay the kill) instead.
+        if job.timeout is not None and now >= started + job.timeout:
             if not self._host.kill_job(handle, job, KillReason.TIMEOUT):
                 return  # it finished at this very instant: its result is on the way
             job.sink.job_timed_out(False, job.timeout)
             self._host.finish(job, JobState.TIMED_OUT, TimeLimitExceeded(job.timeout))
+            return
+        if job.soft_timeout is not None and not job.soft_fired and now >= started + job.soft_timeout:
+            job.soft_fired = True
+            slot[SOFT_TARGET] = job.seq  # mark the target *before* signalling
+            handle.send_signal(SOFT_TIMEOUT_SIGNAL)
+            job.sink.job_timed_out(True, job.soft_timeout)
+        deadlines = [started + t for t in (None if job.soft_fired else job.soft_timeout, job.timeout) if t]
+        if deadlines:
+            self._arm(job, handle, min(deadlines))
 
     # ------------------------------------------------------------------ memory limits
 

@@ -134,3 +134,12 @@ def test_soft_limit_never_hits_another_job(fork_ctx):
         stats = pool.stats()
         assert stats["restarts"] == 0 and stats["workers_started"] == 2
         assert stats["failed"] == outcomes.count("raised")
+
+
+def test_a_hard_limit_shorter_than_the_soft_one_is_not_held_back_by_it(fork_ctx):
+    """The soft deadline comes later: the hard one must fire at its own time
+    (once it waited for the soft deadline first, here 30 s)."""
+    with poolx.Pool(1, soft_timeout=30, context=fork_ctx) as pool:
+        job = pool.apply_async(helpers.sleep, (60,), timeout=0.2)
+        with pytest.raises(TimeLimitExceeded):
+            job.get(10)
