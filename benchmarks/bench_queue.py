@@ -15,7 +15,10 @@ no persistence, killed at the end), one at a time, with the same scenario:
    ``total_reads_processed`` counts the requests the server read from its
    clients (one per command, pipeline or script call; commands *inside* a
    Lua script are not round trips, which is why ``INFO commandstats`` would
-   mislead here).
+   mislead here).  ``INFO commandstats`` deltas of the commands a client
+   can only send itself (``evalsha``, the blocking ``blpop``/``blmove``/
+   ``brpoplpush``) break that down: the ``evalsha/task`` and
+   ``block/task`` columns.
 
 Systems (skipped when not installed: ``pip install worq==1.1.1 rq``):
 
@@ -97,6 +100,11 @@ class Server:
     def reads(self) -> int:
         """Requests read from clients so far (each one is a round trip)."""
         return int(self.client.info("stats")["total_reads_processed"])
+
+    def commands(self) -> dict[str, int]:
+        """Calls so far per command (``INFO commandstats``)."""
+        stats = self.client.info("commandstats")
+        return {key.removeprefix("cmdstat_"): int(value["calls"]) for key, value in stats.items()}
 
     def stop(self) -> None:
         self.proc.kill()
@@ -255,17 +263,23 @@ def run_one(server: Server, name: str, n: int) -> dict[str, float]:
     procs = _start_consumers(consumer, server.url)
     try:
         produce(server.url, 1)()  # warm up: consumers are running and connected
-        before = server.reads()
+        before, cmds_before = server.reads(), server.commands()
         began = time.perf_counter()
         read = produce(server.url, n)
         enqueued = time.perf_counter()
         read()
         done = time.perf_counter()
-        after = server.reads()
+        after, cmds_after = server.reads(), server.commands()
     finally:
         _stop_consumers(procs)
-    calls = after - before - 1  # not the INFO call itself
+    calls = after - before - 2  # not the two INFO calls themselves
+
+    def delta(*names: str) -> float:
+        return sum(cmds_after.get(c, 0) - cmds_before.get(c, 0) for c in names) / n
+
     return {
+        "evalsha": delta("evalsha", "eval"),
+        "blocking": delta("blpop", "blmove", "brpoplpush", "brpop"),
         "enqueue_rate": n / (enqueued - began),
         "tasks_per_s": n / (done - began),
         "round_trips": calls / n,
@@ -298,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                     result = run_one(server, name, n_run)
                     runs.setdefault((name, n_run), []).append(result)
                     print(f" {result['tasks_per_s']:,.0f} tasks/s, enqueue {result['enqueue_rate']:,.0f}/s,"
-                          f" {result['round_trips']:.2f} trips/task", flush=True)
+                          f" {result['round_trips']:.2f} trips/task (evalsha {result['evalsha']:.2f},"
+                          f" blocking {result['blocking']:.2f})", flush=True)
     finally:
         server.stop()
     rows = [
@@ -308,13 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     base = {n: r for name, n, r in rows if name == "worq"}
     print()
     print(f"{'system':<12} {'tasks':>6} {'tasks/s':>9} {'enqueue/s':>10} {'trips/task':>10}"
-          f" {'x WorQ':>7} {'enq x WorQ':>10}")
+          f" {'evalsha/task':>12} {'block/task':>10} {'x WorQ':>7} {'enq x WorQ':>10}")
     for name, n, r in rows:
         ref = base.get(n)
         ratio = f"{r['tasks_per_s'] / ref['tasks_per_s']:.1f}" if ref else "-"
         eratio = f"{r['enqueue_rate'] / ref['enqueue_rate']:.1f}" if ref else "-"
         print(f"{name:<12} {n:>6} {r['tasks_per_s']:>9.0f} {r['enqueue_rate']:>10.0f}"
-              f" {r['round_trips']:>10.2f} {ratio:>7} {eratio:>10}", flush=True)
+              f" {r['round_trips']:>10.2f} {r['evalsha']:>12.2f} {r['blocking']:>10.2f}"
+              f" {ratio:>7} {eratio:>10}", flush=True)
     return 0
 
 
