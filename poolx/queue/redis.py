@@ -60,6 +60,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -97,8 +98,13 @@ POP_CHUNK = 500
 """Results asked for per script call by :meth:`TaskQueue.pop_results`."""
 RECLAIM_LIMIT = 100
 """Expired leases reclaimed per fetch."""
-POPPED_KEEP_MS = 60_000
-"""How long a read result stays readable by the same (retried) call."""
+POPPED_KEEP_MS = 10_000
+"""How long a read result stays readable by the same (retried) call, unless
+the reader's next call (which acknowledges it) deletes it earlier."""
+PREFETCH_LIMIT = 1000
+"""Results of other tasks a ``wait`` call brings back at most."""
+PREFETCH_MAX = 10_000
+"""Prefetched results a TaskQueue holds at most (unread, for live Deferreds)."""
 HANDOFF_FRESH = 1.0
 """A fetched task handed to a thread later than this is re-checked (and its
 lease renewed) first."""
@@ -231,6 +237,18 @@ class TaskQueue(AbstractTaskQueue):
         self._fetching = False
         self._handoff: deque[tuple[Delivery, float]] = deque()
         self._writer = Writer(self._commit, f"poolx-redis-writer-{self.name}")
+        # Result prefetch: this process's mailbox, the Deferreds enqueued here
+        # whose results it collects (id -> weak reference), the results read
+        # ahead for them, and what the next call tells Redis: results read
+        # (to delete) and ids no longer waited for.  One waiting thread at a
+        # time (the leader) blocks in Redis; the others wait on _rcond.
+        self._mailbox = os.urandom(8).hex()
+        self._subs: dict[str, weakref.ref[Any]] = {}
+        self._cache: dict[str, Any] = {}
+        self._acks: deque[str] = deque()
+        self._unsub: deque[str] = deque()
+        self._rcond = threading.Condition()
+        self._rleader = False
 
     def _here(self) -> None:
         """Start this process's state afresh if we are in a forked child."""
@@ -326,8 +344,14 @@ class TaskQueue(AbstractTaskQueue):
             if len(buffer) >= BATCH_SIZE:
                 self._flush()
             return True
-        dups = self._call("enqueue", os.urandom(8), result.id, message, ignore, lease, deliveries)
-        return not dups
+        mailbox = b"" if result.task.ignore_result else self._mailbox
+        dups = self._call("enqueue", os.urandom(8), mailbox, result.id, message, ignore, lease,
+                          deliveries)
+        if dups:
+            return False
+        if mailbox:
+            self._subscribe(result)
+        return True
 
     def batch(self) -> contextlib.AbstractContextManager[Any]:
         return self._batch()
@@ -354,7 +378,7 @@ class TaskQueue(AbstractTaskQueue):
         buffer.clear()
         dups: list[str] = []
         for start in range(0, len(items), BATCH_SIZE):
-            args: list[Any] = [os.urandom(8)]
+            args: list[Any] = [os.urandom(8), b""]
             for task_id, (_name, message, ignore, lease, deliveries) in items[
                 start : start + BATCH_SIZE
             ]:
@@ -370,9 +394,13 @@ class TaskQueue(AbstractTaskQueue):
     def defer_task(self, result: Deferred, message: bytes, args: list[str]) -> bool:
         self._flush()  # its arguments may be waiting in this thread's batch
         ignore, lease, deliveries = self._task_fields(result)
+        mailbox = b"" if result.task.ignore_result else self._mailbox
         made = self._call(
-            "defer", os.urandom(8), result.id, message, ignore, lease, deliveries, len(args)
+            "defer", os.urandom(8), result.id, message, ignore, lease, deliveries, len(args),
+            mailbox,
         )
+        if made and mailbox:
+            self._subscribe(result)
         return bool(made)
 
     def undefer_task(self, task_id: str) -> None:
@@ -617,15 +645,167 @@ class TaskQueue(AbstractTaskQueue):
         self._sync()
         self._call("discard", task_id, task_expired_token, ref)
 
+    @staticmethod
+    def _take(items: deque[str], limit: int = PREFETCH_LIMIT) -> list[str]:
+        taken: list[str] = []
+        with contextlib.suppress(IndexError):
+            while len(taken) < limit:
+                taken.append(items.popleft())
+        return taken
+
     def _pop(self, nonce: bytes, register: bool, ids: list[str]) -> list[tuple[bytes, Any]]:
-        reply = self._call("pop", nonce, POPPED_KEEP_MS, b"1" if register else b"0", *ids)
-        return [(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
+        acks = self._take(self._acks)
+        reply = self._call("pop", nonce, POPPED_KEEP_MS, b"1" if register else b"0",
+                           len(acks), *acks, *ids)
+        pairs = [(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
+        self._acks.extend(task_id for task_id, (code, _msg) in zip(ids, pairs, strict=False)
+                          if code == PopCode.READY)
+        return pairs
+
+    # -- result prefetch ------------------------------------------------------------
+
+    def _subscribe(self, result: Deferred) -> None:
+        """Collect ``result``'s result through this process's mailbox for as
+        long as the Deferred lives (see :meth:`pop_result`)."""
+        task_id = result.id
+        subs, cache, unsub = self._subs, self._cache, self._unsub
+
+        def dropped(ref: weakref.ref[Any]) -> None:
+            # Runs inside the garbage collector: no locks, atomic dict and
+            # deque operations only.
+            if subs.get(task_id) is ref:
+                subs.pop(task_id, None)
+                cache.pop(task_id, None)
+                unsub.append(task_id)
+
+        subs.setdefault(task_id, weakref.ref(result, dropped))
+
+    def share_result(self, task_id: str) -> bool:
+        """Stop prefetching ``task_id``'s result (a copy of its Deferred goes
+        to another process, whose reader must find it in Redis).
+
+        :returns: True if the result was already prefetched: the caller
+            should read it now (:meth:`pop_result`, no round trip).
+        """
+        self._here()
+        with self._rcond:
+            if task_id in self._cache:
+                return True
+            if self._subs.pop(task_id, None) is not None:
+                self._unsub.append(task_id)
+        return False
+
+    def _prefetch(self, task_id: str, register: bool) -> tuple[bytes, Any, int]:
+        """One ``wait`` call: ``task_id``'s result, and those of the
+        mailbox's other tasks into the cache (waking threads waiting there).
+
+        :returns: ``(code, message, left)``: ``left`` counts the mailbox
+            entries still there (the cache was too full to take them).
+        """
+        acks, unsub = self._take(self._acks), self._take(self._unsub)
+        limit = max(0, min(PREFETCH_LIMIT, PREFETCH_MAX - len(self._cache)))
+        reply = self._call(
+            "wait", os.urandom(8), POPPED_KEEP_MS, b"1" if register else b"0", len(acks), *acks,
+            self._mailbox, limit, len(unsub), *unsub, task_id,
+        )
+        (code, message), drained, left = (reply[0][0], reply[0][1]), reply[1], int(reply[2])
+        if code == PopCode.READY:
+            self._acks.append(task_id)
+        if drained:
+            with self._rcond:
+                for i in range(0, len(drained), 3):
+                    other, other_code = _text(drained[i]), drained[i + 1]
+                    if other_code == PopCode.READY:
+                        self._acks.append(other)
+                    if other != task_id and other in self._subs:
+                        self._cache[other] = (
+                            drained[i + 2] if other_code == PopCode.READY else TASK_EXPIRED
+                        )
+                self._rcond.notify_all()
+        return code, message, left
+
+    def _cached(self, task_id: str) -> Any:
+        """The prefetched result of ``task_id`` (now read), or None."""
+        with self._rcond:
+            message = self._cache.pop(task_id, None)
+            if message is not None:
+                self._subs.pop(task_id, None)
+            return message
+
+    def _wait_prefetched(self, task_id: str, timeout: float | None) -> Any:
+        """:meth:`pop_result` for a task whose result comes to the mailbox."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cond, lead = self._rcond, False
+        try:
+            while True:
+                with cond:
+                    message = self._cache.pop(task_id, None)
+                    if message is not None:
+                        self._subs.pop(task_id, None)
+                        return message
+                    if not lead and timeout != 0:
+                        if self._rleader:
+                            remaining = None if deadline is None else deadline - time.monotonic()
+                            if remaining is not None and remaining <= 0:
+                                return None
+                            cond.wait(remaining)
+                            continue
+                        self._rleader = lead = True
+                full = len(self._cache) >= PREFETCH_MAX
+                code, message, left = self._prefetch(task_id, register=full and timeout != 0)
+                if code != PopCode.WAITING:
+                    with cond:
+                        self._subs.pop(task_id, None)
+                    return message if code == PopCode.READY else TASK_EXPIRED
+                if timeout == 0:
+                    return None
+                block = self._max_block
+                if deadline is not None:
+                    block = min(block, deadline - time.monotonic())
+                    if block <= 0:
+                        return None
+                if left and full:
+                    # The cache is full: wait for this task alone.
+                    self._run("pop_result", self._wait_result, task_id, block)
+                else:
+                    self._run("pop_result", self._wait_mailbox, block)
+        finally:
+            if lead:
+                with cond:
+                    self._rleader = False
+                    cond.notify_all()
+
+    def _wait_mailbox(self, block: float) -> None:
+        """Block until the mailbox is not empty, taking nothing from it."""
+        key = f"{self._key}mb:{self._mailbox}"
+        if self._blmove:
+            try:
+                self._client.blmove(key, key, max(block, 0.01), "RIGHT", "RIGHT")
+                return
+            except ResponseError as err:
+                if "unknown command" not in str(err).lower():
+                    raise
+                self._blmove = False  # Redis < 6.2: rotate instead
+        self._client.brpoplpush(key, key, max(1, round(block)))
 
     def _wait_result(self, task_id: str, block: float) -> None:
         self._client.blpop([self._key + "w:" + task_id], max(block, 0.01))
 
     def pop_result(self, task_id: str, timeout: float | None) -> Any:
+        """See :meth:`AbstractTaskQueue.pop_result`.
+
+        For a task enqueued through this queue object whose Deferred is
+        alive, the call also reads the results of this process's other such
+        tasks that are ready into a cache (their own ``pop_result`` then
+        costs no round trip), and blocks on this process's mailbox, which
+        every one of their results reaches.
+        """
         self._sync()
+        cached = self._cached(task_id)
+        if cached is not None:
+            return cached
+        if task_id in self._subs:
+            return self._wait_prefetched(task_id, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         nonce = os.urandom(8)
         while True:
@@ -651,6 +831,11 @@ class TaskQueue(AbstractTaskQueue):
         pending = list(dict.fromkeys(task_ids))
         found: dict[str, Any] = {}
         start = 0
+        for task_id in pending:
+            cached = self._cached(task_id)
+            if cached is not None:
+                found[task_id] = cached
+        pending = [task_id for task_id in pending if task_id not in found]
         while start < len(pending):
             chunk = pending[start : start + POP_CHUNK]
             replies = self._pop(nonce, timeout != 0, chunk)
@@ -667,6 +852,8 @@ class TaskQueue(AbstractTaskQueue):
                 if block <= 0:
                     break
             self._run("pop_results", self._wait_result, pending[start], block)
+        for task_id in found:
+            self._subs.pop(task_id, None)
         return found
 
     # -- the registry of live worker pools --------------------------------------

@@ -9,10 +9,21 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from poolx import get_broker
+from poolx.queue import redis as redis_queue
+from poolx.queue.redis import POPPED_KEEP_MS
+from tests.redis.tasks import ts
 from tests.taskqueue.helpers import WAIT
+
+
+def get_worker(url):
+    broker = get_broker(url)
+    broker.expose(ts)
+    return broker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,3 +58,140 @@ def test_a_producer_killed_right_after_its_enqueue_calls_loses_nothing(url):
     queue = get_broker(url).taskqueue
     assert queue.size() == 300
     assert {queue.get_status(task_id.decode()) for task_id in ids} == {"enqueued"}
+
+
+# -- result prefetch --------------------------------------------------------------
+
+
+def _run_all(broker) -> None:
+    while (task := broker.next_task(0)) is not None:
+        broker.invoke(task)
+    broker.taskqueue.flush()
+
+
+def _counting(queue):
+    calls: list[str] = []
+    real = queue._call
+
+    def call(what, *args):
+        calls.append(what)
+        return real(what, *args)
+
+    queue._call = call
+    return calls
+
+
+def test_a_loop_of_waits_over_finished_tasks_costs_few_round_trips(url):
+    broker = get_broker(url)
+    broker.expose(ts)
+    q = broker.queue()
+    results = [q.rt.square(i) for i in range(300)]
+    _run_all(get_worker(url))
+    calls = _counting(broker.taskqueue)
+    for res in results:
+        assert res.wait(WAIT)
+    assert calls == ["wait"]  # the first wait read them all
+    assert [res.value for res in results] == [i * i for i in range(300)]
+    assert {res.status for res in results} == {"success"}
+    assert calls == ["wait"]
+    assert broker.taskqueue._cache == {} and broker.taskqueue._subs == {}
+
+
+def test_values_and_statuses_of_prefetched_results_cost_no_round_trip(url):
+    broker = get_broker(url)
+    q = broker.queue()
+    first, second, third = q.rt.square(1), q.rt.square(2), q.rt.square(3)
+    _run_all(get_worker(url))
+    assert first.wait(WAIT)
+    calls = _counting(broker.taskqueue)
+    assert second.status == "success" and third.value == 9
+    assert second.value == 4
+    assert calls == []
+
+
+def test_waiting_blocks_on_the_mailbox_until_a_result_arrives(url):
+    broker = get_broker(url)
+    q = broker.queue()
+    res = q.rt.square(4)
+    worker = get_worker(url)
+    task = worker.next_task(WAIT)
+    calls = _counting(broker.taskqueue)
+    timer = threading.Timer(0.3, worker.set_result, (task, 16))
+    timer.start()
+    try:
+        began = time.monotonic()
+        assert res.wait(WAIT)
+        assert time.monotonic() - began >= 0.25
+    finally:
+        timer.join()
+    assert calls == ["wait", "wait"]  # before blocking, and once woken
+    assert res.value == 16
+
+
+def test_the_prefetch_cache_is_bounded(url, monkeypatch):
+    monkeypatch.setattr(redis_queue, "PREFETCH_MAX", 50)
+    monkeypatch.setattr(redis_queue, "PREFETCH_LIMIT", 20)
+    broker = get_broker(url)
+    q = broker.queue()
+    results = [q.rt.square(i) for i in range(200)]
+    _run_all(get_worker(url))
+    sizes = []
+    for res in results:
+        assert res.wait(WAIT)
+        sizes.append(len(broker.taskqueue._cache))
+    assert max(sizes) <= 50
+    assert [res.value for res in results] == [i * i for i in range(200)]
+
+
+def test_a_full_cache_still_wakes_a_waiter_at_once(url, monkeypatch):
+    monkeypatch.setattr(redis_queue, "PREFETCH_MAX", 3)
+    broker = get_broker(url)
+    q = broker.queue()
+    done = [q.rt.square(i) for i in range(10)]
+    worker = get_worker(url)
+    _run_all(worker)
+    assert done[0].wait(WAIT)  # the cache takes three, the mailbox keeps the rest
+    waited = q.rt.square(10)
+    task = worker.next_task(WAIT)
+    threading.Timer(0.2, worker.set_result, (task, 100)).start()
+    began = time.monotonic()
+    assert waited.wait(WAIT) and waited.value == 100
+    assert time.monotonic() - began < 2  # not a MAX_BLOCK round
+    assert [res.value for res in done] == [i * i for i in range(10)]
+
+
+# -- read results are deleted (issue 18) ------------------------------------------
+
+
+def _records(queue) -> set[str]:
+    return {key.decode().rsplit(":", 1)[1]
+            for key in queue.client.scan_iter(match=f"{queue._key}t:*", count=1000)}
+
+
+def test_read_results_are_deleted_by_the_readers_next_call(url):
+    broker = get_broker(url)
+    q = broker.queue()
+    results = [q.rt.square(i) for i in range(50)]
+    _run_all(get_worker(url))
+    for res in results:
+        assert res.wait(WAIT)
+    queue = broker.taskqueue
+    read = {res.id for res in results}
+    assert _records(queue) == read  # read, kept for a retried call
+    assert all(0 < queue.client.pttl(f"{queue._key}t:{i}") <= POPPED_KEEP_MS for i in read)
+    last = q.rt.square(50)
+    _run_all(get_worker(url))
+    assert last.wait(WAIT)
+    assert _records(queue) == {last.id}  # the earlier ones are gone
+
+
+def test_results_read_one_by_one_without_prefetch_are_deleted_too(url):
+    queue = get_broker(url).taskqueue
+    q = get_broker(url).queue()
+    ids = [q.rt.square(i).id for i in range(3)]  # dropped: read by id below
+    _run_all(get_worker(url))
+    reader = get_broker(url).taskqueue
+    assert [reader.pop_result(i, WAIT) for i in ids[:2]]
+    assert _records(queue) == {ids[1], ids[2]}  # the second call deleted the first
+    reader.pop_result(ids[2], WAIT)
+    assert _records(queue) == {ids[2]}
