@@ -106,6 +106,16 @@ class Server:
         stats = self.client.info("commandstats")
         return {key.removeprefix("cmdstat_"): int(value["calls"]) for key, value in stats.items()}
 
+    def floor(self, n: int = 2000) -> float:
+        """Round trips per second one client gets on this machine now: a
+        trivial ``EVALSHA`` in a loop (the bound for anything that makes one
+        synchronous round trip per task, such as a durable enqueue)."""
+        sha = self.client.script_load("return 1")
+        began = time.perf_counter()
+        for _ in range(n):
+            self.client.evalsha(sha, 1, "poolx-bench-floor")
+        return n / (time.perf_counter() - began)
+
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
@@ -302,9 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(size) for size in args.sizes.split(",")]
     server = Server()
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+    floors: list[float] = []
     try:
         for n in sizes:
             for round_ in range(args.rounds):
+                floors.append(server.floor())
                 for name in names:
                     # RQ is slow: fewer tasks keep the run short.
                     n_run = min(n, 5000) if name == "rq" else n
@@ -320,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         (name, n, {key: statistics.median(r[key] for r in results) for key in results[0]})
         for (name, n), results in runs.items()
     ]
+    print(f"\nround-trip floor: {statistics.median(floors):,.0f} EVALSHA/s (one client, median"
+          f" of {len(floors)}; a durable one-call enqueue cannot beat it)")
     base = {n: r for name, n, r in rows if name == "worq"}
     print()
     print(f"{'system':<12} {'tasks':>6} {'tasks/s':>9} {'enqueue/s':>10} {'trips/task':>10}"

@@ -148,8 +148,12 @@ local function create(id, msg, ir, ls, mx, nonce, status, mb)
     end
     redis.call('DEL', key)
   end
-  redis.call('HSET', key, 's', status, 'm', msg, 'ir', ir, 'ls', ls, 'mx', mx, 'd', 0, 'n', nonce)
-  if mb and mb ~= '' then redis.call('HSET', key, 'mb', mb) end
+  if mb and mb ~= '' then
+    redis.call('HSET', key, 's', status, 'm', msg, 'ir', ir, 'ls', ls, 'mx', mx, 'd', 0, 'n', nonce,
+               'mb', mb)
+  else
+    redis.call('HSET', key, 's', status, 'm', msg, 'ir', ir, 'ls', ls, 'mx', mx, 'd', 0, 'n', nonce)
+  end
   return 1, key
 end
 

@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 from poolx import get_broker
+from poolx.core import batch
 from poolx.queue import redis as redis_queue
 from poolx.queue.redis import POPPED_KEEP_MS
+from poolx.task import wait_all
 from tests.redis.tasks import ts
 from tests.taskqueue.helpers import WAIT
 
@@ -195,3 +197,37 @@ def test_results_read_one_by_one_without_prefetch_are_deleted_too(url):
     assert _records(queue) == {ids[1], ids[2]}  # the second call deleted the first
     reader.pop_result(ids[2], WAIT)
     assert _records(queue) == {ids[2]}
+
+
+def test_tasks_enqueued_in_a_batch_are_not_read_ahead(url):
+    broker = get_broker(url)
+    q = broker.queue()
+    with batch(q):
+        results = [q.rt.square(i) for i in range(5)]
+    _run_all(get_worker(url))
+    assert results[0].wait(WAIT)
+    assert broker.taskqueue._cache == {}
+    assert wait_all(results, WAIT)
+    assert [res.value for res in results] == [i * i for i in range(5)]
+
+
+# -- a stored result ends the task (issue 17) -------------------------------------
+
+
+def test_a_task_whose_result_was_stored_is_never_delivered_again(url):
+    """Its consumer may vanish at once: the lease went with the result, read
+    or not, deleted or not."""
+    q = get_broker(url).queue()
+    stored, read, lost = q.rt.square(1), q.rt.square(2), q.rt.square(3)
+    consumer = get_broker(url).taskqueue
+    taken = [consumer.get(WAIT)[0] for _ in range(3)]
+    assert taken == [stored.id, read.id, lost.id]
+    for task_id in taken:
+        consumer.set_task_timeout(task_id, 0.2)  # leases that end very soon
+    consumer.set_result(stored.id, b"x", WAIT)
+    consumer.set_result(read.id, b"y", WAIT)
+    assert get_broker(url).taskqueue.pop_result(read.id, WAIT) == b"y"
+    other = get_broker(url).taskqueue
+    again = other.get(WAIT)  # wakes when the last lease is due
+    assert again is not None and again[0] == lost.id and again.attempt == 2
+    assert other.get(0.5) is None
