@@ -205,11 +205,15 @@ local function done(ref, owner)
 end
 
 if cmd == 'enqueue' then
-  -- nonce, mailbox ('' for none), then (id, message, ir, lease ms,
-  -- max deliveries) per task
-  local nonce, mb = ARGV[2], ARGV[3]
+  -- nonce, mailbox ('' for none), n, n ids the mailbox no longer waits for,
+  -- then (id, message, ir, lease ms, max deliveries) per task
+  local nonce, mb, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
+  for j = 5, 4 + n do
+    local key = P .. 't:' .. ARGV[j]
+    if redis.call('HGET', key, 'mb') == mb then redis.call('HDEL', key, 'mb') end
+  end
   local refs, dups = {}, {}
-  for i = 4, #ARGV, 5 do
+  for i = 5 + n, #ARGV, 5 do
     local id = ARGV[i]
     local made = create(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], nonce, 'enqueued',
                         mb)
@@ -443,11 +447,12 @@ elseif cmd == 'pop' or cmd == 'wait' then
   for _, id in ipairs(ids) do
     local key = P .. 't:' .. id
     local f = redis.call('HMGET', key, 's', 'p', 'r', 'mb')
-    if not f[1] then
+    if not f[1] or (f[4] == mb and f[2] and f[2] ~= nonce) then
+      -- gone (discarded, expired), or read by another reader
       drained[#drained + 1] = id; drained[#drained + 1] = 'x'; drained[#drained + 1] = ''
-    elseif f[4] == mb and f[1] == 'completed' and (not f[2] or f[2] == nonce) then
+    elseif f[4] == mb and f[1] == 'completed' then
       drained[#drained + 1] = id; drained[#drained + 1] = 'r'
-      drained[#drained + 1] = read(key, f)
+      drained[#drained + 1] = f[2] and f[3] or read(key, f)
     end
   end
   return {out, drained, redis.call('LLEN', mbkey)}

@@ -344,12 +344,15 @@ class TaskQueue(AbstractTaskQueue):
             if len(buffer) >= BATCH_SIZE:
                 self._flush()
             return True
-        mailbox = b"" if result.task.ignore_result else self._mailbox
-        dups = self._call("enqueue", os.urandom(8), mailbox, result.id, message, ignore, lease,
-                          deliveries)
+        # The record names this queue's mailbox (harmless for an ignored
+        # result: nothing is stored), and the call tells Redis which of its
+        # Deferreds were dropped since the last call.
+        unsub = self._take(self._unsub) if self._unsub else []
+        dups = self._call("enqueue", os.urandom(8), self._mailbox, len(unsub), *unsub,
+                          result.id, message, ignore, lease, deliveries)
         if dups:
             return False
-        if mailbox:
+        if not result.task.ignore_result:
             self._subscribe(result)
         return True
 
@@ -378,7 +381,7 @@ class TaskQueue(AbstractTaskQueue):
         buffer.clear()
         dups: list[str] = []
         for start in range(0, len(items), BATCH_SIZE):
-            args: list[Any] = [os.urandom(8), b""]
+            args: list[Any] = [os.urandom(8), b"", 0]
             for task_id, (_name, message, ignore, lease, deliveries) in items[
                 start : start + BATCH_SIZE
             ]:
@@ -673,10 +676,12 @@ class TaskQueue(AbstractTaskQueue):
         def dropped(ref: weakref.ref[Any]) -> None:
             # Runs inside the garbage collector: no locks, atomic dict and
             # deque operations only.
-            if subs.get(task_id) is ref:
+            current = subs.get(task_id)
+            if current is ref:
                 subs.pop(task_id, None)
-                cache.pop(task_id, None)
                 unsub.append(task_id)
+            if current is ref or current is None:
+                cache.pop(task_id, None)
 
         subs.setdefault(task_id, weakref.ref(result, dropped))
 
@@ -702,7 +707,7 @@ class TaskQueue(AbstractTaskQueue):
         :returns: ``(code, message, left)``: ``left`` counts the mailbox
             entries still there (the cache was too full to take them).
         """
-        acks, unsub = self._take(self._acks), self._take(self._unsub)
+        acks, unsub = self._take(self._acks, 2 * PREFETCH_LIMIT), self._take(self._unsub)
         limit = max(0, min(PREFETCH_LIMIT, PREFETCH_MAX - len(self._cache)))
         reply = self._call(
             "wait", os.urandom(8), POPPED_KEEP_MS, b"1" if register else b"0", len(acks), *acks,

@@ -5,6 +5,7 @@ client's other finished results (issue 11); read results are deleted
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -13,13 +14,15 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from poolx import get_broker
 from poolx.core import batch
 from poolx.queue import redis as redis_queue
 from poolx.queue.redis import POPPED_KEEP_MS
-from poolx.task import wait_all
+from poolx.task import TaskExpired, wait_all
 from tests.redis.tasks import ts
-from tests.taskqueue.helpers import WAIT
+from tests.taskqueue.helpers import WAIT, value_of
 
 
 def get_worker(url):
@@ -231,3 +234,30 @@ def test_a_task_whose_result_was_stored_is_never_delivered_again(url):
     again = other.get(WAIT)  # wakes when the last lease is due
     assert again is not None and again[0] == lost.id and again.attempt == 2
     assert other.get(0.5) is None
+
+
+def test_dropped_deferreds_leave_the_mailbox_with_the_next_enqueue(url):
+    broker = get_broker(url)
+    queue = broker.taskqueue
+    q = broker.queue()
+    dropped = q.rt.square(1)
+    dropped_id = dropped.id
+    del dropped
+    gc.collect()
+    assert list(queue._unsub) == [dropped_id]
+    kept = q.rt.square(2)
+    assert list(queue._unsub) == [] and kept.id in queue._subs
+    assert queue.client.hget(f"{queue._key}t:{dropped_id}", "mb") is None
+
+
+def test_a_result_read_by_another_reader_is_expired_for_the_prefetcher(url):
+    broker = get_broker(url)
+    q = broker.queue()
+    taken, mine = q.rt.square(1), q.rt.square(2)
+    _run_all(get_worker(url))
+    assert get_broker(url).taskqueue.pop_result(taken.id, WAIT) == broker.serialize(1)
+    assert mine.wait(WAIT) and mine.value == 4
+    assert taken.id in broker.taskqueue._cache  # learnt in the same call
+    assert taken.wait(0)
+    with pytest.raises(TaskExpired):
+        value_of(taken)
