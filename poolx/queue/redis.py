@@ -411,6 +411,12 @@ class TaskQueue(AbstractTaskQueue):
 
     def reserve_argument(self, argument_id: str, deferred_id: str) -> tuple[bool, Any]:
         self._sync()
+        with self._rcond:
+            # Read ahead (so marked read in Redis): the cache has it, and
+            # keeps it for the argument's own Deferred.
+            cached = self._cache.get(argument_id)
+        if cached is not None:
+            return (False, None) if cached is TASK_EXPIRED else (True, cached)
         reply = self._call("reserve", argument_id, deferred_id)
         if not reply[0]:
             return (False, None)

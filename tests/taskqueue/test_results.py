@@ -144,3 +144,21 @@ def test_a_deferred_pickled_after_its_result_was_read_ahead_carries_it(url):
     assert mine.wait(WAIT)  # on redis://, reads the other result ahead too
     copy = pickle.loads(pickle.dumps(shared))
     assert copy.wait(WAIT) and copy.value == 14
+
+
+def add(x, y):
+    return x + y
+
+
+def test_a_result_read_ahead_can_still_be_passed_as_an_argument(url):
+    broker = get_broker(url)
+    broker.expose(double)
+    broker.expose(add)
+    q = broker.queue()
+    first, second = q.double(1), q.double(2)
+    run_all(broker)
+    assert second.wait(WAIT)  # on redis://, reads the first result ahead
+    total = q.add(first, second)
+    run_all(broker)
+    assert total.wait(WAIT) and total.value == 6
+    assert first.value == 2
