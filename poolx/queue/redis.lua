@@ -375,8 +375,8 @@ elseif cmd == 'pop' or cmd == 'wait' then
   -- wait: the same, then mailbox, drain limit, n, n ids no longer waited
   -- for, then ids...; every id is answered (a 'w' does not end the list),
   -- and the reply is {codes, drained, left}: drained is (id, code, message)
-  -- for up to limit results of the mailbox's other tasks, read now; left is
-  -- how many entries the mailbox still holds.
+  -- for up to limit results of the mailbox's other tasks (not asked for),
+  -- read now; left is how many entries the mailbox still holds.
   -- Acked ids are results the caller read in an earlier call: deleted now
   -- (a read result is kept only until then, or keep ms, for a retried call).
   local nonce, keep, register = ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
@@ -402,8 +402,9 @@ elseif cmd == 'pop' or cmd == 'wait' then
     if ttl < 0 or ttl > keep then redis.call('PEXPIRE', key, keep) end
     return f[3]
   end
-  local out = {}
+  local out, asked = {}, {}
   for j = i, #ARGV do
+    asked[ARGV[j]] = true
     local key = P .. 't:' .. ARGV[j]
     local f = redis.call('HMGET', key, 's', 'p', 'r')
     if not f[1] then
@@ -447,7 +448,9 @@ elseif cmd == 'pop' or cmd == 'wait' then
   for _, id in ipairs(ids) do
     local key = P .. 't:' .. id
     local f = redis.call('HMGET', key, 's', 'p', 'r', 'mb')
-    if not f[1] or (f[4] == mb and f[2] and f[2] ~= nonce) then
+    if asked[id] then
+      -- answered above
+    elseif not f[1] or (f[4] == mb and f[2] and f[2] ~= nonce) then
       -- gone (discarded, expired), or read by another reader
       drained[#drained + 1] = id; drained[#drained + 1] = 'x'; drained[#drained + 1] = ''
     elseif f[4] == mb and f[1] == 'completed' then

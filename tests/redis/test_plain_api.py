@@ -261,3 +261,25 @@ def test_a_result_read_by_another_reader_is_expired_for_the_prefetcher(url):
     assert taken.wait(0)
     with pytest.raises(TaskExpired):
         value_of(taken)
+
+
+def test_a_retried_wait_call_gets_the_same_results_again(url):
+    """A ``wait`` whose reply was lost is retried with the same nonce: it
+    returns what the lost reply held, read results and mailbox alike."""
+    broker = get_broker(url)
+    queue = broker.taskqueue
+    q = broker.queue()
+    results = [q.rt.square(i) for i in range(3)]
+    _run_all(get_worker(url))
+    ids = [res.id for res in results]
+
+    def wait(nonce):  # one script call, as the retry policy repeats it
+        return queue._call("wait", nonce, POPPED_KEEP_MS, b"0", 0, queue._mailbox, 10, 0,
+                           ids[0])
+
+    first = wait(b"nonce-1")
+    assert first[0] == [b"r", broker.serialize(0)]
+    assert sorted(first[1][0::3]) == sorted(i.encode() for i in ids[1:])
+    assert wait(b"nonce-1") == first  # the retry
+    again = wait(b"nonce-2")  # anyone else: read already, mailbox empty
+    assert again[0] == [b"x", b""] and again[1] == [] and again[2] == 0
