@@ -835,18 +835,31 @@ class TaskQueue(AbstractTaskQueue):
     def pop_results(self, task_ids: list[str], timeout: float | None) -> dict[str, Any]:
         """Results in order: each call reads every ready result up to the first
         task still running, then blocks until *that* one is done, so a
-        stream of results costs one round trip per burst, not per task."""
+        stream of results costs one round trip per burst, not per task.
+        Tasks whose results come to this queue object's mailbox are read
+        through it (see :meth:`pop_result`), which drains it as it goes."""
         self._sync()
         deadline = None if timeout is None else time.monotonic() + timeout
         nonce = os.urandom(8)
         pending = list(dict.fromkeys(task_ids))
         found: dict[str, Any] = {}
         start = 0
+        # Tasks this queue object enqueued: through their mailbox (which that
+        # drains), in order; once one times out, only what is read already.
+        timed_out = False
         for task_id in pending:
-            cached = self._cached(task_id)
-            if cached is not None:
-                found[task_id] = cached
-        pending = [task_id for task_id in pending if task_id not in found]
+            if task_id not in self._subs and task_id not in self._cache:
+                continue
+            if timed_out:
+                message = self._cached(task_id)
+            else:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                message = self.pop_result(task_id, remaining)
+                timed_out = message is None
+            if message is not None:
+                found[task_id] = message
+        pending = [task_id for task_id in pending
+                   if task_id not in found and task_id not in self._subs]
         while start < len(pending):
             chunk = pending[start : start + POP_CHUNK]
             replies = self._pop(nonce, timeout != 0, chunk)

@@ -283,3 +283,18 @@ def test_a_retried_wait_call_gets_the_same_results_again(url):
     assert wait(b"nonce-1") == first  # the retry
     again = wait(b"nonce-2")  # anyone else: read already, mailbox empty
     assert again[0] == [b"x", b""] and again[1] == [] and again[2] == 0
+
+
+def test_wait_all_over_plain_enqueued_tasks_drains_the_mailbox(url):
+    """Else a producer that enqueues one by one and reads with wait_all
+    would leave a mailbox entry per task in Redis until it expires."""
+    broker = get_broker(url)
+    queue = broker.taskqueue
+    q = broker.queue()
+    results = [q.rt.square(i) for i in range(300)]
+    _run_all(get_worker(url))
+    calls = _counting(queue)
+    assert wait_all(results, WAIT)
+    assert calls == ["wait"]
+    assert [res.value for res in results] == [i * i for i in range(300)]
+    assert queue.client.llen(f"{queue._key}mb:{queue._mailbox}") == 0
