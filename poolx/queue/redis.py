@@ -497,15 +497,19 @@ class TaskQueue(AbstractTaskQueue):
 
     def _wait_ready(self, block: float) -> None:
         """Block until the ready list is non-empty, taking nothing from it."""
+        self._wait_list(self._ready_key, block)
+
+    def _wait_list(self, key: str, block: float) -> None:
+        """Block until the list ``key`` is non-empty, taking nothing from it."""
         if self._blmove:
             try:
-                self._client.blmove(self._ready_key, self._ready_key, block, "RIGHT", "RIGHT")
+                self._client.blmove(key, key, block, "RIGHT", "RIGHT")
                 return
             except ResponseError as err:
                 if "unknown command" not in str(err).lower():
                     raise
                 self._blmove = False  # Redis < 6.2: rotate instead (order may shift)
-        self._client.brpoplpush(self._ready_key, self._ready_key, max(1, round(block)))
+        self._client.brpoplpush(key, key, max(1, round(block)))
 
     def _fresh(self, item: Delivery, fetched: float) -> bool:
         """Is a task fetched a while ago still leased to us?  (Renews it.)"""
@@ -768,36 +772,26 @@ class TaskQueue(AbstractTaskQueue):
                     with cond:
                         self._subs.pop(task_id, None)
                     return message if code == PopCode.READY else TASK_EXPIRED
-                if timeout == 0:
+                block = self._block(deadline)
+                if timeout == 0 or block <= 0:
                     return None
-                block = self._max_block
-                if deadline is not None:
-                    block = min(block, deadline - time.monotonic())
-                    if block <= 0:
-                        return None
                 if left and full:
                     # The cache is full: wait for this task alone.
                     self._run("pop_result", self._wait_result, task_id, block)
                 else:
-                    self._run("pop_result", self._wait_mailbox, block)
+                    self._run("pop_result", self._wait_list,
+                              f"{self._key}mb:{self._mailbox}", max(block, 0.01))
         finally:
             if lead:
                 with cond:
                     self._rleader = False
                     cond.notify_all()
 
-    def _wait_mailbox(self, block: float) -> None:
-        """Block until the mailbox is not empty, taking nothing from it."""
-        key = f"{self._key}mb:{self._mailbox}"
-        if self._blmove:
-            try:
-                self._client.blmove(key, key, max(block, 0.01), "RIGHT", "RIGHT")
-                return
-            except ResponseError as err:
-                if "unknown command" not in str(err).lower():
-                    raise
-                self._blmove = False  # Redis < 6.2: rotate instead
-        self._client.brpoplpush(key, key, max(1, round(block)))
+    def _block(self, deadline: float | None) -> float:
+        """Seconds the next blocking call may last (<= 0: the deadline passed)."""
+        if deadline is None:
+            return self._max_block
+        return min(self._max_block, deadline - time.monotonic())
 
     def _wait_result(self, task_id: str, block: float) -> None:
         self._client.blpop([self._key + "w:" + task_id], max(block, 0.01))
@@ -825,11 +819,9 @@ class TaskQueue(AbstractTaskQueue):
                 return message
             if code == PopCode.EXPIRED:
                 return TASK_EXPIRED
-            block = self._max_block
-            if deadline is not None:
-                block = min(block, deadline - time.monotonic())
-                if block <= 0:
-                    return None
+            block = self._block(deadline)
+            if block <= 0:
+                return None
             self._run("pop_result", self._wait_result, task_id, block)
 
     def pop_results(self, task_ids: list[str], timeout: float | None) -> dict[str, Any]:
@@ -870,11 +862,9 @@ class TaskQueue(AbstractTaskQueue):
                 start += 1
             else:
                 continue  # the whole chunk was ready: go on at once
-            block = self._max_block
-            if deadline is not None:
-                block = min(block, deadline - time.monotonic())
-                if block <= 0:
-                    break
+            block = self._block(deadline)
+            if block <= 0:
+                break
             self._run("pop_results", self._wait_result, pending[start], block)
         for task_id in found:
             self._subs.pop(task_id, None)

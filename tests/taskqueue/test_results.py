@@ -14,12 +14,20 @@ import pytest
 
 from poolx import Task, get_broker
 from poolx.task import TaskExpired
+from tests.conftest import wait_until
 
 from .helpers import WAIT, thread_worker, value_of
 
 
 def double(x):
     return 2 * x
+
+
+def doubling(url):
+    """A broker that exposes ``double``, and a queue on it."""
+    broker = get_broker(url)
+    broker.expose(double)
+    return broker, broker.queue()
 
 
 def run_all(broker) -> None:
@@ -32,9 +40,7 @@ def run_all(broker) -> None:
 
 
 def test_each_waiting_thread_gets_its_own_results_exactly_once(url):
-    broker = get_broker(url)
-    broker.expose(double)
-    q = broker.queue()
+    broker, q = doubling(url)
     results = [q.double(i) for i in range(240)]
     got: dict[int, list] = {k: [] for k in range(6)}
     start = threading.Barrier(7)
@@ -80,9 +86,7 @@ def test_wait_timeout_is_kept_while_another_thread_waits(url):
 
 
 def test_an_expired_task_is_reported_to_its_waiter(url):
-    broker = get_broker(url)
-    broker.expose(double)
-    q = broker.queue()
+    broker, q = doubling(url)
     gone, kept = q.double(1), q.double(2)
     broker.task_failed(gone)
     run_all(broker)
@@ -93,24 +97,17 @@ def test_an_expired_task_is_reported_to_its_waiter(url):
 
 
 def test_an_unread_result_expires_after_its_result_timeout(url):
-    broker = get_broker(url)
-    broker.expose(double)
-    q = broker.queue()
+    broker, q = doubling(url)
     res = Task(q.double, result_timeout=0.3)(5)
     run_all(broker)
-    deadline = time.monotonic() + WAIT
-    while broker.taskqueue.get_status(res.id) is not None:
-        assert time.monotonic() < deadline
-        threading.Event().wait(0.05)
+    wait_until(lambda: broker.taskqueue.get_status(res.id) is None, timeout=WAIT)
     assert res.wait(0)
     with pytest.raises(TaskExpired):
         value_of(res)
 
 
 def test_a_result_whose_deferred_was_dropped_stays_for_other_readers(url):
-    broker = get_broker(url)
-    broker.expose(double)
-    q = broker.queue()
+    broker, q = doubling(url)
     dropped = q.double(3)
     dropped_id, dropped_task = dropped.id, dropped.task
     del dropped
@@ -124,9 +121,7 @@ def test_a_result_whose_deferred_was_dropped_stays_for_other_readers(url):
 
 
 def test_a_pickled_deferred_leaves_its_result_to_the_copy(url):
-    broker = get_broker(url)
-    broker.expose(double)
-    q = broker.queue()
+    broker, q = doubling(url)
     shared, mine = q.double(5), q.double(6)
     data = pickle.dumps(shared)
     run_all(broker)
@@ -136,9 +131,7 @@ def test_a_pickled_deferred_leaves_its_result_to_the_copy(url):
 
 
 def test_a_deferred_pickled_after_its_result_was_read_ahead_carries_it(url):
-    broker = get_broker(url)
-    broker.expose(double)
-    q = broker.queue()
+    broker, q = doubling(url)
     shared, mine = q.double(7), q.double(8)
     run_all(broker)
     assert mine.wait(WAIT)  # on redis://, reads the other result ahead too
