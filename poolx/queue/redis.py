@@ -499,17 +499,22 @@ class TaskQueue(AbstractTaskQueue):
         """Block until the ready list is non-empty, taking nothing from it."""
         self._wait_list(self._ready_key, block)
 
-    def _wait_list(self, key: str, block: float) -> None:
-        """Block until the list ``key`` is non-empty, taking nothing from it."""
+    def _wait_list(self, key: str, block: float, precise: bool = False) -> None:
+        """Block until the list ``key`` is non-empty, taking nothing from it
+        (``precise``: no longer than ``block`` by this process's clock, on
+        Redis >= 6.2)."""
         if self._blmove:
             try:
-                self._client.blmove(key, key, block, "RIGHT", "RIGHT")
+                if precise:
+                    self._conn.block(block, "BLMOVE", key, key, "RIGHT", "RIGHT")
+                else:
+                    self._client.blmove(key, key, block, "RIGHT", "RIGHT")
                 return
             except ResponseError as err:
                 if "unknown command" not in str(err).lower():
                     raise
                 self._blmove = False  # Redis < 6.2: rotate instead (order may shift)
-        self._client.brpoplpush(key, key, max(1, round(block)))
+        self._client.brpoplpush(key, key, max(1, round(block)))  # whole seconds
 
     def _fresh(self, item: Delivery, fetched: float) -> bool:
         """Is a task fetched a while ago still leased to us?  (Renews it.)"""
@@ -779,8 +784,8 @@ class TaskQueue(AbstractTaskQueue):
                     # The cache is full: wait for this task alone.
                     self._run("pop_result", self._wait_result, task_id, block)
                 else:
-                    self._run("pop_result", self._wait_list,
-                              f"{self._key}mb:{self._mailbox}", max(block, 0.01))
+                    self._run("pop_result", self._wait_list, f"{self._key}mb:{self._mailbox}",
+                              max(block, 0.01), block < self._max_block)
         finally:
             if lead:
                 with cond:
@@ -794,7 +799,13 @@ class TaskQueue(AbstractTaskQueue):
         return min(self._max_block, deadline - time.monotonic())
 
     def _wait_result(self, task_id: str, block: float) -> None:
-        self._client.blpop([self._key + "w:" + task_id], max(block, 0.01))
+        """Block on ``task_id``'s wake-up tokens; a block that ends at the
+        caller's deadline ends on time (see :meth:`Connection.block`)."""
+        key, block = self._key + "w:" + task_id, max(block, 0.01)
+        if block < self._max_block:
+            self._conn.block(block, "BLPOP", key)
+        else:
+            self._client.blpop([key], block)
 
     def pop_result(self, task_id: str, timeout: float | None) -> Any:
         """See :meth:`AbstractTaskQueue.pop_result`.

@@ -66,6 +66,20 @@ def test_each_waiting_thread_gets_its_own_results_exactly_once(url):
     assert getattr(broker.taskqueue, "_cache", {}) == {}
 
 
+def test_wait_timeout_is_kept_to_a_few_milliseconds(url):
+    """(Redis itself ends a blocking call only at its next tick, up to 100 ms
+    after its timeout.)"""
+    q = get_broker(url).queue()
+    res = q.double(1)
+    late = []
+    for timeout in (0.15, 0.05, 0.3, 0.05, 0.15):
+        began = time.monotonic()
+        assert not res.wait(timeout)
+        late.append(time.monotonic() - began - timeout)
+    assert min(late) >= 0
+    assert sorted(late)[len(late) // 2] < 0.02, late  # the median: the machine may be busy
+
+
 def test_wait_timeout_is_kept_while_another_thread_waits(url):
     broker = get_broker(url)
     q = broker.queue()
