@@ -14,7 +14,10 @@ Redis and changes only through the Lua script ``poolx/queue/redis.lua``
                 heartbeat ── set_task_timeout ───────────▶ EVALSHA renew
                 result ───── store_result ─▶ writer thread: EVALSHA commit (every result
                              (task_done)       buffered meanwhile, one call) ─▶ wake tokens
-    waiter ──── pop_result / pop_results ────────────────▶ EVALSHA pop; BLPOP w:<id>
+    waiter ──── pop_result / pop_results ─(own tasks)─────▶ EVALSHA wait: the task's result
+                 ▲   and every other ready one of this queue object's live Deferreds
+                 └── cache ◀──────────────────────────────┘  (mailbox); BLMOVE mailbox
+                           (other tasks) ─────────────────▶ EVALSHA pop; BLPOP w:<id>
 
 Who owns what:
 
@@ -28,6 +31,15 @@ Who owns what:
   themselves to talk to Redis; it takes as many tasks as there are idle
   threads in one call and hands them over — batching exactly where workers
   are idle, never hoarding tasks a busy pool cannot start.
+* **Result prefetch**: each TaskQueue has a *mailbox* in Redis; a task it
+  enqueues names it, and the task's result, when stored, adds the task id
+  to it.  A wait for one such result reads, in the same script call, every
+  result the mailbox announces whose Deferred is still alive here, into a
+  bounded cache (``_cache``) the others' waits read without a round trip.
+  The TaskQueue tracks those Deferreds by weak reference (``_subs``) and
+  tells Redis, in its next call, which results it read (deleted then) and
+  which Deferreds are gone.  One waiting thread blocks in Redis, the
+  others on a condition.
 * **The writer** (:class:`~poolx.queue._redis_writer.Writer`): results stored through
   :meth:`TaskQueue.store_result` (what the broker uses) and ``task_done``
   acknowledgements are buffered and committed by one thread, all that
