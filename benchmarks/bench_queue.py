@@ -15,7 +15,14 @@ no persistence, killed at the end), one at a time, with the same scenario:
    ``total_reads_processed`` counts the requests the server read from its
    clients (one per command, pipeline or script call; commands *inside* a
    Lua script are not round trips, which is why ``INFO commandstats`` would
-   mislead here).
+   mislead here).  ``INFO commandstats`` deltas of the commands a client
+   can only send itself (``evalsha``, the blocking ``blpop``/``blmove``/
+   ``brpoplpush``) break that down: the ``evalsha/task`` and
+   ``block/task`` columns; for poolx, ``producer`` counts the commands of
+   the producer's own client (enqueue and result reads) per task;
+5. ``MB kept``: how much more memory Redis holds right after the last
+   result was read than before the tasks were enqueued (what read results
+   and their bookkeeping still occupy).
 
 Systems (skipped when not installed: ``pip install worq==1.1.1 rq``):
 
@@ -98,6 +105,25 @@ class Server:
         """Requests read from clients so far (each one is a round trip)."""
         return int(self.client.info("stats")["total_reads_processed"])
 
+    def commands(self) -> dict[str, int]:
+        """Calls so far per command (``INFO commandstats``)."""
+        stats = self.client.info("commandstats")
+        return {key.removeprefix("cmdstat_"): int(value["calls"]) for key, value in stats.items()}
+
+    def floor(self, n: int = 2000) -> float:
+        """Round trips per second one client gets on this machine now: a
+        trivial ``EVALSHA`` in a loop (the bound for anything that makes one
+        synchronous round trip per task, such as a durable enqueue)."""
+        sha = self.client.script_load("return 1")
+        began = time.perf_counter()
+        for _ in range(n):
+            self.client.evalsha(sha, 1, "poolx-bench-floor")
+        return n / (time.perf_counter() - began)
+
+    def memory(self) -> int:
+        """Bytes of memory Redis uses for data now."""
+        return int(self.client.info("memory")["used_memory"])
+
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
@@ -172,13 +198,31 @@ def _stop_consumers(procs: list[subprocess.Popen[bytes]]) -> None:
 # -- producers: enqueue n, return a callable that reads every result -----------------
 
 
+PRODUCER_COMMANDS = [0]
+"""Commands the poolx producer's own client sent (enqueue and reads)."""
+
+
+def _count_commands(client: Any) -> None:
+    """Count every command ``client`` sends into :data:`PRODUCER_COMMANDS`."""
+    real = client.execute_command
+
+    def counted(*args: Any, **options: Any) -> Any:
+        PRODUCER_COMMANDS[0] += 1
+        return real(*args, **options)
+
+    client.execute_command = counted
+
+
 def _poolx_producer(batched: bool) -> Callable[[str, int], Callable[[], None]]:
     def produce(url: str, n: int) -> Callable[[], None]:
-        from poolx import get_queue
+        from poolx import get_broker
         from poolx.core import batch
         from poolx.task import wait_all
 
-        q = get_queue(url)
+        broker = get_broker(url)
+        q = broker.queue()  # the same as get_queue(url), keeping its broker at hand
+        store: Any = broker.taskqueue  # a redis TaskQueue: its client is public
+        _count_commands(store.client)
         if batched:
             with batch(q):
                 results = [q.noop(i) for i in range(n)]
@@ -255,20 +299,31 @@ def run_one(server: Server, name: str, n: int) -> dict[str, float]:
     procs = _start_consumers(consumer, server.url)
     try:
         produce(server.url, 1)()  # warm up: consumers are running and connected
-        before = server.reads()
+        memory_before = server.memory()
+        before, cmds_before = server.reads(), server.commands()
+        PRODUCER_COMMANDS[0] = 0
         began = time.perf_counter()
         read = produce(server.url, n)
         enqueued = time.perf_counter()
         read()
         done = time.perf_counter()
-        after = server.reads()
+        after, cmds_after = server.reads(), server.commands()
+        kept = server.memory() - memory_before
     finally:
         _stop_consumers(procs)
-    calls = after - before - 1  # not the INFO call itself
+    calls = after - before - 2  # not the two INFO calls themselves
+
+    def delta(*names: str) -> float:
+        return sum(cmds_after.get(c, 0) - cmds_before.get(c, 0) for c in names) / n
+
     return {
+        "evalsha": delta("evalsha", "eval"),
+        "blocking": delta("blpop", "blmove", "brpoplpush", "brpop"),
         "enqueue_rate": n / (enqueued - began),
         "tasks_per_s": n / (done - began),
         "round_trips": calls / n,
+        "kept_mb": kept / 2**20,
+        "producer": PRODUCER_COMMANDS[0] / n if consumer == "poolx" else float("nan"),
     }
 
 
@@ -288,9 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(size) for size in args.sizes.split(",")]
     server = Server()
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+    floors: list[float] = []
     try:
         for n in sizes:
             for round_ in range(args.rounds):
+                floors.append(server.floor())
                 for name in names:
                     # RQ is slow: fewer tasks keep the run short.
                     n_run = min(n, 5000) if name == "rq" else n
@@ -298,23 +355,28 @@ def main(argv: list[str] | None = None) -> int:
                     result = run_one(server, name, n_run)
                     runs.setdefault((name, n_run), []).append(result)
                     print(f" {result['tasks_per_s']:,.0f} tasks/s, enqueue {result['enqueue_rate']:,.0f}/s,"
-                          f" {result['round_trips']:.2f} trips/task", flush=True)
+                          f" {result['round_trips']:.2f} trips/task (evalsha {result['evalsha']:.2f},"
+                          f" blocking {result['blocking']:.2f}, producer {result['producer']:.2f}), Redis +{result['kept_mb']:.1f} MB after", flush=True)
     finally:
         server.stop()
     rows = [
         (name, n, {key: statistics.median(r[key] for r in results) for key in results[0]})
         for (name, n), results in runs.items()
     ]
+    print(f"\nround-trip floor: {statistics.median(floors):,.0f} EVALSHA/s (one client, median"
+          f" of {len(floors)}; a durable one-call enqueue cannot beat it)")
     base = {n: r for name, n, r in rows if name == "worq"}
     print()
     print(f"{'system':<12} {'tasks':>6} {'tasks/s':>9} {'enqueue/s':>10} {'trips/task':>10}"
-          f" {'x WorQ':>7} {'enq x WorQ':>10}")
+          f" {'evalsha/task':>12} {'block/task':>10} {'producer':>8} {'MB kept':>7} {'x WorQ':>7} {'enq x WorQ':>10}")
     for name, n, r in rows:
         ref = base.get(n)
         ratio = f"{r['tasks_per_s'] / ref['tasks_per_s']:.1f}" if ref else "-"
         eratio = f"{r['enqueue_rate'] / ref['enqueue_rate']:.1f}" if ref else "-"
         print(f"{name:<12} {n:>6} {r['tasks_per_s']:>9.0f} {r['enqueue_rate']:>10.0f}"
-              f" {r['round_trips']:>10.2f} {ratio:>7} {eratio:>10}", flush=True)
+              f" {r['round_trips']:>10.2f} {r['evalsha']:>12.2f} {r['blocking']:>10.2f}"
+              f" {r['producer']:>8.2f} {r['kept_mb']:>7.1f}"
+              f" {ratio:>7} {eratio:>10}", flush=True)
     return 0
 
 

@@ -93,6 +93,21 @@ class _ForeignDeferred(ValueError):
     pass
 
 
+class _EnqueuedDeferred(Deferred):
+    """The Deferred :meth:`Broker.enqueue` returns: a backend may read its
+    result ahead while it lives (``redis://`` result prefetch), so a copy
+    that leaves the process (pickled) first takes the result if it was read
+    ahead already, or tells the backend to leave it for the copy's reader."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        broker = self._broker
+        if broker is not None and not self.has_value():
+            store = getattr(broker, "taskqueue", None)
+            if store is not None and store.share_result(self.id):
+                self.wait(0)
+        return super().__reduce__()
+
+
 class Broker:
     """Controls all interaction with a task queue backend.
 
@@ -203,7 +218,7 @@ class Broker:
         :raises ValueError: if a Deferred argument belongs to another queue.
         """
         message, args = self._task_message(task)
-        result = Deferred(self, task)
+        result = _EnqueuedDeferred(self, task)
         store = self._taskqueue
         if not args:
             if not store.enqueue_task(result, message):

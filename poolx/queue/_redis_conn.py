@@ -206,6 +206,35 @@ class Connection:
         """One call of the queue script with ``KEYS[1] = key`` (no retry)."""
         return self._script(keys=[key], args=args)
 
+    def block(self, seconds: float, *command: Any) -> Any:
+        """Send a blocking ``command`` (its timeout, ``seconds``, appended)
+        and wait for its reply no longer than ``seconds`` by this process's
+        clock: Redis ends a blocking call only at its next tick after the
+        timeout (up to 100 ms late with the default ``hz 10``), which a
+        waiter with a timeout must not add.  If the reply is late, the
+        connection is dropped and None returned; use it only for commands
+        that are harmless when they complete unseen (waiting without taking,
+        wake-up tokens).  A client without a connection pool (a cluster
+        client) gets Redis's own timing."""
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is None:
+            return self.client.execute_command(*command, seconds)
+        try:
+            conn = pool.get_connection()
+        except TypeError:  # redis-py < 5.3 wants a command name
+            conn = pool.get_connection(command[0])
+        try:
+            conn.send_command(*command, seconds)
+            if conn.can_read(timeout=seconds):
+                return conn.read_response()
+            conn.disconnect()  # the reply is late: nobody will read it
+            return None
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+
     def close(self) -> None:
         """Stop retrying and close the client's connections."""
         self.closed.set()

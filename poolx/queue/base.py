@@ -262,6 +262,17 @@ class AbstractTaskQueue:
         """
         raise NotImplementedError("abstract method")
 
+    def share_result(self, task_id: str) -> bool:
+        """A copy of the Deferred for ``task_id`` leaves this process (it is
+        pickled): stop reading its result ahead (a backend that prefetches
+        results, such as ``redis://``, must leave it for the copy's reader).
+
+        :returns: True if the result was already read ahead: the caller
+            should take it now with :meth:`pop_result` (it costs nothing).
+            This default (no prefetch) returns False.
+        """
+        return False
+
     def discard_result(self, task_id: str, task_expired_token: bytes) -> None:
         """Give up on a task: its result will never arrive.
 

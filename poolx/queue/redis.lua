@@ -25,6 +25,10 @@
 --     P deferred   SET    ids of pending tasks (waiting for Deferred arguments)
 --     P leases     ZSET   refs of taken tasks, scored by lease deadline (ms)
 --     P w:<id>     LIST   wake-up tokens for result waiters (BLPOP)
+--     P mb:<name>  LIST   a client's mailbox: ids of its tasks whose result
+--                         arrived (LPUSH), drained by its ``wait`` calls
+--     P mb:<name>:last  LIST  nonce of the last ``wait`` call, then the ids
+--                         it drained (so a retried call gets them again)
 --     P seq        STRING counter for detached records
 --
 -- A *ref* names a record: t<id> is P t:<id>, f<seq> is P f:<seq>.
@@ -42,6 +46,7 @@
 --     a:<arg id>   an argument's value   dep:<id>   a task that reserved this result
 --     r    the result                  p    nonce of the pop that read it
 --     wt   waiters registered for a wake-up token
+--     mb   the mailbox of the client that waits for this result (prefetch)
 --
 -- Time comes from the server (TIME), so consumers on machines with skewed
 -- clocks agree on lease deadlines.
@@ -87,9 +92,17 @@ local function make_ready(id, key)
   redis.call('LPUSH', READY, 't' .. id)
 end
 
--- Wake every registered waiter of a task's result.
+-- Wake every registered waiter of a task's result, and tell the mailbox of
+-- the client that enqueued it (if it subscribed).
 local function wake(id, key)
-  local waiters = tonumber(redis.call('HGET', key, 'wt') or '0')
+  local f = redis.call('HMGET', key, 'wt', 'mb')
+  if f[2] then
+    local mbkey = P .. 'mb:' .. f[2]
+    redis.call('LPUSH', mbkey, id)
+    local ttl = math.max(redis.call('PTTL', key), 60000)
+    if redis.call('PTTL', mbkey) < ttl then redis.call('PEXPIRE', mbkey, ttl) end
+  end
+  local waiters = tonumber(f[1] or '0')
   if waiters > 0 then
     local wkey = P .. 'w:' .. id
     local tokens = {}
@@ -125,7 +138,7 @@ local function deliver(id, key, msg)
 end
 
 -- Create a task record; 1 created, 2 same call retried, 0 duplicate id.
-local function create(id, msg, ir, ls, mx, nonce, status)
+local function create(id, msg, ir, ls, mx, nonce, status, mb)
   local key = P .. 't:' .. id
   local f = redis.call('HMGET', key, 's', 'p', 'n')
   if f[1] then
@@ -135,7 +148,12 @@ local function create(id, msg, ir, ls, mx, nonce, status)
     end
     redis.call('DEL', key)
   end
-  redis.call('HSET', key, 's', status, 'm', msg, 'ir', ir, 'ls', ls, 'mx', mx, 'd', 0, 'n', nonce)
+  if mb and mb ~= '' then
+    redis.call('HSET', key, 's', status, 'm', msg, 'ir', ir, 'ls', ls, 'mx', mx, 'd', 0, 'n', nonce,
+               'mb', mb)
+  else
+    redis.call('HSET', key, 's', status, 'm', msg, 'ir', ir, 'ls', ls, 'mx', mx, 'd', 0, 'n', nonce)
+  end
   return 1, key
 end
 
@@ -187,12 +205,18 @@ local function done(ref, owner)
 end
 
 if cmd == 'enqueue' then
-  -- nonce, then (id, message, ir, lease ms, max deliveries) per task
-  local nonce = ARGV[2]
+  -- nonce, mailbox ('' for none), n, n ids the mailbox no longer waits for,
+  -- then (id, message, ir, lease ms, max deliveries) per task
+  local nonce, mb, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
+  for j = 5, 4 + n do
+    local key = P .. 't:' .. ARGV[j]
+    if redis.call('HGET', key, 'mb') == mb then redis.call('HDEL', key, 'mb') end
+  end
   local refs, dups = {}, {}
-  for i = 3, #ARGV, 5 do
+  for i = 5 + n, #ARGV, 5 do
     local id = ARGV[i]
-    local made = create(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], nonce, 'enqueued')
+    local made = create(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], nonce, 'enqueued',
+                        mb)
     if made == 1 then
       refs[#refs + 1] = 't' .. id
     elseif made == 0 then
@@ -203,9 +227,10 @@ if cmd == 'enqueue' then
   return dups
 
 elseif cmd == 'defer' then
-  -- nonce, id, message, ir, lease ms, max deliveries, number of arguments
+  -- nonce, id, message, ir, lease ms, max deliveries, number of arguments,
+  -- mailbox ('' for none)
   local id, need = ARGV[3], tonumber(ARGV[8])
-  local made, key = create(id, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[2], 'pending')
+  local made, key = create(id, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[2], 'pending', ARGV[9])
   if made == 1 then
     redis.call('HSET', key, 'na', need, 'need', need)
     if need > 0 then
@@ -341,15 +366,46 @@ elseif cmd == 'setres' or cmd == 'commit' then
   for i = first + 3 * n, #ARGV, 2 do done(ARGV[i], ARGV[i + 1]) end
   return ready
 
-elseif cmd == 'pop' then
-  -- nonce, keep ms, register (0/1), ids... -> per id, in order, until the
-  -- first that is not ready: code, message ('r' result, 'x' expired or
-  -- unknown, 'w' not yet).  A 'w' ends the reply; with register, that task
-  -- also counts one more waiter to wake when its result arrives.
+elseif cmd == 'pop' or cmd == 'wait' then
+  -- pop: nonce, keep ms, register (0/1), n, n acked ids, ids... -> per id,
+  -- in order, until the first that is not ready: code, message ('r'
+  -- result, 'x' expired or unknown, 'w' not yet).  A 'w' ends the reply;
+  -- with register, that task also counts one more waiter to wake when its
+  -- result arrives.
+  -- wait: the same, then mailbox, drain limit, n, n ids no longer waited
+  -- for, then ids...; every id is answered (a 'w' does not end the list),
+  -- and the reply is {codes, drained, left}: drained is (id, code, message)
+  -- for up to limit results of the mailbox's other tasks (not asked for),
+  -- read now; left is how many entries the mailbox still holds.
+  -- Acked ids are results the caller read in an earlier call: deleted now
+  -- (a read result is kept only until then, or keep ms, for a retried call).
   local nonce, keep, register = ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
-  local out = {}
-  for i = 5, #ARGV do
-    local key = P .. 't:' .. ARGV[i]
+  local i = 5
+  for j = i + 1, i + tonumber(ARGV[i]) do
+    local key = P .. 't:' .. ARGV[j]
+    if redis.call('HEXISTS', key, 'p') == 1 then redis.call('DEL', key) end
+  end
+  i = i + tonumber(ARGV[i]) + 1
+  local mb, limit = nil, 0
+  if cmd == 'wait' then
+    mb, limit = ARGV[i], tonumber(ARGV[i + 1])
+    i = i + 2
+    for j = i + 1, i + tonumber(ARGV[i]) do
+      local key = P .. 't:' .. ARGV[j]
+      if redis.call('HGET', key, 'mb') == mb then redis.call('HDEL', key, 'mb') end
+    end
+    i = i + tonumber(ARGV[i]) + 1
+  end
+  local function read(key, f)
+    redis.call('HSET', key, 'p', nonce)
+    local ttl = redis.call('PTTL', key)
+    if ttl < 0 or ttl > keep then redis.call('PEXPIRE', key, keep) end
+    return f[3]
+  end
+  local out, asked = {}, {}
+  for j = i, #ARGV do
+    asked[ARGV[j]] = true
+    local key = P .. 't:' .. ARGV[j]
     local f = redis.call('HMGET', key, 's', 'p', 'r')
     if not f[1] then
       out[#out + 1] = 'x'; out[#out + 1] = ''
@@ -361,17 +417,48 @@ elseif cmd == 'pop' then
         out[#out + 1] = 'x'; out[#out + 1] = ''
       end
     elseif f[1] == 'completed' then
-      redis.call('HSET', key, 'p', nonce)
-      local ttl = redis.call('PTTL', key)
-      if ttl < 0 or ttl > keep then redis.call('PEXPIRE', key, keep) end
-      out[#out + 1] = 'r'; out[#out + 1] = f[3]
+      out[#out + 1] = 'r'; out[#out + 1] = read(key, f)
     else
       if register then redis.call('HINCRBY', key, 'wt', 1) end
       out[#out + 1] = 'w'; out[#out + 1] = ''
-      break
+      if cmd == 'pop' then break end
     end
   end
-  return out
+  if cmd == 'pop' then return out end
+  local mbkey = P .. 'mb:' .. mb
+  local last = mbkey .. ':last'
+  local drained = {}
+  local ids
+  if redis.call('LINDEX', last, 0) == nonce then
+    ids = redis.call('LRANGE', last, 1, -1)  -- a retried call: the same again
+  else
+    ids = {}
+    for _ = 1, limit do
+      local id = redis.call('RPOP', mbkey)
+      if not id then break end
+      ids[#ids + 1] = id
+    end
+    redis.call('DEL', last)
+    if #ids > 0 then
+      redis.call('RPUSH', last, nonce)
+      chunked('RPUSH', last, ids)
+      redis.call('PEXPIRE', last, keep)
+    end
+  end
+  for _, id in ipairs(ids) do
+    local key = P .. 't:' .. id
+    local f = redis.call('HMGET', key, 's', 'p', 'r', 'mb')
+    if asked[id] then
+      -- answered above
+    elseif not f[1] or (f[4] == mb and f[2] and f[2] ~= nonce) then
+      -- gone (discarded, expired), or read by another reader
+      drained[#drained + 1] = id; drained[#drained + 1] = 'x'; drained[#drained + 1] = ''
+    elseif f[4] == mb and f[1] == 'completed' then
+      drained[#drained + 1] = id; drained[#drained + 1] = 'r'
+      drained[#drained + 1] = f[2] and f[3] or read(key, f)
+    end
+  end
+  return {out, drained, redis.call('LLEN', mbkey)}
 
 elseif cmd == 'status' then
   local ok, status = live(P .. 't:' .. ARGV[2])

@@ -14,7 +14,10 @@ Redis and changes only through the Lua script ``poolx/queue/redis.lua``
                 heartbeat ── set_task_timeout ───────────▶ EVALSHA renew
                 result ───── store_result ─▶ writer thread: EVALSHA commit (every result
                              (task_done)       buffered meanwhile, one call) ─▶ wake tokens
-    waiter ──── pop_result / pop_results ────────────────▶ EVALSHA pop; BLPOP w:<id>
+    waiter ──── pop_result / pop_results ─(own tasks)─────▶ EVALSHA wait: the task's result
+                 ▲   and every other ready one of this queue object's live Deferreds
+                 └── cache ◀──────────────────────────────┘  (mailbox); BLMOVE mailbox
+                           (other tasks) ─────────────────▶ EVALSHA pop; BLPOP w:<id>
 
 Who owns what:
 
@@ -28,6 +31,15 @@ Who owns what:
   themselves to talk to Redis; it takes as many tasks as there are idle
   threads in one call and hands them over — batching exactly where workers
   are idle, never hoarding tasks a busy pool cannot start.
+* **Result prefetch**: each TaskQueue has a *mailbox* in Redis; a task it
+  enqueues names it, and the task's result, when stored, adds the task id
+  to it.  A wait for one such result reads, in the same script call, every
+  result the mailbox announces whose Deferred is still alive here, into a
+  bounded cache (``_cache``) the others' waits read without a round trip.
+  The TaskQueue tracks those Deferreds by weak reference (``_subs``) and
+  tells Redis, in its next call, which results it read (deleted then) and
+  which Deferreds are gone.  One waiting thread blocks in Redis, the
+  others on a condition.
 * **The writer** (:class:`~poolx.queue._redis_writer.Writer`): results stored through
   :meth:`TaskQueue.store_result` (what the broker uses) and ``task_done``
   acknowledgements are buffered and committed by one thread, all that
@@ -60,6 +72,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -97,8 +110,13 @@ POP_CHUNK = 500
 """Results asked for per script call by :meth:`TaskQueue.pop_results`."""
 RECLAIM_LIMIT = 100
 """Expired leases reclaimed per fetch."""
-POPPED_KEEP_MS = 60_000
-"""How long a read result stays readable by the same (retried) call."""
+POPPED_KEEP_MS = 10_000
+"""How long a read result stays readable by the same (retried) call, unless
+the reader's next call (which acknowledges it) deletes it earlier."""
+PREFETCH_LIMIT = 1000
+"""Results of other tasks a ``wait`` call brings back at most."""
+PREFETCH_MAX = 10_000
+"""Prefetched results a TaskQueue holds at most (unread, for live Deferreds)."""
 HANDOFF_FRESH = 1.0
 """A fetched task handed to a thread later than this is re-checked (and its
 lease renewed) first."""
@@ -231,6 +249,18 @@ class TaskQueue(AbstractTaskQueue):
         self._fetching = False
         self._handoff: deque[tuple[Delivery, float]] = deque()
         self._writer = Writer(self._commit, f"poolx-redis-writer-{self.name}")
+        # Result prefetch: this process's mailbox, the Deferreds enqueued here
+        # whose results it collects (id -> weak reference), the results read
+        # ahead for them, and what the next call tells Redis: results read
+        # (to delete) and ids no longer waited for.  One waiting thread at a
+        # time (the leader) blocks in Redis; the others wait on _rcond.
+        self._mailbox = os.urandom(8).hex()
+        self._subs: dict[str, weakref.ref[Any]] = {}
+        self._cache: dict[str, Any] = {}
+        self._acks: deque[str] = deque()
+        self._unsub: deque[str] = deque()
+        self._rcond = threading.Condition()
+        self._rleader = False
 
     def _here(self) -> None:
         """Start this process's state afresh if we are in a forked child."""
@@ -326,8 +356,17 @@ class TaskQueue(AbstractTaskQueue):
             if len(buffer) >= BATCH_SIZE:
                 self._flush()
             return True
-        dups = self._call("enqueue", os.urandom(8), result.id, message, ignore, lease, deliveries)
-        return not dups
+        # The record names this queue's mailbox (harmless for an ignored
+        # result: nothing is stored), and the call tells Redis which of its
+        # Deferreds were dropped since the last call.
+        unsub = self._take(self._unsub) if self._unsub else []
+        dups = self._call("enqueue", os.urandom(8), self._mailbox, len(unsub), *unsub,
+                          result.id, message, ignore, lease, deliveries)
+        if dups:
+            return False
+        if not result.task.ignore_result:
+            self._subscribe(result)
+        return True
 
     def batch(self) -> contextlib.AbstractContextManager[Any]:
         return self._batch()
@@ -354,7 +393,7 @@ class TaskQueue(AbstractTaskQueue):
         buffer.clear()
         dups: list[str] = []
         for start in range(0, len(items), BATCH_SIZE):
-            args: list[Any] = [os.urandom(8)]
+            args: list[Any] = [os.urandom(8), b"", 0]
             for task_id, (_name, message, ignore, lease, deliveries) in items[
                 start : start + BATCH_SIZE
             ]:
@@ -370,9 +409,13 @@ class TaskQueue(AbstractTaskQueue):
     def defer_task(self, result: Deferred, message: bytes, args: list[str]) -> bool:
         self._flush()  # its arguments may be waiting in this thread's batch
         ignore, lease, deliveries = self._task_fields(result)
+        mailbox = b"" if result.task.ignore_result else self._mailbox
         made = self._call(
-            "defer", os.urandom(8), result.id, message, ignore, lease, deliveries, len(args)
+            "defer", os.urandom(8), result.id, message, ignore, lease, deliveries, len(args),
+            mailbox,
         )
+        if made and mailbox:
+            self._subscribe(result)
         return bool(made)
 
     def undefer_task(self, task_id: str) -> None:
@@ -380,6 +423,12 @@ class TaskQueue(AbstractTaskQueue):
 
     def reserve_argument(self, argument_id: str, deferred_id: str) -> tuple[bool, Any]:
         self._sync()
+        with self._rcond:
+            # Read ahead (so marked read in Redis): the cache has it, and
+            # keeps it for the argument's own Deferred.
+            cached = self._cache.get(argument_id)
+        if cached is not None:
+            return (False, None) if cached is TASK_EXPIRED else (True, cached)
         reply = self._call("reserve", argument_id, deferred_id)
         if not reply[0]:
             return (False, None)
@@ -460,15 +509,24 @@ class TaskQueue(AbstractTaskQueue):
 
     def _wait_ready(self, block: float) -> None:
         """Block until the ready list is non-empty, taking nothing from it."""
+        self._wait_list(self._ready_key, block)
+
+    def _wait_list(self, key: str, block: float, precise: bool = False) -> None:
+        """Block until the list ``key`` is non-empty, taking nothing from it
+        (``precise``: no longer than ``block`` by this process's clock, on
+        Redis >= 6.2)."""
         if self._blmove:
             try:
-                self._client.blmove(self._ready_key, self._ready_key, block, "RIGHT", "RIGHT")
+                if precise:
+                    self._conn.block(block, "BLMOVE", key, key, "RIGHT", "RIGHT")
+                else:
+                    self._client.blmove(key, key, block, "RIGHT", "RIGHT")
                 return
             except ResponseError as err:
                 if "unknown command" not in str(err).lower():
                     raise
                 self._blmove = False  # Redis < 6.2: rotate instead (order may shift)
-        self._client.brpoplpush(self._ready_key, self._ready_key, max(1, round(block)))
+        self._client.brpoplpush(key, key, max(1, round(block)))  # whole seconds
 
     def _fresh(self, item: Delivery, fetched: float) -> bool:
         """Is a task fetched a while ago still leased to us?  (Renews it.)"""
@@ -617,15 +675,165 @@ class TaskQueue(AbstractTaskQueue):
         self._sync()
         self._call("discard", task_id, task_expired_token, ref)
 
+    @staticmethod
+    def _take(items: deque[str], limit: int = PREFETCH_LIMIT) -> list[str]:
+        taken: list[str] = []
+        with contextlib.suppress(IndexError):
+            while len(taken) < limit:
+                taken.append(items.popleft())
+        return taken
+
     def _pop(self, nonce: bytes, register: bool, ids: list[str]) -> list[tuple[bytes, Any]]:
-        reply = self._call("pop", nonce, POPPED_KEEP_MS, b"1" if register else b"0", *ids)
-        return [(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
+        acks = self._take(self._acks)
+        reply = self._call("pop", nonce, POPPED_KEEP_MS, b"1" if register else b"0",
+                           len(acks), *acks, *ids)
+        pairs = [(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
+        self._acks.extend(task_id for task_id, (code, _msg) in zip(ids, pairs, strict=False)
+                          if code == PopCode.READY)
+        return pairs
+
+    # -- result prefetch ------------------------------------------------------------
+
+    def _subscribe(self, result: Deferred) -> None:
+        """Collect ``result``'s result through this process's mailbox for as
+        long as the Deferred lives (see :meth:`pop_result`)."""
+        task_id = result.id
+        subs, cache, unsub = self._subs, self._cache, self._unsub
+
+        def dropped(ref: weakref.ref[Any]) -> None:
+            # Runs inside the garbage collector: no locks, atomic dict and
+            # deque operations only.
+            current = subs.get(task_id)
+            if current is ref:
+                subs.pop(task_id, None)
+                unsub.append(task_id)
+            if current is ref or current is None:
+                cache.pop(task_id, None)
+
+        subs.setdefault(task_id, weakref.ref(result, dropped))
+
+    def share_result(self, task_id: str) -> bool:
+        """Stop prefetching ``task_id``'s result (a copy of its Deferred goes
+        to another process, whose reader must find it in Redis).
+
+        :returns: True if the result was already prefetched: the caller
+            should read it now (:meth:`pop_result`, no round trip).
+        """
+        self._here()
+        with self._rcond:
+            if task_id in self._cache:
+                return True
+            if self._subs.pop(task_id, None) is not None:
+                self._unsub.append(task_id)
+        return False
+
+    def _prefetch(self, task_id: str, register: bool) -> tuple[bytes, Any, int]:
+        """One ``wait`` call: ``task_id``'s result, and those of the
+        mailbox's other tasks into the cache (waking threads waiting there).
+
+        :returns: ``(code, message, left)``: ``left`` counts the mailbox
+            entries still there (the cache was too full to take them).
+        """
+        acks, unsub = self._take(self._acks, 2 * PREFETCH_LIMIT), self._take(self._unsub)
+        limit = max(0, min(PREFETCH_LIMIT, PREFETCH_MAX - len(self._cache)))
+        reply = self._call(
+            "wait", os.urandom(8), POPPED_KEEP_MS, b"1" if register else b"0", len(acks), *acks,
+            self._mailbox, limit, len(unsub), *unsub, task_id,
+        )
+        (code, message), drained, left = (reply[0][0], reply[0][1]), reply[1], int(reply[2])
+        if code == PopCode.READY:
+            self._acks.append(task_id)
+        if drained:
+            with self._rcond:
+                for i in range(0, len(drained), 3):
+                    other, other_code = _text(drained[i]), drained[i + 1]
+                    if other_code == PopCode.READY:
+                        self._acks.append(other)
+                    if other != task_id and other in self._subs:
+                        self._cache[other] = (
+                            drained[i + 2] if other_code == PopCode.READY else TASK_EXPIRED
+                        )
+                self._rcond.notify_all()
+        return code, message, left
+
+    def _cached(self, task_id: str) -> Any:
+        """The prefetched result of ``task_id`` (now read), or None."""
+        with self._rcond:
+            message = self._cache.pop(task_id, None)
+            if message is not None:
+                self._subs.pop(task_id, None)
+            return message
+
+    def _wait_prefetched(self, task_id: str, timeout: float | None) -> Any:
+        """:meth:`pop_result` for a task whose result comes to the mailbox."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cond, lead = self._rcond, False
+        try:
+            while True:
+                with cond:
+                    message = self._cache.pop(task_id, None)
+                    if message is not None:
+                        self._subs.pop(task_id, None)
+                        return message
+                    if not lead and timeout != 0:
+                        if self._rleader:
+                            remaining = None if deadline is None else deadline - time.monotonic()
+                            if remaining is not None and remaining <= 0:
+                                return None
+                            cond.wait(remaining)
+                            continue
+                        self._rleader = lead = True
+                full = len(self._cache) >= PREFETCH_MAX
+                code, message, left = self._prefetch(task_id, register=full and timeout != 0)
+                if code != PopCode.WAITING:
+                    with cond:
+                        self._subs.pop(task_id, None)
+                    return message if code == PopCode.READY else TASK_EXPIRED
+                block = self._block(deadline)
+                if timeout == 0 or block <= 0:
+                    return None
+                if left and full:
+                    # The cache is full: wait for this task alone.
+                    self._run("pop_result", self._wait_result, task_id, block)
+                else:
+                    self._run("pop_result", self._wait_list, f"{self._key}mb:{self._mailbox}",
+                              max(block, 0.01), block < self._max_block)
+        finally:
+            if lead:
+                with cond:
+                    self._rleader = False
+                    cond.notify_all()
+
+    def _block(self, deadline: float | None) -> float:
+        """Seconds the next blocking call may last (<= 0: the deadline passed)."""
+        if deadline is None:
+            return self._max_block
+        return min(self._max_block, deadline - time.monotonic())
 
     def _wait_result(self, task_id: str, block: float) -> None:
-        self._client.blpop([self._key + "w:" + task_id], max(block, 0.01))
+        """Block on ``task_id``'s wake-up tokens; a block that ends at the
+        caller's deadline ends on time (see :meth:`Connection.block`)."""
+        key, block = self._key + "w:" + task_id, max(block, 0.01)
+        if block < self._max_block:
+            self._conn.block(block, "BLPOP", key)
+        else:
+            self._client.blpop([key], block)
 
     def pop_result(self, task_id: str, timeout: float | None) -> Any:
+        """See :meth:`AbstractTaskQueue.pop_result`.
+
+        For a task enqueued through this queue object whose Deferred is
+        alive, the call also reads the results of this process's other such
+        tasks that are ready into a cache (their own ``pop_result`` then
+        costs no round trip), and blocks on this process's mailbox, which
+        every one of their results reaches.
+        """
         self._sync()
+        cached = self._cached(task_id)
+        if cached is not None:
+            return cached
+        if task_id in self._subs:
+            return self._wait_prefetched(task_id, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         nonce = os.urandom(8)
         while True:
@@ -634,23 +842,39 @@ class TaskQueue(AbstractTaskQueue):
                 return message
             if code == PopCode.EXPIRED:
                 return TASK_EXPIRED
-            block = self._max_block
-            if deadline is not None:
-                block = min(block, deadline - time.monotonic())
-                if block <= 0:
-                    return None
+            block = self._block(deadline)
+            if block <= 0:
+                return None
             self._run("pop_result", self._wait_result, task_id, block)
 
     def pop_results(self, task_ids: list[str], timeout: float | None) -> dict[str, Any]:
         """Results in order: each call reads every ready result up to the first
         task still running, then blocks until *that* one is done, so a
-        stream of results costs one round trip per burst, not per task."""
+        stream of results costs one round trip per burst, not per task.
+        Tasks whose results come to this queue object's mailbox are read
+        through it (see :meth:`pop_result`), which drains it as it goes."""
         self._sync()
         deadline = None if timeout is None else time.monotonic() + timeout
         nonce = os.urandom(8)
         pending = list(dict.fromkeys(task_ids))
         found: dict[str, Any] = {}
         start = 0
+        # Tasks this queue object enqueued: through their mailbox (which that
+        # drains), in order; once one times out, only what is read already.
+        timed_out = False
+        for task_id in pending:
+            if task_id not in self._subs and task_id not in self._cache:
+                continue
+            if timed_out:
+                message = self._cached(task_id)
+            else:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                message = self.pop_result(task_id, remaining)
+                timed_out = message is None
+            if message is not None:
+                found[task_id] = message
+        pending = [task_id for task_id in pending
+                   if task_id not in found and task_id not in self._subs]
         while start < len(pending):
             chunk = pending[start : start + POP_CHUNK]
             replies = self._pop(nonce, timeout != 0, chunk)
@@ -661,12 +885,12 @@ class TaskQueue(AbstractTaskQueue):
                 start += 1
             else:
                 continue  # the whole chunk was ready: go on at once
-            block = self._max_block
-            if deadline is not None:
-                block = min(block, deadline - time.monotonic())
-                if block <= 0:
-                    break
+            block = self._block(deadline)
+            if block <= 0:
+                break
             self._run("pop_results", self._wait_result, pending[start], block)
+        for task_id in found:
+            self._subs.pop(task_id, None)
         return found
 
     # -- the registry of live worker pools --------------------------------------
