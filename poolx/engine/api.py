@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from poolx import checks, exceptions
-from poolx.engine import pickling, wire
+from poolx.engine import payload, pickling, wire
 from poolx.engine.config import PoolConfig
 from poolx.engine.jobs import Job
 from poolx.engine.results import (
@@ -93,6 +93,9 @@ class Pool:
         allow_restart: billiard's; accepted (:meth:`restart` is always allowed).
         synack: billiard's; accepted, no effect.
         enable_timeouts: billiard's; accepted (limits are always enforced).
+        shm_threshold: bytes (or ``"1MB"``); arguments and results holding a
+            buffer at least this big travel through shared memory
+            (:doc:`shared-memory`); ``None`` keeps everything on the pipe.
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class Pool:
         allow_restart: bool = False,
         synack: bool = False,
         enable_timeouts: bool = False,
+        shm_threshold: int | str | None = payload.DEFAULT_THRESHOLD,
     ) -> None:
         self._state = "INIT"
         if processes is None:
@@ -158,6 +162,7 @@ class Pool:
             on_process_exit=on_process_exit,
             on_timeout_set=on_timeout_set,
             on_timeout_cancel=on_timeout_cancel,
+            shm_threshold=checks.parse_size("shm_threshold", shm_threshold),
         )
         self._config = config
         self._supervisor = Supervisor(config)
@@ -185,7 +190,7 @@ class Pool:
         flags: int = 0,
         seq: int | None = None,
     ) -> Job:
-        payload = pickling.dumps_job(func, args, kwds, mode)
+        payload = self._supervisor.segments.dumps_job(func, args, kwds, mode)
         return Job(
             self._supervisor.next_seq() if seq is None else seq,
             sink,

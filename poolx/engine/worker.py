@@ -47,7 +47,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.pool import ExceptionWithTraceback, MaybeEncodingError
 from typing import Any
 
-from poolx.engine import memory, pickling, wire
+from poolx.engine import memory, payload, pickling, wire
 from poolx.exceptions import SoftTimeLimitExceeded
 
 RUNNING, STARTED_NS, SOFT_TARGET, KILL_TARGET = 0, 1, 2, 3
@@ -62,11 +62,12 @@ EXIT_KILL_PENDING = 5  # the supervisor is killing it for the job it just finish
 class _WorkerState:
     """Worker-local state read by the soft-timeout signal handler."""
 
-    __slots__ = ("slot", "in_user_code")
+    __slots__ = ("slot", "in_user_code", "shm")
 
-    def __init__(self, slot: Any) -> None:
+    def __init__(self, slot: Any, shm: payload.Spec | None = None) -> None:
         self.slot = slot
         self.in_user_code = False
+        self.shm = shm  # where big results go (see poolx.engine.payload)
 
     def on_soft_timeout(self, signum: int, frame: Any) -> None:
         slot = self.slot
@@ -126,15 +127,15 @@ def _encode_error(exc: BaseException) -> bytes:
         return pickle.dumps(MaybeEncodingError(encoding_error, exc), pickling.PROTOCOL)
 
 
-def _encode_value(value: Any) -> tuple[int, bytes]:
+def _encode_value(value: Any, shm: payload.Spec | None) -> tuple[int, bytes]:
     try:
-        return wire.RESULT_OK, pickle.dumps(value, pickling.PROTOCOL)
+        return wire.RESULT_OK, payload.dumps(value, shm)
     except Exception as exc:
         return wire.RESULT_ERROR, pickle.dumps(MaybeEncodingError(exc, value), pickling.PROTOCOL)
 
 
-def _call(payload: memoryview, state: _WorkerState) -> Any:
-    func, args, kwds, mode = pickle.loads(payload)
+def _call(data: memoryview, state: _WorkerState) -> Any:
+    func, args, kwds, mode = payload.loads(data)
     state.in_user_code = True
     if mode == wire.APPLY:
         value = func(*args, **kwds)
@@ -147,7 +148,7 @@ def _call(payload: memoryview, state: _WorkerState) -> Any:
 
 
 def _run_job(
-    conn: Connection, state: _WorkerState, seq: int, flags: int, payload: memoryview
+    conn: Connection, state: _WorkerState, seq: int, flags: int, data: memoryview
 ) -> None:
     slot = state.slot
     slot[STARTED_NS] = time.monotonic_ns()
@@ -157,16 +158,16 @@ def _run_job(
     started = time.perf_counter()
     try:
         try:
-            value = _call(payload, state)
-            ok, data = _encode_value(value)
+            value = _call(data, state)
+            ok, result = _encode_value(value, state.shm)
             del value
         except Exception as exc:
             state.in_user_code = False
-            ok, data = wire.RESULT_ERROR, _encode_error(exc)
+            ok, result = wire.RESULT_ERROR, _encode_error(exc)
     except SoftTimeLimitExceeded as exc:  # the signal landed in the handler above
         state.in_user_code = False
-        ok, data = wire.RESULT_ERROR, _encode_error(exc)
-    conn.send_bytes(wire.encode_result(seq, ok, time.perf_counter() - started, data))
+        ok, result = wire.RESULT_ERROR, _encode_error(exc)
+    conn.send_bytes(wire.encode_result(seq, ok, time.perf_counter() - started, result))
     slot[RUNNING] = 0
 
 
@@ -190,12 +191,13 @@ def worker_main(
     initargs: tuple[Any, ...],
     max_memory_kib: int | None,
     forked: bool = False,
+    shm: payload.Spec | None = None,
 ) -> None:
     """Entry point of every worker process (importable for spawn/forkserver)."""
     if forked:
         repair_import_locks()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    state = _WorkerState(slot)
+    state = _WorkerState(slot, shm)
     signal.signal(SOFT_TIMEOUT_SIGNAL, state.on_soft_timeout)
     threading.Thread(
         target=_watch_lifeline, args=(lifeline,), name="poolx-lifeline", daemon=True
@@ -225,9 +227,9 @@ def worker_main(
                 return  # STOP or QUIT with nothing held
             local.extend(wire.decode_jobs(body))
             del body
-        seq, flags, payload = local.popleft()
-        _run_job(conn, state, seq, flags, payload)
-        del payload
+        seq, flags, data = local.popleft()
+        _run_job(conn, state, seq, flags, data)
+        del data
         if slot[KILL_TARGET] == seq:  # read only after slot[RUNNING] was cleared
             os._exit(EXIT_KILL_PENDING)
         if _over_memory(max_memory_kib):
