@@ -157,19 +157,6 @@ def split(obj: Any, threshold: int, big_bytes: bool = False) -> tuple[bytes, lis
     if big_bytes:
         obj = _wrap(obj, threshold, _WRAP_DEPTH)
     big: list[pickle.PickleBuffer] = []
-    data = pickle.dumps(obj, 5, buffer_callback=big.append)
-    if big and min(_nbytes(buffer) for buffer in big) < threshold:
-        data, big = _split_exactly(obj, threshold)
-    if not big_bytes and len(data) >= threshold:
-        wrapped = _wrap(obj, threshold, _WRAP_DEPTH)
-        if wrapped is not obj:
-            data, big = _split_exactly(wrapped, threshold)
-    return data, big
-
-
-def _split_exactly(obj: Any, threshold: int) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Pickle ``obj`` with exactly its big buffers out of band."""
-    big: list[pickle.PickleBuffer] = []
 
     def keep_in_band(buffer: pickle.PickleBuffer) -> bool:
         if _nbytes(buffer) < threshold:
@@ -177,7 +164,13 @@ def _split_exactly(obj: Any, threshold: int) -> tuple[bytes, list[pickle.PickleB
         big.append(buffer)
         return False
 
-    return pickle.dumps(obj, 5, buffer_callback=keep_in_band), big
+    data = pickle.dumps(obj, 5, buffer_callback=keep_in_band)
+    if not big_bytes and len(data) >= threshold:
+        wrapped = _wrap(obj, threshold, _WRAP_DEPTH)
+        if wrapped is not obj:
+            big.clear()
+            data = pickle.dumps(wrapped, 5, buffer_callback=keep_in_band)
+    return data, big
 
 
 def dumps(obj: Any, spec: Spec | None) -> bytes:
@@ -291,8 +284,10 @@ def _sweep(prefix: str) -> int:
 
 
 def _at_exit() -> None:
+    mine = f"poolx-{os.getpid()}-"  # not in a forked child: the pools are its parent's
     for prefix in list(_open_prefixes):
-        _sweep(prefix)
+        if prefix.startswith(mine):
+            _sweep(prefix)
 
 
 class Segments:

@@ -214,3 +214,15 @@ def test_numpy_arrays_travel_out_of_band(shm_pool):
     readonly.flags.writeable = False
     assert shm_pool.apply(tasks.numpy_sum, (readonly,)) == 100_000.0
     assert ours() == []
+
+
+def test_executor_calls_and_results_travel_through_segments(ctx):
+    with poolx.ProcessPoolExecutor(2, mp_context=ctx, shm_threshold=64 * 1024) as ex:
+        assert ex.submit(tasks.seen, prefix(), b"e" * (200 * 1024)).result(timeout=60) == 1
+        assert ex.submit(tasks.seen, prefix(), b"e").result(timeout=60) == 0
+        assert ex.submit(tasks.make, 200 * 1024).result(timeout=60) == b"r" * 200 * 1024
+        assert list(ex.map(tasks.size, [b"m" * (100 * 1024)] * 3)) == [100 * 1024] * 3
+        assert ours() == []
+    with poolx.ProcessPoolExecutor(1, mp_context=ctx, shm_threshold=None) as ex:
+        assert ex.submit(tasks.seen, prefix(), b"e" * (200 * 1024)).result(timeout=60) == 0
+    assert ours() == []
