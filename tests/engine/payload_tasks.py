@@ -64,5 +64,9 @@ def mutate(array):
     return array
 
 
+def echo(value):
+    return value
+
+
 def numpy_sum(array):
     return float(array.sum())

@@ -226,3 +226,55 @@ def test_executor_calls_and_results_travel_through_segments(ctx):
     with poolx.ProcessPoolExecutor(1, mp_context=ctx, shm_threshold=None) as ex:
         assert ex.submit(tasks.seen, prefix(), b"e" * (200 * 1024)).result(timeout=60) == 0
     assert ours() == []
+
+
+def test_read_only_numpy_array_comes_back_read_only(shm_pool):
+    np = pytest.importorskip("numpy", reason="numpy is optional (the bench extra installs it)")
+    array = np.arange(100_000, dtype=np.int64)
+    array.flags.writeable = False
+    back = shm_pool.apply(tasks.echo, (array,))
+    assert not back.flags.writeable and (back == array).all()
+    assert ours() == []
+
+
+def test_a_job_sent_again_after_its_worker_died_keeps_its_segment(fork_ctx):
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=64 * 1024) as p:
+        p.map(tasks.size, [b"w"] * 50, chunksize=1)  # short jobs: the worker gets several at once
+        doomed = p.apply_async(tasks.kill_self, (b"k" * (200 * 1024),))
+        held = [p.apply_async(tasks.describe, (bytes([i]) * (200 * 1024),)) for i in range(3)]
+        with pytest.raises(WorkerLostError):
+            doomed.get(timeout=60)
+        assert [r.get(timeout=60) for r in held] == [("bytes", 200 * 1024, bytes([i]) * 3) for i in range(3)]
+    assert ours() == []
+
+
+def test_no_shared_memory_without_a_writable_dev_shm(monkeypatch):
+    monkeypatch.setattr(payload, "available", lambda: False)
+    segments = payload.Segments(1024)
+    assert segments.spec is None
+    data = segments.dumps_job(tasks.size, (b"x" * 4096,), {}, 0)
+    assert data[:1] == pickle.PROTO
+
+
+def test_a_full_dev_shm_falls_back_to_the_pipe(monkeypatch):
+    def full(fd, view):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(payload, "_write_all", full)
+    segments = payload.Segments(1024)
+    try:
+        data = segments.dumps_job(tasks.size, (b"x" * 4096,), {}, 0)
+        assert data[:1] == pickle.PROTO and segments.pinned == 0
+        spec = payload.Spec(f"{prefix()}unit-", 1024)
+        assert payload.dumps(b"y" * 4096, spec)[:1] == pickle.PROTO
+        assert ours() == []
+    finally:
+        segments.close()
+
+
+def test_a_result_nobody_reads_is_discarded():
+    spec = payload.Spec(f"{prefix()}unit-", 1024)
+    data = payload.dumps(b"y" * 4096, spec)
+    assert len(ours()) == 1
+    payload.Segments(None).discard(data)
+    assert ours() == []
