@@ -52,7 +52,7 @@ import threading
 from typing import Any
 
 from poolx.engine.pickling import PROTOCOL
-from poolx.engine.wire import APPLY
+from poolx.engine.wire import APPLY, STARMAP
 
 __all__ = ["DEFAULT_THRESHOLD", "MAGIC", "Segments", "Spec", "dumps", "loads", "split", "write_segment"]
 
@@ -229,7 +229,7 @@ def segment_name(payload: bytes | memoryview) -> str | None:
 def loads(payload: bytes | memoryview, unlink: bool = False) -> Any:
     """Unpickle a payload :func:`dumps` made; with ``unlink``, remove its
     segment (even when unpickling fails)."""
-    if not payload or payload[0] != MAGIC:
+    if payload[0] != MAGIC:  # never empty: a pickle has at least PROTO and STOP
         return pickle.loads(payload)
     _, size, count = _HEAD.unpack_from(payload, 0)
     start = _HEAD.size
@@ -326,8 +326,13 @@ class Segments:
         if spec is None:
             return pickle.dumps(call, PROTOCOL)
         threshold = spec.threshold
-        big_bytes = mode == APPLY and (
-            has_big_bytes(args, threshold) or (bool(kwds) and has_big_bytes(kwds.values(), threshold)))
+        if mode == APPLY:
+            big_bytes = has_big_bytes(args, threshold) or (
+                bool(kwds) and has_big_bytes(kwds.values(), threshold))
+        else:  # a map chunk: its first item tells (the rest is found after pickling)
+            first = args[0] if args else None
+            items = first if mode == STARMAP and type(first) in (tuple, list) else (first,)
+            big_bytes = has_big_bytes(items, threshold)
         data, big = split(call, threshold, big_bytes)
         if not big:
             return data

@@ -278,3 +278,12 @@ def test_a_result_nobody_reads_is_discarded():
     assert len(ours()) == 1
     payload.Segments(None).discard(data)
     assert ours() == []
+
+
+def test_map_chunks_of_big_bytes_and_starmap_tuples(shm_pool):
+    big = [bytes([i]) * (100 * 1024) for i in range(4)]
+    # The first item is small: the big ones are found after pickling.
+    assert shm_pool.map(tasks.size, [b"small", *big], chunksize=5) == [5] + [100 * 1024] * 4
+    assert shm_pool.starmap(tasks.seen, [(prefix(), b) for b in big], chunksize=4) == [1] * 4
+    assert shm_pool.starmap(tasks.seen, [[prefix(), b] for b in big], chunksize=4) == [1] * 4
+    assert ours() == []
