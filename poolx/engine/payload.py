@@ -1,10 +1,12 @@
 """Big payloads through shared memory: pickle protocol 5 out-of-band buffers.
 
 A payload (a job's call, or a job's result) is pickled with protocol 5.  Any
-buffer of at least ``threshold`` bytes in it — a ``bytearray``, a numpy array,
-a :class:`pickle.PickleBuffer`, and a ``bytes`` or ``bytearray`` that is the
-value itself or sits in the top levels of tuples, lists and dict values — is taken out of
-the pickle stream and written once into a *segment*: a file in ``/dev/shm``.
+buffer of at least ``threshold`` bytes in it — a numpy array or anything else
+pickled through a :class:`pickle.PickleBuffer`, and a ``bytes`` or
+``bytearray`` that is the value itself or sits in the top levels of tuples,
+lists and dict values (pickle keeps those in band unless they are wrapped) —
+is taken out of the pickle stream and written once into a *segment*: a file
+in ``/dev/shm``.
 Only the small pickle and the segment's name travel through the worker's
 pipe; the receiver rebuilds the buffers from the segment (read-only buffers,
 such as ``bytes``, with one ``pread`` copy; writable ones, such as numpy
