@@ -95,6 +95,28 @@ class Serializer:
         raise NotImplementedError
 
 
+class _ReferencingPickler(pickle.Pickler):
+    """A pickler that writes some objects as references (``persistent_id``)."""
+
+    def __init__(self, file: io.BytesIO, protocol: int, reference: PersistentId) -> None:
+        super().__init__(file, protocol)
+        self._reference = reference
+
+    def persistent_id(self, obj: Any) -> Any:
+        return self._reference(obj)
+
+
+class _ReferencingUnpickler(pickle.Unpickler):
+    """An unpickler that resolves the references of :class:`_ReferencingPickler`."""
+
+    def __init__(self, file: io.BytesIO, resolve: PersistentLoad) -> None:
+        super().__init__(file)
+        self._resolve = resolve
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self._resolve(pid)
+
+
 class PickleSerializer(Serializer):
     """The default: pickle at the highest protocol (WorQ compatible)."""
 
@@ -104,17 +126,14 @@ class PickleSerializer(Serializer):
         if persistent_id is None:
             return pickle.dumps(obj, self.protocol)
         buf = io.BytesIO()
-        pickler = pickle.Pickler(buf, self.protocol)
-        pickler.persistent_id = persistent_id
-        pickler.dump(obj)
+        _ReferencingPickler(buf, self.protocol, persistent_id).dump(obj)
         return buf.getvalue()
 
     def loads(self, data: bytes, persistent_load: PersistentLoad | None = None) -> Any:
         _refuse_signed(data)
-        unpickler = pickle.Unpickler(io.BytesIO(data))
-        if persistent_load is not None:
-            unpickler.persistent_load = persistent_load
-        return unpickler.load()
+        if persistent_load is None:
+            return pickle.Unpickler(io.BytesIO(data)).load()
+        return _ReferencingUnpickler(io.BytesIO(data), persistent_load).load()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(protocol={self.protocol})"
@@ -219,14 +238,17 @@ class JSONSerializer(Serializer):
         value = data.get("v")
         if tag == "marker" and value == "TASK_EXPIRED":
             return TASK_EXPIRED
-        if tag == "failure":
-            cls = _FAILURES.get(data.get("type"))  # type: ignore[arg-type]
-            if cls is None:
-                raise ValueError(f"unknown failure type in JSON message: {data.get('type')!r}")
-            return cls(*[self._decode(arg, pl) for arg in value])
+        if tag not in ("failure", "deferred"):
+            raise ValueError(f"unknown {_TAG} tag in JSON message: {tag!r}")
+        if not isinstance(value, list):
+            raise ValueError(f"malformed {tag!r} in JSON message: {value!r}")
+        args = [self._decode(arg, pl) for arg in value]
         if tag == "deferred":
-            return restore_deferred(*[self._decode(arg, pl) for arg in value])
-        raise ValueError(f"unknown {_TAG} tag in JSON message: {tag!r}")
+            return restore_deferred(*args)
+        cls = _FAILURES.get(data.get("type"))  # type: ignore[arg-type]
+        if cls is None:
+            raise ValueError(f"unknown failure type in JSON message: {data.get('type')!r}")
+        return cls(*args)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

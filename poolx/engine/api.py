@@ -269,7 +269,8 @@ class Pool:
                 checks.check_callable(name, value)
         seq = self._supervisor.next_seq()
         result = ApplyResult(self._supervisor.runner, callback, error_callback, accept_callback,
-                             timeout_callback, correlation_id, self._terminate_job_of_result, seq)
+                             timeout_callback, correlation_id, self._terminate_job_of_result, seq,
+                             pool=self)
         try:
             job = self._job(result, 0, pickling.portable(func), tuple(args), dict(kwds or {}), wire.APPLY,
                             soft_timeout, timeout, memory_limit,
@@ -348,7 +349,8 @@ class Pool:
         items = list(iterable)
         size = self._chunksize(chunksize, len(items))
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        result = MapResult(self._supervisor.runner, [len(c) for c in chunks], callback, error_callback)
+        result = MapResult(self._supervisor.runner, [len(c) for c in chunks], callback, error_callback,
+                           pool=self)
         if not chunks:
             return result
         func = pickling.portable(func)
@@ -381,12 +383,12 @@ class Pool:
         arrives in time.  Limits apply per chunk (per item with the default
         ``chunksize=1``).
         """
-        return self._imap(IMapIterator(), func, iterable, chunksize, limits)
+        return self._imap(IMapIterator(self), func, iterable, chunksize, limits)
 
     def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1,
                        **limits: Any) -> IMapIterator:
         """Like :meth:`imap`, but results come in completion order."""
-        return self._imap(IMapUnorderedIterator(), func, iterable, chunksize, limits)
+        return self._imap(IMapUnorderedIterator(self), func, iterable, chunksize, limits)
 
     def _imap(self, sink: IMapIterator, func: Callable[..., Any], iterable: Iterable[Any],
               chunksize: Any, limits: dict[str, Any]) -> IMapIterator:
@@ -542,11 +544,11 @@ class Pool:
         """Kill worker ``pid`` with ``sig`` (default SIGTERM) if it is running a
         job; that job fails with ``Terminated(sig)``.  With ``seq`` (a poolx
         extension; see :meth:`submit_job`), only if that job is the one running."""
-        self._supervisor.post(self._supervisor.terminate_job, pid, sig or signal_module.SIGTERM, seq)
+        self._supervisor.post(self._supervisor.terminate_job, pid, _signal(sig), seq)
 
     def _terminate_job_of_result(self, pid: int, sig: int | None, seq: int) -> None:
         """``ApplyResult.terminate``: acts only while that very job runs."""
-        self._supervisor.post(self._supervisor.terminate_job, pid, sig or signal_module.SIGTERM, seq)
+        self._supervisor.post(self._supervisor.terminate_job, pid, _signal(sig), seq)
 
     def maintain_pool(self) -> None:
         """Replace exited workers now (the supervisor also does so by itself)."""
@@ -586,6 +588,19 @@ class Pool:
     def broken(self) -> exceptions.BrokenPoolError | None:
         """Why the pool cannot run jobs, or None."""
         return self._supervisor.broken  # type: ignore[return-value]
+
+
+def _signal(sig: Any) -> int:
+    """``sig`` as a signal number (SIGTERM for None); ValueError, in the
+    caller's thread, for anything that is not a signal of this platform."""
+    if sig is None:
+        return int(signal_module.SIGTERM)
+    if isinstance(sig, bool) or not isinstance(sig, int):
+        raise TypeError(f"the signal must be an int or None, not {type(sig).__name__}")
+    try:
+        return int(signal_module.Signals(sig))
+    except ValueError:
+        raise ValueError(f"invalid signal number: {sig}") from None
 
 
 def _limit_kwargs(limits: dict[str, Any]) -> dict[str, Any]:

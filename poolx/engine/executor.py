@@ -100,7 +100,8 @@ class _WorkItem:
     core's delivery thread.
     """
 
-    __slots__ = ("core", "future", "payload", "limits", "token", "slot", "state", "seq", "pid")
+    __slots__ = ("core", "future", "payload", "limits", "token", "slot", "state", "seq", "pid",
+                 "terminating")
 
     def __init__(self, core: _ExecutorCore, future: Future, payload: bytes,
                  limits: tuple[Any, Any, Any] | None, token: int) -> None:
@@ -113,6 +114,7 @@ class _WorkItem:
         self.state = PENDING
         self.seq = 0  # the engine's job id, once launched
         self.pid: int | None = None  # the worker it was sent to
+        self.terminating = False  # terminate() was called: a second call does nothing
 
     # -- JobSink: called on the supervisor thread; quick, never raising --------
     def job_sent(self, pid: int) -> None:
@@ -424,8 +426,9 @@ class _ExecutorCore:
     def terminate(self, future: Future) -> bool:
         with self.lock:
             item = self.items.get(future)
-            if item is None or item.state not in (PENDING, LAUNCHED):
+            if item is None or item.state not in (PENDING, LAUNCHED) or item.terminating:
                 return False
+            item.terminating = True
             pool = self.pool
             if item.state == PENDING:
                 item.state = DROPPED  # left in the deque; skipped there

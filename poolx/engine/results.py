@@ -65,6 +65,7 @@ class ApplyResult:
         correlation_id: Any = None,
         terminate_job: Callable[[int, int | None, int], None] | None = None,
         seq: int = 0,
+        pool: Any = None,
     ) -> None:
         # A latch: a lock held until the result is set.  Waiters acquire and
         # release it in turn; far cheaper to create than a threading.Event,
@@ -78,6 +79,9 @@ class ApplyResult:
         self._accept_callback = accept_callback
         self._timeout_callback = timeout_callback
         self._terminate_job = terminate_job
+        # As in the standard library, a result keeps its pool alive: a pool
+        # nobody else holds finishes the work its results wait for.
+        self._pool = pool
         self.correlation_id = correlation_id
         self._worker_pid: int | None = None
         self._seq = seq  # the job's id, for terminate()
@@ -191,8 +195,9 @@ class MapResult(ApplyResult):
         chunks: list[int],
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
+        pool: Any = None,
     ) -> None:
-        super().__init__(runner, callback, error_callback)
+        super().__init__(runner, callback, error_callback, pool=pool)
         self._offsets = [0] * len(chunks)
         for i in range(1, len(chunks)):
             self._offsets[i] = self._offsets[i - 1] + chunks[i - 1]
@@ -226,7 +231,8 @@ class IMapIterator:
     position, and iteration goes on with the next chunk.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pool: Any = None) -> None:
+        self._pool = pool  # kept alive while this iterator is (see ApplyResult)
         self._cond = threading.Condition(threading.Lock())
         self._items: deque[tuple[bool, Any]] = deque()
         self._length: int | None = None  # number of chunks, once known
@@ -273,6 +279,7 @@ class IMapIterator:
                 self._cond.notify_all()
             else:
                 self._unsorted[index] = (ok, value)
+                self._cond.notify_all()  # the feeder waits on completions, in any order
 
     def job_sent(self, pid: int) -> None:
         pass

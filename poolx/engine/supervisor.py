@@ -348,7 +348,7 @@ class Supervisor:
             return  # already failed (timed out, memory) before its result arrived
         try:
             value = self.segments.loads(data)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from a __reduce__ too: never the supervisor's end
             ok, value = False, MaybeEncodingError(exc, "<result could not be unpickled in the parent>")
         if job.timed and self.config.on_timeout_cancel is not None:
             self.runner.submit(self.config.on_timeout_cancel, job.sink)
@@ -380,7 +380,8 @@ class Supervisor:
         if requeue:
             self._requeue(requeue)
         error = self.health.worker_exited(
-            handle.pid, exitcode, ready=handle.ready, expected=handle.kill_reason is not None,
+            handle.pid, exitcode, ready=handle.ready,
+            expected=handle.kill_reason is not None or handle.kill_acknowledged,
             others_ready=self.workers.any_ready(),
         )
         if error is not None:
@@ -448,13 +449,20 @@ class Supervisor:
         if handle is None or handle.exited:
             return
         job = handle.running_job()
-        if job is None or (seq is not None and job.seq != seq):
-            return
+        if job is None or job.state.terminal or (seq is not None and job.seq != seq):
+            return  # (terminal: terminated already, and its handler ignored the signal)
         if not self.kill_job(handle, job, KillReason.TERMINATE_JOB, sig):
             return
         error = Terminated(sig)
         error.started = True
         self.finish(job, JobState.CANCELLED, error)
+        # The worker will start nothing after this job (see kill_job), but a
+        # job that handles ``sig`` may run on: what it holds goes elsewhere now.
+        others = [j for j in handle.jobs.values() if j is not job and not j.state.terminal]
+        for other in others:
+            del handle.jobs[other.seq]
+        if others:
+            self._requeue(others)
 
     # ------------------------------------------------------------------ shutdown
 

@@ -1,6 +1,6 @@
 """The worker process: receive jobs on its own pipe, run them, send results.
 
-Who owns what: each worker owns nothing but its pipe end, a 4-slot shared
+Who owns what: each worker owns nothing but its pipe end, a small shared
 array (the *slot*) and a lifeline.  The supervisor decides everything else.
 
 * ``slot[RUNNING]`` holds the seq of the job the worker is executing (set
@@ -19,7 +19,14 @@ array (the *slot*) and a lifeline.  The supervisor decides everything else.
   ``slot[RUNNING]`` after each job and only then reads ``slot[KILL_TARGET]``:
   if it names the job just finished, the worker exits instead of starting
   another one.  So a kill aimed at a job that finished at that very instant
-  never lands in the middle of the next job.
+  never lands in the middle of the next job.  Before exiting that way it
+  writes the seq to ``slot[KILL_ACK]``: the supervisor then knows the exit
+  was its own doing even if it had decided, a moment later, that the job
+  was no longer running.
+* ``slot[QUIT_NOW]`` is set by the supervisor before it asks a worker to
+  leave after its current job (``restart``, ``shrink``): the worker checks it
+  before starting each job, so a job already on its way in the pipe is not
+  started by a worker that was told to go.
 
 What the supervisor concludes when a worker dies rests on two facts: the
 slot is final once the process is gone, and every result the worker wrote is
@@ -50,8 +57,8 @@ from typing import Any
 from poolx.engine import memory, payload, pickling, wire
 from poolx.exceptions import SoftTimeLimitExceeded
 
-RUNNING, STARTED_NS, SOFT_TARGET, KILL_TARGET = 0, 1, 2, 3
-SLOT_SIZE = 4
+RUNNING, STARTED_NS, SOFT_TARGET, KILL_TARGET, KILL_ACK, QUIT_NOW = 0, 1, 2, 3, 4, 5
+SLOT_SIZE = 6
 
 SOFT_TIMEOUT_SIGNAL = signal.SIGUSR1
 EXIT_INIT_FAILED = 3
@@ -227,10 +234,13 @@ def worker_main(
                 return  # STOP or QUIT with nothing held
             local.extend(wire.decode_jobs(body))
             del body
+        if slot[QUIT_NOW]:
+            return  # retired: the jobs it holds go to other workers
         seq, flags, data = local.popleft()
         _run_job(conn, state, seq, flags, data)
         del data
         if slot[KILL_TARGET] == seq:  # read only after slot[RUNNING] was cleared
+            slot[KILL_ACK] = seq  # this exit is the supervisor's doing, not a crash
             os._exit(EXIT_KILL_PENDING)
         if _over_memory(max_memory_kib):
             # Jobs it held but did not start go back to the pool's queue.

@@ -4,7 +4,8 @@ Who owns what: the :class:`WorkerSet` belongs to the
 :class:`~poolx.engine.supervisor.Supervisor` and runs only on its thread.  It
 owns every :class:`WorkerHandle` (one per live worker process), the parent
 end of each worker's duplex pipe and the pool's lifeline, and registers each
-worker's pipe and sentinel on the supervisor's selector.  It knows nothing
+worker's pipe and death signal (a pidfd, else its sentinel) on the
+supervisor's selector.  It knows nothing
 about what jobs *mean*: every complete frame a worker writes goes to the
 supervisor's ``on_message(handle, body)``, and once a worker is gone (its
 sentinel fired, or its pipe closed and its pid is gone) and its pipe has been
@@ -40,7 +41,7 @@ from poolx.engine.callbacks import CallbackRunner
 from poolx.engine.config import PoolConfig
 from poolx.engine.jobs import Job
 from poolx.engine.timers import TimerHeap
-from poolx.engine.worker import KILL_TARGET, RUNNING, SLOT_SIZE, worker_main
+from poolx.engine.worker import KILL_ACK, KILL_TARGET, QUIT_NOW, RUNNING, SLOT_SIZE, worker_main
 
 EOF_RECHECK = 0.02  # pipe closed but sentinel silent: how often to check the pid
 SPAWN_RETRY = 0.1  # seconds before retrying a spawn that failed with OSError
@@ -65,6 +66,7 @@ class WorkerHandle:
         "reader",
         "writer",
         "sentinel",
+        "death_fd",
         "slot",
         "jobs",
         "sent",
@@ -78,7 +80,7 @@ class WorkerHandle:
         "started_at",
     )
 
-    def __init__(self, process: Any, conn: Any, slot: Any) -> None:
+    def __init__(self, process: Any, conn: Any, slot: Any, death_fd: int | None = None) -> None:
         self.process = process
         self.pid: int = process.pid
         self.conn = conn
@@ -87,6 +89,10 @@ class WorkerHandle:
         self.reader = wire.FrameReader(fd)
         self.writer = wire.FrameWriter(fd)
         self.sentinel: int = process.sentinel
+        # What the supervisor waits on for the worker's death: a pidfd (which
+        # a grandchild the job forked cannot hold open the way it holds the
+        # sentinel pipe), else the sentinel.
+        self.death_fd: int = self.sentinel if death_fd is None else death_fd
         self.slot = slot
         self.jobs: OrderedDict[int, Job] = OrderedDict()  # sent, not finished, in send order
         self.sent = 0
@@ -124,11 +130,20 @@ class WorkerHandle:
         return "busy" if self.jobs else "idle"
 
     def send_signal(self, sig: int) -> None:
-        """Send ``sig`` to the worker (nothing happens if it is already gone)."""
+        """Send ``sig`` to the worker (nothing happens if it is already gone;
+        callers check the signal number before it reaches the supervisor)."""
         try:
             os.kill(self.pid, sig)
         except ProcessLookupError:
             pass
+        except OSError as exc:
+            log.logger().error("poolx: cannot send signal %r to worker %d: %s", sig, self.pid, exc)
+
+    @property
+    def kill_acknowledged(self) -> bool:
+        """The worker exited because the supervisor was killing it for the
+        job it had just finished (see :mod:`poolx.engine.worker`)."""
+        return bool(self.slot[KILL_ACK])
 
     def kill(self, reason: KillReason, sig: int = signal.SIGKILL) -> None:
         """Kill the worker; its exit is then expected, not a crash."""
@@ -237,11 +252,16 @@ class WorkerSet:
         finally:
             self._spawning_fd = None
             child_conn.close()
-        handle = WorkerHandle(process, parent_conn, slot)
+        # Only a child of ours has a pidfd that cannot name a reused pid;
+        # under forkserver the sentinel comes from the server and no
+        # grandchild holds it.
+        own_child = ctx.get_start_method() in ("fork", "spawn")
+        handle = WorkerHandle(process, parent_conn, slot,
+                              _open_pidfd(process.pid) if own_child else None)
         self._handles[handle.pid] = handle
         self._selector.register(handle.fd, selectors.EVENT_READ,
                                 lambda events, h=handle: self._on_io(h, events))
-        self._selector.register(handle.sentinel, selectors.EVENT_READ,
+        self._selector.register(handle.death_fd, selectors.EVENT_READ,
                                 lambda events, h=handle: self._reap(h))
         self.started += 1
         if config.on_process_up is not None:
@@ -297,6 +317,8 @@ class WorkerSet:
         if handle.retiring and not after_current:
             return
         handle.retiring = True
+        if after_current:
+            handle.slot[QUIT_NOW] = 1  # before QUIT: no job in the pipe ahead of it starts
         self.send(handle, wire.QUIT_MESSAGE if after_current else wire.STOP_MESSAGE)
 
     def kill_all(self, reason: KillReason, sig: int) -> None:
@@ -332,7 +354,9 @@ class WorkerSet:
                 self._on_message(handle, body)
         handle.exited = True
         self._unregister(handle.fd)
-        self._unregister(handle.sentinel)
+        self._unregister(handle.death_fd)
+        if handle.death_fd != handle.sentinel:
+            os.close(handle.death_fd)
         handle.process.join(1.0)
         exitcode = handle.process.exitcode
         del self._handles[handle.pid]
@@ -370,6 +394,7 @@ class WorkerSet:
         (and the one being created), and the lifeline's write end."""
         fds = [self._lifeline_w.fileno()]
         fds += [h.fd for h in self._handles.values()]
+        fds += [h.death_fd for h in self._handles.values() if h.death_fd != h.sentinel]
         if self._spawning_fd is not None:
             fds.append(self._spawning_fd)
         return fds
@@ -378,6 +403,18 @@ class WorkerSet:
         """Close the lifeline: any worker still alive then exits by itself."""
         self._lifeline_w.close()
         self._lifeline_r.close()
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """A pidfd for our child ``pid`` (readable once it exits), or None where
+    the OS or Python has none."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        return int(pidfd_open(pid))
+    except OSError:  # kernel < 5.3
+        return None
 
 
 def _wake_up() -> None:
