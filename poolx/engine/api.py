@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import Any
 
 from poolx import checks, exceptions
-from poolx.engine import pickling, wire
+from poolx.engine import payload, pickling, wire
 from poolx.engine.config import PoolConfig
 from poolx.engine.jobs import Job
 from poolx.engine.results import (
@@ -97,6 +97,9 @@ class Pool:
         allow_restart: billiard's; accepted (:meth:`restart` is always allowed).
         synack: billiard's; accepted, no effect.
         enable_timeouts: billiard's; accepted (limits are always enforced).
+        shm_threshold: bytes (or ``"1MB"``); arguments and results holding a
+            buffer at least this big travel through shared memory
+            (:doc:`shared-memory`); ``None`` keeps everything on the pipe.
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class Pool:
         allow_restart: bool = False,
         synack: bool = False,
         enable_timeouts: bool = False,
+        shm_threshold: int | str | None = payload.DEFAULT_THRESHOLD,
     ) -> None:
         self._run_state = "INIT"
         if processes is None:
@@ -162,6 +166,7 @@ class Pool:
             on_process_exit=on_process_exit,
             on_timeout_set=on_timeout_set,
             on_timeout_cancel=on_timeout_cancel,
+            shm_threshold=checks.parse_size("shm_threshold", shm_threshold),
         )
         self._config = config
         self._results: dict[int, Any] = {}  # results not ready yet, by _job: see _cache
@@ -190,14 +195,17 @@ class Pool:
         flags: int = 0,
         seq: int | None = None,
     ) -> Job:
-        payload = pickling.dumps_job(func, args, kwds, mode)
-        if len(payload) >= RELEASE_ON_START:
-            flags |= wire.FLAG_ACK  # the supervisor drops the payload once the job started
+        data = self._supervisor.segments.dumps_job(func, args, kwds, mode)
+        if len(data) >= RELEASE_ON_START and payload.segment_name(data) is None:
+            # A big pipe payload: the supervisor drops it once the job started.
+            # (One that names a shared-memory segment is small, and the
+            # segment must live until the job ends: the worker reads it.)
+            flags |= wire.FLAG_ACK
         return Job(
             self._supervisor.next_seq() if seq is None else seq,
             sink,
             index,
-            payload,
+            data,
             flags,
             soft_timeout if soft_timeout is not None else self._config.soft_timeout,
             timeout if timeout is not None else self._config.timeout,

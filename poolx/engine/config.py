@@ -33,3 +33,4 @@ class PoolConfig(NamedTuple):
     on_process_exit: Callable[[int, int], Any] | None
     on_timeout_set: Callable[[Any, Any, Any], Any] | None
     on_timeout_cancel: Callable[[Any], Any] | None
+    shm_threshold: int | None = None  # bytes; None: no shared memory (poolx.engine.payload)

@@ -64,7 +64,7 @@ from types import FunctionType
 from typing import Any
 
 from poolx import checks
-from poolx.engine import log, pickling
+from poolx.engine import log, payload, pickling
 from poolx.engine.api import Pool
 from poolx.engine.executor_worker import (
     BAD_CALL,
@@ -590,6 +590,9 @@ class ProcessPoolExecutor(Executor):
             sent to a worker.
         on_timeout_cancel: ``f(future)`` when a call with limits finished in
             time.
+        shm_threshold: as :class:`poolx.Pool`'s: calls and results of at
+            least this many bytes travel through shared memory
+            (:doc:`shared-memory`); ``None`` keeps them on the pipe.
 
     Workers start at the first :meth:`submit`, as the standard library's do
     (with ``fork``, they see the parent as it is then).
@@ -613,6 +616,7 @@ class ProcessPoolExecutor(Executor):
         on_process_exit: Callable[[int, int], Any] | None = None,
         on_timeout_set: Callable[[Future, Any, Any], Any] | None = None,
         on_timeout_cancel: Callable[[Future], Any] | None = None,
+        shm_threshold: int | str | None = payload.DEFAULT_THRESHOLD,
     ) -> None:
         # The standard library's checks, in its order and with its messages.
         if max_workers is None:
@@ -655,6 +659,7 @@ class ProcessPoolExecutor(Executor):
             "on_process_up": on_process_up,
             "on_process_down": on_process_down,
             "on_process_exit": on_process_exit,
+            "shm_threshold": checks.parse_size("shm_threshold", shm_threshold),
         }
         self._max_workers = max_workers
         self._mp_context = mp_context

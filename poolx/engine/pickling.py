@@ -1,8 +1,9 @@
 """Pickling of what travels to and from workers: functions, calls, values.
 
-Who uses it: :class:`~poolx.Pool` (parent side) pickles each call with
-:func:`dumps_job` after passing the function through :func:`portable`;
-workers pickle values and errors with :data:`PROTOCOL`.  Anything plain
+Who uses it: :class:`~poolx.Pool` (parent side) passes each function through
+:func:`portable`, then :mod:`poolx.engine.payload` pickles the call (and a
+worker its result) with :data:`PROTOCOL`, big buffers out of band; workers
+pickle errors with :data:`PROTOCOL`.  Anything plain
 pickle cannot send by reference (lambdas, closures, functions defined
 interactively) is wrapped by :func:`portable` and travels as cloudpickle
 bytes; the worker gets the function itself back.
@@ -76,7 +77,3 @@ def portable(func: Callable[..., Any]) -> Callable[..., Any]:
         pass
     return result
 
-
-def dumps_job(func: Callable[..., Any], args: Any, kwds: Any, mode: int) -> bytes:
-    """Pickle one job's call; ``func`` must already have gone through portable()."""
-    return pickle.dumps((func, args, kwds, mode), PROTOCOL)

@@ -55,7 +55,7 @@ from multiprocessing.pool import MaybeEncodingError
 from typing import Any
 
 from poolx import exceptions
-from poolx.engine import log, wire
+from poolx.engine import log, payload, wire
 from poolx.engine.callbacks import CallbackRunner
 from poolx.engine.config import PoolConfig
 from poolx.engine.dispatch import Dispatcher
@@ -99,8 +99,9 @@ class Supervisor:
 
         # Everything below is touched only by the supervisor thread.
         self.timers = TimerHeap()
+        self.segments = payload.Segments(config.shm_threshold)
         self.workers = WorkerSet(config, self._selector, self.timers, self.runner,
-                                 self._on_message, self._on_worker_exit)
+                                 self._on_message, self._on_worker_exit, self.segments.spec)
         self.limits = LimitKeeper(self, self.timers, config, self.runner)
         self.dispatcher = Dispatcher(self.workers, self.limits, config.maxtasksperchild)
         self.health = Health(config.max_restarts, config.max_restart_freq)
@@ -128,6 +129,8 @@ class Supervisor:
         """Hand jobs to the supervisor; :class:`PoolNotRunning` once it stopped accepting."""
         with self.lock:
             if not self.accepting:
+                for job in jobs:
+                    self.segments.release(job.payload)
                 raise PoolNotRunning()
             self._incoming.extend(jobs)
             self._wake()
@@ -256,6 +259,7 @@ class Supervisor:
         """End ``job`` in the terminal ``state``; ``value`` is its result
         (``DONE``) or the exception its caller gets."""
         handle = job.worker
+        self.segments.release(job.payload)
         job.move(state)
         counters = self._counters
         if state is JobState.DONE:
@@ -336,14 +340,15 @@ class Supervisor:
             log.logger().error("poolx: unknown message kind %r from worker %d", kind, handle.pid)
 
     def _on_result(self, handle: WorkerHandle, body: bytes) -> None:
-        seq, ok, duration, payload = wire.decode_result(body)
+        seq, ok, duration, data = wire.decode_result(body)
         job = handle.jobs.pop(seq, None)
         handle.done += 1
         self.dispatcher.observe(duration)
         if job is None or job.state.terminal:
+            self.segments.discard(data)
             return  # already failed (timed out, memory) before its result arrived
         try:
-            value = pickle.loads(payload)
+            value = self.segments.loads(data)
         except BaseException as exc:  # SystemExit from a __reduce__ too: never the supervisor's end
             ok, value = False, MaybeEncodingError(exc, "<result could not be unpickled in the parent>")
         if job.timed and self.config.on_timeout_cancel is not None:
@@ -354,6 +359,7 @@ class Supervisor:
         """A worker is gone and its pipe was read to the end: settle what it held."""
         running = handle.slot[RUNNING]
         self.limits.worker_gone(handle)
+        self.segments.worker_gone(handle.pid)
         requeue = []
         # The slot is final now and every result the worker wrote has been
         # read: the job in slot[RUNNING] started and did not finish; the
@@ -499,6 +505,7 @@ class Supervisor:
         for command, args in leftover_commands:
             if isinstance(command, _Call):  # a caller waits for it
                 command(*args)
+        self.segments.close()
         self.workers.close()
         self.runner.stop()
         self.finished.set()

@@ -54,7 +54,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.pool import ExceptionWithTraceback, MaybeEncodingError
 from typing import Any
 
-from poolx.engine import memory, pickling, wire
+from poolx.engine import memory, payload, pickling, wire
 from poolx.exceptions import SoftTimeLimitExceeded
 
 RUNNING, STARTED_NS, SOFT_TARGET, KILL_TARGET, KILL_ACK, QUIT_NOW = 0, 1, 2, 3, 4, 5
@@ -69,11 +69,12 @@ EXIT_KILL_PENDING = 5  # the supervisor is killing it for the job it just finish
 class _WorkerState:
     """Worker-local state read by the signal handlers (soft time limit, SIGINT)."""
 
-    __slots__ = ("slot", "in_user_code")
+    __slots__ = ("slot", "in_user_code", "shm")
 
-    def __init__(self, slot: Any) -> None:
+    def __init__(self, slot: Any, shm: payload.Spec | None = None) -> None:
         self.slot = slot
         self.in_user_code = False
+        self.shm = shm  # where big results go (see poolx.engine.payload)
 
     def on_soft_timeout(self, signum: int, frame: Any) -> None:
         slot = self.slot
@@ -140,15 +141,15 @@ def _encode_error(exc: BaseException) -> bytes:
         return pickle.dumps(MaybeEncodingError(encoding_error, exc), pickling.PROTOCOL)
 
 
-def _encode_value(value: Any) -> tuple[int, bytes]:
+def _encode_value(value: Any, shm: payload.Spec | None) -> tuple[int, bytes]:
     try:
-        return wire.RESULT_OK, pickle.dumps(value, pickling.PROTOCOL)
+        return wire.RESULT_OK, payload.dumps(value, shm)
     except Exception as exc:
         return wire.RESULT_ERROR, pickle.dumps(MaybeEncodingError(exc, value), pickling.PROTOCOL)
 
 
-def _call(payload: memoryview, state: _WorkerState) -> Any:
-    func, args, kwds, mode = pickle.loads(payload)
+def _call(data: memoryview, state: _WorkerState) -> Any:
+    func, args, kwds, mode = payload.loads(data)
     state.in_user_code = True
     if mode == wire.APPLY:
         value = func(*args, **kwds)
@@ -161,7 +162,7 @@ def _call(payload: memoryview, state: _WorkerState) -> Any:
 
 
 def _run_job(
-    conn: Connection, state: _WorkerState, seq: int, flags: int, payload: memoryview
+    conn: Connection, state: _WorkerState, seq: int, flags: int, data: memoryview
 ) -> bool:
     """Run one job and send its result; True if the job raised ``SystemExit``
     (the worker then leaves, as billiard's do)."""
@@ -174,17 +175,17 @@ def _run_job(
     leave = False
     try:
         try:
-            value = _call(payload, state)
-            ok, data = _encode_value(value)
+            value = _call(data, state)
+            ok, result = _encode_value(value, state.shm)
             del value
         except BaseException as exc:  # BaseExceptions too: the caller gets them (billiard)
             state.in_user_code = False
             leave = isinstance(exc, SystemExit)
-            ok, data = wire.RESULT_ERROR, _encode_error(exc)
+            ok, result = wire.RESULT_ERROR, _encode_error(exc)
     except (SoftTimeLimitExceeded, KeyboardInterrupt) as exc:  # a signal landed in the handler above
         state.in_user_code = False
-        ok, data = wire.RESULT_ERROR, _encode_error(exc)
-    conn.send_bytes(wire.encode_result(seq, ok, time.perf_counter() - started, data))
+        ok, result = wire.RESULT_ERROR, _encode_error(exc)
+    conn.send_bytes(wire.encode_result(seq, ok, time.perf_counter() - started, result))
     slot[RUNNING] = 0
     return leave
 
@@ -209,11 +210,12 @@ def worker_main(
     initargs: tuple[Any, ...],
     max_memory_kib: int | None,
     forked: bool = False,
+    shm: payload.Spec | None = None,
 ) -> None:
     """Entry point of every worker process (importable for spawn/forkserver)."""
     if forked:
         repair_import_locks()
-    state = _WorkerState(slot)
+    state = _WorkerState(slot, shm)
     signal.signal(signal.SIGINT, state.on_sigint)
     signal.signal(SOFT_TIMEOUT_SIGNAL, state.on_soft_timeout)
     threading.Thread(
@@ -246,9 +248,9 @@ def worker_main(
             del body
         if slot[QUIT_NOW]:
             return  # retired: the jobs it holds go to other workers
-        seq, flags, payload = local.popleft()
-        leave = _run_job(conn, state, seq, flags, payload)
-        del payload
+        seq, flags, data = local.popleft()
+        leave = _run_job(conn, state, seq, flags, data)
+        del data
         if slot[KILL_TARGET] == seq:  # read only after slot[RUNNING] was cleared
             slot[KILL_ACK] = seq  # this exit is the supervisor's doing, not a crash
             os._exit(EXIT_KILL_PENDING)

@@ -183,8 +183,10 @@ class WorkerSet:
         runner: CallbackRunner,
         on_message: Callable[[WorkerHandle, bytes], None],
         on_exit: Callable[[WorkerHandle, int | None], None],
+        shm: Any = None,
     ) -> None:
         self.config = config
+        self.shm = shm  # the payload.Spec workers write big results with
         self.ctx = config.context
         self._selector = selector
         self._timers = timers
@@ -234,7 +236,7 @@ class WorkerSet:
         process = ctx.Process(
             target=worker_main,
             args=(child_conn, self._lifeline_r, slot, config.initializer, config.initargs,
-                  config.max_memory_per_child, ctx.get_start_method() == "fork"),
+                  config.max_memory_per_child, ctx.get_start_method() == "fork", self.shm),
             name=f"PoolxWorker-{next(self._names)}",
             daemon=True,
         )

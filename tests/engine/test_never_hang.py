@@ -53,13 +53,17 @@ def test_idle_worker_killed_is_replaced(pool):
     assert not pids & {w["pid"] for w in pool.stats()["workers"]}
 
 
-def test_worker_killed_while_sending_a_large_result(pool):
-    with pytest.raises(WorkerLostError):
-        pool.apply(helpers.big_result_then_die, (50 * 2**20,))
-    assert pool.apply(helpers.square, (3,)) == 9
-    started = time.monotonic()
-    pool.terminate()
-    assert time.monotonic() - started < 5
+def test_worker_killed_while_sending_a_large_result(ctx):
+    # Through the pipe (shared memory off); test_payload kills one mid-segment.
+    pool = poolx.Pool(2, context=ctx, shm_threshold=None)
+    try:
+        with pytest.raises(WorkerLostError):
+            pool.apply(helpers.big_result_then_die, (50 * 2**20,))
+        assert pool.apply(helpers.square, (3,)) == 9
+    finally:
+        started = time.monotonic()
+        pool.terminate()
+        assert time.monotonic() - started < 5
 
 
 def test_worker_dies_while_unpickling_its_arguments(pool):

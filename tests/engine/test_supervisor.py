@@ -6,7 +6,7 @@ import multiprocessing
 
 import pytest
 
-from poolx.engine import pickling, wire
+from poolx.engine import wire
 from poolx.engine.config import PoolConfig
 from poolx.engine.jobs import Job
 from poolx.engine.results import ApplyResult
@@ -39,7 +39,7 @@ def supervisor():
 
 def _apply(sup: Supervisor, func, args=(), **limits) -> tuple[Job, ApplyResult]:
     result = ApplyResult(sup.runner)
-    job = Job(sup.next_seq(), result, 0, pickling.dumps_job(func, args, {}, wire.APPLY), **limits)
+    job = Job(sup.next_seq(), result, 0, sup.segments.dumps_job(func, args, {}, wire.APPLY), **limits)
     return job, result
 
 

@@ -14,6 +14,7 @@ WORKER_MODULES = [
     "poolx",
     "poolx.engine",
     "poolx.engine.memory",
+    "poolx.engine.payload",
     "poolx.engine.pickling",
     "poolx.engine.wire",
     "poolx.engine.worker",

@@ -1,0 +1,385 @@
+"""Big payloads through shared memory: pickle protocol 5 out-of-band buffers.
+
+A payload (a job's call, or a job's result) is pickled with protocol 5.  Any
+buffer of at least ``threshold`` bytes in it — a numpy array or anything else
+pickled through a :class:`pickle.PickleBuffer`, and a ``bytes`` or
+``bytearray`` that is the value itself or sits in the top levels of tuples,
+lists and dict values (pickle keeps those in band unless they are wrapped) —
+is taken out of the pickle stream and written once into a *segment*: a file
+in ``/dev/shm``.
+Only the small pickle and the segment's name travel through the worker's
+pipe; the receiver rebuilds the buffers from the segment (read-only buffers,
+such as ``bytes``, with one ``pread`` copy; writable ones, such as numpy
+arrays, as a private copy-on-write memory map, without a copy).  Everything
+smaller keeps the plain pickle path: a payload that is a plain pickle starts
+with pickle's own ``PROTO`` byte, a segment payload with :data:`MAGIC`.
+
+Segments are plain files created with ``os.open`` and read with ``mmap``
+rather than :mod:`multiprocessing.shared_memory`: no ``resource_tracker``
+process is started and none warns about segments another process unlinked.
+
+Who owns what — the pool's process owns every segment, since a worker may die
+at any moment:
+
+* Argument segments (``<prefix>a<n>``) are created by the parent in the
+  caller's thread (:meth:`Segments.dumps_job`) and unlinked by the supervisor
+  when their job ends, whatever the ending (:meth:`Segments.release`, called
+  from ``Supervisor.finish``).  A job re-queued after its worker died keeps
+  its segment for the next worker.
+* Result segments (``<prefix>r<worker pid>-<n>``) are created by a worker
+  (:func:`dumps` with the pool's :class:`Spec`) and unlinked by the parent
+  as soon as it has opened them (:meth:`Segments.loads`), or without reading
+  them when the job had already ended (:meth:`Segments.discard`).  When a
+  worker dies, after its pipe was read to the end, the supervisor unlinks
+  every segment that carries its pid (:meth:`Segments.worker_gone`): one it
+  was writing, or one it wrote but could not announce.
+* When the pool's supervisor finishes, it unlinks whatever still carries
+  the pool's prefix (:meth:`Segments.close`); at interpreter exit an
+  ``atexit`` hook does the same for every pool of this process still open.
+
+At most ``max_segments`` argument segments are pinned at once per pool;
+beyond that (or when ``/dev/shm`` is full or missing) payloads travel
+through the pipe as before.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import mmap
+import os
+import pickle
+import struct
+import threading
+from typing import Any
+
+from poolx.engine.pickling import PROTOCOL
+from poolx.engine.wire import APPLY, STARMAP
+
+__all__ = ["DEFAULT_THRESHOLD", "MAGIC", "Segments", "Spec", "dumps", "loads", "split", "write_segment"]
+
+SHM_DIR = "/dev/shm"
+DEFAULT_THRESHOLD = 1 << 20  # bytes; see benchmarks/bench_payload.py
+DEFAULT_MAX_SEGMENTS = 64
+MAGIC = 0x00  # first byte of a segment payload (a pickle starts with 0x80)
+_WRAP_DEPTH = 4  # levels of tuples/lists/dicts searched for big bytes objects
+
+_HEAD = struct.Struct("!BHI")  # magic, name length, buffer count
+_ENTRY = struct.Struct("!QQB")  # offset, length, read-only
+_pools = itertools.count(1)
+_open_prefixes: set[str] = set()
+_atexit_registered = False
+
+
+class Spec:
+    """What a worker needs to write result segments: picklable, tiny."""
+
+    __slots__ = ("prefix", "threshold", "_names")
+
+    def __init__(self, prefix: str, threshold: int) -> None:
+        self.prefix = prefix
+        self.threshold = threshold
+        self._names: Any = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Spec, (self.prefix, self.threshold)
+
+    def result_name(self) -> str:
+        if self._names is None:
+            self._names = itertools.count(1)
+        return f"{self.prefix}r{os.getpid()}-{next(self._names)}"
+
+
+def available() -> bool:
+    """True when ``/dev/shm`` exists and this process can create files in it."""
+    return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK | os.X_OK)
+
+
+_PLAIN = (bytes, bytearray)  # pickled in band unless wrapped
+
+
+class _Big:
+    """A ``bytes`` or ``bytearray`` to send out of band (pickle never offers
+    them to ``buffer_callback`` by itself); rebuilt as the same type."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return type(self.data), (pickle.PickleBuffer(self.data),)
+
+
+def _wrap(obj: Any, threshold: int, depth: int) -> Any:
+    """``obj`` with big ``bytes``/``bytearray`` in its top levels wrapped;
+    ``obj`` itself if there were none."""
+    kind = type(obj)
+    if kind in _PLAIN:
+        return _Big(obj) if len(obj) >= threshold else obj
+    if depth <= 0:
+        return obj
+    if kind is tuple or kind is list:
+        items = [_wrap(item, threshold, depth - 1) for item in obj]
+        if all(new is old for new, old in zip(items, obj, strict=True)):
+            return obj
+        return kind(items)
+    if kind is dict:
+        values = {key: _wrap(value, threshold, depth - 1) for key, value in obj.items()}
+        if all(values[key] is value for key, value in obj.items()):
+            return obj
+        return values
+    return obj
+
+
+def _nbytes(buffer: pickle.PickleBuffer) -> int:
+    try:
+        return buffer.raw().nbytes
+    except BufferError:  # not contiguous: pickle copies it in band
+        return -1
+
+
+def has_big_bytes(items: Any, threshold: int) -> bool:
+    """True if one of ``items`` is a ``bytes`` or ``bytearray`` of
+    ``threshold`` bytes or more."""
+    for item in items:
+        if type(item) in _PLAIN and len(item) >= threshold:
+            return True
+    return False
+
+
+def split(obj: Any, threshold: int, big_bytes: bool = False) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle ``obj`` with its buffers of ``threshold`` bytes or more out of
+    band; return the pickle and those buffers (none: a plain pickle).
+
+    ``big_bytes``: the caller saw a big ``bytes`` or ``bytearray`` in ``obj``'s top
+    levels (it is then wrapped before pickling, not after a wasted copy).
+    Small payloads cost one plain pickle, as without shared memory.
+    """
+    if big_bytes:
+        obj = _wrap(obj, threshold, _WRAP_DEPTH)
+    big: list[pickle.PickleBuffer] = []
+
+    def keep_in_band(buffer: pickle.PickleBuffer) -> bool:
+        if _nbytes(buffer) < threshold:
+            return True
+        big.append(buffer)
+        return False
+
+    data = pickle.dumps(obj, 5, buffer_callback=keep_in_band)
+    if not big_bytes and len(data) >= threshold:
+        wrapped = _wrap(obj, threshold, _WRAP_DEPTH)
+        if wrapped is not obj:
+            big.clear()
+            data = pickle.dumps(wrapped, 5, buffer_callback=keep_in_band)
+    return data, big
+
+
+def dumps(obj: Any, spec: Spec | None) -> bytes:
+    """Pickle a worker's result; with ``spec``, big buffers go to the
+    worker's next result segment.  Raises what pickle raises."""
+    if spec is None:
+        return pickle.dumps(obj, PROTOCOL)
+    threshold = spec.threshold
+    data, big = split(obj, threshold, type(obj) in _PLAIN and len(obj) >= threshold)
+    if not big:
+        return data
+    try:
+        return write_segment(spec.result_name(), data, big)
+    except OSError:  # /dev/shm full or gone: the pipe still works
+        return pickle.dumps(obj, PROTOCOL)
+
+
+def write_segment(name: str, data: bytes, buffers: list[pickle.PickleBuffer]) -> bytes:
+    """Write ``buffers`` into a new segment ``name``; return the payload that
+    refers to it.  OSError (the segment is then gone) if ``/dev/shm`` is full."""
+    views = [buffer.raw() for buffer in buffers]
+    entries = []
+    offset = 0
+    for view in views:
+        entries.append(_ENTRY.pack(offset, view.nbytes, view.readonly))
+        offset += view.nbytes
+    path = os.path.join(SHM_DIR, name)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for view in views:
+            _write_all(fd, view)
+    except BaseException:
+        _unlink(name)
+        raise
+    finally:
+        os.close(fd)
+    encoded = name.encode()
+    return b"".join((_HEAD.pack(MAGIC, len(encoded), len(views)), encoded, *entries, data))
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    view = view.cast("B")
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def segment_name(payload: bytes | memoryview) -> str | None:
+    """The segment a payload refers to, or None for a plain pickle."""
+    if not payload or payload[0] != MAGIC:
+        return None
+    _, size, _ = _HEAD.unpack_from(payload, 0)
+    return bytes(payload[_HEAD.size : _HEAD.size + size]).decode()
+
+
+def loads(payload: bytes | memoryview, unlink: bool = False) -> Any:
+    """Unpickle a payload :func:`dumps` made; with ``unlink``, remove its
+    segment (even when unpickling fails)."""
+    if payload[0] != MAGIC:  # never empty: a pickle has at least PROTO and STOP
+        return pickle.loads(payload)
+    _, size, count = _HEAD.unpack_from(payload, 0)
+    start = _HEAD.size
+    name = bytes(payload[start : start + size]).decode()
+    start += size
+    try:
+        entries = [_ENTRY.unpack_from(payload, start + i * _ENTRY.size) for i in range(count)]
+        data = memoryview(payload)[start + count * _ENTRY.size :]
+        fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY)
+        try:
+            if unlink:
+                _unlink(name)
+                unlink = False
+            buffers: list[Any] = []
+            mapping: memoryview | None = None
+            for offset, length, readonly in entries:
+                if readonly or length == 0:
+                    # What pickle itself rebuilds a read-only buffer as: bytes.
+                    buffers.append(os.pread(fd, length, offset) if length else b"")
+                else:
+                    if mapping is None:
+                        end = max(o + n for o, n, _ in entries)
+                        mapping = memoryview(mmap.mmap(fd, end, access=mmap.ACCESS_COPY))
+                    buffers.append(mapping[offset : offset + length])
+        finally:
+            os.close(fd)
+        return pickle.loads(data, buffers=buffers)
+    finally:
+        if unlink:
+            _unlink(name)
+
+
+def _unlink(name: str) -> None:
+    try:
+        os.unlink(os.path.join(SHM_DIR, name))
+    except OSError:
+        pass
+
+
+def _sweep(prefix: str) -> int:
+    """Unlink every segment whose name starts with ``prefix``; how many."""
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return 0
+    count = 0
+    for name in names:
+        if name.startswith(prefix):
+            _unlink(name)
+            count += 1
+    return count
+
+
+def _at_exit() -> None:
+    mine = f"poolx-{os.getpid()}-"  # not in a forked child: the pools are its parent's
+    for prefix in list(_open_prefixes):
+        if prefix.startswith(mine):
+            _sweep(prefix)
+
+
+class Segments:
+    """The parent side of one pool's segments (see the module docstring).
+
+    ``threshold`` None disables shared memory: every method is then a cheap
+    no-op and every payload is a plain pickle.
+    """
+
+    def __init__(self, threshold: int | None, max_segments: int = DEFAULT_MAX_SEGMENTS) -> None:
+        self.spec: Spec | None = None
+        self.max_segments = max_segments
+        self._lock = threading.Lock()
+        self._pinned = 0
+        self._names = itertools.count(1)
+        if threshold is None or not available():
+            return
+        global _atexit_registered
+        self.spec = Spec(f"poolx-{os.getpid()}-{next(_pools)}-", threshold)
+        _open_prefixes.add(self.spec.prefix)
+        if not _atexit_registered:
+            _atexit_registered = True
+            atexit.register(_at_exit)
+
+    @property
+    def pinned(self) -> int:
+        """Argument segments alive now."""
+        return self._pinned
+
+    def dumps_job(self, func: Any, args: Any, kwds: Any, mode: int) -> bytes:
+        """Pickle one job's call (any thread; ``func`` has been through
+        :func:`~poolx.engine.pickling.portable`).  Big buffers go to a new
+        argument segment while fewer than ``max_segments`` are pinned."""
+        call = (func, args, kwds, mode)
+        spec = self.spec
+        if spec is None:
+            return pickle.dumps(call, PROTOCOL)
+        threshold = spec.threshold
+        if mode == APPLY:
+            big_bytes = has_big_bytes(args, threshold) or (
+                bool(kwds) and has_big_bytes(kwds.values(), threshold))
+        else:  # a map chunk: its first item tells (the rest is found after pickling)
+            first = args[0] if args else None
+            items = first if mode == STARMAP and type(first) in (tuple, list) else (first,)
+            big_bytes = has_big_bytes(items, threshold)
+        data, big = split(call, threshold, big_bytes)
+        if not big:
+            return data
+        with self._lock:
+            if self._pinned >= self.max_segments:
+                return pickle.dumps(call, PROTOCOL)
+            self._pinned += 1
+        try:
+            return write_segment(f"{spec.prefix}a{next(self._names)}", data, big)
+        except BaseException as exc:
+            with self._lock:
+                self._pinned -= 1
+            if isinstance(exc, OSError):  # /dev/shm full: the pipe still works
+                return pickle.dumps(call, PROTOCOL)
+            raise
+
+    def release(self, payload: bytes | None) -> None:
+        """A job ended: unlink its argument segment, if it has one."""
+        if payload and payload[0] == MAGIC:
+            name = segment_name(payload)
+            if name is not None:
+                _unlink(name)
+            with self._lock:
+                self._pinned = max(0, self._pinned - 1)
+
+    def loads(self, payload: bytes | memoryview) -> Any:
+        """Unpickle a result and unlink its segment."""
+        return loads(payload, unlink=True)
+
+    def discard(self, payload: bytes | memoryview) -> None:
+        """A result nobody will read: unlink its segment."""
+        name = segment_name(payload)
+        if name is not None:
+            _unlink(name)
+
+    def worker_gone(self, pid: int) -> None:
+        """Unlink the result segments a dead worker left behind."""
+        if self.spec is not None:
+            _sweep(f"{self.spec.prefix}r{pid}-")
+
+    def close(self) -> None:
+        """The pool is finished: unlink every segment it still has."""
+        spec = self.spec
+        if spec is not None and spec.prefix in _open_prefixes:
+            _sweep(spec.prefix)
+            _open_prefixes.discard(spec.prefix)
+            with self._lock:
+                self._pinned = 0

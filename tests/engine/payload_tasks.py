@@ -1,0 +1,72 @@
+"""Functions the shared-memory tests send to workers (importable under spawn)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+
+def segments(prefix):
+    """Names of the shared-memory segments whose name starts with ``prefix``."""
+    return sorted(name for name in os.listdir("/dev/shm") if name.startswith(prefix))
+
+
+def seen(prefix, *args, **kwds):
+    """How many segments exist while this job runs (its arguments' included)."""
+    return len(segments(prefix))
+
+
+def size(data):
+    return len(data)
+
+
+def describe(data):
+    return type(data).__name__, len(data), bytes(data[:3])
+
+
+def make(n, kind="bytes"):
+    data = b"r" * n
+    return bytearray(data) if kind == "bytearray" else data
+
+
+def make_many(n, count):
+    return [b"%d" % i * n for i in range(count)]
+
+
+def kill_self(data):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_while_writing_result(n):
+    """Die (SIGKILL) while the worker writes this job's result segment."""
+    from poolx.engine import payload
+
+    def die(fd, view):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    payload._write_all = die
+    return b"r" * n
+
+
+def sleep_with(seconds, data):
+    time.sleep(seconds)
+    return len(data)
+
+
+def sleep_then_make(seconds, n):
+    time.sleep(seconds)
+    return b"r" * n
+
+
+def mutate(array):
+    array[0] = 255
+    return array
+
+
+def echo(value):
+    return value
+
+
+def numpy_sum(array):
+    return float(array.sum())

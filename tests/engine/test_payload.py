@@ -1,0 +1,289 @@
+"""Big arguments and results through shared memory (poolx.engine.payload).
+
+Every path a segment can take ends with no segment left in /dev/shm:
+delivered results, a worker killed mid-transfer or holding big arguments,
+time limits, terminate, interpreter exit.  Under fork, forkserver and spawn.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import poolx
+from poolx.engine import payload
+from poolx.exceptions import PoolTerminated, TimeLimitExceeded, WorkerLostError
+from tests.engine import payload_tasks as tasks
+
+MB = 1 << 20
+pytestmark = pytest.mark.skipif(not payload.available(), reason="needs a writable /dev/shm")
+
+
+def prefix() -> str:
+    """Every segment of every pool of this process starts with this."""
+    return f"poolx-{os.getpid()}-"
+
+
+def ours() -> list[str]:
+    return tasks.segments(prefix())
+
+
+@pytest.fixture
+def shm_pool(ctx):
+    """A pool with a small threshold, so that tests stay cheap."""
+    p = poolx.Pool(2, context=ctx, shm_threshold=64 * 1024)
+    yield p
+    p.terminate()
+    p.join()
+    assert ours() == []
+
+
+def test_big_argument_travels_through_a_segment_released_with_its_result(shm_pool):
+    big = b"a" * (256 * 1024)
+    assert shm_pool.apply(tasks.seen, (prefix(), big)) == 1
+    assert ours() == []
+    assert shm_pool.apply(tasks.seen, (prefix(), b"small")) == 0  # the pipe, as before
+    assert shm_pool.apply(tasks.seen, (prefix(),), {"data": bytearray(big)}) == 1
+    assert ours() == []
+
+
+def test_values_come_back_equal_and_of_their_type(shm_pool):
+    n = 300 * 1024
+    assert shm_pool.apply(tasks.describe, (b"xyz" * n,)) == ("bytes", 3 * n, b"xyz")
+    assert shm_pool.apply(tasks.describe, (bytearray(b"xyz" * n),)) == ("bytearray", 3 * n, b"xyz")
+    assert shm_pool.apply(tasks.describe, (pickle.PickleBuffer(bytearray(b"xyz" * n)),))[1:] == (3 * n, b"xyz")
+    result = shm_pool.apply(tasks.make, (n,))
+    assert type(result) is bytes and result == b"r" * n
+    result = shm_pool.apply(tasks.make, (n, "bytearray"))
+    assert type(result) is bytearray and result == bytearray(b"r" * n)
+    result.extend(b"more")  # a private, writable copy
+    assert shm_pool.apply(tasks.make_many, (n, 3)) == [b"%d" % i * n for i in range(3)]
+    assert ours() == []
+
+
+def test_map_imap_and_starmap_chunks(shm_pool):
+    items = [bytes([i]) * (100 * 1024) for i in range(8)]
+    assert shm_pool.map(tasks.size, items, chunksize=2) == [100 * 1024] * 8
+    assert list(shm_pool.imap(tasks.describe, items)) == [
+        ("bytes", 100 * 1024, bytes([i]) * 3) for i in range(8)]
+    assert sorted(shm_pool.imap_unordered(tasks.make, [70 * 1024] * 4)) == [b"r" * 70 * 1024] * 4
+    assert shm_pool.starmap(tasks.seen, [(prefix(), item) for item in items[:2]], chunksize=2) == [1, 1]
+    assert ours() == []
+
+
+def test_worker_killed_while_holding_big_arguments(shm_pool):
+    with pytest.raises(WorkerLostError):
+        shm_pool.apply(tasks.kill_self, (b"k" * (200 * 1024),))
+    assert ours() == []
+    assert shm_pool.apply(tasks.size, (b"k" * (200 * 1024),)) == 200 * 1024
+
+
+def test_worker_killed_while_writing_a_big_result(shm_pool):
+    with pytest.raises(WorkerLostError):
+        shm_pool.apply(tasks.die_while_writing_result, (200 * 1024,))
+    assert ours() == []
+    assert shm_pool.apply(tasks.make, (200 * 1024,)) == b"r" * 200 * 1024
+
+
+def test_time_limit_releases_arguments_and_result(shm_pool):
+    result = shm_pool.apply_async(tasks.sleep_then_make, (30, 200 * 1024), timeout=0.3)
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=30)
+    assert ours() == []
+    # A job whose big arguments are pinned while it runs past its limit.
+    result = shm_pool.apply_async(tasks.seen, (prefix(), b"t" * (200 * 1024)), timeout=30)
+    assert result.get(timeout=30) == 1
+    assert ours() == []
+
+
+def test_terminate_releases_everything(ctx):
+    p = poolx.Pool(2, context=ctx, shm_threshold=64 * 1024)
+    results = [p.apply_async(tasks.sleep_then_make, (30, 200 * 1024), {}) for _ in range(2)]
+    waiting = [p.apply_async(tasks.size, (b"w" * (200 * 1024),)) for _ in range(3)]
+    deadline = time.monotonic() + 30
+    while len(ours()) < 3 and time.monotonic() < deadline:  # arguments are pinned
+        time.sleep(0.01)
+    assert len(ours()) == 3
+    p.terminate()
+    p.join()
+    assert ours() == []
+    for r in results + waiting:
+        with pytest.raises((PoolTerminated, WorkerLostError)):
+            r.get(timeout=10)
+
+
+def test_bounded_number_of_pinned_argument_segments(fork_ctx):
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=1024) as p:
+        limit = p._supervisor.segments.max_segments
+        results = [p.apply_async(tasks.seen, (prefix(), b"b" * 4096)) for _ in range(limit * 2)]
+        counts = [r.get(timeout=60) for r in results]
+        assert 1 <= max(counts) <= limit
+        assert all(r.successful() for r in results)
+    assert ours() == []
+
+
+def test_disabled_keeps_everything_on_the_pipe(fork_ctx):
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=None) as p:
+        assert p.apply(tasks.seen, (prefix(), b"x" * (4 * MB))) == 0
+        assert p.apply(tasks.make, (2 * MB,)) == b"r" * 2 * MB
+
+
+def test_threshold_is_checked():
+    with pytest.raises(ValueError, match="shm_threshold"):
+        poolx.Pool(1, shm_threshold=0)
+    with pytest.raises(TypeError, match="shm_threshold"):
+        poolx.Pool(1, shm_threshold=[1])
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_interpreter_exit_releases_everything_without_warnings(tmp_path, method):
+    script = tmp_path / "exit_busy.py"
+    script.write_text(textwrap.dedent(f"""
+        import multiprocessing, os, sys, time
+        sys.path.insert(0, {os.getcwd()!r})
+        import poolx
+        from tests.engine import payload_tasks as tasks
+
+        if __name__ == "__main__":
+            ctx = multiprocessing.get_context({method!r})
+            pool = poolx.Pool(2, context=ctx, shm_threshold=64 * 1024)
+            prefix = f"poolx-{{os.getpid()}}-"
+            assert pool.apply(tasks.seen, (prefix, b"x" * 200000)) == 1
+            r = [pool.apply_async(tasks.sleep_with, (30, b"s" * 200000)) for _ in range(2)]
+            q = pool.apply_async(tasks.size, (b"q" * 200000,))
+            deadline = time.monotonic() + 30
+            while len(tasks.segments(prefix)) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            print(os.getpid(), len(tasks.segments(prefix)), tasks.segments(prefix), flush=True)
+        """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    pid, pinned, names = proc.stdout.split(maxsplit=2)
+    assert pinned == "3", names
+    assert tasks.segments(f"poolx-{pid}-") == []
+    assert "resource_tracker" not in proc.stderr
+    assert "leaked" not in proc.stderr
+
+
+def test_no_resource_tracker_is_started():
+    code = textwrap.dedent(f"""
+        import multiprocessing, sys
+        sys.path.insert(0, {os.getcwd()!r})
+        import poolx
+        from multiprocessing import resource_tracker
+        from tests.engine import payload_tasks as tasks
+
+        with poolx.Pool(1, context=multiprocessing.get_context("fork"), shm_threshold=1024) as p:
+            assert p.apply(tasks.make, (4096,)) == b"r" * 4096
+            assert p.apply(tasks.size, (b"s" * 4096,)) == 4096
+        print(resource_tracker._resource_tracker._pid)
+        """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "None"
+
+
+def test_payloads_round_trip_in_process():
+    spec = payload.Spec(f"{prefix()}unit-", 1024)
+    small = payload.dumps({"a": b"x" * 10}, spec)
+    assert small[:1] == pickle.PROTO  # a plain pickle
+    assert payload.loads(small) == {"a": b"x" * 10}
+    value = (b"x" * 4096, [bytearray(b"y" * 4096), b"z"], {"k": b"w" * 5000})
+    data = payload.dumps(value, spec)
+    assert data[0] == payload.MAGIC and len(data) < 1024
+    assert payload.loads(data, unlink=True) == value
+    assert ours() == []
+    assert payload.dumps(None, None) == pickle.dumps(None, pickle.HIGHEST_PROTOCOL)
+
+
+def test_numpy_arrays_travel_out_of_band(shm_pool):
+    np = pytest.importorskip("numpy", reason="numpy is optional (the bench extra installs it)")
+    array = np.arange(100_000, dtype=np.float64)
+    assert shm_pool.apply(tasks.numpy_sum, (array,)) == float(array.sum())
+    assert shm_pool.apply(tasks.seen, (prefix(), array)) == 1
+    back = shm_pool.apply(tasks.mutate, (np.zeros(100_000, dtype=np.uint8),))
+    assert back[0] == 255 and back.flags.writeable
+    back[1] = 7  # private: nothing else sees it
+    readonly = np.ones(100_000)
+    readonly.flags.writeable = False
+    assert shm_pool.apply(tasks.numpy_sum, (readonly,)) == 100_000.0
+    assert ours() == []
+
+
+def test_executor_calls_and_results_travel_through_segments(ctx):
+    with poolx.ProcessPoolExecutor(2, mp_context=ctx, shm_threshold=64 * 1024) as ex:
+        assert ex.submit(tasks.seen, prefix(), b"e" * (200 * 1024)).result(timeout=60) == 1
+        assert ex.submit(tasks.seen, prefix(), b"e").result(timeout=60) == 0
+        assert ex.submit(tasks.make, 200 * 1024).result(timeout=60) == b"r" * 200 * 1024
+        assert list(ex.map(tasks.size, [b"m" * (100 * 1024)] * 3)) == [100 * 1024] * 3
+        assert ours() == []
+    with poolx.ProcessPoolExecutor(1, mp_context=ctx, shm_threshold=None) as ex:
+        assert ex.submit(tasks.seen, prefix(), b"e" * (200 * 1024)).result(timeout=60) == 0
+    assert ours() == []
+
+
+def test_read_only_numpy_array_comes_back_read_only(shm_pool):
+    np = pytest.importorskip("numpy", reason="numpy is optional (the bench extra installs it)")
+    array = np.arange(100_000, dtype=np.int64)
+    array.flags.writeable = False
+    back = shm_pool.apply(tasks.echo, (array,))
+    assert not back.flags.writeable and (back == array).all()
+    assert ours() == []
+
+
+def test_a_job_sent_again_after_its_worker_died_keeps_its_segment(fork_ctx):
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=64 * 1024) as p:
+        p.map(tasks.size, [b"w"] * 50, chunksize=1)  # short jobs: the worker gets several at once
+        doomed = p.apply_async(tasks.kill_self, (b"k" * (200 * 1024),))
+        held = [p.apply_async(tasks.describe, (bytes([i]) * (200 * 1024),)) for i in range(3)]
+        with pytest.raises(WorkerLostError):
+            doomed.get(timeout=60)
+        assert [r.get(timeout=60) for r in held] == [("bytes", 200 * 1024, bytes([i]) * 3) for i in range(3)]
+    assert ours() == []
+
+
+def test_no_shared_memory_without_a_writable_dev_shm(monkeypatch):
+    monkeypatch.setattr(payload, "available", lambda: False)
+    segments = payload.Segments(1024)
+    assert segments.spec is None
+    data = segments.dumps_job(tasks.size, (b"x" * 4096,), {}, 0)
+    assert data[:1] == pickle.PROTO
+
+
+def test_a_full_dev_shm_falls_back_to_the_pipe(monkeypatch):
+    def full(fd, view):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(payload, "_write_all", full)
+    segments = payload.Segments(1024)
+    try:
+        data = segments.dumps_job(tasks.size, (b"x" * 4096,), {}, 0)
+        assert data[:1] == pickle.PROTO and segments.pinned == 0
+        spec = payload.Spec(f"{prefix()}unit-", 1024)
+        assert payload.dumps(b"y" * 4096, spec)[:1] == pickle.PROTO
+        assert ours() == []
+    finally:
+        segments.close()
+
+
+def test_a_result_nobody_reads_is_discarded():
+    spec = payload.Spec(f"{prefix()}unit-", 1024)
+    data = payload.dumps(b"y" * 4096, spec)
+    assert len(ours()) == 1
+    payload.Segments(None).discard(data)
+    assert ours() == []
+
+
+def test_map_chunks_of_big_bytes_and_starmap_tuples(shm_pool):
+    big = [bytes([i]) * (100 * 1024) for i in range(4)]
+    # The first item is small: the big ones are found after pickling.
+    assert shm_pool.map(tasks.size, [b"small", *big], chunksize=5) == [5] + [100 * 1024] * 4
+    assert shm_pool.starmap(tasks.seen, [(prefix(), b) for b in big], chunksize=4) == [1] * 4
+    assert shm_pool.starmap(tasks.seen, [[prefix(), b] for b in big], chunksize=4) == [1] * 4
+    assert ours() == []
