@@ -408,12 +408,9 @@ class WorkerSet:
                 conn.close()
             except OSError:
                 pass
-        for handle in self._handles.values():  # our pidfds (never the sentinels)
-            if handle.death_fd != handle.sentinel:
-                try:
-                    os.close(handle.death_fd)
-                except OSError:
-                    pass
+        # The workers' pidfds stay open here: a pidfd holds nothing alive,
+        # and closing bare fd numbers is what this method must not do (one
+        # the supervisor had just closed may already be reused).
 
     def close(self) -> None:
         """Close the lifeline: any worker still alive then exits by itself."""
