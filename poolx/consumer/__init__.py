@@ -57,6 +57,7 @@ __all__ = [
     "run_task",
     "PREFETCH_WINDOW",
     "PREFETCH_MAX",
+    "GIVE_BACK_AFTER",
     "STATUS_INTERVAL",
 ]
 
@@ -66,6 +67,9 @@ tasks that take longer on average are never prefetched, and a burst of tiny
 tasks is taken in batches (one backend call for many tasks)."""
 PREFETCH_MAX = 64
 """At most this many extra tasks per worker are taken ahead."""
+GIVE_BACK_AFTER = 0.5
+"""Seconds a task taken ahead (in a batch) may wait for a free worker before
+the consumer returns it to the queue, where an idle pool can take it."""
 STATUS_INTERVAL = 5.0
 """Default seconds between two status heartbeats in the pool registry."""
 

@@ -33,9 +33,11 @@ from typing import Any
 from uuid import uuid4
 
 from poolx.checks import MovingAverage, check_count, check_seconds, prefetch_depth
-from poolx.consumer import PREFETCH_MAX, PREFETCH_WINDOW, STATUS_INTERVAL, outcomes
+from poolx.consumer import GIVE_BACK_AFTER, PREFETCH_MAX, PREFETCH_WINDOW, STATUS_INTERVAL, outcomes
 from poolx.consumer.heartbeats import Heartbeats
 from poolx.consumer.intake import Intake
+from poolx.consumer.inworker import run_task
+from poolx.exceptions import PoolNotRunning
 from poolx.queue.urls import redact_url
 from poolx.task import FunctionTask, TaskFailure, error_text
 
@@ -43,18 +45,28 @@ __all__ = ["BrokerConsumer", "InFlight"]
 
 log = logging.getLogger("poolx.consumer")
 
+_ESTIMATES_KEPT = 1024
+"""Run-time estimates are kept for at most this many task names (the
+oldest name is forgotten first)."""
+
 
 class InFlight:
-    """One task taken from the queue and not answered yet."""
+    """One task taken from the queue and not answered yet: held by the
+    consumer (prefetched, ``result`` is None) or handed to the pool."""
 
-    __slots__ = ("consumer", "key", "task", "result", "beat")
+    __slots__ = ("consumer", "key", "task", "func", "result", "in_pool", "beat", "taken", "slow")
 
-    def __init__(self, consumer: BrokerConsumer, key: int, task: FunctionTask, beat: int) -> None:
+    def __init__(self, consumer: BrokerConsumer, key: int, task: FunctionTask, func: Any,
+                 beat: int, slow: bool) -> None:
         self.consumer = consumer
         self.key = key
         self.task = task
-        self.result: Any = None  # the pool's ApplyResult
+        self.func = func  # the callable sent with the task, or None (worker_broker)
+        self.result: Any = None  # the pool's ApplyResult, once handed to the pool
+        self.in_pool = False  # handed to the pool (set just before apply_async)
         self.beat = beat  # its key in the heartbeat table
+        self.taken = time.monotonic()
+        self.slow = slow  # its name's run time is unknown or long: never held ahead
 
     def done(self, value: tuple[Any, float]) -> None:
         """Pool callback: the worker returned ``(outcome, seconds)``."""
@@ -92,11 +104,15 @@ class BrokerConsumer:
     :param timeout: Seconds one ``next_task`` call blocks waiting for a task.
         A stop request is seen when it returns, so it bounds how long
         :meth:`stop` waits while the queue is empty.
-    :param prefetch: Tasks each worker may hold ahead of the one it runs.
-        ``None`` (the default) adapts to the mean run time of recent tasks:
-        as many as fit in :data:`PREFETCH_WINDOW` seconds (at most
-        :data:`PREFETCH_MAX`), none for tasks longer than that, so a long
-        task never keeps another waiting while a worker elsewhere is idle.
+    :param prefetch: Tasks each worker may hold ahead of the one it runs
+        (0: take a task only when a worker is free).  ``None`` (the default)
+        adapts to each task name's mean run time: as many as fit in
+        :data:`PREFETCH_WINDOW` seconds (at most :data:`PREFETCH_MAX`), and
+        none for names whose run time is unknown or longer than that, which
+        go to the pool only when a worker is idle.  A task taken in a batch
+        that waits longer than :data:`GIVE_BACK_AFTER` seconds without a
+        worker goes back to the queue, so a long task never keeps another
+        waiting while a worker elsewhere is idle.
     :param worker_broker: If true, the pool's initializer is
         :func:`~poolx.consumer.init_worker` and workers invoke tasks on their
         own broker; otherwise the callable this broker exposes is sent with
@@ -135,8 +151,11 @@ class BrokerConsumer:
         self.register = register
         self.on_broken = on_broken
         self.pool_id = f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:12]}"
-        self.run_time = MovingAverage()
-        """Mean run time (seconds) of recent tasks, which prefetching follows."""
+        self.give_back_after = GIVE_BACK_AFTER
+        """Seconds a task taken ahead may wait for a worker before it goes
+        back to the queue."""
+        self._run_times: dict[str, MovingAverage] = {}  # task name -> mean run time
+        self._last_name: str | None = None  # the name of the task taken last
         self.stop_requested = threading.Event()
         """Set once :meth:`stop` was called or the pool broke."""
         self.broken: BaseException | None = None
@@ -145,7 +164,10 @@ class BrokerConsumer:
 
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # intake waits for room, join for the drain
-        self._in_flight: dict[int, InFlight] = {}
+        self._in_flight: dict[int, InFlight] = {}  # taken and not answered (held or in the pool)
+        self._held: dict[int, InFlight] = {}  # taken ahead, not handed to the pool yet (in order)
+        self._held_slow = 0  # how many of them are slow (see InFlight.slow)
+        self._in_pool = 0  # handed to the pool and not answered
         self._keys = itertools.count()
         self._waiting_for_room = False
         self._stopping = False
@@ -187,6 +209,7 @@ class BrokerConsumer:
             self._stopping = True
             self._room.notify_all()
         self.stop_requested.set()
+        self._give_back_held(None, "the consumer is stopping")
         if join:
             self.join()
 
@@ -239,33 +262,138 @@ class BrokerConsumer:
         return len(self._in_flight)
 
     @property
+    def held(self) -> int:
+        """Tasks taken ahead and not handed to the pool yet."""
+        return len(self._held)
+
+    def estimate(self, name: str) -> float | None:
+        """The mean run time (seconds) of recent tasks named ``name``, or
+        None while none has finished here."""
+        average = self._run_times.get(name)
+        return None if average is None else average.value
+
+    def depth(self, name: str | None) -> int:
+        """How many tasks named ``name`` each worker may hold ahead of the
+        one it runs (the ``prefetch`` option, or what the name's run time
+        allows: none while it is unknown)."""
+        if self.prefetch is not None:
+            return self.prefetch
+        if name is None:
+            return 0
+        return prefetch_depth(self.estimate(name), PREFETCH_WINDOW, PREFETCH_MAX)
+
+    @property
     def capacity(self) -> int:
-        """How many tasks may be in flight: one per worker, plus the prefetch."""
-        prefetch = self.prefetch
-        if prefetch is None:
-            prefetch = prefetch_depth(self.run_time.value, PREFETCH_WINDOW, PREFETCH_MAX)
-        return max(1, self._workers) * (1 + prefetch)
+        """How many tasks may be in flight: one per worker, plus the prefetch
+        that the last task taken allows (none while a slow task is held)."""
+        depth = 0 if self._held_slow else self.depth(self._last_name)
+        return max(1, self._workers) * (1 + depth)
 
     # -- the intake thread's side -------------------------------------------------
 
     def wait_for_room(self) -> int | None:
         """Block until fewer tasks are in flight than :attr:`capacity`;
-        return how many more may be taken, or None once stopping."""
-        with self._lock:
-            while not self._stopping and len(self._in_flight) >= self.capacity:
-                self._waiting_for_room = True
-                self._room.wait()
-            self._waiting_for_room = False
-            if self._stopping:
-                return None
-            return self.capacity - len(self._in_flight)
+        return how many more may be taken, or None once stopping.  Tasks
+        held longer than :attr:`give_back_after` go back to the queue
+        meanwhile."""
+        while True:
+            with self._lock:
+                while not self._stopping and len(self._in_flight) >= self.capacity:
+                    wait = None
+                    if self._held:
+                        oldest = next(iter(self._held.values()))
+                        wait = oldest.taken + self.give_back_after - time.monotonic()
+                        if wait <= 0:
+                            break
+                    self._waiting_for_room = True
+                    self._room.wait(wait)
+                else:
+                    self._waiting_for_room = False
+                    if self._stopping:
+                        return None
+                    return self.capacity - len(self._in_flight)
+                self._waiting_for_room = False
+            self._give_back_held(time.monotonic() - self.give_back_after,
+                                 "no worker was free in time")
 
-    def track(self, task: FunctionTask) -> InFlight:
-        """A task goes to the pool: keep it in flight, with heartbeats."""
-        entry = InFlight(self, next(self._keys), task, self._heartbeats.add(task))
+    def track(self, task: FunctionTask, func: Any) -> None:
+        """A task was taken: keep it in flight (with heartbeats), and hand it
+        to the pool as soon as :meth:`pump` allows.
+
+        :param task: The task.
+        :param func: The callable sent with it (None with ``worker_broker``).
+        """
+        slow = self.depth(task.name) == 0 and self.prefetch is None
+        entry = InFlight(self, next(self._keys), task, func, self._heartbeats.add(task), slow)
         with self._lock:
-            self._in_flight[entry.key] = entry
-        return entry
+            stopping = self._stopping
+            if not stopping:
+                self._in_flight[entry.key] = entry
+                self._held[entry.key] = entry
+                self._held_slow += slow
+                self._last_name = task.name
+        if stopping:  # stop() has already given back what was held
+            self._heartbeats.discard(entry.beat)
+            self.give_back(task, "the consumer is stopping")
+            return
+        self.pump()
+
+    def pump(self) -> None:
+        """Hand held tasks to the pool, oldest first, while the pool has room
+        for them: a free worker, or the prefetch their name allows."""
+        workers = max(1, self._workers)
+        chosen = []
+        with self._lock:
+            if not self._held or not self.accepting:
+                return
+            full: set[str] = set()
+            for entry in list(self._held.values()):
+                name = entry.task.name
+                if name in full:
+                    continue
+                if self._in_pool >= workers * (1 + self.depth(name)):
+                    full.add(name)
+                    if self._in_pool >= workers * (1 + PREFETCH_MAX):
+                        break
+                    continue
+                del self._held[entry.key]
+                self._held_slow -= entry.slow
+                self._in_pool += 1
+                entry.in_pool = True
+                chosen.append(entry)
+        for entry in chosen:
+            self._submit(entry)
+
+    def _submit(self, entry: InFlight) -> None:
+        task = entry.task
+        try:
+            entry.result = self.pool.apply_async(
+                run_task,
+                (task, entry.func, self.broker.name),
+                callback=entry.done,
+                error_callback=entry.failed,
+                soft_timeout=task.soft_timeout,
+                timeout=task.timeout,
+                memory_limit=task.memory_limit,
+            )
+        except PoolNotRunning as err:
+            self.settle(entry, outcomes.not_running(err, stopping=not self.accepting))
+        except Exception as err:  # the pool refused this one task (e.g. its limits)
+            self.settle(entry, outcomes.Store(TaskFailure(
+                task.name, self.broker.name, task.id, f"not run: {error_text(err)}")))
+
+    def _give_back_held(self, taken_before: float | None, why: str) -> None:
+        """Return held tasks taken before ``taken_before`` (all if None) to
+        the queue."""
+        with self._lock:
+            stale = [entry for entry in self._held.values()
+                     if taken_before is None or entry.taken <= taken_before]
+            for entry in stale:
+                del self._held[entry.key]
+                self._held_slow -= entry.slow
+        for entry in stale:
+            self.give_back(entry.task, why, quiet=True)
+            self._untrack(entry)
 
     def count(self, what: str) -> None:
         with self._lock:
@@ -280,7 +408,15 @@ class BrokerConsumer:
         :param value: What the worker returned (a value or a TaskFailure).
         :param seconds: How long the task ran.
         """
-        self.run_time.add(seconds)
+        name = entry.task.name
+        with self._lock:
+            average = self._run_times.pop(name, None)  # re-inserted: most recent last
+            if average is None:
+                average = MovingAverage()
+                if len(self._run_times) >= _ESTIMATES_KEPT:
+                    del self._run_times[next(iter(self._run_times))]
+            self._run_times[name] = average
+            average.add(seconds)
         self.settle(entry, outcomes.from_worker(entry.task, self.broker.name, value))
 
     def settle(self, entry: InFlight, outcome: outcomes.Outcome) -> None:
@@ -314,11 +450,12 @@ class BrokerConsumer:
             log.error("%s: cannot store the result of %s [%s:%s]", self.name,
                       task.name, self.broker.name, task.id, exc_info=True)
 
-    def give_back(self, task: FunctionTask, why: str) -> None:
+    def give_back(self, task: FunctionTask, why: str, quiet: bool = False) -> None:
         """Return a task that never started to the queue (or fail it clearly).
 
         :param task: The task, which never started.
         :param why: Why it goes back (logged).
+        :param quiet: Log it at debug level (a routine give-back).
         """
         queue_name = self.broker.name
         taskqueue = self.broker.taskqueue
@@ -328,7 +465,7 @@ class BrokerConsumer:
                 raise ValueError("its arguments still hold Deferred results")
             if taskqueue.requeue_task(task.id, message, task.ignore_result):
                 self.count("requeued")
-                log.info("returned %s [%s:%s] to the queue: %s", task.name, queue_name, task.id, why)
+                log.log(logging.DEBUG if quiet else logging.INFO, "returned %s [%s:%s] to the queue: %s", task.name, queue_name, task.id, why)
             else:
                 log.debug("not requeued (no longer processing): %s [%s:%s]",
                           task.name, queue_name, task.id)
@@ -342,13 +479,20 @@ class BrokerConsumer:
     def _untrack(self, entry: InFlight) -> None:
         self._heartbeats.discard(entry.beat)
         with self._lock:
-            self._in_flight.pop(entry.key, None)
+            if self._in_flight.pop(entry.key, None) is None:
+                return
+            if entry.in_pool:
+                self._in_pool -= 1
+            elif self._held.pop(entry.key, None) is not None:
+                self._held_slow -= entry.slow
             left = len(self._in_flight)
             if self._stopping:
                 if not left:
                     self._room.notify_all()
             elif self._waiting_for_room and left <= self.capacity // 2:
                 self._room.notify()
+        if self._held:
+            self.pump()
 
     def _set_broken(self, error: BaseException) -> None:
         with self._lock:
@@ -358,6 +502,7 @@ class BrokerConsumer:
             self._stopping = True
             self._room.notify_all()
         self.stop_requested.set()
+        self._give_back_held(None, "the pool cannot run tasks")
         log.error("%s: the pool cannot run tasks, no more are taken: %s", self.name, error)
         if self.on_broken is not None:
             try:
