@@ -72,6 +72,7 @@ def _argument(parse: Callable[[str], Any], check: Callable[..., Any], what: str,
 
 
 _positive_int = _argument(int, check_count, "an integer", minimum=1)
+_count = _argument(int, check_count, "an integer", minimum=0)
 _seconds = _argument(float, check_seconds, "a number of seconds", allow_none=False)
 _size = _argument(str, parse_size, "a size")
 
@@ -123,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="soft time limit: SoftTimeLimitExceeded is raised inside the task")
     worker.add_argument("--memory-limit", type=_size, metavar="SIZE",
                         help="memory a worker may use during a task, e.g. 512MB")
+    worker.add_argument("--prefetch", type=_count, metavar="N",
+                        help="tasks each worker may hold ahead of the one it runs; 0 takes a task "
+                             "only for a free worker (default: adapts to each task name's run time, "
+                             "none for slow or unknown tasks)")
     worker.add_argument("--name", metavar="NAME", help="pool name shown in logs and `poolx status`")
     worker.add_argument("--status-interval", type=_seconds, default=5.0, metavar="S",
                         help="seconds between two status heartbeats for `poolx status` (default 5); "
@@ -270,7 +275,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     init = _resolve(args.init)
     queues = list(dict.fromkeys(args.queue or [DEFAULT]))
     options: dict[str, Any] = {}
-    for key in ("timeout", "soft_timeout", "memory_limit"):
+    for key in ("timeout", "soft_timeout", "memory_limit", "prefetch"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     pools = []
@@ -331,7 +336,10 @@ def _print_status(status: dict[str, Any]) -> None:
             print(f"  broken: {info['broken']}")
         print(f"  started {_ago(info.get('started'), now)}, last heartbeat {_ago(info.get('heartbeat'), now)}")
         print(f"  tasks: {info.get('tasks_done', 0)} done, {info.get('tasks_failed', 0)} failed, "
-              f"{len(info.get('in_flight') or ())} in flight")
+              f"{len(info.get('in_flight') or ())} in flight ({len(info.get('running') or ())} running, "
+              f"{len(info.get('prefetched') or ())} prefetched)")
+        for task in info.get("prefetched") or ():
+            print(f"    prefetched: {task}")
         print(f"  workers: {len(workers)} ({summary})")
         for worker in workers:
             task = worker.get("task") or ""

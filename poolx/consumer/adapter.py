@@ -566,19 +566,24 @@ class BrokerConsumer:
 
     def _info(self, stats: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
-            running = sorted(self._in_flight.values(), key=lambda entry: entry.key)
+            in_flight = sorted(self._in_flight.values(), key=lambda entry: entry.key)
         by_pid: dict[int, InFlight] = {}
-        for entry in running:
+        for entry in in_flight:
             pid = entry.worker_pid()
             if pid is not None:
-                by_pid.setdefault(pid, entry)
+                by_pid.setdefault(pid, entry)  # a worker runs the oldest task sent to it
         workers = []
+        running: set[int] = set()
         for worker in stats.get("workers", []):
             held = by_pid.get(worker["pid"])
+            if held is not None and worker["state"] == "busy":
+                running.add(held.key)
+            else:
+                held = None
             workers.append({
                 "pid": worker["pid"],
                 "state": worker["state"],
-                "task": held.describe() if held is not None and worker["state"] == "busy" else None,
+                "task": None if held is None else held.describe(),
                 "tasks_done": worker.get("tasks_done"),
                 "rss": worker.get("rss"),
                 "uptime": worker.get("uptime"),
@@ -599,7 +604,9 @@ class BrokerConsumer:
             "tasks_done": self.stats["done"],
             "tasks_failed": self.stats["failed"],
             "tasks_requeued": self.stats["requeued"],
-            "in_flight": [entry.describe() for entry in running],
+            "in_flight": [entry.describe() for entry in in_flight],
+            "running": [entry.describe() for entry in in_flight if entry.key in running],
+            "prefetched": [entry.describe() for entry in in_flight if entry.key not in running],
         }
 
     def __repr__(self) -> str:

@@ -39,7 +39,8 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     [
         ([], ["worker", "status", "enqueue", "purge", "Exit codes"]),
         (["worker"], ["--init", "--queue", "--workers", "--max-worker-tasks", "--timeout",
-                      "--soft-timeout", "--memory-limit", "--name", "--log-level", "SIGTERM"]),
+                      "--soft-timeout", "--memory-limit", "--name", "--log-level", "--prefetch",
+                      "SIGTERM"]),
         (["status"], ["--json", "URL"]),
         (["enqueue"], ["TASK", "ARGS_JSON", "--queue", "--wait"]),
         (["purge"], ["--queue", "--yes"]),
@@ -112,6 +113,7 @@ def test_status_json(capsys, url, pool, tmp_path):
     assert info["name"] == "cli-pool" and info["pid"] > 0 and info["host"]
     assert {"started", "heartbeat", "tasks_done", "tasks_failed", "workers", "in_flight"} <= set(info)
     assert info["in_flight"] == [f"wt.touch_and_wait [default:{res.id}]"]
+    assert info["running"] == info["in_flight"] and info["prefetched"] == []
     (tmp_path / "s.unlock").touch()
     assert res.wait(20)
 

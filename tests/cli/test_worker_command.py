@@ -53,7 +53,8 @@ def _read(path: Path) -> str:
 
 def test_worker_runs_tasks_logs_and_stops_gracefully(worker, tmp_path):
     start, log = worker
-    proc = start("--init", "tests.cli.producer:init", "--workers", "2", "--name", "cli-test")
+    proc = start("--init", "tests.cli.producer:init", "--workers", "2", "--name", "cli-test",
+                 "--prefetch", "0")
     wait_until((tmp_path / "g.started").exists, WAIT)
     wait_until((tmp_path / "div").exists, WAIT)
     assert _read(tmp_path / "num") == "ok: 5"
@@ -115,6 +116,7 @@ def test_broken_init_exits_with_1(worker):
         (["--init", "tests.worker.tasks:init", "--workers", "0"], "must be at least 1"),
         (["--init", "tests.worker.tasks:init", "--memory-limit", "lots"], "--memory-limit: must be a number of bytes"),
         (["--init", "tests.worker.tasks:init", "--log-level", "loud"], "unknown log level"),
+        (["--init", "tests.worker.tasks:init", "--prefetch", "-1"], "--prefetch: must be at least 0"),
     ],
 )
 def test_usage_errors_exit_2_without_traceback(args, message):
