@@ -33,7 +33,15 @@ from typing import Any
 from uuid import uuid4
 
 from poolx.checks import MovingAverage, check_count, check_seconds, prefetch_depth
-from poolx.consumer import GIVE_BACK_AFTER, PREFETCH_MAX, PREFETCH_WINDOW, STATUS_INTERVAL, outcomes
+from poolx.consumer import (
+    GIVE_BACK_AFTER,
+    PREFETCH_MAX,
+    PREFETCH_WINDOW,
+    STATUS_INTERVAL,
+    STOP_RETRY_TIMEOUT,
+    log_failure,
+    outcomes,
+)
 from poolx.consumer.heartbeats import Heartbeats
 from poolx.consumer.intake import Intake
 from poolx.consumer.inworker import run_task
@@ -168,7 +176,9 @@ class BrokerConsumer:
         self._held: dict[int, InFlight] = {}  # taken ahead, not handed to the pool yet (in order)
         self._held_slow = 0  # how many of them are slow (see InFlight.slow)
         self._in_pool = 0  # handed to the pool and not answered
+        self._in_pool_slow = 0  # how many of them are slow
         self._keys = itertools.count()
+        self._saved_retry_timeout: float | None = None  # see _shorten_retries
         self._waiting_for_room = False
         self._stopping = False
         self._closed = False
@@ -209,9 +219,32 @@ class BrokerConsumer:
             self._stopping = True
             self._room.notify_all()
         self.stop_requested.set()
+        self._shorten_retries()
         self._give_back_held(None, "the consumer is stopping")
         if join:
             self.join()
+
+    def _shorten_retries(self) -> None:
+        """Retry backend operations at most :data:`STOP_RETRY_TIMEOUT` seconds
+        from now on (a backend with a settable ``retry_timeout``), until
+        :meth:`join` has finished."""
+        taskqueue = self.broker.taskqueue
+        with self._lock:
+            current = getattr(taskqueue, "retry_timeout", None)
+            if self._saved_retry_timeout is not None or not isinstance(current, (int, float)) \
+                    or current <= STOP_RETRY_TIMEOUT:
+                return
+            try:
+                taskqueue.retry_timeout = STOP_RETRY_TIMEOUT
+            except AttributeError:  # read-only: this backend retries as it does
+                return
+            self._saved_retry_timeout = current
+
+    def _restore_retries(self) -> None:
+        with self._lock:
+            saved, self._saved_retry_timeout = self._saved_retry_timeout, None
+        if saved is not None:
+            self.broker.taskqueue.retry_timeout = saved
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until no more tasks are taken and every task in flight is
@@ -237,8 +270,11 @@ class BrokerConsumer:
         thread = self._heartbeat_thread
         if thread is not None:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        if first and self.register and self._started:
-            self._unregister()
+        if first and self._started:
+            self._flush()
+            if self.register:
+                self._unregister()
+        self._restore_retries()
         return True
 
     @property
@@ -339,8 +375,10 @@ class BrokerConsumer:
         self.pump()
 
     def pump(self) -> None:
-        """Hand held tasks to the pool, oldest first, while the pool has room
-        for them: a free worker, or the prefetch their name allows."""
+        """Hand held tasks to the pool, oldest first, while the pool can start
+        them soon: a slow task (see :attr:`InFlight.slow`) while fewer slow
+        tasks than workers are in the pool; a tiny one while the workers not
+        taken by slow tasks hold less than the prefetch its name allows."""
         workers = max(1, self._workers)
         chosen = []
         with self._lock:
@@ -351,14 +389,18 @@ class BrokerConsumer:
                 name = entry.task.name
                 if name in full:
                     continue
-                if self._in_pool >= workers * (1 + self.depth(name)):
+                free = workers - self._in_pool_slow  # workers not taken by slow tasks
+                if entry.slow:
+                    room = free > 0
+                else:
+                    room = self._in_pool - self._in_pool_slow < free * (1 + self.depth(name))
+                if not room:
                     full.add(name)
-                    if self._in_pool >= workers * (1 + PREFETCH_MAX):
-                        break
                     continue
                 del self._held[entry.key]
                 self._held_slow -= entry.slow
                 self._in_pool += 1
+                self._in_pool_slow += entry.slow
                 entry.in_pool = True
                 chosen.append(entry)
         for entry in chosen:
@@ -447,8 +489,8 @@ class BrokerConsumer:
         try:
             self.broker.set_result(task, value)
         except Exception:
-            log.error("%s: cannot store the result of %s [%s:%s]", self.name,
-                      task.name, self.broker.name, task.id, exc_info=True)
+            log_failure(log, "%s: the result of %s [%s:%s] was not stored", self.name,
+                        task.name, self.broker.name, task.id)
 
     def give_back(self, task: FunctionTask, why: str, quiet: bool = False) -> None:
         """Return a task that never started to the queue (or fail it clearly).
@@ -483,6 +525,7 @@ class BrokerConsumer:
                 return
             if entry.in_pool:
                 self._in_pool -= 1
+                self._in_pool_slow -= entry.slow
             elif self._held.pop(entry.key, None) is not None:
                 self._held_slow -= entry.slow
             left = len(self._in_flight)
@@ -502,13 +545,14 @@ class BrokerConsumer:
             self._stopping = True
             self._room.notify_all()
         self.stop_requested.set()
+        self._shorten_retries()
         self._give_back_held(None, "the pool cannot run tasks")
         log.error("%s: the pool cannot run tasks, no more are taken: %s", self.name, error)
         if self.on_broken is not None:
             try:
                 self.on_broken()
             except Exception:
-                log.error("%s: on_broken callback failed", self.name, exc_info=True)
+                log_failure(log, "%s: on_broken callback failed", self.name)
 
     def check_pool(self) -> None:
         """Stop taking tasks if the pool has broken (e.g. every worker's
@@ -550,7 +594,17 @@ class BrokerConsumer:
             log.debug("%s: this backend has no pool registry", self.name)
             self.register = False
         except Exception:
-            log.error("%s: cannot publish the pool status", self.name, exc_info=True)
+            log_failure(log, "%s: cannot publish the pool status", self.name)
+
+    def _flush(self) -> None:
+        """Wait until the results stored so far are committed (a backend that
+        buffers them, as ``redis://``, logs what it could not store)."""
+        flush = getattr(self.broker.taskqueue, "flush", None)
+        if flush is not None:
+            try:
+                flush()
+            except Exception:
+                log_failure(log, "%s: cannot flush the results", self.name)
 
     def _unregister(self) -> None:
         try:
@@ -558,7 +612,7 @@ class BrokerConsumer:
         except NotImplementedError:
             pass
         except Exception:
-            log.error("%s: cannot unregister from the pool registry", self.name, exc_info=True)
+            log_failure(log, "%s: cannot unregister from the pool registry", self.name)
 
     def info(self) -> dict[str, Any]:
         """This pool's status, as ``poolx status`` shows it."""

@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from poolx.checks import backoff_delay
+from poolx.consumer import log_failure
 from poolx.engine.pickling import portable
 from poolx.queue.urls import redact_url
 from poolx.task import FunctionTask, TaskFailure
@@ -102,10 +103,14 @@ class Intake:
                 for task in tasks:
                     self.dispatch(task)
             except Exception:
+                if consumer.stop_requested.is_set():
+                    log.debug("%s: intake ends with an error while stopping", consumer.name,
+                              exc_info=True)
+                    break
                 failures += 1
                 delay = backoff_delay(failures, cap=MAX_BACKOFF)
-                log.error("%s: cannot take tasks from %s (retrying in %.2f s)",
-                          consumer.name, redact_url(consumer.broker.url), delay, exc_info=True)
+                log_failure(log, "%s: cannot take tasks from %s (retrying in %.2f s)",
+                            consumer.name, redact_url(consumer.broker.url), delay)
                 if consumer.stop_requested.wait(delay):
                     break
         self._set(done=True)

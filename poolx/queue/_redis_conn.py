@@ -219,13 +219,13 @@ class _Outage:
     """One operation's failures: the ``Retry``'s failure handler, which
     raises :class:`RedisUnavailable` to stop retrying."""
 
-    __slots__ = ("conn", "what", "failures", "deadline")
+    __slots__ = ("conn", "what", "failures", "since")
 
     def __init__(self, conn: Connection, what: str) -> None:
         self.conn = conn
         self.what = what
         self.failures = 0
-        self.deadline: float | None = None
+        self.since: float | None = None  # the first failure (retry_timeout may change meanwhile)
 
     def failed(self, err: Exception) -> None:
         conn, what = self.conn, self.what
@@ -240,13 +240,13 @@ class _Outage:
                 f"cannot connect to Redis at {conn.display_url} ({what}): {err}"
             ) from None
         now = time.monotonic()
-        if self.deadline is None:
-            self.deadline = now + conn.retry_timeout
+        if self.since is None:
+            self.since = now
             log.warning(
                 "Redis at %s unreachable during %s (%s); retrying for up to %.0f s",
                 conn.display_url, what, err, conn.retry_timeout,
             )
-        elif now >= self.deadline:
+        elif now >= self.since + conn.retry_timeout:
             raise RedisUnavailable(
                 f"Redis at {conn.display_url} unreachable for {conn.retry_timeout:.0f} s "
                 f"({what} not done): {err}"

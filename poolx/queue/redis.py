@@ -273,8 +273,15 @@ class TaskQueue(AbstractTaskQueue):
 
     @property
     def retry_timeout(self) -> float:
-        """Seconds an operation is retried while Redis is unreachable."""
+        """Seconds an operation is retried while Redis is unreachable (also
+        settable: a consumer that stops shortens it, and operations already
+        retrying follow the new value)."""
         return self._conn.retry_timeout
+
+    @retry_timeout.setter
+    def retry_timeout(self, seconds: float) -> None:
+        self._conn.retry_timeout = check_seconds("retry_timeout", seconds, allow_none=False,
+                                                 allow_zero=True)  # type: ignore[assignment]
 
     def _call(self, what: str, *args: Any) -> Any:
         """One script command on this queue's keys."""

@@ -4,6 +4,7 @@ the workers; outcomes, heartbeats, status, stopping and broken pools."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -131,6 +132,9 @@ def test_a_failing_heartbeat_is_logged_and_harmless(url, broker, consume, tmp_pa
     wait_until(lambda: "heartbeat failed" in caplog.text, WAIT)
     (tmp_path / "f.unlock").touch()
     assert res.wait(WAIT) and res.value == "f done"
+    [record, *_] = [r for r in caplog.records if "heartbeat failed" in r.getMessage()]
+    assert record.getMessage().endswith(": ConnectionError: backend down")  # one line, the cause
+    assert not record.exc_info  # no traceback above DEBUG
 
 
 def test_broker_errors_back_off_and_recover(url, broker, consume, caplog):
@@ -149,6 +153,22 @@ def test_broker_errors_back_off_and_recover(url, broker, consume, caplog):
     res = get_queue(url).wt.num(4)
     assert res.wait(WAIT) and res.value == 4
     assert caplog.text.count("cannot take tasks") == 2
+    records = [r for r in caplog.records if "cannot take tasks" in r.getMessage()]
+    assert all(r.getMessage().endswith("ConnectionError: backend down") for r in records)
+    assert "Traceback" not in caplog.text
+
+
+def test_worker_side_errors_show_tracebacks_at_debug(url, broker, consume, caplog):
+    def heartbeat(task):
+        raise ConnectionError("backend down")
+
+    broker.heartbeat = heartbeat
+    caplog.set_level(logging.DEBUG, logger="poolx.consumer")
+    consume()
+    res = Task(get_queue(url).wt.sleep, heartrate=0.02)(0.2)
+    assert res.wait(WAIT)
+    [record, *_] = [r for r in caplog.records if "heartbeat failed" in r.getMessage()]
+    assert record.exc_info and record.exc_info[0] is ConnectionError
 
 
 def test_stop_waits_for_running_tasks(url, consume, tmp_path):
