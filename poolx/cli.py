@@ -267,12 +267,23 @@ def worker_init(url: str, init: Any, level: int) -> Any:
     return init(url)
 
 
+def _shield_forkserver() -> None:
+    """Workers and their forkserver ignore SIGTERM: a signal to the process
+    group stops the pool gracefully instead of killing its workers (see
+    :mod:`poolx.pool.ignore_sigterm`)."""
+    import multiprocessing
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        multiprocessing.get_context("forkserver").set_forkserver_preload(["poolx.pool.ignore_sigterm"])
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     from poolx.pool.process import Error, WorkerPool, start_pools
     from poolx.queue.urls import redact_url
 
     _setup_logging(args.log_level)
     init = _resolve(args.init)
+    _shield_forkserver()
     queues = list(dict.fromkeys(args.queue or [DEFAULT]))
     options: dict[str, Any] = {}
     for key in ("timeout", "soft_timeout", "memory_limit", "prefetch"):

@@ -9,10 +9,12 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from poolx.pool.process import DUPLICATE_SIGNAL_WINDOW
 from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,12 +31,12 @@ def worker(tmp_path):
     procs: list[subprocess.Popen] = []
     log = tmp_path / "stderr"
 
-    def start(*args: str) -> subprocess.Popen:
+    def start(*args: str, new_session: bool = False) -> subprocess.Popen:
         with open(log, "w") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "poolx", "worker", "memory://", *args],
                 cwd=ROOT, env=_env(POOLX_TEST_PRODUCE_DIR=str(tmp_path)),
-                stdout=subprocess.DEVNULL, stderr=err,
+                stdout=subprocess.DEVNULL, stderr=err, start_new_session=new_session,
             )
         procs.append(proc)
         return proc
@@ -80,12 +82,46 @@ def test_second_signal_stops_at_once(worker, tmp_path):
     proc = start("--init", "tests.cli.producer:init", "--workers", "1")
     wait_until((tmp_path / "g.started").exists, WAIT)
     proc.send_signal(signal.SIGINT)
+    first = time.monotonic()
     wait_until(lambda: "stopping gracefully" in log.read_text(), WAIT)
+    wait_until(lambda: time.monotonic() > first + DUPLICATE_SIGNAL_WINDOW + 0.2, WAIT)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(WAIT) == 0, log.read_text()
     assert "second signal" in log.read_text()
     wait_until((tmp_path / "g").exists, WAIT)
     assert _read(tmp_path / "g").endswith("Terminated: the worker pool was stopped while the task ran")
+
+
+def test_duplicate_signals_are_one_request(worker, tmp_path):
+    """Issue 12: two signals at once (``timeout`` plus a process-group
+    signal, a terminal's CTRL+C) used to stop the pool at once."""
+    start, log = worker
+    proc = start("--init", "tests.cli.producer:init", "--workers", "1")
+    wait_until((tmp_path / "g.started").exists, WAIT)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: "stopping gracefully" in log.read_text(), WAIT)
+    assert proc.poll() is None  # the running task holds the shutdown
+    (tmp_path / "g.unlock").touch()
+    assert proc.wait(WAIT) == 0, log.read_text()
+    assert _read(tmp_path / "g") == "ok: g done"
+    assert "second signal" not in log.read_text()
+
+
+def test_process_group_sigterm_lets_running_tasks_finish(worker, tmp_path):
+    """Issue 12: SIGTERM to the whole process group used to kill the workers
+    too (the running task failed with WorkerLostError)."""
+    start, log = worker
+    proc = start("--init", "tests.cli.producer:init", "--workers", "2", new_session=True)
+    wait_until((tmp_path / "g.started").exists, WAIT)
+    os.killpg(proc.pid, signal.SIGTERM)
+    wait_until(lambda: "stopping gracefully" in log.read_text(), WAIT)
+    (tmp_path / "g.unlock").touch()
+    assert proc.wait(WAIT) == 0, log.read_text()
+    assert _read(tmp_path / "g") == "ok: g done"
+    text = log.read_text()
+    assert "WorkerLostError" not in text and "exited (signal" not in text, text
 
 
 def test_debug_log_level_shows_tracebacks(worker, tmp_path):
