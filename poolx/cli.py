@@ -312,14 +312,7 @@ def _status(url: str, extra_queues: Sequence[str]) -> dict[str, Any]:
     from poolx.queue.urls import redact_url
 
     broker = _broker(url)
-    pools = []
-    for text in _reach(url, broker.taskqueue.live_pools):
-        try:
-            info = json.loads(text)
-        except ValueError:
-            continue
-        if isinstance(info, dict):
-            pools.append(info)
+    pools = _live_pools(url, broker)
     pools.sort(key=lambda info: (str(info.get("host")), str(info.get("name")), info.get("pid") or 0))
     names = list(dict.fromkeys([DEFAULT, *(str(p.get("queue", DEFAULT)) for p in pools), *extra_queues]))
     queues = {}
@@ -371,6 +364,30 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _live_pools(url: str, broker: Any) -> list[dict[str, Any]]:
+    pools = []
+    for text in _reach(url, broker.taskqueue.live_pools):
+        try:
+            info = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(info, dict):
+            pools.append(info)
+    return pools
+
+
+def _check_consumed_here(url: str, broker: Any) -> None:
+    """A ``memory://`` queue lives inside one process: enqueuing to it from
+    this command is an error unless a pool in this process consumes it (the
+    task would be lost when the command exits)."""
+    if not url.lower().startswith("memory:"):
+        return
+    if not any(info.get("queue") == broker.name for info in _live_pools(url, broker)):
+        raise _Usage(f"a memory:// queue lives inside one process and no pool in this one "
+                     f"consumes queue {broker.name!r}: the task would be lost when this command "
+                     f"exits (use a shared queue, e.g. redis://)")
+
+
 def _cmd_enqueue(args: argparse.Namespace) -> int:
     from poolx.task import TaskFailure
 
@@ -390,6 +407,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     options = {key: getattr(args, key) for key in ("timeout", "soft_timeout", "memory_limit")
                if getattr(args, key) is not None}
     broker = _broker(args.url, args.queue)
+    _check_consumed_here(args.url, broker)
     try:
         queue = broker.queue(args.task, **options)
     except ValueError as err:
@@ -440,7 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error argparse printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        return _COMMANDS[args.command](args)
+        code = _COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return code
     except _Usage as err:
         print(f"poolx {args.command}: error: {err}", file=sys.stderr)
         print(f"(see: poolx {args.command} --help)", file=sys.stderr)
@@ -451,6 +471,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"poolx {args.command}: interrupted", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader went away (``poolx status URL | head``): exit quietly.
+        # stdout is pointed at devnull so that the interpreter's final
+        # flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -132,7 +132,20 @@ def test_silent_pools_expire(capsys, url):
 # -- enqueue -------------------------------------------------------------------------------
 
 
+def _consumed_here(url: str, queue: str = "default") -> None:
+    """As if a pool in this process consumed ``queue`` (memory:// needs one)."""
+    get_broker(url).taskqueue.register_pool(f"test-{queue}", json.dumps({"queue": queue}), 60)
+
+
+def test_enqueue_to_memory_needs_a_pool_in_this_process(capsys, url):
+    code, out, err = run(capsys, "enqueue", url, "wt.num", "[7]")
+    assert (code, out) == (2, "")
+    assert "a memory:// queue lives inside one process" in err and "'default'" in err
+    assert len(get_broker(url)) == 0  # nothing enqueued
+
+
 def test_enqueue_prints_the_id(capsys, url):
+    _consumed_here(url)
     code, out, _ = run(capsys, "enqueue", url, "wt.num", "[7]")
     assert code == 0
     task = get_broker(url).next_task(timeout=1)
@@ -170,6 +183,7 @@ def test_enqueue_with_a_time_limit(capsys, url, pool):
 
 
 def test_enqueue_wait_times_out(capsys, url):
+    _consumed_here(url, "idle")
     code, out, err = run(capsys, "enqueue", url, "wt.num", "[1]", "--queue", "idle", "--wait", "0.05")
     assert code == 1
     assert "no result within 0.05 s" in err and "enqueued" in err

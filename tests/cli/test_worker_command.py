@@ -182,3 +182,13 @@ def test_console_script_and_module_help():
         assert proc.returncode == 0
         for name in ("worker", "status", "enqueue", "purge"):
             assert name in proc.stdout
+
+
+def test_status_into_a_closed_pipe_exits_quietly():
+    """``poolx status URL | head``: the reader goes away first."""
+    proc = subprocess.Popen([sys.executable, "-m", "poolx", "status", "memory://"], cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # as head does after its lines
+    err = proc.stderr.read().decode()
+    assert proc.wait(WAIT) == 0, err
+    assert err == ""
