@@ -143,7 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("url", metavar="URL", help="task queue URL")
     status.add_argument("--queue", action="append", metavar="NAME",
-                        help="also report the size of this queue (repeatable)")
+                        help="only this queue and the pools consuming it (repeatable; default: "
+                             "'default' and every queue a live pool consumes)")
+    status.add_argument("--pool", action="append", metavar="NAME",
+                        help="only the pools of this name (repeatable)")
+    status.add_argument("--watch", action="store_true",
+                        help="refresh every --interval seconds until CTRL+C")
+    status.add_argument("--interval", type=_seconds, default=2.0, metavar="S",
+                        help="seconds between two refreshes with --watch (default 2)")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     enqueue = commands.add_parser(
@@ -308,13 +315,20 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _status(url: str, extra_queues: Sequence[str]) -> dict[str, Any]:
+def _status(url: str, queues_wanted: Sequence[str], pools_wanted: Sequence[str] = ()) -> dict[str, Any]:
     from poolx.queue.urls import redact_url
 
     broker = _broker(url)
     pools = _live_pools(url, broker)
+    if queues_wanted:
+        pools = [p for p in pools if str(p.get("queue", DEFAULT)) in queues_wanted]
+    if pools_wanted:
+        pools = [p for p in pools if str(p.get("name")) in pools_wanted]
     pools.sort(key=lambda info: (str(info.get("host")), str(info.get("name")), info.get("pid") or 0))
-    names = list(dict.fromkeys([DEFAULT, *(str(p.get("queue", DEFAULT)) for p in pools), *extra_queues]))
+    if queues_wanted:
+        names = list(dict.fromkeys(queues_wanted))
+    else:
+        names = list(dict.fromkeys([DEFAULT, *(str(p.get("queue", DEFAULT)) for p in pools)]))
     queues = {}
     for name in names:
         size = _reach(url, lambda name=name: len(_broker(url, name)))
@@ -356,12 +370,32 @@ def _print_status(status: dict[str, Any]) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    status = _status(args.url, args.queue or [])
+    if not args.watch:
+        _show_status(args, clear=False)
+        return EXIT_OK
+    import threading
+
+    pause = threading.Event()
+    clear = not args.json and sys.stdout.isatty()
+    try:
+        while True:
+            _show_status(args, clear)
+            sys.stdout.flush()
+            pause.wait(args.interval)
+            if not clear:
+                print()
+    except KeyboardInterrupt:
+        return EXIT_OK  # CTRL+C ends --watch
+
+
+def _show_status(args: argparse.Namespace, clear: bool) -> None:
+    status = _status(args.url, args.queue or [], args.pool or [])
+    if clear:
+        sys.stdout.write("\033[H\033[J")  # home, clear the screen
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
         _print_status(status)
-    return EXIT_OK
 
 
 def _live_pools(url: str, broker: Any) -> list[dict[str, Any]]:

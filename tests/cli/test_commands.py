@@ -41,7 +41,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
         (["worker"], ["--init", "--queue", "--workers", "--max-worker-tasks", "--timeout",
                       "--soft-timeout", "--memory-limit", "--name", "--log-level", "--prefetch",
                       "SIGTERM"]),
-        (["status"], ["--json", "URL"]),
+        (["status"], ["--json", "URL", "--queue", "--pool", "--watch", "--interval"]),
         (["enqueue"], ["TASK", "ARGS_JSON", "--queue", "--wait"]),
         (["purge"], ["--queue", "--yes"]),
     ],
@@ -89,13 +89,26 @@ def test_usage_errors(capsys, argv, message):
 
 def test_status_lists_live_pools_and_queues(capsys, url, pool):
     get_queue(url, "other").wt.num(1)  # waits: nobody consumes 'other'
-    code, out, _ = run(capsys, "status", url, "--queue", "other")
+    code, out, _ = run(capsys, "status", url)
     assert code == 0
     assert out.startswith(f"1 worker pool on {url}\n")
     assert "cli-pool on " in out and "queue default: running" in out
     assert "workers: 2 (" in out and "last heartbeat" in out
     assert "  default: 0 waiting, 0 in flight" in out
-    assert "  other: 1 waiting, 0 in flight" in out
+    assert "other" not in out  # no pool consumes it: not shown unless asked for
+
+
+def test_status_filters_by_queue_and_pool_name(capsys, url, pool):
+    get_queue(url, "other").wt.num(1)
+    _, out, _ = run(capsys, "status", url, "--queue", "other")
+    assert out.startswith(f"0 worker pools on {url}\n")  # cli-pool consumes 'default'
+    assert "  other: 1 waiting, 0 in flight" in out and "default" not in out
+    _, out, _ = run(capsys, "status", url, "--queue", "other", "--queue", "default")
+    assert out.startswith(f"1 worker pool on {url}\n") and "  other: 1 waiting" in out
+    _, out, _ = run(capsys, "status", url, "--pool", "nobody")
+    assert out.startswith(f"0 worker pools on {url}\n")
+    _, out, _ = run(capsys, "status", url, "--pool", "cli-pool")
+    assert out.startswith(f"1 worker pool on {url}\n") and "cli-pool on " in out
 
 
 def test_status_json(capsys, url, pool, tmp_path):

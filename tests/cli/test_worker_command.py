@@ -192,3 +192,17 @@ def test_status_into_a_closed_pipe_exits_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(WAIT) == 0, err
     assert err == ""
+
+
+def test_status_watch_refreshes_until_ctrl_c():
+    proc = subprocess.Popen([sys.executable, "-m", "poolx", "status", "memory://", "--watch", "--interval",
+                             "0.05"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    seen = 0
+    for line in proc.stdout:
+        seen += line.startswith("0 worker pools on memory://")
+        if seen == 3:
+            break
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(WAIT) == 0
+    assert proc.stderr.read() == ""
