@@ -111,6 +111,9 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
     query = parse_qsl(parts.query, keep_blank_values=True)
     own = {key: value for key, value in query if key in _OWN_OPTIONS}
     rest = [(key, value) for key, value in query if key not in _OWN_OPTIONS]
+    unknown = sorted({key for key, _ in rest} - _client_options(parts.scheme.lower()))
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r} in Redis URL {shown!r}")
     # Not urlunsplit: it drops the "//" of "unix:///path" (empty host).
     clean = f"{parts.scheme}://{parts.netloc}{parts.path}"
     if rest:
@@ -125,6 +128,23 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
     except ValueError as err:
         raise ValueError(f"invalid Redis URL {shown!r}: {err}") from None
     return clean, own
+
+
+def _client_options(scheme: str) -> set[str]:
+    """The query options redis-py's ``from_url`` accepts for ``scheme``:
+    the keyword arguments of its connection pool and connection classes
+    (anything else would fail at the first connection, as a TypeError)."""
+    import inspect
+
+    connection = {"rediss": redis.connection.SSLConnection,
+                  "unix": redis.connection.UnixDomainSocketConnection}.get(scheme, redis.connection.Connection)
+    names: set[str] = set()
+    for cls in (redis.connection.ConnectionPool, *connection.__mro__):
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            names |= {name for name, param in inspect.signature(init).parameters.items()
+                      if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)}
+    return names - {"self"}
 
 
 def make_serializer(choice: Serializer | str | None) -> Serializer | None:
