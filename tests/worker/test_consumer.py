@@ -327,3 +327,18 @@ def test_register_false(broker, consume):
     consumer.check_pool = lambda: (checks.append(1), real())
     wait_until(lambda: len(checks) >= 3, WAIT)
     assert broker.taskqueue.live_pools() == []
+
+
+def test_a_queue_per_pool_routes_tasks(url, pool):
+    """docs/workers.rst, routing: a task runs only on a pool consuming its queue."""
+    routed = get_broker(url, "gpu-1")
+    routed.expose(tasks.ts)
+    consumer = BrokerConsumer(pool, routed, timeout=0.1)
+    consumer.start()
+    try:
+        here = get_queue(url, "gpu-1").wt.getpid()
+        elsewhere = get_queue(url).wt.getpid()  # 'default': no pool consumes it
+        assert here.wait(WAIT) and here.value in [w["pid"] for w in pool.stats()["workers"]]
+        assert not elsewhere.wait(0.3) and elsewhere.status == "enqueued"
+    finally:
+        consumer.stop()
