@@ -117,7 +117,7 @@ def measure(url: str, n: int, seconds: float, rounds: int) -> dict[str, float]:
 
 
 def _private_redis() -> Any:
-    sys.path.insert(0, str(ROOT))
+    sys.path.append(str(ROOT))  # after the poolx under test (--baseline)
     from tests.redis_server import RedisServer, redis_binary
 
     binary = redis_binary()

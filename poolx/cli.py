@@ -41,6 +41,11 @@ __all__ = ["main", "build_parser"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
+FETCH_TIMEOUT = 30.0
+"""Seconds one fetch of ``poolx worker`` blocks waiting for a task: an idle
+pool costs Redis little, and a stop does not wait for the fetch (a task it
+brings meanwhile goes back to the queue)."""
+
 LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
 
 
@@ -309,7 +314,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     logging.getLogger("poolx.cli").info(
         "poolx worker on %s, queue(s) %s", redact_url(args.url), ", ".join(queues))
     try:
-        start_pools(*pools, timeout=1.0)
+        start_pools(*pools, timeout=FETCH_TIMEOUT)
     except Error as err:
         raise _Failure(str(err)) from None
     return EXIT_OK

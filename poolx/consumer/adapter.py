@@ -179,6 +179,8 @@ class BrokerConsumer:
         self._in_pool_slow = 0  # how many of them are slow
         self._keys = itertools.count()
         self._saved_retry_timeout: float | None = None  # see _shorten_retries
+        self._published: tuple[int, ...] = ()  # the task counts of the last status tick
+        self._skipped = False  # the last status tick published nothing
         self._waiting_for_room = False
         self._stopping = False
         self._closed = False
@@ -586,6 +588,16 @@ class BrokerConsumer:
             log.debug("%s: cannot check the pool", self.name, exc_info=True)
         stats = self._read_pool()
         if not self.register:
+            return
+        # An idle pool whose status did not change publishes every other tick
+        # (the entry lives three intervals): half the registry's cost.
+        with self._lock:
+            idle = not self._in_flight and not self._stopping
+            counts = tuple(self.stats.values())
+            skip = idle and counts == self._published and not self._skipped
+            self._skipped = skip
+            self._published = counts
+        if skip:
             return
         try:
             info = json.dumps(self._info(stats), default=str)

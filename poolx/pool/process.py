@@ -229,9 +229,9 @@ class WorkerPool:
     def start(self, timeout: float = 10, handle_sigterm: bool = True) -> None:
         """Start the worker pool.
 
-        :param timeout: Seconds the consumer blocks waiting for a task
-            before it looks whether the pool is stopping: a graceful stop of
-            an idle pool takes up to this long.
+        :param timeout: Seconds one fetch of the consumer blocks waiting for
+            a task.  A stop does not wait for it: a task it brings after the
+            stop goes back to the queue.
         :param handle_sigterm: If true (the default), install SIGTERM and
             SIGINT handlers and block until signalled, then stop gracefully
             (a second signal stops at once); see :func:`start_pools`.  Must

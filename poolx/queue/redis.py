@@ -99,6 +99,10 @@ RECLAIM_LIMIT = 100
 """Expired leases reclaimed per fetch."""
 POPPED_KEEP_MS = 60_000
 """How long a read result stays readable by the same (retried) call."""
+IDLE_RECHECK = 30.0
+"""Seconds an idle consumer blocks on the empty ready list before it runs the
+fetch script again, at most: that run re-queues tasks whose consumer died
+(expired leases) that it did not know of when it started waiting."""
 HANDOFF_FRESH = 1.0
 """A fetched task handed to a thread later than this is re-checked (and its
 lease renewed) first."""
@@ -456,26 +460,36 @@ class TaskQueue(AbstractTaskQueue):
                         log.warning("redelivering [%s:%s] (delivery %d)",
                                     self.name, delivery[0], delivery.attempt)
                 return deliveries
-            block = self._max_block
-            if deadline is not None:
-                block = min(block, deadline - time.monotonic())
-                if block <= 0:
-                    return []
+            # Nothing ready: block on the ready list, and run the script again
+            # only when a task shows up, when a lease may have expired
+            # (next_ms), or after IDLE_RECHECK seconds (a lease taken since
+            # then by a consumer that died): an idle queue costs one blocking
+            # call per max_block seconds, not a script run each time.
+            recheck = time.monotonic() + IDLE_RECHECK
             if next_ms >= 0:
-                block = min(block, next_ms / 1000 + 0.005)
-            self._run("get", self._wait_ready, max(block, 0.01))
+                recheck = min(recheck, time.monotonic() + next_ms / 1000 + 0.005)
+            while True:
+                now = time.monotonic()
+                block = min(self._max_block, recheck - now)
+                if deadline is not None:
+                    if deadline - now <= 0:
+                        return []
+                    block = min(block, deadline - now)
+                if block <= 0 or self._run("get", self._wait_ready, max(block, 0.01)):
+                    break
 
-    def _wait_ready(self, block: float) -> None:
-        """Block until the ready list is non-empty, taking nothing from it."""
+    def _wait_ready(self, block: float) -> bool:
+        """Block until the ready list is non-empty, taking nothing from it;
+        False if it stayed empty for ``block`` seconds."""
         if self._blmove:
             try:
-                self._client.blmove(self._ready_key, self._ready_key, block, "RIGHT", "RIGHT")
-                return
+                return self._client.blmove(self._ready_key, self._ready_key, block,
+                                           "RIGHT", "RIGHT") is not None
             except ResponseError as err:
                 if "unknown command" not in str(err).lower():
                     raise
                 self._blmove = False  # Redis < 6.2: rotate instead (order may shift)
-        self._client.brpoplpush(self._ready_key, self._ready_key, max(1, round(block)))
+        return self._client.brpoplpush(self._ready_key, self._ready_key, max(1, round(block))) is not None
 
     def _fresh(self, item: Delivery, fetched: float) -> bool:
         """Is a task fetched a while ago still leased to us?  (Renews it.)"""
