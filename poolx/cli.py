@@ -41,6 +41,11 @@ __all__ = ["main", "build_parser"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
+FETCH_TIMEOUT = 30.0
+"""Seconds one fetch of ``poolx worker`` blocks waiting for a task: an idle
+pool costs Redis little, and a stop does not wait for the fetch (a task it
+brings meanwhile goes back to the queue)."""
+
 LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
 
 
@@ -72,6 +77,7 @@ def _argument(parse: Callable[[str], Any], check: Callable[..., Any], what: str,
 
 
 _positive_int = _argument(int, check_count, "an integer", minimum=1)
+_count = _argument(int, check_count, "an integer", minimum=0)
 _seconds = _argument(float, check_seconds, "a number of seconds", allow_none=False)
 _size = _argument(str, parse_size, "a size")
 
@@ -123,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="soft time limit: SoftTimeLimitExceeded is raised inside the task")
     worker.add_argument("--memory-limit", type=_size, metavar="SIZE",
                         help="memory a worker may use during a task, e.g. 512MB")
+    worker.add_argument("--prefetch", type=_count, metavar="N",
+                        help="tasks each worker may hold ahead of the one it runs; 0 takes a task "
+                             "only for a free worker (default: adapts to each task name's run time, "
+                             "none for slow or unknown tasks)")
     worker.add_argument("--name", metavar="NAME", help="pool name shown in logs and `poolx status`")
     worker.add_argument("--status-interval", type=_seconds, default=5.0, metavar="S",
                         help="seconds between two status heartbeats for `poolx status` (default 5); "
@@ -138,7 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("url", metavar="URL", help="task queue URL")
     status.add_argument("--queue", action="append", metavar="NAME",
-                        help="also report the size of this queue (repeatable)")
+                        help="only this queue and the pools consuming it (repeatable; default: "
+                             "'default' and every queue a live pool consumes)")
+    status.add_argument("--pool", action="append", metavar="NAME",
+                        help="only the pools of this name (repeatable)")
+    status.add_argument("--watch", action="store_true",
+                        help="refresh every --interval seconds until CTRL+C")
+    status.add_argument("--interval", type=_seconds, default=2.0, metavar="S",
+                        help="seconds between two refreshes with --watch (default 2)")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     enqueue = commands.add_parser(
@@ -262,15 +279,26 @@ def worker_init(url: str, init: Any, level: int) -> Any:
     return init(url)
 
 
+def _shield_forkserver() -> None:
+    """Workers and their forkserver ignore SIGTERM: a signal to the process
+    group stops the pool gracefully instead of killing its workers (see
+    :mod:`poolx.pool.ignore_sigterm`)."""
+    import multiprocessing
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        multiprocessing.get_context("forkserver").set_forkserver_preload(["poolx.pool.ignore_sigterm"])
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     from poolx.pool.process import Error, WorkerPool, start_pools
     from poolx.queue.urls import redact_url
 
     _setup_logging(args.log_level)
     init = _resolve(args.init)
+    _shield_forkserver()
     queues = list(dict.fromkeys(args.queue or [DEFAULT]))
     options: dict[str, Any] = {}
-    for key in ("timeout", "soft_timeout", "memory_limit"):
+    for key in ("timeout", "soft_timeout", "memory_limit", "prefetch"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     pools = []
@@ -286,26 +314,26 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     logging.getLogger("poolx.cli").info(
         "poolx worker on %s, queue(s) %s", redact_url(args.url), ", ".join(queues))
     try:
-        start_pools(*pools, timeout=1.0)
+        start_pools(*pools, timeout=FETCH_TIMEOUT)
     except Error as err:
         raise _Failure(str(err)) from None
     return EXIT_OK
 
 
-def _status(url: str, extra_queues: Sequence[str]) -> dict[str, Any]:
+def _status(url: str, queues_wanted: Sequence[str], pools_wanted: Sequence[str] = ()) -> dict[str, Any]:
     from poolx.queue.urls import redact_url
 
     broker = _broker(url)
-    pools = []
-    for text in _reach(url, broker.taskqueue.live_pools):
-        try:
-            info = json.loads(text)
-        except ValueError:
-            continue
-        if isinstance(info, dict):
-            pools.append(info)
+    pools = _live_pools(url, broker)
+    if queues_wanted:
+        pools = [p for p in pools if str(p.get("queue", DEFAULT)) in queues_wanted]
+    if pools_wanted:
+        pools = [p for p in pools if str(p.get("name")) in pools_wanted]
     pools.sort(key=lambda info: (str(info.get("host")), str(info.get("name")), info.get("pid") or 0))
-    names = list(dict.fromkeys([DEFAULT, *(str(p.get("queue", DEFAULT)) for p in pools), *extra_queues]))
+    if queues_wanted:
+        names = list(dict.fromkeys(queues_wanted))
+    else:
+        names = list(dict.fromkeys([DEFAULT, *(str(p.get("queue", DEFAULT)) for p in pools)]))
     queues = {}
     for name in names:
         size = _reach(url, lambda name=name: len(_broker(url, name)))
@@ -331,7 +359,10 @@ def _print_status(status: dict[str, Any]) -> None:
             print(f"  broken: {info['broken']}")
         print(f"  started {_ago(info.get('started'), now)}, last heartbeat {_ago(info.get('heartbeat'), now)}")
         print(f"  tasks: {info.get('tasks_done', 0)} done, {info.get('tasks_failed', 0)} failed, "
-              f"{len(info.get('in_flight') or ())} in flight")
+              f"{len(info.get('in_flight') or ())} in flight ({len(info.get('running') or ())} running, "
+              f"{len(info.get('prefetched') or ())} prefetched)")
+        for task in info.get("prefetched") or ():
+            print(f"    prefetched: {task}")
         print(f"  workers: {len(workers)} ({summary})")
         for worker in workers:
             task = worker.get("task") or ""
@@ -344,12 +375,56 @@ def _print_status(status: dict[str, Any]) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    status = _status(args.url, args.queue or [])
+    if not args.watch:
+        _show_status(args, clear=False)
+        return EXIT_OK
+    import threading
+
+    pause = threading.Event()
+    clear = not args.json and sys.stdout.isatty()
+    try:
+        while True:
+            _show_status(args, clear)
+            sys.stdout.flush()
+            pause.wait(args.interval)
+            if not clear:
+                print()
+    except KeyboardInterrupt:
+        return EXIT_OK  # CTRL+C ends --watch
+
+
+def _show_status(args: argparse.Namespace, clear: bool) -> None:
+    status = _status(args.url, args.queue or [], args.pool or [])
+    if clear:
+        sys.stdout.write("\033[H\033[J")  # home, clear the screen
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
         _print_status(status)
-    return EXIT_OK
+
+
+def _live_pools(url: str, broker: Any) -> list[dict[str, Any]]:
+    pools = []
+    for text in _reach(url, broker.taskqueue.live_pools):
+        try:
+            info = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(info, dict):
+            pools.append(info)
+    return pools
+
+
+def _check_consumed_here(url: str, broker: Any) -> None:
+    """A ``memory://`` queue lives inside one process: enqueuing to it from
+    this command is an error unless a pool in this process consumes it (the
+    task would be lost when the command exits)."""
+    if not url.lower().startswith("memory:"):
+        return
+    if not any(info.get("queue") == broker.name for info in _live_pools(url, broker)):
+        raise _Usage(f"a memory:// queue lives inside one process and no pool in this one "
+                     f"consumes queue {broker.name!r}: the task would be lost when this command "
+                     f"exits (use a shared queue, e.g. redis://)")
 
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
@@ -371,6 +446,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     options = {key: getattr(args, key) for key in ("timeout", "soft_timeout", "memory_limit")
                if getattr(args, key) is not None}
     broker = _broker(args.url, args.queue)
+    _check_consumed_here(args.url, broker)
     try:
         queue = broker.queue(args.task, **options)
     except ValueError as err:
@@ -421,7 +497,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error argparse printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        return _COMMANDS[args.command](args)
+        code = _COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return code
     except _Usage as err:
         print(f"poolx {args.command}: error: {err}", file=sys.stderr)
         print(f"(see: poolx {args.command} --help)", file=sys.stderr)
@@ -432,6 +510,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"poolx {args.command}: interrupted", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader went away (``poolx status URL | head``): exit quietly.
+        # stdout is pointed at devnull so that the interpreter's final
+        # flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

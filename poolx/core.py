@@ -191,6 +191,24 @@ class Broker:
         """Discard every task waiting to run; their waiters get TaskExpired."""
         self._taskqueue.discard_pending()
 
+    def close(self) -> None:
+        """Close the backend's connections (``redis://``: first committing
+        buffered results and giving back tasks fetched but not handed out).
+        The broker cannot be used afterwards.  ``with get_broker(url) as
+        broker:`` closes it at the end of the block.
+
+        The close lives here, not on the :class:`~poolx.task.Queue`: as in
+        WorQ, every attribute of a queue is a task name (``q.close()``
+        enqueues a task named ``close``).
+        """
+        self._taskqueue.close()
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def batch(self) -> contextlib.AbstractContextManager[Any]:
         """A context in which this thread's enqueues are sent in batches.
 

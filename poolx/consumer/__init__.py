@@ -57,7 +57,10 @@ __all__ = [
     "run_task",
     "PREFETCH_WINDOW",
     "PREFETCH_MAX",
+    "GIVE_BACK_AFTER",
     "STATUS_INTERVAL",
+    "STOP_RETRY_TIMEOUT",
+    "log_failure",
 ]
 
 PREFETCH_WINDOW = 0.05
@@ -66,8 +69,34 @@ tasks that take longer on average are never prefetched, and a burst of tiny
 tasks is taken in batches (one backend call for many tasks)."""
 PREFETCH_MAX = 64
 """At most this many extra tasks per worker are taken ahead."""
+GIVE_BACK_AFTER = 0.5
+"""Seconds a task taken ahead (in a batch) may wait for a free worker before
+the consumer returns it to the queue, where an idle pool can take it."""
 STATUS_INTERVAL = 5.0
 """Default seconds between two status heartbeats in the pool registry."""
+STOP_RETRY_TIMEOUT = 3.0
+"""Once a consumer stops, a backend operation (storing a result, giving a
+task back, unregistering) is retried at most this long while the backend is
+unreachable (``redis://``'s ``retry_timeout`` is shortened to it), so that a
+pool whose Redis went away stops within seconds; what could not be stored
+is logged, one line each."""
+
+
+def log_failure(logger: Any, message: str, *args: Any) -> None:
+    """Log the exception being handled as one ERROR line ending with its
+    cause (``Type: message``); the traceback only when ``logger`` is
+    enabled for DEBUG.
+
+    :param logger: Where to log.
+    :param message: A ``%``-format, as for :meth:`logging.Logger.error`.
+    :param args: Its arguments.
+    """
+    import logging
+    import sys
+
+    error = sys.exc_info()[1]
+    cause = "" if error is None else f": {type(error).__name__}: {error}"
+    logger.error(message + "%s", *args, cause, exc_info=logger.isEnabledFor(logging.DEBUG))
 
 _LAZY = {
     "BrokerConsumer": "poolx.consumer.adapter",

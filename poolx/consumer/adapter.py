@@ -33,9 +33,19 @@ from typing import Any
 from uuid import uuid4
 
 from poolx.checks import MovingAverage, check_count, check_seconds, prefetch_depth
-from poolx.consumer import PREFETCH_MAX, PREFETCH_WINDOW, STATUS_INTERVAL, outcomes
+from poolx.consumer import (
+    GIVE_BACK_AFTER,
+    PREFETCH_MAX,
+    PREFETCH_WINDOW,
+    STATUS_INTERVAL,
+    STOP_RETRY_TIMEOUT,
+    log_failure,
+    outcomes,
+)
 from poolx.consumer.heartbeats import Heartbeats
 from poolx.consumer.intake import Intake
+from poolx.consumer.inworker import run_task
+from poolx.exceptions import PoolNotRunning
 from poolx.queue.urls import redact_url
 from poolx.task import FunctionTask, TaskFailure, error_text
 
@@ -43,18 +53,28 @@ __all__ = ["BrokerConsumer", "InFlight"]
 
 log = logging.getLogger("poolx.consumer")
 
+_ESTIMATES_KEPT = 1024
+"""Run-time estimates are kept for at most this many task names (the
+oldest name is forgotten first)."""
+
 
 class InFlight:
-    """One task taken from the queue and not answered yet."""
+    """One task taken from the queue and not answered yet: held by the
+    consumer (prefetched, ``result`` is None) or handed to the pool."""
 
-    __slots__ = ("consumer", "key", "task", "result", "beat")
+    __slots__ = ("consumer", "key", "task", "func", "result", "in_pool", "beat", "taken", "slow")
 
-    def __init__(self, consumer: BrokerConsumer, key: int, task: FunctionTask, beat: int) -> None:
+    def __init__(self, consumer: BrokerConsumer, key: int, task: FunctionTask, func: Any,
+                 beat: int, slow: bool) -> None:
         self.consumer = consumer
         self.key = key
         self.task = task
-        self.result: Any = None  # the pool's ApplyResult
+        self.func = func  # the callable sent with the task, or None (worker_broker)
+        self.result: Any = None  # the pool's ApplyResult, once handed to the pool
+        self.in_pool = False  # handed to the pool (set just before apply_async)
         self.beat = beat  # its key in the heartbeat table
+        self.taken = time.monotonic()
+        self.slow = slow  # its name's run time is unknown or long: never held ahead
 
     def done(self, value: tuple[Any, float]) -> None:
         """Pool callback: the worker returned ``(outcome, seconds)``."""
@@ -92,11 +112,15 @@ class BrokerConsumer:
     :param timeout: Seconds one ``next_task`` call blocks waiting for a task.
         A stop request is seen when it returns, so it bounds how long
         :meth:`stop` waits while the queue is empty.
-    :param prefetch: Tasks each worker may hold ahead of the one it runs.
-        ``None`` (the default) adapts to the mean run time of recent tasks:
-        as many as fit in :data:`PREFETCH_WINDOW` seconds (at most
-        :data:`PREFETCH_MAX`), none for tasks longer than that, so a long
-        task never keeps another waiting while a worker elsewhere is idle.
+    :param prefetch: Tasks each worker may hold ahead of the one it runs
+        (0: take a task only when a worker is free).  ``None`` (the default)
+        adapts to each task name's mean run time: as many as fit in
+        :data:`PREFETCH_WINDOW` seconds (at most :data:`PREFETCH_MAX`), and
+        none for names whose run time is unknown or longer than that, which
+        go to the pool only when a worker is idle.  A task taken in a batch
+        that waits longer than :data:`GIVE_BACK_AFTER` seconds without a
+        worker goes back to the queue, so a long task never keeps another
+        waiting while a worker elsewhere is idle.
     :param worker_broker: If true, the pool's initializer is
         :func:`~poolx.consumer.init_worker` and workers invoke tasks on their
         own broker; otherwise the callable this broker exposes is sent with
@@ -135,8 +159,11 @@ class BrokerConsumer:
         self.register = register
         self.on_broken = on_broken
         self.pool_id = f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:12]}"
-        self.run_time = MovingAverage()
-        """Mean run time (seconds) of recent tasks, which prefetching follows."""
+        self.give_back_after = GIVE_BACK_AFTER
+        """Seconds a task taken ahead may wait for a worker before it goes
+        back to the queue."""
+        self._run_times: dict[str, MovingAverage] = {}  # task name -> mean run time
+        self._last_name: str | None = None  # the name of the task taken last
         self.stop_requested = threading.Event()
         """Set once :meth:`stop` was called or the pool broke."""
         self.broken: BaseException | None = None
@@ -145,8 +172,15 @@ class BrokerConsumer:
 
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # intake waits for room, join for the drain
-        self._in_flight: dict[int, InFlight] = {}
+        self._in_flight: dict[int, InFlight] = {}  # taken and not answered (held or in the pool)
+        self._held: dict[int, InFlight] = {}  # taken ahead, not handed to the pool yet (in order)
+        self._held_slow = 0  # how many of them are slow (see InFlight.slow)
+        self._in_pool = 0  # handed to the pool and not answered
+        self._in_pool_slow = 0  # how many of them are slow
         self._keys = itertools.count()
+        self._saved_retry_timeout: float | None = None  # see _shorten_retries
+        self._published: tuple[int, ...] = ()  # the task counts of the last status tick
+        self._skipped = False  # the last status tick published nothing
         self._waiting_for_room = False
         self._stopping = False
         self._closed = False
@@ -187,8 +221,32 @@ class BrokerConsumer:
             self._stopping = True
             self._room.notify_all()
         self.stop_requested.set()
+        self._shorten_retries()
+        self._give_back_held(None, "the consumer is stopping")
         if join:
             self.join()
+
+    def _shorten_retries(self) -> None:
+        """Retry backend operations at most :data:`STOP_RETRY_TIMEOUT` seconds
+        from now on (a backend with a settable ``retry_timeout``), until
+        :meth:`join` has finished."""
+        taskqueue = self.broker.taskqueue
+        with self._lock:
+            current = getattr(taskqueue, "retry_timeout", None)
+            if self._saved_retry_timeout is not None or not isinstance(current, (int, float)) \
+                    or current <= STOP_RETRY_TIMEOUT:
+                return
+            try:
+                taskqueue.retry_timeout = STOP_RETRY_TIMEOUT
+            except AttributeError:  # read-only: this backend retries as it does
+                return
+            self._saved_retry_timeout = current
+
+    def _restore_retries(self) -> None:
+        with self._lock:
+            saved, self._saved_retry_timeout = self._saved_retry_timeout, None
+        if saved is not None:
+            self.broker.taskqueue.retry_timeout = saved
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until no more tasks are taken and every task in flight is
@@ -214,8 +272,11 @@ class BrokerConsumer:
         thread = self._heartbeat_thread
         if thread is not None:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        if first and self.register and self._started:
-            self._unregister()
+        if first and self._started:
+            self._flush()
+            if self.register:
+                self._unregister()
+        self._restore_retries()
         return True
 
     @property
@@ -239,33 +300,144 @@ class BrokerConsumer:
         return len(self._in_flight)
 
     @property
+    def held(self) -> int:
+        """Tasks taken ahead and not handed to the pool yet."""
+        return len(self._held)
+
+    def estimate(self, name: str) -> float | None:
+        """The mean run time (seconds) of recent tasks named ``name``, or
+        None while none has finished here."""
+        average = self._run_times.get(name)
+        return None if average is None else average.value
+
+    def depth(self, name: str | None) -> int:
+        """How many tasks named ``name`` each worker may hold ahead of the
+        one it runs (the ``prefetch`` option, or what the name's run time
+        allows: none while it is unknown)."""
+        if self.prefetch is not None:
+            return self.prefetch
+        if name is None:
+            return 0
+        return prefetch_depth(self.estimate(name), PREFETCH_WINDOW, PREFETCH_MAX)
+
+    @property
     def capacity(self) -> int:
-        """How many tasks may be in flight: one per worker, plus the prefetch."""
-        prefetch = self.prefetch
-        if prefetch is None:
-            prefetch = prefetch_depth(self.run_time.value, PREFETCH_WINDOW, PREFETCH_MAX)
-        return max(1, self._workers) * (1 + prefetch)
+        """How many tasks may be in flight: one per worker, plus the prefetch
+        that the last task taken allows (none while a slow task is held)."""
+        depth = 0 if self._held_slow else self.depth(self._last_name)
+        return max(1, self._workers) * (1 + depth)
 
     # -- the intake thread's side -------------------------------------------------
 
     def wait_for_room(self) -> int | None:
         """Block until fewer tasks are in flight than :attr:`capacity`;
-        return how many more may be taken, or None once stopping."""
-        with self._lock:
-            while not self._stopping and len(self._in_flight) >= self.capacity:
-                self._waiting_for_room = True
-                self._room.wait()
-            self._waiting_for_room = False
-            if self._stopping:
-                return None
-            return self.capacity - len(self._in_flight)
+        return how many more may be taken, or None once stopping.  Tasks
+        held longer than :attr:`give_back_after` go back to the queue
+        meanwhile."""
+        while True:
+            with self._lock:
+                while not self._stopping and len(self._in_flight) >= self.capacity:
+                    wait = None
+                    if self._held:
+                        oldest = next(iter(self._held.values()))
+                        wait = oldest.taken + self.give_back_after - time.monotonic()
+                        if wait <= 0:
+                            break
+                    self._waiting_for_room = True
+                    self._room.wait(wait)
+                else:
+                    self._waiting_for_room = False
+                    if self._stopping:
+                        return None
+                    return self.capacity - len(self._in_flight)
+                self._waiting_for_room = False
+            self._give_back_held(time.monotonic() - self.give_back_after,
+                                 "no worker was free in time")
 
-    def track(self, task: FunctionTask) -> InFlight:
-        """A task goes to the pool: keep it in flight, with heartbeats."""
-        entry = InFlight(self, next(self._keys), task, self._heartbeats.add(task))
+    def track(self, task: FunctionTask, func: Any) -> None:
+        """A task was taken: keep it in flight (with heartbeats), and hand it
+        to the pool as soon as :meth:`pump` allows.
+
+        :param task: The task.
+        :param func: The callable sent with it (None with ``worker_broker``).
+        """
+        slow = self.depth(task.name) == 0 and self.prefetch is None
+        entry = InFlight(self, next(self._keys), task, func, self._heartbeats.add(task), slow)
         with self._lock:
-            self._in_flight[entry.key] = entry
-        return entry
+            stopping = self._stopping
+            if not stopping:
+                self._in_flight[entry.key] = entry
+                self._held[entry.key] = entry
+                self._held_slow += slow
+                self._last_name = task.name
+        if stopping:  # stop() has already given back what was held
+            self._heartbeats.discard(entry.beat)
+            self.give_back(task, "the consumer is stopping")
+            return
+        self.pump()
+
+    def pump(self) -> None:
+        """Hand held tasks to the pool, oldest first, while the pool can start
+        them soon: a slow task (see :attr:`InFlight.slow`) while fewer slow
+        tasks than workers are in the pool; a tiny one while the workers not
+        taken by slow tasks hold less than the prefetch its name allows."""
+        workers = max(1, self._workers)
+        chosen = []
+        with self._lock:
+            if not self._held or not self.accepting:
+                return
+            full: set[str] = set()
+            for entry in list(self._held.values()):
+                name = entry.task.name
+                if name in full:
+                    continue
+                free = workers - self._in_pool_slow  # workers not taken by slow tasks
+                if entry.slow:
+                    room = free > 0
+                else:
+                    room = self._in_pool - self._in_pool_slow < free * (1 + self.depth(name))
+                if not room:
+                    full.add(name)
+                    continue
+                del self._held[entry.key]
+                self._held_slow -= entry.slow
+                self._in_pool += 1
+                self._in_pool_slow += entry.slow
+                entry.in_pool = True
+                chosen.append(entry)
+        for entry in chosen:
+            self._submit(entry)
+
+    def _submit(self, entry: InFlight) -> None:
+        task = entry.task
+        try:
+            entry.result = self.pool.apply_async(
+                run_task,
+                (task, entry.func, self.broker.name),
+                callback=entry.done,
+                error_callback=entry.failed,
+                soft_timeout=task.soft_timeout,
+                timeout=task.timeout,
+                memory_limit=task.memory_limit,
+            )
+        except PoolNotRunning as err:
+            self.settle(entry, outcomes.not_running(err, stopping=not self.accepting))
+        except Exception as err:  # the pool refused this one task (e.g. its limits)
+            self.settle(entry, outcomes.Store(TaskFailure(
+                task.name, self.broker.name, task.id, f"not run: {error_text(err)}")))
+
+    def _give_back_held(self, taken_before: float | None, why: str) -> None:
+        """Return held tasks taken before ``taken_before`` (all if None) to
+        the queue."""
+        with self._lock:
+            stale = [entry for entry in self._held.values()
+                     if taken_before is None or entry.taken <= taken_before]
+            for entry in stale:
+                del self._held[entry.key]
+                self._held_slow -= entry.slow
+        for entry in stale:
+            self.give_back(entry.task, why, quiet=True)
+            self._untrack(entry)
 
     def count(self, what: str) -> None:
         with self._lock:
@@ -280,7 +452,15 @@ class BrokerConsumer:
         :param value: What the worker returned (a value or a TaskFailure).
         :param seconds: How long the task ran.
         """
-        self.run_time.add(seconds)
+        name = entry.task.name
+        with self._lock:
+            average = self._run_times.pop(name, None)  # re-inserted: most recent last
+            if average is None:
+                average = MovingAverage()
+                if len(self._run_times) >= _ESTIMATES_KEPT:
+                    del self._run_times[next(iter(self._run_times))]
+            self._run_times[name] = average
+            average.add(seconds)
         self.settle(entry, outcomes.from_worker(entry.task, self.broker.name, value))
 
     def settle(self, entry: InFlight, outcome: outcomes.Outcome) -> None:
@@ -311,14 +491,15 @@ class BrokerConsumer:
         try:
             self.broker.set_result(task, value)
         except Exception:
-            log.error("%s: cannot store the result of %s [%s:%s]", self.name,
-                      task.name, self.broker.name, task.id, exc_info=True)
+            log_failure(log, "%s: the result of %s [%s:%s] was not stored", self.name,
+                        task.name, self.broker.name, task.id)
 
-    def give_back(self, task: FunctionTask, why: str) -> None:
+    def give_back(self, task: FunctionTask, why: str, quiet: bool = False) -> None:
         """Return a task that never started to the queue (or fail it clearly).
 
         :param task: The task, which never started.
         :param why: Why it goes back (logged).
+        :param quiet: Log it at debug level (a routine give-back).
         """
         queue_name = self.broker.name
         taskqueue = self.broker.taskqueue
@@ -328,7 +509,7 @@ class BrokerConsumer:
                 raise ValueError("its arguments still hold Deferred results")
             if taskqueue.requeue_task(task.id, message, task.ignore_result):
                 self.count("requeued")
-                log.info("returned %s [%s:%s] to the queue: %s", task.name, queue_name, task.id, why)
+                log.log(logging.DEBUG if quiet else logging.INFO, "returned %s [%s:%s] to the queue: %s", task.name, queue_name, task.id, why)
             else:
                 log.debug("not requeued (no longer processing): %s [%s:%s]",
                           task.name, queue_name, task.id)
@@ -342,13 +523,21 @@ class BrokerConsumer:
     def _untrack(self, entry: InFlight) -> None:
         self._heartbeats.discard(entry.beat)
         with self._lock:
-            self._in_flight.pop(entry.key, None)
+            if self._in_flight.pop(entry.key, None) is None:
+                return
+            if entry.in_pool:
+                self._in_pool -= 1
+                self._in_pool_slow -= entry.slow
+            elif self._held.pop(entry.key, None) is not None:
+                self._held_slow -= entry.slow
             left = len(self._in_flight)
             if self._stopping:
                 if not left:
                     self._room.notify_all()
             elif self._waiting_for_room and left <= self.capacity // 2:
                 self._room.notify()
+        if self._held:
+            self.pump()
 
     def _set_broken(self, error: BaseException) -> None:
         with self._lock:
@@ -358,12 +547,14 @@ class BrokerConsumer:
             self._stopping = True
             self._room.notify_all()
         self.stop_requested.set()
+        self._shorten_retries()
+        self._give_back_held(None, "the pool cannot run tasks")
         log.error("%s: the pool cannot run tasks, no more are taken: %s", self.name, error)
         if self.on_broken is not None:
             try:
                 self.on_broken()
             except Exception:
-                log.error("%s: on_broken callback failed", self.name, exc_info=True)
+                log_failure(log, "%s: on_broken callback failed", self.name)
 
     def check_pool(self) -> None:
         """Stop taking tasks if the pool has broken (e.g. every worker's
@@ -398,6 +589,16 @@ class BrokerConsumer:
         stats = self._read_pool()
         if not self.register:
             return
+        # An idle pool whose status did not change publishes every other tick
+        # (the entry lives three intervals): half the registry's cost.
+        with self._lock:
+            idle = not self._in_flight and not self._stopping
+            counts = tuple(self.stats.values())
+            skip = idle and counts == self._published and not self._skipped
+            self._skipped = skip
+            self._published = counts
+        if skip:
+            return
         try:
             info = json.dumps(self._info(stats), default=str)
             self.broker.taskqueue.register_pool(self.pool_id, info, self.status_interval * 3)
@@ -405,7 +606,17 @@ class BrokerConsumer:
             log.debug("%s: this backend has no pool registry", self.name)
             self.register = False
         except Exception:
-            log.error("%s: cannot publish the pool status", self.name, exc_info=True)
+            log_failure(log, "%s: cannot publish the pool status", self.name)
+
+    def _flush(self) -> None:
+        """Wait until the results stored so far are committed (a backend that
+        buffers them, as ``redis://``, logs what it could not store)."""
+        flush = getattr(self.broker.taskqueue, "flush", None)
+        if flush is not None:
+            try:
+                flush()
+            except Exception:
+                log_failure(log, "%s: cannot flush the results", self.name)
 
     def _unregister(self) -> None:
         try:
@@ -413,7 +624,7 @@ class BrokerConsumer:
         except NotImplementedError:
             pass
         except Exception:
-            log.error("%s: cannot unregister from the pool registry", self.name, exc_info=True)
+            log_failure(log, "%s: cannot unregister from the pool registry", self.name)
 
     def info(self) -> dict[str, Any]:
         """This pool's status, as ``poolx status`` shows it."""
@@ -421,19 +632,24 @@ class BrokerConsumer:
 
     def _info(self, stats: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
-            running = sorted(self._in_flight.values(), key=lambda entry: entry.key)
+            in_flight = sorted(self._in_flight.values(), key=lambda entry: entry.key)
         by_pid: dict[int, InFlight] = {}
-        for entry in running:
+        for entry in in_flight:
             pid = entry.worker_pid()
             if pid is not None:
-                by_pid.setdefault(pid, entry)
+                by_pid.setdefault(pid, entry)  # a worker runs the oldest task sent to it
         workers = []
+        running: set[int] = set()
         for worker in stats.get("workers", []):
             held = by_pid.get(worker["pid"])
+            if held is not None and worker["state"] == "busy":
+                running.add(held.key)
+            else:
+                held = None
             workers.append({
                 "pid": worker["pid"],
                 "state": worker["state"],
-                "task": held.describe() if held is not None and worker["state"] == "busy" else None,
+                "task": None if held is None else held.describe(),
                 "tasks_done": worker.get("tasks_done"),
                 "rss": worker.get("rss"),
                 "uptime": worker.get("uptime"),
@@ -454,7 +670,9 @@ class BrokerConsumer:
             "tasks_done": self.stats["done"],
             "tasks_failed": self.stats["failed"],
             "tasks_requeued": self.stats["requeued"],
-            "in_flight": [entry.describe() for entry in running],
+            "in_flight": [entry.describe() for entry in in_flight],
+            "running": [entry.describe() for entry in in_flight if entry.key in running],
+            "prefetched": [entry.describe() for entry in in_flight if entry.key not in running],
         }
 
     def __repr__(self) -> str:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from poolx.consumer import log_failure
 from poolx.task import FunctionTask
 
 __all__ = ["Heartbeats"]
@@ -152,11 +153,10 @@ class Heartbeats:
             try:
                 self._send(task)
             except Exception:
-                log.error("%sheartbeat failed for %s [%s]", self._label, task.name, task.id,
-                          exc_info=True)
+                log_failure(log, "%sheartbeat failed for %s [%s]", self._label, task.name, task.id)
 
     def _call_tick(self) -> None:
         try:
             self._tick()  # type: ignore[misc]
         except Exception:
-            log.error("%speriodic status update failed", self._label, exc_info=True)
+            log_failure(log, "%speriodic status update failed", self._label)

@@ -4,13 +4,15 @@ Owned here: :class:`Intake` — one thread that waits until the consumer has
 room (fewer tasks in flight than its :attr:`~poolx.consumer.BrokerConsumer.capacity`),
 blocks in the broker for the first task, takes what else is ready up to the
 room left (one backend call when the broker batches), and hands each task to
-the pool with its own limits.  A broker that fails is asked again after a
+the consumer (:meth:`~poolx.consumer.BrokerConsumer.track`), which passes it
+to the pool with its own limits when a worker can start it soon.  A broker that fails is asked again after a
 backoff (:func:`poolx.checks.backoff_delay`), waiting on the consumer's stop
 event, so a broken backend cannot spin the CPU::
 
     consumer.wait_for_room() ──▶ broker.next_tasks(room, timeout) ──▶ dispatch(task):
-        (None once stopping)          (the only blocking call)           track it, then
-                                                                         pool.apply_async(run_task, limits)
+        (None once stopping;          (the only blocking call)           consumer.track(task)
+         gives back tasks held                                           (held, then handed to
+         too long meanwhile)                                              the pool by pump())
 
 A task taken after the consumer started stopping (the thread was blocked in
 the broker meanwhile) goes straight back to the queue.
@@ -24,12 +26,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from poolx.checks import backoff_delay
-from poolx.consumer import outcomes
-from poolx.consumer.inworker import run_task
+from poolx.consumer import log_failure
 from poolx.engine.pickling import portable
-from poolx.exceptions import PoolNotRunning
 from poolx.queue.urls import redact_url
-from poolx.task import FunctionTask, TaskFailure, error_text
+from poolx.task import FunctionTask, TaskFailure
 
 if TYPE_CHECKING:
     from poolx.consumer.adapter import BrokerConsumer
@@ -103,10 +103,14 @@ class Intake:
                 for task in tasks:
                     self.dispatch(task)
             except Exception:
+                if consumer.stop_requested.is_set():
+                    log.debug("%s: intake ends with an error while stopping", consumer.name,
+                              exc_info=True)
+                    break
                 failures += 1
                 delay = backoff_delay(failures, cap=MAX_BACKOFF)
-                log.error("%s: cannot take tasks from %s (retrying in %.2f s)",
-                          consumer.name, redact_url(consumer.broker.url), delay, exc_info=True)
+                log_failure(log, "%s: cannot take tasks from %s (retrying in %.2f s)",
+                            consumer.name, redact_url(consumer.broker.url), delay)
                 if consumer.stop_requested.wait(delay):
                     break
         self._set(done=True)
@@ -143,19 +147,4 @@ class Intake:
                 consumer.store(task, TaskFailure(task.name, queue_name, task.id, "no such task"))
                 return
             func = portable(func)
-        entry = consumer.track(task)
-        try:
-            entry.result = consumer.pool.apply_async(
-                run_task,
-                (task, func, queue_name),
-                callback=entry.done,
-                error_callback=entry.failed,
-                soft_timeout=task.soft_timeout,
-                timeout=task.timeout,
-                memory_limit=task.memory_limit,
-            )
-        except PoolNotRunning as err:
-            consumer.settle(entry, outcomes.not_running(err, stopping=not consumer.accepting))
-        except Exception as err:  # the pool refused this one task (e.g. its limits)
-            consumer.settle(entry, outcomes.Store(TaskFailure(
-                task.name, queue_name, task.id, f"not run: {error_text(err)}")))
+        consumer.track(task, func)

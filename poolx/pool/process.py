@@ -43,6 +43,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -116,7 +117,15 @@ def _watch_pool_process(pool_pid: int, started: float | None) -> None:
 
 def _init_worker(pool: tuple[int, float | None], init_func: Callable[..., Any], init_args: tuple,
                  init_kwargs: dict) -> None:
-    """Pool initializer of a WorkerPool's workers."""
+    """Pool initializer of a WorkerPool's workers.
+
+    Workers ignore SIGTERM (SIGINT too, as every poolx worker): a signal
+    sent to the whole process group (``kill -TERM -PGID``, systemd's default
+    ``KillMode``, a terminal's CTRL+C) reaches the pool's process, which stops
+    gracefully and lets the running tasks finish.  The pool kills its
+    workers with SIGKILL when it must; a worker whose pool process died
+    exits by itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_watch_pool_process, args=pool, name="poolx-pool-watch", daemon=True).start()
     init_worker(init_func, init_args, init_kwargs)
 
@@ -220,9 +229,9 @@ class WorkerPool:
     def start(self, timeout: float = 10, handle_sigterm: bool = True) -> None:
         """Start the worker pool.
 
-        :param timeout: Seconds the consumer blocks waiting for a task
-            before it looks whether the pool is stopping: a graceful stop of
-            an idle pool takes up to this long.
+        :param timeout: Seconds one fetch of the consumer blocks waiting for
+            a task.  A stop does not wait for it: a task it brings after the
+            stop goes back to the queue.
         :param handle_sigterm: If true (the default), install SIGTERM and
             SIGINT handlers and block until signalled, then stop gracefully
             (a second signal stops at once); see :func:`start_pools`.  Must
@@ -389,12 +398,55 @@ def _check_pool_options(options: dict[str, Any]) -> None:
 # -- running pools until a signal ------------------------------------------------------
 
 
-class _Signals:
-    """SIGTERM/SIGINT handlers that count signals and wake the main thread."""
+DUPLICATE_SIGNAL_WINDOW = 1.0
+"""A SIGTERM or SIGINT within this many seconds of the previous one is the
+same request delivered twice (``timeout`` and a process-group signal both
+reaching the pool, a terminal's CTRL+C reaching every process), not a second
+request: only a signal after that stops the pools at once."""
 
-    def __init__(self, wake: threading.Event) -> None:
+
+SIGNAL_CHECK_INTERVAL = 0.25
+"""Seconds between two looks at the signals received, at most (see :class:`_Wake`)."""
+
+
+class _Wake:
+    """Wakes the main thread; safe to set from a signal handler.
+
+    A raw lock held while not set: ``set`` releases it, ``wait`` takes it
+    (and so clears it).  A ``threading.Event`` is not safe there: its
+    ``set`` takes a Python-level lock, and a handler that interrupts the
+    main thread while that lock is held (in ``clear``, or in a first
+    handler's ``set`` when two signals arrive together) waits for itself.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:  # already set
+            pass
+
+    def wait(self) -> None:
+        """Block until set (or for a moment), and clear.
+
+        The wait is bounded: the kernel may deliver a signal to another
+        thread, and then the main thread runs the handler only once it
+        wakes up by itself."""
+        self._lock.acquire(timeout=SIGNAL_CHECK_INTERVAL)
+
+
+class _Signals:
+    """SIGTERM/SIGINT handlers that count signals and wake the main thread;
+    duplicates (see :data:`DUPLICATE_SIGNAL_WINDOW`) are counted apart."""
+
+    def __init__(self, wake: _Wake) -> None:
         self.count = 0
+        self.duplicates = 0
         self.wake = wake
+        self._last = -DUPLICATE_SIGNAL_WINDOW
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _Signals:
@@ -407,7 +459,12 @@ class _Signals:
             signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.count += 1
+        now = time.monotonic()
+        if self.count and now - self._last < DUPLICATE_SIGNAL_WINDOW:
+            self.duplicates += 1  # no logging in a signal handler: the main thread reports it
+        else:
+            self.count += 1
+        self._last = now
         self.wake.set()
 
 
@@ -415,9 +472,10 @@ def start_pools(*pools: WorkerPool, **start_kwargs: Any) -> None:
     """Start one or more pools and block until SIGTERM or SIGINT.
 
     The first signal stops every pool gracefully (running tasks finish and
-    store their results); a second one stops them at once (running tasks
-    fail with ``Terminated``, tasks taken but not started return to the
-    queue).  Must be called in the main thread.
+    store their results); a second one, at least
+    :data:`DUPLICATE_SIGNAL_WINDOW` seconds later, stops them at once
+    (running tasks fail with ``Terminated``, tasks taken but not started
+    return to the queue).  Must be called in the main thread.
 
     :param start_kwargs: Passed to each pool's ``start`` (e.g. ``timeout``).
     :raises ValueError: without pools.
@@ -427,7 +485,7 @@ def start_pools(*pools: WorkerPool, **start_kwargs: Any) -> None:
     if not pools:
         raise ValueError("start_pools requires at least 1 argument, got 0")
     start_kwargs.pop("handle_sigterm", None)
-    wake = threading.Event()
+    wake = _Wake()
     with _Signals(wake) as signals:
         started: list[WorkerPool] = []
         try:
@@ -438,14 +496,16 @@ def start_pools(*pools: WorkerPool, **start_kwargs: Any) -> None:
             log.info("Press CTRL+C or send SIGTERM to stop")
             while signals.count == 0 and not any(pool.broken for pool in pools):
                 wake.wait()
-                wake.clear()
             if signals.count:
-                log.info("stopping gracefully (send the signal again to stop at once)")
+                log.info("stopping gracefully (send the signal again, %g s or more later, to stop "
+                         "at once)", DUPLICATE_SIGNAL_WINDOW)
             for pool in started:
                 pool.stop(join=False)
             while signals.count < 2 and not all(pool.join(0) for pool in started):
                 wake.wait()
-                wake.clear()
+            if signals.duplicates:
+                log.info("%d duplicate signal(s) within %g s of the first ignored",
+                         signals.duplicates, DUPLICATE_SIGNAL_WINDOW)
             if signals.count >= 2:
                 log.warning("second signal: stopping at once")
                 for pool in started:

@@ -111,6 +111,9 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
     query = parse_qsl(parts.query, keep_blank_values=True)
     own = {key: value for key, value in query if key in _OWN_OPTIONS}
     rest = [(key, value) for key, value in query if key not in _OWN_OPTIONS]
+    unknown = sorted({key for key, _ in rest} - _client_options(parts.scheme.lower()))
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r} in Redis URL {shown!r}")
     # Not urlunsplit: it drops the "//" of "unix:///path" (empty host).
     clean = f"{parts.scheme}://{parts.netloc}{parts.path}"
     if rest:
@@ -125,6 +128,23 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
     except ValueError as err:
         raise ValueError(f"invalid Redis URL {shown!r}: {err}") from None
     return clean, own
+
+
+def _client_options(scheme: str) -> set[str]:
+    """The query options redis-py's ``from_url`` accepts for ``scheme``:
+    the keyword arguments of its connection pool and connection classes
+    (anything else would fail at the first connection, as a TypeError)."""
+    import inspect
+
+    connection = {"rediss": redis.connection.SSLConnection,
+                  "unix": redis.connection.UnixDomainSocketConnection}.get(scheme, redis.connection.Connection)
+    names: set[str] = set()
+    for cls in (redis.connection.ConnectionPool, *connection.__mro__):
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            names |= {name for name, param in inspect.signature(init).parameters.items()
+                      if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)}
+    return names - {"self"}
 
 
 def make_serializer(choice: Serializer | str | None) -> Serializer | None:
@@ -248,13 +268,13 @@ class _Outage:
     """One operation's failures: the ``Retry``'s failure handler, which
     raises :class:`RedisUnavailable` to stop retrying."""
 
-    __slots__ = ("conn", "what", "failures", "deadline")
+    __slots__ = ("conn", "what", "failures", "since")
 
     def __init__(self, conn: Connection, what: str) -> None:
         self.conn = conn
         self.what = what
         self.failures = 0
-        self.deadline: float | None = None
+        self.since: float | None = None  # the first failure (retry_timeout may change meanwhile)
 
     def failed(self, err: Exception) -> None:
         conn, what = self.conn, self.what
@@ -269,13 +289,13 @@ class _Outage:
                 f"cannot connect to Redis at {conn.display_url} ({what}): {err}"
             ) from None
         now = time.monotonic()
-        if self.deadline is None:
-            self.deadline = now + conn.retry_timeout
+        if self.since is None:
+            self.since = now
             log.warning(
                 "Redis at %s unreachable during %s (%s); retrying for up to %.0f s",
                 conn.display_url, what, err, conn.retry_timeout,
             )
-        elif now >= self.deadline:
+        elif now >= self.since + conn.retry_timeout:
             raise RedisUnavailable(
                 f"Redis at {conn.display_url} unreachable for {conn.retry_timeout:.0f} s "
                 f"({what} not done): {err}"

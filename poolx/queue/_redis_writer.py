@@ -73,10 +73,11 @@ class Writer:
                 upto = self._submitted
             try:
                 self._commit(items)
-            except BaseException:
+            except BaseException as err:
                 log.error(
                     "could not store %d result(s); their tasks will be delivered again "
-                    "when their leases expire", len(items), exc_info=True,
+                    "when their leases expire: %s: %s", len(items), type(err).__name__, err,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
                 )
             finally:
                 with self._cond:

@@ -392,6 +392,11 @@ class AbstractTaskQueue:
                 found[task_id] = message
         return found
 
+    def close(self) -> None:
+        """Release the backend's resources (connections, threads); what was
+        stored stays stored.  Calling it again does nothing.  This default
+        (nothing to release, as ``memory://``) does nothing."""
+
     @property
     def display_url(self) -> str:
         """The URL as shown to people: any password replaced by ``***``."""

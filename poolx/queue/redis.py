@@ -117,6 +117,10 @@ PREFETCH_LIMIT = 1000
 """Results of other tasks a ``wait`` call brings back at most."""
 PREFETCH_MAX = 10_000
 """Prefetched results a TaskQueue holds at most (unread, for live Deferreds)."""
+IDLE_RECHECK = 30.0
+"""Seconds an idle consumer blocks on the empty ready list before it runs the
+fetch script again, at most: that run re-queues tasks whose consumer died
+(expired leases) that it did not know of when it started waiting."""
 HANDOFF_FRESH = 1.0
 """A fetched task handed to a thread later than this is re-checked (and its
 lease renewed) first."""
@@ -303,8 +307,15 @@ class TaskQueue(AbstractTaskQueue):
 
     @property
     def retry_timeout(self) -> float:
-        """Seconds an operation is retried while Redis is unreachable."""
+        """Seconds an operation is retried while Redis is unreachable (also
+        settable: a consumer that stops shortens it, and operations already
+        retrying follow the new value)."""
         return self._conn.retry_timeout
+
+    @retry_timeout.setter
+    def retry_timeout(self, seconds: float) -> None:
+        self._conn.retry_timeout = check_seconds("retry_timeout", seconds, allow_none=False,
+                                                 allow_zero=True)  # type: ignore[assignment]
 
     def _call(self, what: str, *args: Any) -> Any:
         """One script command on this queue's keys."""
@@ -498,35 +509,43 @@ class TaskQueue(AbstractTaskQueue):
                         log.warning("redelivering [%s:%s] (delivery %d)",
                                     self.name, delivery[0], delivery.attempt)
                 return deliveries
-            block = self._max_block
-            if deadline is not None:
-                block = min(block, deadline - time.monotonic())
-                if block <= 0:
-                    return []
+            # Nothing ready: block on the ready list, and run the script again
+            # only when a task shows up, when a lease may have expired
+            # (next_ms), or after IDLE_RECHECK seconds (a lease taken since
+            # then by a consumer that died): an idle queue costs one blocking
+            # call per max_block seconds, not a script run each time.
+            recheck = time.monotonic() + IDLE_RECHECK
             if next_ms >= 0:
-                block = min(block, next_ms / 1000 + 0.005)
-            self._run("get", self._wait_ready, max(block, 0.01))
+                recheck = min(recheck, time.monotonic() + next_ms / 1000 + 0.005)
+            while True:
+                now = time.monotonic()
+                block = min(self._max_block, recheck - now)
+                if deadline is not None:
+                    if deadline - now <= 0:
+                        return []
+                    block = min(block, deadline - now)
+                if block <= 0 or self._run("get", self._wait_ready, max(block, 0.01)):
+                    break
 
-    def _wait_ready(self, block: float) -> None:
-        """Block until the ready list is non-empty, taking nothing from it."""
-        self._wait_list(self._ready_key, block)
+    def _wait_ready(self, block: float) -> bool:
+        """Block until the ready list is non-empty, taking nothing from it;
+        False if it stayed empty for ``block`` seconds."""
+        return self._wait_list(self._ready_key, block)
 
-    def _wait_list(self, key: str, block: float, precise: bool = False) -> None:
+    def _wait_list(self, key: str, block: float, precise: bool = False) -> bool:
         """Block until the list ``key`` is non-empty, taking nothing from it
         (``precise``: no longer than ``block`` by this process's clock, on
-        Redis >= 6.2)."""
+        Redis >= 6.2); False if it stayed empty."""
         if self._blmove:
             try:
                 if precise:
-                    self._conn.block(block, "BLMOVE", key, key, "RIGHT", "RIGHT")
-                else:
-                    self._client.blmove(key, key, block, "RIGHT", "RIGHT")
-                return
+                    return self._conn.block(block, "BLMOVE", key, key, "RIGHT", "RIGHT") is not None
+                return self._client.blmove(key, key, block, "RIGHT", "RIGHT") is not None
             except ResponseError as err:
                 if "unknown command" not in str(err).lower():
                     raise
                 self._blmove = False  # Redis < 6.2: rotate instead (order may shift)
-        self._client.brpoplpush(key, key, max(1, round(block)))  # whole seconds
+        return self._client.brpoplpush(key, key, max(1, round(block))) is not None  # whole seconds
 
     def _fresh(self, item: Delivery, fetched: float) -> bool:
         """Is a task fetched a while ago still leased to us?  (Renews it.)"""

@@ -39,8 +39,9 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     [
         ([], ["worker", "status", "enqueue", "purge", "Exit codes"]),
         (["worker"], ["--init", "--queue", "--workers", "--max-worker-tasks", "--timeout",
-                      "--soft-timeout", "--memory-limit", "--name", "--log-level", "SIGTERM"]),
-        (["status"], ["--json", "URL"]),
+                      "--soft-timeout", "--memory-limit", "--name", "--log-level", "--prefetch",
+                      "SIGTERM"]),
+        (["status"], ["--json", "URL", "--queue", "--pool", "--watch", "--interval"]),
         (["enqueue"], ["TASK", "ARGS_JSON", "--queue", "--wait"]),
         (["purge"], ["--queue", "--yes"]),
     ],
@@ -69,6 +70,7 @@ def test_no_command_is_a_usage_error(capsys):
     [
         (["status", "nosuch://x"], "unknown task queue URL scheme"),
         (["status", "not a url"], "malformed task queue URL"),
+        (["status", "redis://127.0.0.1:1/0?bogus=1"], "unknown option 'bogus'"),
         (["enqueue", "memory://", "t", "[1"], "ARGS_JSON is not valid JSON"),
         (["enqueue", "memory://", "t", "--wait", "0"], "must be a positive number"),
         (["purge", "memory://", "--queue"], "expected one argument"),
@@ -88,13 +90,26 @@ def test_usage_errors(capsys, argv, message):
 
 def test_status_lists_live_pools_and_queues(capsys, url, pool):
     get_queue(url, "other").wt.num(1)  # waits: nobody consumes 'other'
-    code, out, _ = run(capsys, "status", url, "--queue", "other")
+    code, out, _ = run(capsys, "status", url)
     assert code == 0
     assert out.startswith(f"1 worker pool on {url}\n")
     assert "cli-pool on " in out and "queue default: running" in out
     assert "workers: 2 (" in out and "last heartbeat" in out
     assert "  default: 0 waiting, 0 in flight" in out
-    assert "  other: 1 waiting, 0 in flight" in out
+    assert "other" not in out  # no pool consumes it: not shown unless asked for
+
+
+def test_status_filters_by_queue_and_pool_name(capsys, url, pool):
+    get_queue(url, "other").wt.num(1)
+    _, out, _ = run(capsys, "status", url, "--queue", "other")
+    assert out.startswith(f"0 worker pools on {url}\n")  # cli-pool consumes 'default'
+    assert "  other: 1 waiting, 0 in flight" in out and "default" not in out
+    _, out, _ = run(capsys, "status", url, "--queue", "other", "--queue", "default")
+    assert out.startswith(f"1 worker pool on {url}\n") and "  other: 1 waiting" in out
+    _, out, _ = run(capsys, "status", url, "--pool", "nobody")
+    assert out.startswith(f"0 worker pools on {url}\n")
+    _, out, _ = run(capsys, "status", url, "--pool", "cli-pool")
+    assert out.startswith(f"1 worker pool on {url}\n") and "cli-pool on " in out
 
 
 def test_status_json(capsys, url, pool, tmp_path):
@@ -112,6 +127,7 @@ def test_status_json(capsys, url, pool, tmp_path):
     assert info["name"] == "cli-pool" and info["pid"] > 0 and info["host"]
     assert {"started", "heartbeat", "tasks_done", "tasks_failed", "workers", "in_flight"} <= set(info)
     assert info["in_flight"] == [f"wt.touch_and_wait [default:{res.id}]"]
+    assert info["running"] == info["in_flight"] and info["prefetched"] == []
     (tmp_path / "s.unlock").touch()
     assert res.wait(20)
 
@@ -130,7 +146,20 @@ def test_silent_pools_expire(capsys, url):
 # -- enqueue -------------------------------------------------------------------------------
 
 
+def _consumed_here(url: str, queue: str = "default") -> None:
+    """As if a pool in this process consumed ``queue`` (memory:// needs one)."""
+    get_broker(url).taskqueue.register_pool(f"test-{queue}", json.dumps({"queue": queue}), 60)
+
+
+def test_enqueue_to_memory_needs_a_pool_in_this_process(capsys, url):
+    code, out, err = run(capsys, "enqueue", url, "wt.num", "[7]")
+    assert (code, out) == (2, "")
+    assert "a memory:// queue lives inside one process" in err and "'default'" in err
+    assert len(get_broker(url)) == 0  # nothing enqueued
+
+
 def test_enqueue_prints_the_id(capsys, url):
+    _consumed_here(url)
     code, out, _ = run(capsys, "enqueue", url, "wt.num", "[7]")
     assert code == 0
     task = get_broker(url).next_task(timeout=1)
@@ -168,6 +197,7 @@ def test_enqueue_with_a_time_limit(capsys, url, pool):
 
 
 def test_enqueue_wait_times_out(capsys, url):
+    _consumed_here(url, "idle")
     code, out, err = run(capsys, "enqueue", url, "wt.num", "[1]", "--queue", "idle", "--wait", "0.05")
     assert code == 1
     assert "no result within 0.05 s" in err and "enqueued" in err

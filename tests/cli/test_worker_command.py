@@ -9,10 +9,12 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from poolx.pool.process import DUPLICATE_SIGNAL_WINDOW
 from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,12 +31,12 @@ def worker(tmp_path):
     procs: list[subprocess.Popen] = []
     log = tmp_path / "stderr"
 
-    def start(*args: str) -> subprocess.Popen:
+    def start(*args: str, new_session: bool = False) -> subprocess.Popen:
         with open(log, "w") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "poolx", "worker", "memory://", *args],
                 cwd=ROOT, env=_env(POOLX_TEST_PRODUCE_DIR=str(tmp_path)),
-                stdout=subprocess.DEVNULL, stderr=err,
+                stdout=subprocess.DEVNULL, stderr=err, start_new_session=new_session,
             )
         procs.append(proc)
         return proc
@@ -53,7 +55,8 @@ def _read(path: Path) -> str:
 
 def test_worker_runs_tasks_logs_and_stops_gracefully(worker, tmp_path):
     start, log = worker
-    proc = start("--init", "tests.cli.producer:init", "--workers", "2", "--name", "cli-test")
+    proc = start("--init", "tests.cli.producer:init", "--workers", "2", "--name", "cli-test",
+                 "--prefetch", "0")
     wait_until((tmp_path / "g.started").exists, WAIT)
     wait_until((tmp_path / "div").exists, WAIT)
     assert _read(tmp_path / "num") == "ok: 5"
@@ -79,12 +82,46 @@ def test_second_signal_stops_at_once(worker, tmp_path):
     proc = start("--init", "tests.cli.producer:init", "--workers", "1")
     wait_until((tmp_path / "g.started").exists, WAIT)
     proc.send_signal(signal.SIGINT)
+    first = time.monotonic()
     wait_until(lambda: "stopping gracefully" in log.read_text(), WAIT)
+    wait_until(lambda: time.monotonic() > first + DUPLICATE_SIGNAL_WINDOW + 0.2, WAIT)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(WAIT) == 0, log.read_text()
     assert "second signal" in log.read_text()
     wait_until((tmp_path / "g").exists, WAIT)
     assert _read(tmp_path / "g").endswith("Terminated: the worker pool was stopped while the task ran")
+
+
+def test_duplicate_signals_are_one_request(worker, tmp_path):
+    """Issue 12: two signals at once (``timeout`` plus a process-group
+    signal, a terminal's CTRL+C) used to stop the pool at once."""
+    start, log = worker
+    proc = start("--init", "tests.cli.producer:init", "--workers", "1")
+    wait_until((tmp_path / "g.started").exists, WAIT)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: "stopping gracefully" in log.read_text(), WAIT)
+    assert proc.poll() is None  # the running task holds the shutdown
+    (tmp_path / "g.unlock").touch()
+    assert proc.wait(WAIT) == 0, log.read_text()
+    assert _read(tmp_path / "g") == "ok: g done"
+    assert "second signal" not in log.read_text()
+
+
+def test_process_group_sigterm_lets_running_tasks_finish(worker, tmp_path):
+    """Issue 12: SIGTERM to the whole process group used to kill the workers
+    too (the running task failed with WorkerLostError)."""
+    start, log = worker
+    proc = start("--init", "tests.cli.producer:init", "--workers", "2", new_session=True)
+    wait_until((tmp_path / "g.started").exists, WAIT)
+    os.killpg(proc.pid, signal.SIGTERM)
+    wait_until(lambda: "stopping gracefully" in log.read_text(), WAIT)
+    (tmp_path / "g.unlock").touch()
+    assert proc.wait(WAIT) == 0, log.read_text()
+    assert _read(tmp_path / "g") == "ok: g done"
+    text = log.read_text()
+    assert "WorkerLostError" not in text and "exited (signal" not in text, text
 
 
 def test_debug_log_level_shows_tracebacks(worker, tmp_path):
@@ -115,6 +152,7 @@ def test_broken_init_exits_with_1(worker):
         (["--init", "tests.worker.tasks:init", "--workers", "0"], "must be at least 1"),
         (["--init", "tests.worker.tasks:init", "--memory-limit", "lots"], "--memory-limit: must be a number of bytes"),
         (["--init", "tests.worker.tasks:init", "--log-level", "loud"], "unknown log level"),
+        (["--init", "tests.worker.tasks:init", "--prefetch", "-1"], "--prefetch: must be at least 0"),
     ],
 )
 def test_usage_errors_exit_2_without_traceback(args, message):
@@ -144,3 +182,27 @@ def test_console_script_and_module_help():
         assert proc.returncode == 0
         for name in ("worker", "status", "enqueue", "purge"):
             assert name in proc.stdout
+
+
+def test_status_into_a_closed_pipe_exits_quietly():
+    """``poolx status URL | head``: the reader goes away first."""
+    proc = subprocess.Popen([sys.executable, "-m", "poolx", "status", "memory://"], cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # as head does after its lines
+    err = proc.stderr.read().decode()
+    assert proc.wait(WAIT) == 0, err
+    assert err == ""
+
+
+def test_status_watch_refreshes_until_ctrl_c():
+    proc = subprocess.Popen([sys.executable, "-m", "poolx", "status", "memory://", "--watch", "--interval",
+                             "0.05"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    seen = 0
+    for line in proc.stdout:
+        seen += line.startswith("0 worker pools on memory://")
+        if seen == 3:
+            break
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(WAIT) == 0
+    assert proc.stderr.read() == ""

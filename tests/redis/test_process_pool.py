@@ -6,10 +6,14 @@ of its own (a graceful SIGTERM, a killed worker, two pools on one queue)."""
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
 
 import pytest
 
 from poolx import Task, TaskFailure, get_queue
+from poolx.consumer import STOP_RETRY_TIMEOUT
 from poolx.core import batch, get_broker
 from poolx.pool.process import run_in_subprocess
 from poolx.task import TaskExpired, wait_all
@@ -93,3 +97,67 @@ def test_two_pools_share_one_queue(url, pool_process, tmp_path):
     (tmp_path / "a.unlock").touch()
     (tmp_path / "b.unlock").touch()
     assert first.wait(WAIT) and second.wait(WAIT)
+
+
+def test_stop_is_bounded_when_redis_went_away(private_redis, start_pool, tmp_path, caplog):  # noqa: F811
+    """Issue 12: stop() used to retry for retry_timeout (30 s) per operation;
+    now a few seconds, one line per thing not stored, no traceback."""
+    server = private_redis()
+    broker = get_broker(server.url)
+    pool = start_pool(broker, tasks.init, workers=1)
+    q = get_queue(server.url)
+    assert q.wt.num(1).wait(WAIT)
+    res = q.wt.touch_and_wait(str(tmp_path), "r")
+    wait_until((tmp_path / "r.started").exists, WAIT)
+    server.kill()
+    (tmp_path / "r.unlock").touch()
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        assert pool.stop()
+    elapsed = time.monotonic() - started
+    assert elapsed < 3 * STOP_RETRY_TIMEOUT, elapsed
+    assert broker.taskqueue.retry_timeout == 30  # restored for whoever uses the broker next
+    lost = [r for r in caplog.records if "could not store 1 result" in r.getMessage()]
+    assert len(lost) == 1 and "RedisUnavailable" in lost[0].getMessage()
+    assert "Traceback" not in caplog.text
+    assert res.id  # its result was not stored: the lease rules deliver it again
+
+
+@pytest.mark.parametrize("scheme", ["memory", "redis"])
+def test_broker_close_and_context_manager(scheme, private_redis, tmp_path):
+    """Broker.close() releases the backend's connections; the broker is a
+    context manager (q.close() would enqueue a task named close)."""
+    url = f"memory://close-{tmp_path.name}" if scheme == "memory" else private_redis().url
+    with get_broker(url) as broker:
+        assert len(broker) == 0
+        assert broker.enqueue  # usable inside the block
+    broker.close()  # again: nothing happens
+    if scheme == "redis":
+        import redis
+
+        other = redis.Redis.from_url(url)
+        assert len(other.client_list()) == 1  # only this checking client is connected
+
+
+@pytest.mark.parametrize("heartrate", [0.5])
+def test_recovery_after_a_one_second_outage(private_redis, start_pool, tmp_path, heartrate):  # noqa: F811
+    """Issue 17: consumers resume within about a second of Redis being back
+    (issue 17 saw up to 6.7 s; this scenario measures 0.5 s), and a task running
+    through the outage keeps its lease: it is not delivered again."""
+    server = private_redis(persistent=True)
+    pool = start_pool(get_broker(server.url), tasks.init, workers=2, poll=1.0)
+    q = get_queue(server.url, heartrate=heartrate)  # lease: 2 * 0.5 + 5 = 6 s
+    assert q.wt.num(1).wait(WAIT)
+    running = q.wt.touch_and_wait(str(tmp_path), "r")
+    wait_until((tmp_path / "r.started").exists, WAIT)
+    server.kill()
+    threading.Event().wait(1.0)  # the outage itself, not a synchronisation
+    server.start()
+    back = time.monotonic()
+    res = get_queue(server.url).wt.num(2)  # a fresh producer
+    assert res.wait(WAIT) and res.value == 2
+    recovery = time.monotonic() - back
+    (tmp_path / "r.unlock").touch()
+    assert running.wait(WAIT) and running.value == "r done"
+    assert pool.consumer.stats["taken"] == 3, pool.consumer.stats  # nothing delivered twice
+    assert recovery < 2.5, recovery

@@ -4,7 +4,10 @@ the workers; outcomes, heartbeats, status, stopping and broken pools."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -129,6 +132,9 @@ def test_a_failing_heartbeat_is_logged_and_harmless(url, broker, consume, tmp_pa
     wait_until(lambda: "heartbeat failed" in caplog.text, WAIT)
     (tmp_path / "f.unlock").touch()
     assert res.wait(WAIT) and res.value == "f done"
+    [record, *_] = [r for r in caplog.records if "heartbeat failed" in r.getMessage()]
+    assert record.getMessage().endswith(": ConnectionError: backend down")  # one line, the cause
+    assert not record.exc_info  # no traceback above DEBUG
 
 
 def test_broker_errors_back_off_and_recover(url, broker, consume, caplog):
@@ -147,6 +153,22 @@ def test_broker_errors_back_off_and_recover(url, broker, consume, caplog):
     res = get_queue(url).wt.num(4)
     assert res.wait(WAIT) and res.value == 4
     assert caplog.text.count("cannot take tasks") == 2
+    records = [r for r in caplog.records if "cannot take tasks" in r.getMessage()]
+    assert all(r.getMessage().endswith("ConnectionError: backend down") for r in records)
+    assert "Traceback" not in caplog.text
+
+
+def test_worker_side_errors_show_tracebacks_at_debug(url, broker, consume, caplog):
+    def heartbeat(task):
+        raise ConnectionError("backend down")
+
+    broker.heartbeat = heartbeat
+    caplog.set_level(logging.DEBUG, logger="poolx.consumer")
+    consume()
+    res = Task(get_queue(url).wt.sleep, heartrate=0.02)(0.2)
+    assert res.wait(WAIT)
+    [record, *_] = [r for r in caplog.records if "heartbeat failed" in r.getMessage()]
+    assert record.exc_info and record.exc_info[0] is ConnectionError
 
 
 def test_stop_waits_for_running_tasks(url, consume, tmp_path):
@@ -180,16 +202,69 @@ def test_closed_pool_breaks_the_consumer(url, pool, consume):
     assert res.status == "enqueued"
 
 
-def test_capacity_adapts_to_task_length(url, consume):
+def test_prefetch_follows_each_task_names_run_time(url, consume):
     consumer = consume()
     assert consumer.capacity == 2  # nothing known yet: one task per worker
-    results = [get_queue(url).wt.num(i) for i in range(20)]
+    q = get_queue(url)
+    results = [q.wt.num(i) for i in range(20)]
     assert all(r.wait(WAIT) for r in results)
+    assert consumer.estimate("wt.num") < PREFETCH_WINDOW
+    assert consumer.depth("wt.num") == PREFETCH_MAX
     assert consumer.capacity == 2 * (1 + PREFETCH_MAX)  # tiny tasks: prefetch
-    consumer.run_time.value = PREFETCH_WINDOW / 3  # as if tasks took 1/3 of the window
-    assert consumer.capacity == 2 * (1 + 3)
-    consumer.run_time.value = PREFETCH_WINDOW * 1.1  # longer tasks: none taken ahead
-    assert consumer.capacity == 2
+    assert consumer.estimate("wt.sleep") is None
+    assert consumer.depth("wt.sleep") == 0  # unknown: never taken ahead
+    slow = q.wt.sleep(PREFETCH_WINDOW * 2)
+    assert slow.wait(WAIT)
+    assert consumer.estimate("wt.sleep") >= PREFETCH_WINDOW * 2
+    assert consumer.depth("wt.sleep") == 0  # long: never taken ahead
+    assert consumer.depth("wt.num") == PREFETCH_MAX  # one slow name does not change another's
+    assert consumer.capacity == 2  # the last task taken was slow
+
+
+def test_tasks_held_without_a_free_worker_go_back(url, consume, tmp_path):
+    """After a tiny task, what is ready is taken as one batch; the slow tasks
+    in it that find no free worker within give_back_after return to the
+    queue (where another pool could take them) instead of waiting here."""
+    q = get_queue(url)
+    one = poolx.Pool(1, context=CONTEXT)
+    try:
+        consumer = consume(pool=one)
+        consumer.give_back_after = 0.1
+        assert all(r.wait(WAIT) for r in [q.wt.num(i) for i in range(20)])
+        blocker = q.wt.touch_and_wait(str(tmp_path), "b")  # unknown name: capacity 1
+        assert tasks.wait_for_file(tmp_path / "b.started")
+        tiny = q.wt.num(0)
+        slow = [q.wt.sleep(0.2) for _ in range(4)]
+        (tmp_path / "b.unlock").touch()
+        assert blocker.wait(WAIT) and tiny.wait(WAIT)
+        assert all(r.wait(WAIT) for r in slow)
+    finally:
+        one.terminate()
+    assert consumer.stats["requeued"] >= 1, consumer.stats
+    assert consumer.stats["done"] == 26
+
+
+def test_fair_sharing_between_pools(url, broker, consume):
+    """Two pools of two workers, many tiny tasks, then slow ones: the slow
+    ones spread over both pools (issue 12: all ran on one pool before)."""
+    q = get_queue(url)
+    pools = [poolx.Pool(2, context=CONTEXT) for _ in range(2)]
+    try:
+        for p in pools:
+            assert p.apply_async(os.getpid).get(WAIT)  # workers up before the clock starts
+        consumers = [consume(pool=p) for p in pools]
+        tiny = [q.wt.num(i) for i in range(200)]
+        assert all(r.wait(WAIT) for r in tiny)
+        started = time.monotonic()
+        slow = [q.wt.sleep(1.0) for _ in range(8)]
+        assert all(r.wait(WAIT) for r in slow)
+        makespan = time.monotonic() - started
+    finally:
+        for p in pools:
+            p.terminate()
+    ideal = 8 * 1.0 / 4
+    assert makespan < 1.5 * ideal, (makespan, [c.stats for c in consumers])
+    assert all(c.stats["done"] >= 2 for c in consumers)
 
 
 def test_fixed_prefetch(pool, broker):
@@ -252,3 +327,18 @@ def test_register_false(broker, consume):
     consumer.check_pool = lambda: (checks.append(1), real())
     wait_until(lambda: len(checks) >= 3, WAIT)
     assert broker.taskqueue.live_pools() == []
+
+
+def test_a_queue_per_pool_routes_tasks(url, pool):
+    """docs/workers.rst, routing: a task runs only on a pool consuming its queue."""
+    routed = get_broker(url, "gpu-1")
+    routed.expose(tasks.ts)
+    consumer = BrokerConsumer(pool, routed, timeout=0.1)
+    consumer.start()
+    try:
+        here = get_queue(url, "gpu-1").wt.getpid()
+        elsewhere = get_queue(url).wt.getpid()  # 'default': no pool consumes it
+        assert here.wait(WAIT) and here.value in [w["pid"] for w in pool.stats()["workers"]]
+        assert not elsewhere.wait(0.3) and elsewhere.status == "enqueued"
+    finally:
+        consumer.stop()
