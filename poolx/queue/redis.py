@@ -265,6 +265,10 @@ class TaskQueue(AbstractTaskQueue):
         self._unsub: deque[str] = deque()
         self._rcond = threading.Condition()
         self._rleader = False
+        # One mailbox read at a time: a read takes other tasks' results (and
+        # marks them read in Redis), so no other call may ask Redis for one of
+        # them until this read's reply has put them in the cache.
+        self._read_lock = threading.Lock()
 
     def _here(self) -> None:
         """Start this process's state afresh if we are in a forked child."""
@@ -739,7 +743,7 @@ class TaskQueue(AbstractTaskQueue):
             should read it now (:meth:`pop_result`, no round trip).
         """
         self._here()
-        with self._rcond:
+        with self._read_lock, self._rcond:  # not while a read may be taking it
             if task_id in self._cache:
                 return True
             if self._subs.pop(task_id, None) is not None:
@@ -802,12 +806,18 @@ class TaskQueue(AbstractTaskQueue):
                             cond.wait(remaining)
                             continue
                         self._rleader = lead = True
-                full = len(self._cache) >= PREFETCH_MAX
-                code, message, left = self._prefetch(task_id, register=full and timeout != 0)
-                if code != PopCode.WAITING:
-                    with cond:
-                        self._subs.pop(task_id, None)
-                    return message if code == PopCode.READY else TASK_EXPIRED
+                with self._read_lock:
+                    with cond:  # a read that finished meanwhile may have brought it
+                        message = self._cache.pop(task_id, None)
+                        if message is not None:
+                            self._subs.pop(task_id, None)
+                            return message
+                    full = len(self._cache) >= PREFETCH_MAX
+                    code, message, left = self._prefetch(task_id, register=full and timeout != 0)
+                    if code != PopCode.WAITING:
+                        with cond:
+                            self._subs.pop(task_id, None)
+                        return message if code == PopCode.READY else TASK_EXPIRED
                 block = self._block(deadline)
                 if timeout == 0 or block <= 0:
                     return None

@@ -298,3 +298,42 @@ def test_wait_all_over_plain_enqueued_tasks_drains_the_mailbox(url):
     assert calls == ["wait"]
     assert [res.value for res in results] == [i * i for i in range(300)]
     assert queue.client.llen(f"{queue._key}mb:{queue._mailbox}") == 0
+
+
+def test_a_status_poll_in_another_thread_never_steals_a_waiters_result(url):
+    """One thread waits on task after task while another polls a Deferred
+    that never finishes: a poll's call must not read the waiter's result
+    ahead and leave the waiter with TaskExpired (it once did for about half
+    of them)."""
+    broker = get_broker(url)
+    q = broker.queue()
+    never = q.rt.square(-1)
+    worker = get_worker(url)
+    n = 60
+    expired: list[int] = []
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            task = worker.next_task(0.2)
+            if task is not None and task.id != never.id:
+                worker.set_result(task, task.args[0] ** 2)
+
+    def wait_each() -> None:
+        try:
+            for i in range(n):
+                res = q.rt.square(i)
+                assert res.wait(WAIT)
+                if isinstance(res.received(), TaskExpired):
+                    expired.append(i)
+        finally:
+            done.set()
+
+    threads = [threading.Thread(target=serve), threading.Thread(target=wait_each)]
+    for thread in threads:
+        thread.start()
+    while not done.is_set():
+        bool(never)
+    for thread in threads:
+        thread.join(WAIT)
+    assert expired == []
