@@ -23,6 +23,10 @@ is broken with, and the supervisor fails the queued jobs with it.
   worker that crashes by itself (``SIGSEGV``, ``SIGABRT``...) would crash
   again.
 
+With ``max_restarts`` set, a worker that dies before it is ready counts
+as a restart instead (the user's rule wins, as in billiard), and the
+start-failure breaker stays out of it.
+
 An exit the supervisor caused (it killed the worker: time or memory limit,
 ``terminate_job``, ``terminate``) counts for neither.
 """
@@ -98,6 +102,10 @@ class Health:
         if expected:
             return None
         if not ready:
+            if self.max_restarts is not None:
+                # The user's own rule wins (billiard): a worker that could not
+                # start is one more restart.
+                return self._restarted()
             if exitcode is not None and exitcode < 0 and -exitcode in OUTSIDE_KILLS:
                 return None
             return self._start_failed(exitcode, reported, init_error, others_ready)

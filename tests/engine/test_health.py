@@ -147,3 +147,14 @@ def test_no_restart_limit():
     health = Health(None, 1.0)
     assert all(_died(health, pid, 1, ready=True) is None for pid in range(50))
     assert health.restarts == 50
+
+
+def test_with_max_restarts_start_failures_are_restarts():
+    """billiard: max_restarts given and an initializer that always fails:
+    RestartFreqExceeded, the user's explicit rule."""
+    health = Health(2, 60.0)
+    for pid in range(1, 3):
+        health.init_failed(pid, RuntimeError("init"))
+        assert _died(health, pid, 3) is None
+    health.init_failed(3, RuntimeError("init"))
+    assert isinstance(_died(health, 3, 3), RestartFreqExceeded)

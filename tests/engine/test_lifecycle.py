@@ -185,3 +185,11 @@ def test_a_dropped_pool_releases_its_workers_when_its_last_job_ends(ctx, tmp_pat
     wait_until(gone, timeout=30)
     # Before the fix the finalizer waited 2 s for its own thread.
     assert time.monotonic() - ended < 1.5
+
+
+def test_an_always_failing_initializer_with_max_restarts_gives_restart_freq_exceeded(fork_ctx):
+    """billiard: the user's explicit max_restarts wins over the start-failure breaker."""
+    with poolx.Pool(1, context=fork_ctx, initializer=helpers.failing_initializer,
+                    max_restarts=2, max_restart_freq=60) as pool:
+        with pytest.raises(RestartFreqExceeded):
+            pool.apply(helpers.square, (2,))
