@@ -547,14 +547,14 @@ def register_backend(scheme: str, factory: Any, replace: bool = False) -> None:
 
 def _scheme(url: Any) -> str:
     if not isinstance(url, str):
-        raise ValueError(f"invalid task queue URL: {url!r} (expected a string)")
+        raise ValueError(f"invalid broker URL: {url!r} (expected a string)")
     shown = redact_url(url)
     try:
         parts = urlsplit(url)
     except ValueError as err:
-        raise ValueError(f"malformed task queue URL {shown!r}: {err}") from None
+        raise ValueError(f"invalid broker URL: {shown} (malformed: {err})") from None
     if not parts.scheme or not url.partition(":")[2].startswith("//"):
-        raise ValueError(f"malformed task queue URL {shown!r}: expected scheme://...")
+        raise ValueError(f"invalid broker URL: {shown} (malformed: expected scheme://...)")
     return parts.scheme
 
 
@@ -583,7 +583,7 @@ def get_broker(
     except KeyError:
         known = ", ".join(f"{s}://" for s in registry.schemes())
         raise ValueError(
-            f"unknown task queue URL scheme {scheme!r} in {redact_url(url)!r} (known: {known})"
+            f"invalid broker URL: {redact_url(url)} (unknown scheme {scheme!r}; known: {known})"
         ) from None
     make = getattr(factory, "factory", factory)
     return Broker(make(url, name, *args, **kw), serializer=serializer, secret=secret)

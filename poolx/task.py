@@ -170,7 +170,7 @@ class Queue:
     def __delitem__(self, key: Any) -> None:
         """``del queue[:]`` discards every task still waiting to run."""
         if not (isinstance(key, slice) and key == slice(None)):
-            raise ValueError(f"only del queue[:] is supported, not key {key!r}")
+            raise ValueError("delitem is only valid with a full slice ([:])")  # WorQ's text
         self.__broker.discard_pending_tasks()
 
     def __eq__(self, other: object) -> bool:

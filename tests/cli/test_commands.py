@@ -68,8 +68,8 @@ def test_no_command_is_a_usage_error(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["status", "nosuch://x"], "unknown task queue URL scheme"),
-        (["status", "not a url"], "malformed task queue URL"),
+        (["status", "nosuch://x"], "invalid broker URL: nosuch://x"),
+        (["status", "not a url"], "invalid broker URL: not a url (malformed"),
         (["status", "redis://127.0.0.1:1/0?bogus=1"], "unknown option 'bogus'"),
         (["enqueue", "memory://", "t", "[1"], "ARGS_JSON is not valid JSON"),
         (["enqueue", "memory://", "t", "--wait", "0"], "must be a positive number"),

@@ -168,7 +168,7 @@ def test_unknown_scheme_is_a_usage_error():
                            "tests.worker.tasks:init"], cwd=ROOT, env=_env(), capture_output=True,
                           text=True, timeout=WAIT)
     assert proc.returncode == 2
-    assert "unknown task queue URL scheme 'nosuch'" in proc.stderr
+    assert "unknown scheme 'nosuch'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -34,12 +34,13 @@ def test_public_names():
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ("nosuch://host/0", "unknown task queue URL scheme 'nosuch' in 'nosuch://host/0'"),
-        ("memory", "malformed task queue URL 'memory'"),
-        ("memory:", "malformed task queue URL 'memory:'"),
-        ("", "malformed task queue URL ''"),
-        ("http://[::1", "malformed task queue URL 'http://\\[::1'"),
-        (None, "invalid task queue URL: None"),
+        # WorQ's text first ("invalid broker URL: URL"), then why
+        ("nosuch://host/0", r"^invalid broker URL: nosuch://host/0 \(unknown scheme 'nosuch'"),
+        ("memory", r"^invalid broker URL: memory \(malformed"),
+        ("memory:", r"^invalid broker URL: memory: \(malformed"),
+        ("", r"^invalid broker URL:  \(malformed"),
+        ("http://[::1", r"^invalid broker URL: http://\[::1 \(malformed"),
+        (None, "invalid broker URL: None"),
         ("memory://?x=1", "memory:// URLs take no options: 'memory://\\?x=1'"),
     ],
 )
@@ -75,7 +76,7 @@ def test_register_backend_in_code():
         assert isinstance(get_broker("TESTSCHEME://y").taskqueue, memory.TaskQueue)
     finally:
         registry.unregister("testscheme")
-    with pytest.raises(ValueError, match="unknown task queue URL scheme"):
+    with pytest.raises(ValueError, match="unknown scheme"):
         get_broker("testscheme://x")
 
 
@@ -370,3 +371,14 @@ def test_heartbeat_extends_task_timeout(url):
     finally:
         del queue.set_task_timeout
     assert seen == [(res.id, 2 * 2 + 5)]
+
+
+def test_worq_error_texts(url):
+    """The texts WorQ 1.1.1's own tests check (worq/tests/test_task.py)."""
+    q = get_queue(url)
+    with pytest.raises(ValueError) as info:
+        del q[:2]
+    assert str(info.value) == "delitem is only valid with a full slice ([:])"
+    with pytest.raises(ValueError) as info:
+        get_broker("bogus://x")
+    assert str(info.value).startswith("invalid broker URL: bogus://x")
