@@ -96,6 +96,7 @@ def available() -> bool:
 
 
 _PLAIN = (bytes, bytearray)  # pickled in band unless wrapped
+_CONTAINERS = (tuple, list, dict)  # searched by _wrap
 
 
 class _Big:
@@ -111,24 +112,49 @@ class _Big:
         return type(self.data), (pickle.PickleBuffer(self.data),)
 
 
-def _wrap(obj: Any, threshold: int, depth: int) -> Any:
+def _wrap(obj: Any, threshold: int, depth: int, memo: dict[int, Any]) -> Any:
     """``obj`` with big ``bytes``/``bytearray`` in its top levels wrapped;
-    ``obj`` itself if there were none."""
+    ``obj`` itself if there were none.
+
+    ``memo`` (``id`` -> what that object became) keeps shared references and
+    cycles as pickle keeps them: an object met twice is rebuilt once, and a
+    list or dict is entered in ``memo`` before its items are walked.
+    """
+    key = id(obj)
+    if key in memo:
+        return memo[key]
     kind = type(obj)
     if kind in _PLAIN:
-        return _Big(obj) if len(obj) >= threshold else obj
+        if len(obj) < threshold:
+            return obj
+        memo[key] = wrapper = _Big(obj)
+        return wrapper
     if depth <= 0:
+        if kind in _CONTAINERS:  # met again higher up: it stays itself there too
+            memo[key] = obj
         return obj
-    if kind is tuple or kind is list:
-        items = [_wrap(item, threshold, depth - 1) for item in obj]
-        if all(new is old for new, old in zip(items, obj, strict=True)):
-            return obj
-        return kind(items)
-    if kind is dict:
-        values = {key: _wrap(value, threshold, depth - 1) for key, value in obj.items()}
-        if all(values[key] is value for key, value in obj.items()):
-            return obj
-        return values
+    if kind is list:
+        new_list: list[Any] = []
+        memo[key] = new_list
+        new_list.extend(_wrap(item, threshold, depth - 1, memo) for item in obj)
+        if any(new is not old for new, old in zip(new_list, obj, strict=True)):
+            return new_list
+    elif kind is dict:
+        new_dict: dict[Any, Any] = {}
+        memo[key] = new_dict
+        for name, value in obj.items():
+            new_dict[name] = _wrap(value, threshold, depth - 1, memo)
+        if any(new_dict[name] is not value for name, value in obj.items()):
+            return new_dict
+    elif kind is tuple:
+        memo[key] = obj  # a cycle back to a tuple (through a list) meets the original
+        items = [_wrap(item, threshold, depth - 1, memo) for item in obj]
+        if any(new is not old for new, old in zip(items, obj, strict=True)):
+            memo[key] = new_tuple = tuple(items)
+            return new_tuple
+    else:
+        return obj
+    memo[key] = obj  # nothing inside changed (nothing refers to the copy)
     return obj
 
 
@@ -157,7 +183,7 @@ def split(obj: Any, threshold: int, big_bytes: bool = False) -> tuple[bytes, lis
     Small payloads cost one plain pickle, as without shared memory.
     """
     if big_bytes:
-        obj = _wrap(obj, threshold, _WRAP_DEPTH)
+        obj = _wrap(obj, threshold, _WRAP_DEPTH, {})
     big: list[pickle.PickleBuffer] = []
 
     def keep_in_band(buffer: pickle.PickleBuffer) -> bool:
@@ -168,7 +194,7 @@ def split(obj: Any, threshold: int, big_bytes: bool = False) -> tuple[bytes, lis
 
     data = pickle.dumps(obj, 5, buffer_callback=keep_in_band)
     if not big_bytes and len(data) >= threshold:
-        wrapped = _wrap(obj, threshold, _WRAP_DEPTH)
+        wrapped = _wrap(obj, threshold, _WRAP_DEPTH, {})
         if wrapped is not obj:
             big.clear()
             data = pickle.dumps(wrapped, 5, buffer_callback=keep_in_band)

@@ -287,3 +287,33 @@ def test_map_chunks_of_big_bytes_and_starmap_tuples(shm_pool):
     assert shm_pool.starmap(tasks.seen, [(prefix(), b) for b in big], chunksize=4) == [1] * 4
     assert shm_pool.starmap(tasks.seen, [[prefix(), b] for b in big], chunksize=4) == [1] * 4
     assert ours() == []
+
+
+def test_shared_references_and_cycles_keep_their_identity_in_process():
+    spec = payload.Spec(f"{prefix()}unit-", 1024)
+    big = b"b" * 4096
+    inner = [big, bytearray(big)]
+    cyclic: list = [big]
+    cyclic.append(cyclic)
+    box: dict = {"big": big}
+    box["self"] = box
+    value = (inner, inner, {"k": inner, "b": big}, cyclic, box)
+    data = payload.dumps(value, spec)
+    assert data[0] == payload.MAGIC
+    back = payload.loads(data, unlink=True)
+    assert back[0] is back[1] is back[2]["k"] and back[0][0] is back[2]["b"] is back[3][0]
+    assert back[3][-1] is back[3] and back[4]["self"] is back[4]
+    assert back[0] == inner and back[4]["big"] is back[0][0]
+    assert ours() == []
+
+
+def test_shared_references_and_cycles_keep_their_identity(shm_pool):
+    """As with the standard library's pool and with shared memory off."""
+    shared = [b"x" * (256 * 1024)]
+    assert shm_pool.apply(tasks.same, (shared, shared)) == (True, True)
+    cyclic: list = [b"x" * (256 * 1024)]
+    cyclic.append(cyclic)
+    assert shm_pool.apply(tasks.is_cyclic, (cyclic,)) is True
+    first, second = shm_pool.apply(tasks.make_shared, (256 * 1024,))
+    assert first is second
+    assert ours() == []
