@@ -64,6 +64,13 @@ DEFAULT_MAX_SEGMENTS = 64
 MAGIC = 0x00  # first byte of a segment payload (a pickle starts with 0x80)
 _WRAP_DEPTH = 4  # levels of tuples/lists/dicts searched for big bytes objects
 
+_FRAME = struct.Struct("<BQ")  # pickle's FRAME opcode and its length
+_FRAME_OP = 0x95
+_UNFRAMED = 1 << 16  # pickle's FRAME_SIZE_TARGET: longer values go outside frames
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_BIG_BYTES_OPS = (0x42, 0x8E, 0x96)  # BINBYTES, BINBYTES8, BYTEARRAY8
+_LARGE = {0x42: _U32, 0x8E: _U64, 0x96: _U64, 0x58: _U32, 0x8D: _U64}  # ... BINUNICODE(8)
 _HEAD = struct.Struct("!BHI")  # magic, name length, buffer count
 _ENTRY = struct.Struct("!QQB")  # offset, length, read-only
 _pools = itertools.count(1)
@@ -158,6 +165,43 @@ def _wrap(obj: Any, threshold: int, depth: int, memo: dict[int, Any]) -> Any:
     return obj
 
 
+def _may_hold_big_bytes(data: bytes, threshold: int) -> bool:
+    """False if the protocol-5 pickle ``data`` holds no ``bytes`` or
+    ``bytearray`` of ``threshold`` bytes or more; a few microseconds.
+
+    The C pickler writes its stream in frames of about 64 KiB, each cut at an
+    opcode boundary, and writes a ``bytes``, ``bytearray`` or ``str`` of 64 KiB
+    or more outside any frame, right after its opcode and length (a run of
+    under 4 bytes between them is left unframed too).  Only those headers are
+    read, hopping from one to the next.  Whatever does not parse that way, or
+    a frame that could hold a big value, answers True: the caller then walks
+    the value, at worst for nothing.  A wrong False would only keep a big
+    value in the pickle stream.
+    """
+    least = threshold + 5  # a big bytes with the shortest header (BINBYTES)
+    end = len(data)
+    at = 2  # after PROTO 5
+    while at < end:
+        if data[at] == _FRAME_OP:
+            length = _FRAME.unpack_from(data, at)[1]
+            if length >= least:
+                return True
+            at += _FRAME.size + length
+            continue
+        for start in range(at, min(at + 4, end)):
+            header = _LARGE.get(data[start])
+            if header is not None and start + 1 + header.size <= end:
+                length = header.unpack_from(data, start + 1)[0]
+                if length >= _UNFRAMED and start + 1 + header.size + length <= end:
+                    break
+        else:
+            return end - at >= least
+        if data[start] in _BIG_BYTES_OPS and length >= threshold:
+            return True
+        at = start + 1 + header.size + length
+    return False
+
+
 def _nbytes(buffer: pickle.PickleBuffer) -> int:
     try:
         return buffer.raw().nbytes
@@ -180,7 +224,9 @@ def split(obj: Any, threshold: int, big_bytes: bool = False) -> tuple[bytes, lis
 
     ``big_bytes``: the caller saw a big ``bytes`` or ``bytearray`` in ``obj``'s top
     levels (it is then wrapped before pickling, not after a wasted copy).
-    Small payloads cost one plain pickle, as without shared memory.
+    Small payloads cost one plain pickle, as without shared memory; big ones
+    without a big ``bytes`` or ``bytearray`` are not walked for them
+    (:func:`_may_hold_big_bytes`).
     """
     if big_bytes:
         obj = _wrap(obj, threshold, _WRAP_DEPTH, {})
@@ -193,7 +239,7 @@ def split(obj: Any, threshold: int, big_bytes: bool = False) -> tuple[bytes, lis
         return False
 
     data = pickle.dumps(obj, 5, buffer_callback=keep_in_band)
-    if not big_bytes and len(data) >= threshold:
+    if not big_bytes and len(data) >= threshold and _may_hold_big_bytes(data, threshold):
         wrapped = _wrap(obj, threshold, _WRAP_DEPTH, {})
         if wrapped is not obj:
             big.clear()

@@ -317,3 +317,26 @@ def test_shared_references_and_cycles_keep_their_identity(shm_pool):
     first, second = shm_pool.apply(tasks.make_shared, (256 * 1024,))
     assert first is second
     assert ours() == []
+
+
+def test_a_big_payload_without_big_bytes_is_not_walked(monkeypatch):
+    """Only a pickle that may hold a big bytes/bytearray is walked for them."""
+    walked = []
+    real = payload._wrap
+
+    def wrap(obj, *args):
+        walked.append(obj)
+        return real(obj, *args)
+
+    monkeypatch.setattr(payload, "_wrap", wrap)
+    threshold = 256 * 1024
+    for value in ([float(i) for i in range(100_000)], {str(i): i for i in range(100_000)},
+                  [list(range(100)) for _ in range(2000)], ["B" * 100 + str(i) for i in range(5000)],
+                  [b"%d" % i * (threshold // 2) for i in range(4)]):
+        data, big = payload.split(value, threshold)
+        assert len(data) >= threshold and walked == [] and big == [] and pickle.loads(data) == value
+    for value in ([1, [b"n" * threshold]], {"k": (bytearray(threshold),)}, (b"b" * (threshold + 1),),
+                  ["s" * threshold, 66, b"y" * threshold], [b"%d" % i * (threshold // 2) for i in range(4)] + [b"z" * threshold]):
+        data, big = payload.split(value, threshold)
+        assert walked[:1] == [value] and len(big) == 1 and pickle.loads(data, buffers=big) == value
+        walked.clear()
