@@ -53,7 +53,7 @@ import struct
 import threading
 from typing import Any
 
-from poolx.engine.pickling import PROTOCOL
+from poolx.engine.pickling import PROTOCOL, unpickle
 from poolx.engine.wire import APPLY, STARMAP
 
 __all__ = ["DEFAULT_THRESHOLD", "MAGIC", "Segments", "Spec", "dumps", "loads", "split", "write_segment"]
@@ -304,7 +304,7 @@ def loads(payload: bytes | memoryview, unlink: bool = False) -> Any:
     """Unpickle a payload :func:`dumps` made; with ``unlink``, remove its
     segment (even when unpickling fails)."""
     if payload[0] != MAGIC:  # never empty: a pickle has at least PROTO and STOP
-        return pickle.loads(payload)
+        return unpickle(payload)
     _, size, count = _HEAD.unpack_from(payload, 0)
     start = _HEAD.size
     name = bytes(payload[start : start + size]).decode()
@@ -330,7 +330,7 @@ def loads(payload: bytes | memoryview, unlink: bool = False) -> Any:
                     buffers.append(mapping[offset : offset + length])
         finally:
             os.close(fd)
-        return pickle.loads(data, buffers=buffers)
+        return unpickle(data, buffers)
     finally:
         if unlink:
             _unlink(name)

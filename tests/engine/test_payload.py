@@ -228,12 +228,25 @@ def test_executor_calls_and_results_travel_through_segments(ctx):
     assert ours() == []
 
 
-def test_read_only_numpy_array_comes_back_read_only(shm_pool):
+@pytest.mark.parametrize("threshold", [64 * 1024, None])
+def test_read_only_numpy_arrays_arrive_writable_as_with_the_standard_library(fork_ctx, threshold):
+    """The standard library's pool (pickle protocol 4) rebuilds every array as
+    a writable copy: worker code that changes its argument in place works."""
     np = pytest.importorskip("numpy", reason="numpy is optional (the bench extra installs it)")
-    array = np.arange(100_000, dtype=np.int64)
-    array.flags.writeable = False
-    back = shm_pool.apply(tasks.echo, (array,))
-    assert not back.flags.writeable and (back == array).all()
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=threshold) as pool:
+        for n in (1000, 256 * 1024):  # in the pickle stream, and out of band
+            array = np.arange(n, dtype=np.int64)
+            array.flags.writeable = False
+            assert pool.apply(tasks.writable, (array,)) is True
+            assert (pool.apply(tasks.bump, (array,)) == array + 1).all()
+            assert not array.flags.writeable and array[1] == 1  # the caller's is untouched
+            back = pool.apply(tasks.make_read_only, (n,))
+            assert back.flags.writeable and (back == 0).all() and len(back) == n
+            back += 1
+            fortran = np.asfortranarray(np.arange(n, dtype=np.float64).reshape(2, -1))
+            fortran.flags.writeable = False
+            again = pool.apply(tasks.echo, (fortran,))
+            assert again.flags.writeable and again.flags.f_contiguous and (again == fortran).all()
     assert ours() == []
 
 
@@ -340,3 +353,12 @@ def test_a_big_payload_without_big_bytes_is_not_walked(monkeypatch):
         data, big = payload.split(value, threshold)
         assert walked[:1] == [value] and len(big) == 1 and pickle.loads(data, buffers=big) == value
         walked.clear()
+
+
+def test_executor_gives_numpy_arrays_back_writable_as_the_standard_library(fork_ctx):
+    np = pytest.importorskip("numpy", reason="numpy is optional (the bench extra installs it)")
+    array = np.arange(1000)
+    array.flags.writeable = False
+    with poolx.ProcessPoolExecutor(1, mp_context=fork_ctx) as ex:
+        assert ex.submit(tasks.writable, array).result(timeout=60) is True
+        assert ex.submit(tasks.make_read_only, 1000).result(timeout=60).flags.writeable
