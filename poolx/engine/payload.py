@@ -36,6 +36,9 @@ at any moment:
 * When the pool's supervisor finishes, it unlinks whatever still carries
   the pool's prefix (:meth:`Segments.close`); at interpreter exit an
   ``atexit`` hook does the same for every pool of this process still open.
+* A process killed without cleanup (SIGKILL, a default SIGTERM) leaves its
+  segments; the next :class:`Segments` created on the machine unlinks them
+  (:func:`sweep_orphans`, judging by each pool's lock file).
 
 At most ``max_segments`` argument segments are pinned at once per pool;
 beyond that (or when ``/dev/shm`` is full or missing) payloads travel
@@ -45,6 +48,7 @@ through the pipe as before.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import itertools
 import mmap
 import os
@@ -73,8 +77,9 @@ _BIG_BYTES_OPS = (0x42, 0x8E, 0x96)  # BINBYTES, BINBYTES8, BYTEARRAY8
 _LARGE = {0x42: _U32, 0x8E: _U64, 0x96: _U64, 0x58: _U32, 0x8D: _U64}  # ... BINUNICODE(8)
 _HEAD = struct.Struct("!BHI")  # magic, name length, buffer count
 _ENTRY = struct.Struct("!QQB")  # offset, length, read-only
+LOCK_PREFIX = "poolx-lock-"  # + "<pid>-<pool>": held by a live pool (see Segments)
 _pools = itertools.count(1)
-_open_prefixes: set[str] = set()
+_open_prefixes: dict[str, int] = {}  # prefix -> its lock file's descriptor
 _atexit_registered = False
 
 
@@ -362,6 +367,55 @@ def _at_exit() -> None:
     for prefix in list(_open_prefixes):
         if prefix.startswith(mine):
             _sweep(prefix)
+            _unlock(prefix)
+
+
+def _lock(prefix: str) -> int:
+    """Create and hold (shared flock) the lock file of the pool ``prefix``."""
+    fd = os.open(os.path.join(SHM_DIR, LOCK_PREFIX + prefix[len("poolx-"):-1]), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def _unlock(prefix: str) -> None:
+    fd = _open_prefixes.pop(prefix, None)
+    if fd is not None:
+        _unlink(LOCK_PREFIX + prefix[len("poolx-"):-1])
+        os.close(fd)
+
+
+def sweep_orphans() -> int:
+    """Unlink the segments of pools whose process died without cleaning up
+    (SIGKILL, or SIGTERM with its default action); how many.
+
+    Each pool holds a lock on its file ``poolx-lock-<pid>-<pool>`` while it
+    lives (the kernel drops it when no process holds the file open), so a
+    pool is judged dead by its lock, not by its pid: a process of another PID namespace sharing ``/dev/shm`` (containers
+    of one Kubernetes pod) keeps its segments.
+    """
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return 0
+    count = 0
+    for name in names:
+        if not name.startswith(LOCK_PREFIX):
+            continue
+        try:
+            fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # its pool lives
+            os.close(fd)
+            continue
+        try:
+            count += _sweep(f"poolx-{name[len(LOCK_PREFIX):]}-")
+            _unlink(name)
+        finally:
+            os.close(fd)
+    return count
 
 
 class Segments:
@@ -380,8 +434,14 @@ class Segments:
         if threshold is None or not available():
             return
         global _atexit_registered
-        self.spec = Spec(f"poolx-{os.getpid()}-{next(_pools)}-", threshold)
-        _open_prefixes.add(self.spec.prefix)
+        sweep_orphans()
+        prefix = f"poolx-{os.getpid()}-{next(_pools)}-"
+        try:
+            lock = _lock(prefix)
+        except OSError:  # /dev/shm full: the pipe still works
+            return
+        self.spec = Spec(prefix, threshold)
+        _open_prefixes[prefix] = lock
         if not _atexit_registered:
             _atexit_registered = True
             atexit.register(_at_exit)
@@ -452,6 +512,6 @@ class Segments:
         spec = self.spec
         if spec is not None and spec.prefix in _open_prefixes:
             _sweep(spec.prefix)
-            _open_prefixes.discard(spec.prefix)
+            _unlock(spec.prefix)
             with self._lock:
                 self._pinned = 0

@@ -362,3 +362,60 @@ def test_executor_gives_numpy_arrays_back_writable_as_the_standard_library(fork_
     with poolx.ProcessPoolExecutor(1, mp_context=fork_ctx) as ex:
         assert ex.submit(tasks.writable, array).result(timeout=60) is True
         assert ex.submit(tasks.make_read_only, 1000).result(timeout=60).flags.writeable
+
+
+def test_a_new_pool_removes_the_segments_of_a_pool_whose_process_was_killed(tmp_path):
+    """SIGTERM with its default action (like SIGKILL) runs no cleanup; the
+    next pool created on the machine removes what that process left."""
+    script = tmp_path / "killed.py"
+    script.write_text(textwrap.dedent(f"""
+        import multiprocessing, os, sys
+        sys.path.insert(0, {os.getcwd()!r})
+        import poolx
+        from tests.engine import payload_tasks as tasks
+
+        if __name__ == "__main__":
+            pool = poolx.Pool(1, context=multiprocessing.get_context("spawn"), shm_threshold=64 * 1024)
+            pool.apply_async(tasks.sleep_with, (5, b"k" * 200000))
+            print(os.getpid(), flush=True)
+            sys.stdin.read()
+        """))
+    # Its worker outlives it a few seconds and reports a broken pipe: stderr is not ours to read.
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        pid = proc.stdout.readline().strip()
+        left = tasks.segments(f"poolx-{pid}-")
+        assert len(left) == 1
+        # A live pool's segments are kept.
+        poolx.Pool(1, shm_threshold=64 * 1024).terminate()
+        assert tasks.segments(f"poolx-{pid}-") == left
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert tasks.segments(f"poolx-{pid}-") == left
+    pool = poolx.Pool(1, shm_threshold=64 * 1024)
+    try:
+        assert tasks.segments(f"poolx-{pid}-") == []
+        assert [name for name in os.listdir("/dev/shm") if name.startswith("poolx-") and pid in name] == []
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def test_a_kept_array_pins_its_whole_segment_until_it_is_dropped():
+    np = pytest.importorskip("numpy", reason="numpy is optional (the bench extra installs it)")
+    spec = payload.Spec(f"{prefix()}pin-", 1024)
+    data = payload.dumps([np.ones(1 << 20, dtype=np.uint8), np.arange(4096, dtype=np.uint8)], spec)
+    name = payload.segment_name(data)
+
+    def mapped() -> bool:
+        with open("/proc/self/maps") as maps:
+            return name in maps.read()
+
+    big, small = payload.loads(data, unlink=True)
+    assert ours() == [] and mapped()
+    del big
+    assert mapped()  # the small array keeps the whole segment
+    small = small.copy()  # what the docs advise: keep a copy
+    assert not mapped() and small[5] == 5
