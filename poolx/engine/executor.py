@@ -176,7 +176,7 @@ def _outcome(ok: bool, value: Any) -> tuple[bool, Any]:
     if not ok:  # the engine's own verdict: lost worker, time or memory limit...
         return False, value
     try:
-        code, value = pickle.loads(value)
+        code, value = pickling.unpickle(value)
     except BaseException as exc:  # noqa: B036 - even SystemExit: fail this future only
         error = BrokenProcessPool(
             f"the result of this call could not be unpickled in the parent process: {exc!r}")

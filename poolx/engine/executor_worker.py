@@ -35,7 +35,7 @@ from concurrent.futures import process as _cf_process
 from itertools import starmap
 from typing import Any
 
-from poolx.engine.pickling import PROTOCOL
+from poolx.engine.pickling import PROTOCOL, unpickle
 
 RESULT, ERROR, NOT_STARTED, BAD_CALL = 0, 1, 2, 3
 
@@ -121,7 +121,7 @@ def run_call(slot: int, token: int, payload: bytes) -> bytes:
     if slots is not None and slots[slot] == token:
         return _NOT_STARTED
     try:
-        fn, args, kwargs = pickle.loads(payload)
+        fn, args, kwargs = unpickle(payload)
         if type(fn) is bytes:  # a module-level function, pickled once by the executor
             fn = _functions.get(fn) or _load_function(fn)
     except Exception as exc:  # SystemExit and the like end the worker: it is lost

@@ -36,6 +36,9 @@ at any moment:
 * When the pool's supervisor finishes, it unlinks whatever still carries
   the pool's prefix (:meth:`Segments.close`); at interpreter exit an
   ``atexit`` hook does the same for every pool of this process still open.
+* A process killed without cleanup (SIGKILL, a default SIGTERM) leaves its
+  segments; the next :class:`Segments` created on the machine unlinks them
+  (:func:`sweep_orphans`, judging by each pool's lock file).
 
 At most ``max_segments`` argument segments are pinned at once per pool;
 beyond that (or when ``/dev/shm`` is full or missing) payloads travel
@@ -45,6 +48,7 @@ through the pipe as before.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import itertools
 import mmap
 import os
@@ -53,7 +57,7 @@ import struct
 import threading
 from typing import Any
 
-from poolx.engine.pickling import PROTOCOL
+from poolx.engine.pickling import PROTOCOL, unpickle
 from poolx.engine.wire import APPLY, STARMAP
 
 __all__ = ["DEFAULT_THRESHOLD", "MAGIC", "Segments", "Spec", "dumps", "loads", "split", "write_segment"]
@@ -64,10 +68,18 @@ DEFAULT_MAX_SEGMENTS = 64
 MAGIC = 0x00  # first byte of a segment payload (a pickle starts with 0x80)
 _WRAP_DEPTH = 4  # levels of tuples/lists/dicts searched for big bytes objects
 
+_FRAME = struct.Struct("<BQ")  # pickle's FRAME opcode and its length
+_FRAME_OP = 0x95
+_UNFRAMED = 1 << 16  # pickle's FRAME_SIZE_TARGET: longer values go outside frames
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_BIG_BYTES_OPS = (0x42, 0x8E, 0x96)  # BINBYTES, BINBYTES8, BYTEARRAY8
+_LARGE = {0x42: _U32, 0x8E: _U64, 0x96: _U64, 0x58: _U32, 0x8D: _U64}  # ... BINUNICODE(8)
 _HEAD = struct.Struct("!BHI")  # magic, name length, buffer count
 _ENTRY = struct.Struct("!QQB")  # offset, length, read-only
+LOCK_PREFIX = "poolx-lock-"  # + "<pid>-<pool>": held by a live pool (see Segments)
 _pools = itertools.count(1)
-_open_prefixes: set[str] = set()
+_open_prefixes: dict[str, int] = {}  # prefix -> its lock file's descriptor
 _atexit_registered = False
 
 
@@ -96,6 +108,7 @@ def available() -> bool:
 
 
 _PLAIN = (bytes, bytearray)  # pickled in band unless wrapped
+_CONTAINERS = (tuple, list, dict)  # searched by _wrap
 
 
 class _Big:
@@ -111,25 +124,87 @@ class _Big:
         return type(self.data), (pickle.PickleBuffer(self.data),)
 
 
-def _wrap(obj: Any, threshold: int, depth: int) -> Any:
+def _wrap(obj: Any, threshold: int, depth: int, memo: dict[int, Any]) -> Any:
     """``obj`` with big ``bytes``/``bytearray`` in its top levels wrapped;
-    ``obj`` itself if there were none."""
+    ``obj`` itself if there were none.
+
+    ``memo`` (``id`` -> what that object became) keeps shared references and
+    cycles as pickle keeps them: an object met twice is rebuilt once, and a
+    list or dict is entered in ``memo`` before its items are walked.
+    """
+    key = id(obj)
+    if key in memo:
+        return memo[key]
     kind = type(obj)
     if kind in _PLAIN:
-        return _Big(obj) if len(obj) >= threshold else obj
+        if len(obj) < threshold:
+            return obj
+        memo[key] = wrapper = _Big(obj)
+        return wrapper
     if depth <= 0:
+        if kind in _CONTAINERS:  # met again higher up: it stays itself there too
+            memo[key] = obj
         return obj
-    if kind is tuple or kind is list:
-        items = [_wrap(item, threshold, depth - 1) for item in obj]
-        if all(new is old for new, old in zip(items, obj, strict=True)):
-            return obj
-        return kind(items)
-    if kind is dict:
-        values = {key: _wrap(value, threshold, depth - 1) for key, value in obj.items()}
-        if all(values[key] is value for key, value in obj.items()):
-            return obj
-        return values
+    if kind is list:
+        new_list: list[Any] = []
+        memo[key] = new_list
+        new_list.extend(_wrap(item, threshold, depth - 1, memo) for item in obj)
+        if any(new is not old for new, old in zip(new_list, obj, strict=True)):
+            return new_list
+    elif kind is dict:
+        new_dict: dict[Any, Any] = {}
+        memo[key] = new_dict
+        for name, value in obj.items():
+            new_dict[name] = _wrap(value, threshold, depth - 1, memo)
+        if any(new_dict[name] is not value for name, value in obj.items()):
+            return new_dict
+    elif kind is tuple:
+        memo[key] = obj  # a cycle back to a tuple (through a list) meets the original
+        items = [_wrap(item, threshold, depth - 1, memo) for item in obj]
+        if any(new is not old for new, old in zip(items, obj, strict=True)):
+            memo[key] = new_tuple = tuple(items)
+            return new_tuple
+    else:
+        return obj
+    memo[key] = obj  # nothing inside changed (nothing refers to the copy)
     return obj
+
+
+def _may_hold_big_bytes(data: bytes, threshold: int) -> bool:
+    """False if the protocol-5 pickle ``data`` holds no ``bytes`` or
+    ``bytearray`` of ``threshold`` bytes or more; a few microseconds.
+
+    The C pickler writes its stream in frames of about 64 KiB, each cut at an
+    opcode boundary, and writes a ``bytes``, ``bytearray`` or ``str`` of 64 KiB
+    or more outside any frame, right after its opcode and length (a run of
+    under 4 bytes between them is left unframed too).  Only those headers are
+    read, hopping from one to the next.  Whatever does not parse that way, or
+    a frame that could hold a big value, answers True: the caller then walks
+    the value, at worst for nothing.  A wrong False would only keep a big
+    value in the pickle stream.
+    """
+    least = threshold + 5  # a big bytes with the shortest header (BINBYTES)
+    end = len(data)
+    at = 2  # after PROTO 5
+    while at < end:
+        if data[at] == _FRAME_OP:
+            length = _FRAME.unpack_from(data, at)[1]
+            if length >= least:
+                return True
+            at += _FRAME.size + length
+            continue
+        for start in range(at, min(at + 4, end)):
+            header = _LARGE.get(data[start])
+            if header is not None and start + 1 + header.size <= end:
+                length = header.unpack_from(data, start + 1)[0]
+                if length >= _UNFRAMED and start + 1 + header.size + length <= end:
+                    break
+        else:
+            return end - at >= least
+        if data[start] in _BIG_BYTES_OPS and length >= threshold:
+            return True
+        at = start + 1 + header.size + length
+    return False
 
 
 def _nbytes(buffer: pickle.PickleBuffer) -> int:
@@ -154,10 +229,12 @@ def split(obj: Any, threshold: int, big_bytes: bool = False) -> tuple[bytes, lis
 
     ``big_bytes``: the caller saw a big ``bytes`` or ``bytearray`` in ``obj``'s top
     levels (it is then wrapped before pickling, not after a wasted copy).
-    Small payloads cost one plain pickle, as without shared memory.
+    Small payloads cost one plain pickle, as without shared memory; big ones
+    without a big ``bytes`` or ``bytearray`` are not walked for them
+    (:func:`_may_hold_big_bytes`).
     """
     if big_bytes:
-        obj = _wrap(obj, threshold, _WRAP_DEPTH)
+        obj = _wrap(obj, threshold, _WRAP_DEPTH, {})
     big: list[pickle.PickleBuffer] = []
 
     def keep_in_band(buffer: pickle.PickleBuffer) -> bool:
@@ -167,8 +244,8 @@ def split(obj: Any, threshold: int, big_bytes: bool = False) -> tuple[bytes, lis
         return False
 
     data = pickle.dumps(obj, 5, buffer_callback=keep_in_band)
-    if not big_bytes and len(data) >= threshold:
-        wrapped = _wrap(obj, threshold, _WRAP_DEPTH)
+    if not big_bytes and len(data) >= threshold and _may_hold_big_bytes(data, threshold):
+        wrapped = _wrap(obj, threshold, _WRAP_DEPTH, {})
         if wrapped is not obj:
             big.clear()
             data = pickle.dumps(wrapped, 5, buffer_callback=keep_in_band)
@@ -232,7 +309,7 @@ def loads(payload: bytes | memoryview, unlink: bool = False) -> Any:
     """Unpickle a payload :func:`dumps` made; with ``unlink``, remove its
     segment (even when unpickling fails)."""
     if payload[0] != MAGIC:  # never empty: a pickle has at least PROTO and STOP
-        return pickle.loads(payload)
+        return unpickle(payload)
     _, size, count = _HEAD.unpack_from(payload, 0)
     start = _HEAD.size
     name = bytes(payload[start : start + size]).decode()
@@ -258,7 +335,7 @@ def loads(payload: bytes | memoryview, unlink: bool = False) -> Any:
                     buffers.append(mapping[offset : offset + length])
         finally:
             os.close(fd)
-        return pickle.loads(data, buffers=buffers)
+        return unpickle(data, buffers)
     finally:
         if unlink:
             _unlink(name)
@@ -290,6 +367,55 @@ def _at_exit() -> None:
     for prefix in list(_open_prefixes):
         if prefix.startswith(mine):
             _sweep(prefix)
+            _unlock(prefix)
+
+
+def _lock(prefix: str) -> int:
+    """Create and hold (shared flock) the lock file of the pool ``prefix``."""
+    fd = os.open(os.path.join(SHM_DIR, LOCK_PREFIX + prefix[len("poolx-"):-1]), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def _unlock(prefix: str) -> None:
+    fd = _open_prefixes.pop(prefix, None)
+    if fd is not None:
+        _unlink(LOCK_PREFIX + prefix[len("poolx-"):-1])
+        os.close(fd)
+
+
+def sweep_orphans() -> int:
+    """Unlink the segments of pools whose process died without cleaning up
+    (SIGKILL, or SIGTERM with its default action); how many.
+
+    Each pool holds a lock on its file ``poolx-lock-<pid>-<pool>`` while it
+    lives (the kernel drops it when no process holds the file open), so a
+    pool is judged dead by its lock, not by its pid: a process of another PID namespace sharing ``/dev/shm`` (containers
+    of one Kubernetes pod) keeps its segments.
+    """
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return 0
+    count = 0
+    for name in names:
+        if not name.startswith(LOCK_PREFIX):
+            continue
+        try:
+            fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # its pool lives
+            os.close(fd)
+            continue
+        try:
+            count += _sweep(f"poolx-{name[len(LOCK_PREFIX):]}-")
+            _unlink(name)
+        finally:
+            os.close(fd)
+    return count
 
 
 class Segments:
@@ -308,8 +434,14 @@ class Segments:
         if threshold is None or not available():
             return
         global _atexit_registered
-        self.spec = Spec(f"poolx-{os.getpid()}-{next(_pools)}-", threshold)
-        _open_prefixes.add(self.spec.prefix)
+        sweep_orphans()
+        prefix = f"poolx-{os.getpid()}-{next(_pools)}-"
+        try:
+            lock = _lock(prefix)
+        except OSError:  # /dev/shm full: the pipe still works
+            return
+        self.spec = Spec(prefix, threshold)
+        _open_prefixes[prefix] = lock
         if not _atexit_registered:
             _atexit_registered = True
             atexit.register(_at_exit)
@@ -380,6 +512,6 @@ class Segments:
         spec = self.spec
         if spec is not None and spec.prefix in _open_prefixes:
             _sweep(spec.prefix)
-            _open_prefixes.discard(spec.prefix)
+            _unlock(spec.prefix)
             with self._lock:
                 self._pinned = 0

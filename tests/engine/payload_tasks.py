@@ -70,3 +70,33 @@ def echo(value):
 
 def numpy_sum(array):
     return float(array.sum())
+
+
+def same(a, b):
+    """Whether two arguments arrived as one object (and so did their items)."""
+    return a is b, a[0] is b[0]
+
+
+def is_cyclic(items):
+    return items[-1] is items
+
+
+def make_shared(n):
+    """A result that holds the same list (with a big bytes) twice."""
+    inner = [b"s" * n]
+    return inner, inner
+
+
+def writable(array):
+    return bool(array.flags.writeable)
+
+
+def bump(array):
+    array += 1  # in-place, as worker code often does
+    return array
+
+
+def make_read_only(n):
+    import numpy as np
+
+    return np.frombuffer(b"\0" * n, dtype=np.uint8)

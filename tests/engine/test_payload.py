@@ -228,12 +228,25 @@ def test_executor_calls_and_results_travel_through_segments(ctx):
     assert ours() == []
 
 
-def test_read_only_numpy_array_comes_back_read_only(shm_pool):
+@pytest.mark.parametrize("threshold", [64 * 1024, None])
+def test_read_only_numpy_arrays_arrive_writable_as_with_the_standard_library(fork_ctx, threshold):
+    """The standard library's pool (pickle protocol 4) rebuilds every array as
+    a writable copy: worker code that changes its argument in place works."""
     np = pytest.importorskip("numpy", reason="numpy is optional (the bench extra installs it)")
-    array = np.arange(100_000, dtype=np.int64)
-    array.flags.writeable = False
-    back = shm_pool.apply(tasks.echo, (array,))
-    assert not back.flags.writeable and (back == array).all()
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=threshold) as pool:
+        for n in (1000, 256 * 1024):  # in the pickle stream, and out of band
+            array = np.arange(n, dtype=np.int64)
+            array.flags.writeable = False
+            assert pool.apply(tasks.writable, (array,)) is True
+            assert (pool.apply(tasks.bump, (array,)) == array + 1).all()
+            assert not array.flags.writeable and array[1] == 1  # the caller's is untouched
+            back = pool.apply(tasks.make_read_only, (n,))
+            assert back.flags.writeable and (back == 0).all() and len(back) == n
+            back += 1
+            fortran = np.asfortranarray(np.arange(n, dtype=np.float64).reshape(2, -1))
+            fortran.flags.writeable = False
+            again = pool.apply(tasks.echo, (fortran,))
+            assert again.flags.writeable and again.flags.f_contiguous and (again == fortran).all()
     assert ours() == []
 
 
@@ -287,3 +300,122 @@ def test_map_chunks_of_big_bytes_and_starmap_tuples(shm_pool):
     assert shm_pool.starmap(tasks.seen, [(prefix(), b) for b in big], chunksize=4) == [1] * 4
     assert shm_pool.starmap(tasks.seen, [[prefix(), b] for b in big], chunksize=4) == [1] * 4
     assert ours() == []
+
+
+def test_shared_references_and_cycles_keep_their_identity_in_process():
+    spec = payload.Spec(f"{prefix()}unit-", 1024)
+    big = b"b" * 4096
+    inner = [big, bytearray(big)]
+    cyclic: list = [big]
+    cyclic.append(cyclic)
+    box: dict = {"big": big}
+    box["self"] = box
+    value = (inner, inner, {"k": inner, "b": big}, cyclic, box)
+    data = payload.dumps(value, spec)
+    assert data[0] == payload.MAGIC
+    back = payload.loads(data, unlink=True)
+    assert back[0] is back[1] is back[2]["k"] and back[0][0] is back[2]["b"] is back[3][0]
+    assert back[3][-1] is back[3] and back[4]["self"] is back[4]
+    assert back[0] == inner and back[4]["big"] is back[0][0]
+    assert ours() == []
+
+
+def test_shared_references_and_cycles_keep_their_identity(shm_pool):
+    """As with the standard library's pool and with shared memory off."""
+    shared = [b"x" * (256 * 1024)]
+    assert shm_pool.apply(tasks.same, (shared, shared)) == (True, True)
+    cyclic: list = [b"x" * (256 * 1024)]
+    cyclic.append(cyclic)
+    assert shm_pool.apply(tasks.is_cyclic, (cyclic,)) is True
+    first, second = shm_pool.apply(tasks.make_shared, (256 * 1024,))
+    assert first is second
+    assert ours() == []
+
+
+def test_a_big_payload_without_big_bytes_is_not_walked(monkeypatch):
+    """Only a pickle that may hold a big bytes/bytearray is walked for them."""
+    walked = []
+    real = payload._wrap
+
+    def wrap(obj, *args):
+        walked.append(obj)
+        return real(obj, *args)
+
+    monkeypatch.setattr(payload, "_wrap", wrap)
+    threshold = 256 * 1024
+    for value in ([float(i) for i in range(100_000)], {str(i): i for i in range(100_000)},
+                  [list(range(100)) for _ in range(2000)], ["B" * 100 + str(i) for i in range(5000)],
+                  [b"%d" % i * (threshold // 2) for i in range(4)]):
+        data, big = payload.split(value, threshold)
+        assert len(data) >= threshold and walked == [] and big == [] and pickle.loads(data) == value
+    for value in ([1, [b"n" * threshold]], {"k": (bytearray(threshold),)}, (b"b" * (threshold + 1),),
+                  ["s" * threshold, 66, b"y" * threshold], [b"%d" % i * (threshold // 2) for i in range(4)] + [b"z" * threshold]):
+        data, big = payload.split(value, threshold)
+        assert walked[:1] == [value] and len(big) == 1 and pickle.loads(data, buffers=big) == value
+        walked.clear()
+
+
+def test_executor_gives_numpy_arrays_back_writable_as_the_standard_library(fork_ctx):
+    np = pytest.importorskip("numpy", reason="numpy is optional (the bench extra installs it)")
+    array = np.arange(1000)
+    array.flags.writeable = False
+    with poolx.ProcessPoolExecutor(1, mp_context=fork_ctx) as ex:
+        assert ex.submit(tasks.writable, array).result(timeout=60) is True
+        assert ex.submit(tasks.make_read_only, 1000).result(timeout=60).flags.writeable
+
+
+def test_a_new_pool_removes_the_segments_of_a_pool_whose_process_was_killed(tmp_path):
+    """SIGTERM with its default action (like SIGKILL) runs no cleanup; the
+    next pool created on the machine removes what that process left."""
+    script = tmp_path / "killed.py"
+    script.write_text(textwrap.dedent(f"""
+        import multiprocessing, os, sys
+        sys.path.insert(0, {os.getcwd()!r})
+        import poolx
+        from tests.engine import payload_tasks as tasks
+
+        if __name__ == "__main__":
+            pool = poolx.Pool(1, context=multiprocessing.get_context("spawn"), shm_threshold=64 * 1024)
+            pool.apply_async(tasks.sleep_with, (5, b"k" * 200000))
+            print(os.getpid(), flush=True)
+            sys.stdin.read()
+        """))
+    # Its worker outlives it a few seconds and reports a broken pipe: stderr is not ours to read.
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        pid = proc.stdout.readline().strip()
+        left = tasks.segments(f"poolx-{pid}-")
+        assert len(left) == 1
+        # A live pool's segments are kept.
+        poolx.Pool(1, shm_threshold=64 * 1024).terminate()
+        assert tasks.segments(f"poolx-{pid}-") == left
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert tasks.segments(f"poolx-{pid}-") == left
+    pool = poolx.Pool(1, shm_threshold=64 * 1024)
+    try:
+        assert tasks.segments(f"poolx-{pid}-") == []
+        assert [name for name in os.listdir("/dev/shm") if name.startswith("poolx-") and pid in name] == []
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def test_a_kept_array_pins_its_whole_segment_until_it_is_dropped():
+    np = pytest.importorskip("numpy", reason="numpy is optional (the bench extra installs it)")
+    spec = payload.Spec(f"{prefix()}pin-", 1024)
+    data = payload.dumps([np.ones(1 << 20, dtype=np.uint8), np.arange(4096, dtype=np.uint8)], spec)
+    name = payload.segment_name(data)
+
+    def mapped() -> bool:
+        with open("/proc/self/maps") as maps:
+            return name in maps.read()
+
+    big, small = payload.loads(data, unlink=True)
+    assert ours() == [] and mapped()
+    del big
+    assert mapped()  # the small array keeps the whole segment
+    small = small.copy()  # what the docs advise: keep a copy
+    assert not mapped() and small[5] == 5
