@@ -17,7 +17,7 @@ Who calls what::
                 Broker.task_failed ▶ discard_result
     consumer ── (stop, taken task never started) ▶ requeue_task
     pools ───── register_pool / unregister_pool  (heartbeat of a worker pool)
-    operator ── live_pools                       (``poolx status``)
+    operator ── live_pools, queued_tasks         (``poolx status``)
     waiter ──── Deferred.wait ───▶ pop_result   (blocks inside the backend)
                 Deferred.status ─▶ get_status
 
@@ -62,6 +62,9 @@ a third-party backend needs only the methods above):
 * :meth:`~AbstractTaskQueue.get_many` and :meth:`~AbstractTaskQueue.pop_results`
   — several tasks or results per call (default: loops over ``get`` and
   ``pop_result``).
+* :meth:`~AbstractTaskQueue.queued_tasks` — the next tasks to run, for
+  ``poolx status`` (default: raises NotImplementedError; the command then
+  shows the queue sizes only).
 * ``get`` may return a :class:`Delivery` — a ``(task_id, message)`` tuple
   that also says which delivery this is and, for a task that was lost too
   often, why it must fail instead of running.
@@ -75,7 +78,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from poolx.const import DEFAULT
 from poolx.queue.urls import redact_url
@@ -84,7 +87,19 @@ if TYPE_CHECKING:
     from poolx.serialization import Serializer
     from poolx.task import Deferred
 
-__all__ = ["AbstractTaskQueue", "Delivery"]
+__all__ = ["AbstractTaskQueue", "Delivery", "QueuedTask"]
+
+
+class QueuedTask(NamedTuple):
+    """One entry of :meth:`AbstractTaskQueue.queued_tasks`."""
+
+    task_id: str
+    name: str | None
+    """The task's dotted name (None if the backend does not know it)."""
+    enqueued_at: float | None
+    """When it was enqueued — for a task with Deferred arguments, when it was
+    submitted — in seconds since the epoch on *this* machine's clock (None if
+    unknown)."""
 
 
 class Delivery(tuple):
@@ -391,6 +406,16 @@ class AbstractTaskQueue:
             if message is not None:
                 found[task_id] = message
         return found
+
+    def queued_tasks(self, limit: int) -> list[QueuedTask]:
+        """The first ``limit`` tasks ready to run, the next one first
+        (``poolx status`` lists them).
+
+        Tasks still waiting for Deferred arguments (status ``pending``) are
+        not ready and not listed.  ``limit <= 0`` returns ``[]``.  This
+        default raises NotImplementedError: the backend cannot list them.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot list its queued tasks")
 
     def close(self) -> None:
         """Release the backend's resources (connections, threads); what was

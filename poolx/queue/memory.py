@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from poolx.checks import check_seconds
 from poolx.const import COMPLETED, DEFAULT, ENQUEUED, PENDING, PROCESSING, TASK_EXPIRED
-from poolx.queue.base import AbstractTaskQueue
+from poolx.queue.base import AbstractTaskQueue, QueuedTask
 
 if TYPE_CHECKING:
     from poolx.task import Deferred
@@ -56,6 +56,8 @@ class _Record:
     status: str
     message: bytes | None
     ignore_result: bool
+    name: str | None = None
+    enqueued_at: float | None = None
     needed: frozenset[str] = frozenset()
     args: dict[str, Any] = field(default_factory=dict)
     dependents: list[str] = field(default_factory=list)
@@ -158,6 +160,8 @@ class TaskQueue(AbstractTaskQueue):
             status="new",
             message=message,
             ignore_result=bool(result.task.ignore_result),
+            name=result.task.name,
+            enqueued_at=time.time(),
             needed=frozenset(needed),
         )
         self._records[result.id] = rec
@@ -245,6 +249,17 @@ class TaskQueue(AbstractTaskQueue):
         with self._lock:
             return self._waiting
 
+    def queued_tasks(self, limit: int) -> list[QueuedTask]:
+        listed: dict[str, QueuedTask] = {}
+        with self._lock:
+            for task_id in self._ready:
+                if len(listed) >= limit:
+                    break
+                rec = self._records.get(task_id)
+                if rec is not None and rec.status == ENQUEUED and task_id not in listed:
+                    listed[task_id] = QueuedTask(task_id, rec.name, rec.enqueued_at)
+        return list(listed.values())
+
     def discard_pending(self) -> None:
         with self._lock:
             for task_id, rec in list(self._records.items()):
@@ -310,6 +325,7 @@ class TaskQueue(AbstractTaskQueue):
             if rec is None:
                 if not ignore_result:
                     return False
+                # Its record left when it was taken: name and age unknown.
                 rec = self._records[task_id] = _Record(
                     status=PROCESSING, message=message, ignore_result=True
                 )

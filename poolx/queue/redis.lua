@@ -42,6 +42,7 @@
 --     mx   deliveries allowed: 1 + max_retries
 --     d    deliveries so far           o    owner of the current delivery
 --     n    nonce of the call that created it (a retried call is recognized)
+--     tn   the task's name             at   when it was created (ms, server clock)
 --     na   number of Deferred arguments  need   how many are still missing
 --     a:<arg id>   an argument's value   dep:<id>   a task that reserved this result
 --     r    the result                  p    nonce of the pop that read it
@@ -137,8 +138,9 @@ local function deliver(id, key, msg)
   return ready
 end
 
--- Create a task record; 1 created, 2 same call retried, 0 duplicate id.
-local function create(id, msg, ir, ls, mx, nonce, status, mb)
+-- Create a task record (at: the call's time, ms); 1 created, 2 same call
+-- retried, 0 duplicate id.
+local function create(id, msg, ir, ls, mx, name, at, nonce, status, mb)
   local key = P .. 't:' .. id
   local f = redis.call('HMGET', key, 's', 'p', 'n')
   if f[1] then
@@ -150,9 +152,10 @@ local function create(id, msg, ir, ls, mx, nonce, status, mb)
   end
   if mb and mb ~= '' then
     redis.call('HSET', key, 's', status, 'm', msg, 'ir', ir, 'ls', ls, 'mx', mx, 'd', 0, 'n', nonce,
-               'mb', mb)
+               'tn', name, 'at', at, 'mb', mb)
   else
-    redis.call('HSET', key, 's', status, 'm', msg, 'ir', ir, 'ls', ls, 'mx', mx, 'd', 0, 'n', nonce)
+    redis.call('HSET', key, 's', status, 'm', msg, 'ir', ir, 'ls', ls, 'mx', mx, 'd', 0, 'n', nonce,
+               'tn', name, 'at', at)
   end
   return 1, key
 end
@@ -206,17 +209,18 @@ end
 
 if cmd == 'enqueue' then
   -- nonce, mailbox ('' for none), n, n ids the mailbox no longer waits for,
-  -- then (id, message, ir, lease ms, max deliveries) per task
+  -- then (id, message, ir, lease ms, max deliveries, name) per task
   local nonce, mb, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
+  local at = now_ms()
   for j = 5, 4 + n do
     local key = P .. 't:' .. ARGV[j]
     if redis.call('HGET', key, 'mb') == mb then redis.call('HDEL', key, 'mb') end
   end
   local refs, dups = {}, {}
-  for i = 5 + n, #ARGV, 5 do
+  for i = 5 + n, #ARGV, 6 do
     local id = ARGV[i]
-    local made = create(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], nonce, 'enqueued',
-                        mb)
+    local made = create(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], at,
+                        nonce, 'enqueued', mb)
     if made == 1 then
       refs[#refs + 1] = 't' .. id
     elseif made == 0 then
@@ -228,9 +232,10 @@ if cmd == 'enqueue' then
 
 elseif cmd == 'defer' then
   -- nonce, id, message, ir, lease ms, max deliveries, number of arguments,
-  -- mailbox ('' for none)
+  -- mailbox ('' for none), name
   local id, need = ARGV[3], tonumber(ARGV[8])
-  local made, key = create(id, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[2], 'pending', ARGV[9])
+  local made, key = create(id, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[10], now_ms(), ARGV[2],
+                           'pending', ARGV[9])
   if made == 1 then
     redis.call('HSET', key, 'na', need, 'need', need)
     if need > 0 then
@@ -467,6 +472,26 @@ elseif cmd == 'status' then
 
 elseif cmd == 'size' then
   return redis.call('LLEN', READY) + redis.call('SCARD', DEFERRED)
+
+elseif cmd == 'queued' then
+  -- limit -> {server time ms, then per ready task: id, name, created ms}
+  -- (the next to run first: the right end of the ready list)
+  local out = {now_ms()}
+  local refs = redis.call('LRANGE', READY, -tonumber(ARGV[2]), -1)
+  local seen = {}
+  for i = #refs, 1, -1 do
+    local ref = refs[i]
+    local f = redis.call('HMGET', rkey(ref), 's', 'p', 'id', 'tn', 'at')
+    local id = f[3]
+    if string.sub(ref, 1, 1) == 't' then id = string.sub(ref, 2) end
+    if f[1] == 'enqueued' and not f[2] and not seen[ref] then
+      seen[ref] = true
+      out[#out + 1] = id
+      out[#out + 1] = f[4] or ''
+      out[#out + 1] = f[5] or ''
+    end
+  end
+  return out
 
 elseif cmd == 'discard' then
   -- id, expired token, ref of a detached record or ''

@@ -91,7 +91,7 @@ from poolx.queue._redis_conn import (
     split_url,
 )
 from poolx.queue._redis_writer import Writer
-from poolx.queue.base import AbstractTaskQueue, Delivery
+from poolx.queue.base import AbstractTaskQueue, Delivery, QueuedTask
 from poolx.queue.urls import redact_url
 from poolx.serialization import Serializer
 from poolx.task import DuplicateTask
@@ -376,7 +376,7 @@ class TaskQueue(AbstractTaskQueue):
         # Deferreds were dropped since the last call.
         unsub = self._take(self._unsub) if self._unsub else []
         dups = self._call("enqueue", os.urandom(8), self._mailbox, len(unsub), *unsub,
-                          result.id, message, ignore, lease, deliveries)
+                          result.id, message, ignore, lease, deliveries, result.task.name)
         if dups:
             return False
         if not result.task.ignore_result:
@@ -409,10 +409,10 @@ class TaskQueue(AbstractTaskQueue):
         dups: list[str] = []
         for start in range(0, len(items), BATCH_SIZE):
             args: list[Any] = [os.urandom(8), b"", 0]
-            for task_id, (_name, message, ignore, lease, deliveries) in items[
+            for task_id, (name, message, ignore, lease, deliveries) in items[
                 start : start + BATCH_SIZE
             ]:
-                args += (task_id, message, ignore, lease, deliveries)
+                args += (task_id, message, ignore, lease, deliveries, name)
             dups += [_text(dup) for dup in self._call("enqueue", *args)]
         if dups:
             names = dict((task_id, fields[0]) for task_id, fields in items)
@@ -427,7 +427,7 @@ class TaskQueue(AbstractTaskQueue):
         mailbox = b"" if result.task.ignore_result else self._mailbox
         made = self._call(
             "defer", os.urandom(8), result.id, message, ignore, lease, deliveries, len(args),
-            mailbox,
+            mailbox, result.task.name,
         )
         if made and mailbox:
             self._subscribe(result)
@@ -458,6 +458,21 @@ class TaskQueue(AbstractTaskQueue):
     def discard_pending(self) -> None:
         self._sync()
         self._call("purge")
+
+    def queued_tasks(self, limit: int) -> list[QueuedTask]:
+        if limit <= 0:
+            return []
+        reply = self._call("queued", limit)
+        # Ages by the server's clock, as times on this machine's clock.
+        now, server_ms = time.time(), int(reply[0])
+        return [
+            QueuedTask(
+                _text(reply[i]),
+                _text(reply[i + 1]) or None,
+                now - (server_ms - int(reply[i + 2])) / 1000 if reply[i + 2] else None,
+            )
+            for i in range(1, len(reply), 3)
+        ]
 
     # -- consumer side ----------------------------------------------------------
 

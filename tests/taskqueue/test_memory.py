@@ -72,6 +72,9 @@ class FakeClock:
     def monotonic(self):
         return self.now
 
+    def time(self):
+        return 1.7e9 + self.now
+
 
 @pytest.fixture
 def clock(monkeypatch):

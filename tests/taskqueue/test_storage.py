@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from poolx import get_broker
 from poolx.const import COMPLETED, ENQUEUED, PENDING, PROCESSING, TASK_EXPIRED
@@ -11,9 +12,9 @@ from poolx.task import Deferred, FunctionTask
 from .helpers import WAIT
 
 
-def _deferred(broker, task_id, ignore_result=False):
+def _deferred(broker, task_id, ignore_result=False, name="t"):
     options = {"id": task_id, "ignore_result": ignore_result}
-    return Deferred(broker, FunctionTask("t", (), {}, options))
+    return Deferred(broker, FunctionTask(name, (), {}, options))
 
 
 def test_enqueue_get_result_cycle(url):
@@ -122,3 +123,40 @@ def test_ignore_result_task_leaves_the_store_when_taken(url):
     assert queue.get_status("fire") is None
     assert queue.enqueue_task(_deferred(broker, "fire", ignore_result=True), b"m2")
     assert queue.get_arguments("fire") == {"a": b"R"}  # still readable once taken
+
+
+def test_queued_tasks_lists_the_next_tasks_to_run(url):
+    broker = get_broker(url)
+    queue = broker.taskqueue
+    assert queue.queued_tasks(10) == []
+    before = time.time()
+    queue.enqueue_task(_deferred(broker, "a", name="mod.first"), b"m")
+    with queue.batch():
+        for task_id in "bcd":
+            queue.enqueue_task(_deferred(broker, task_id, name=f"mod.{task_id}"), b"m")
+    queue.defer_task(_deferred(broker, "p", name="mod.pending"), b"m", ["a"])
+    after = time.time()
+    listed = queue.queued_tasks(3)
+    assert [(task.task_id, task.name) for task in listed] == [
+        ("a", "mod.first"), ("b", "mod.b"), ("c", "mod.c")
+    ]
+    for task in listed:  # on this machine's clock, whatever the server's
+        assert before - 0.5 <= task.enqueued_at <= after + 0.5
+    assert [task.task_id for task in queue.queued_tasks(10)] == list("abcd")  # not "p": pending
+    assert queue.queued_tasks(0) == []
+    assert queue.get(WAIT)[0] == "a"
+    assert [task.task_id for task in queue.queued_tasks(10)] == list("bcd")
+    assert queue.requeue_task("a", b"m")  # given back: runs next, keeps its name and age
+    [again] = queue.queued_tasks(1)
+    assert again[:2] == ("a", "mod.first")
+    assert abs(again.enqueued_at - listed[0].enqueued_at) < 0.25
+    queue.discard_result("c", b"TOKEN")
+    assert [task.task_id for task in queue.queued_tasks(10)] == list("abd")
+    assert queue.reserve_argument("a", "p") == (True, None)
+    queue.get(WAIT)
+    queue.set_result("a", b"R", WAIT)  # "p" becomes ready
+    assert [(task.task_id, task.name) for task in queue.queued_tasks(10)] == [
+        ("b", "mod.b"), ("d", "mod.d"), ("p", "mod.pending")
+    ]
+    queue.discard_pending()
+    assert queue.queued_tasks(10) == []
