@@ -7,7 +7,8 @@ work itself is done by the public API:
   :class:`~poolx.pool.process.WorkerPool` per ``--queue``, run by
   :func:`~poolx.pool.process.start_pools` until SIGTERM/SIGINT (graceful),
   a second signal stops at once.
-* ``poolx status URL`` — the pool registry (``live_pools``) and queue sizes.
+* ``poolx status URL`` — the pool registry (``live_pools``), queue sizes
+  and the next tasks of each queue (``queued_tasks``).
 * ``poolx enqueue URL TASK [ARGS_JSON]`` — a task by its dotted name.
 * ``poolx purge URL`` — ``discard_pending_tasks`` after confirmation.
 
@@ -142,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser(
         "status",
-        help="show the live worker pools and queue sizes",
+        help="show the live worker pools, queue sizes and queued tasks",
         description="Show every live worker pool on URL (pools heartbeat; one that stops "
-                    "disappears after a while), queue sizes and tasks in flight.",
+                    "disappears after a while), queue sizes, tasks in flight and the next "
+                    "tasks waiting in each queue.",
     )
     status.add_argument("url", metavar="URL", help="task queue URL")
     status.add_argument("--queue", action="append", metavar="NAME",
@@ -156,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refresh every --interval seconds until CTRL+C")
     status.add_argument("--interval", type=_seconds, default=2.0, metavar="S",
                         help="seconds between two refreshes with --watch (default 2)")
+    status.add_argument("--tasks", type=_count, default=10, metavar="N",
+                        help="list the next N tasks waiting in each queue: id, name, age "
+                             "(default 10; 0 lists none)")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     enqueue = commands.add_parser(
@@ -320,9 +325,32 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _status(url: str, queues_wanted: Sequence[str], pools_wanted: Sequence[str] = ()) -> dict[str, Any]:
+def _queued_tasks(url: str, queue: str, limit: int, now: float) -> list[dict[str, Any]] | None:
+    """The next ``limit`` tasks of ``queue``; None if the backend cannot list them."""
+    if limit == 0:
+        return []
+
+    def listing() -> Any:
+        try:
+            return _broker(url, queue).taskqueue.queued_tasks(limit)
+        except NotImplementedError:
+            return None
+
+    tasks = _reach(url, listing)
+    if tasks is None:
+        return None
+    return [
+        {"id": task.task_id, "name": task.name, "enqueued_at": task.enqueued_at,
+         "age": None if task.enqueued_at is None else max(0.0, now - task.enqueued_at)}
+        for task in tasks
+    ]
+
+
+def _status(url: str, queues_wanted: Sequence[str], pools_wanted: Sequence[str] = (),
+            tasks: int = 0) -> dict[str, Any]:
     from poolx.queue.urls import redact_url
 
+    now = time.time()
     broker = _broker(url)
     pools = _live_pools(url, broker)
     if queues_wanted:
@@ -338,8 +366,9 @@ def _status(url: str, queues_wanted: Sequence[str], pools_wanted: Sequence[str] 
     for name in names:
         size = _reach(url, lambda name=name: len(_broker(url, name)))
         in_flight = sum(len(p.get("in_flight") or ()) for p in pools if p.get("queue") == name)
-        queues[name] = {"waiting": size, "in_flight": in_flight}
-    return {"url": redact_url(url), "time": time.time(), "pools": pools, "queues": queues}
+        queues[name] = {"waiting": size, "in_flight": in_flight,
+                        "tasks": _queued_tasks(url, name, tasks, now)}
+    return {"url": redact_url(url), "time": now, "pools": pools, "queues": queues}
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -372,6 +401,11 @@ def _print_status(status: dict[str, Any]) -> None:
     print("queues:")
     for name, sizes in status["queues"].items():
         print(f"  {name}: {sizes['waiting']} waiting, {sizes['in_flight']} in flight")
+        listed = sizes["tasks"] or ()
+        for task in listed:
+            print(f"    {task['id']}  {task['name'] or '?'}  waiting {_duration(task['age'])}")
+        if listed and sizes["waiting"] > len(listed):
+            print(f"    ... {sizes['waiting'] - len(listed)} more")
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -394,7 +428,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _show_status(args: argparse.Namespace, clear: bool) -> None:
-    status = _status(args.url, args.queue or [], args.pool or [])
+    status = _status(args.url, args.queue or [], args.pool or [], args.tasks)
     if clear:
         sys.stdout.write("\033[H\033[J")  # home, clear the screen
     if args.json:

@@ -41,7 +41,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
         (["worker"], ["--init", "--queue", "--workers", "--max-worker-tasks", "--timeout",
                       "--soft-timeout", "--memory-limit", "--name", "--log-level", "--prefetch",
                       "SIGTERM"]),
-        (["status"], ["--json", "URL", "--queue", "--pool", "--watch", "--interval"]),
+        (["status"], ["--json", "URL", "--queue", "--pool", "--watch", "--interval", "--tasks"]),
         (["enqueue"], ["TASK", "ARGS_JSON", "--queue", "--wait"]),
         (["purge"], ["--queue", "--yes"]),
     ],
@@ -110,6 +110,53 @@ def test_status_filters_by_queue_and_pool_name(capsys, url, pool):
     assert out.startswith(f"0 worker pools on {url}\n")
     _, out, _ = run(capsys, "status", url, "--pool", "cli-pool")
     assert out.startswith(f"1 worker pool on {url}\n") and "cli-pool on " in out
+
+
+def test_status_lists_the_next_queued_tasks(capsys, url):
+    waiting = [get_queue(url, "other").wt.num(i) for i in range(3)]
+    code, out, _ = run(capsys, "status", url, "--queue", "other", "--tasks", "2")
+    assert code == 0
+    assert out.endswith(
+        "  other: 3 waiting, 0 in flight\n"
+        f"    {waiting[0].id}  wt.num  waiting 0s\n"
+        f"    {waiting[1].id}  wt.num  waiting 0s\n"
+        "    ... 1 more\n"
+    )
+    _, out, _ = run(capsys, "status", url, "--queue", "other")  # default: up to 10
+    assert [res.id in out for res in waiting] == [True] * 3 and "more" not in out
+    _, out, _ = run(capsys, "status", url, "--queue", "other", "--tasks", "0")
+    assert out.endswith("  other: 3 waiting, 0 in flight\n")
+    status = json.loads(run(capsys, "status", url, "--queue", "other", "--json", "--tasks", "1")[1])
+    [task] = status["queues"]["other"]["tasks"]
+    assert task["id"] == waiting[0].id and task["name"] == "wt.num"
+    assert 0 <= task["age"] < 60 and task["enqueued_at"] == pytest.approx(status["time"] - task["age"])
+
+
+@pytest.mark.parametrize("value", ["-1", "x"])
+def test_status_tasks_must_be_a_count(capsys, url, value):
+    code, _, err = run(capsys, "status", url, "--tasks", value)
+    assert code == 2 and "argument --tasks: " in err
+
+
+class _Unlisted(AbstractTaskQueue):
+    """A backend without the optional queued_tasks."""
+
+    def size(self):
+        return 2
+
+    def live_pools(self):
+        return []
+
+
+def test_status_of_a_backend_that_cannot_list_its_tasks(capsys):
+    register_backend("unlisted", _Unlisted)
+    try:
+        code, out, _ = run(capsys, "status", "unlisted://x")
+        status = json.loads(run(capsys, "status", "unlisted://x", "--json")[1])
+    finally:
+        registry.unregister("unlisted")
+    assert code == 0 and out.endswith("  default: 2 waiting, 0 in flight\n")
+    assert status["queues"]["default"] == {"waiting": 2, "in_flight": 0, "tasks": None}
 
 
 def test_status_json(capsys, url, pool, tmp_path):

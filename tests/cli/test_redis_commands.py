@@ -93,7 +93,7 @@ def test_status_of_several_pools_on_one_redis(url, workers):
     data = json.loads(poolx("status", url, "--json").stdout)
     assert sorted(p["name"] for p in data["pools"]) == ["alpha", "beta"]
     assert sorted(len(p["workers"]) for p in data["pools"]) == [1, 2]
-    assert data["queues"]["default"] == {"waiting": 0, "in_flight": 0}
+    assert data["queues"]["default"] == {"waiting": 0, "in_flight": 0, "tasks": []}
     beta.send_signal(signal.SIGTERM)
     assert beta.wait(WAIT) == 0
     data = json.loads(poolx("status", url, "--json").stdout)
@@ -116,6 +116,15 @@ def test_tasks_spread_over_pools(url, workers, tmp_path):
     for name in ("x", "y"):
         (tmp_path / f"{name}.unlock").touch()
     assert all(res.wait(WAIT) for res in held)
+
+
+def test_status_lists_queued_tasks(url):
+    q = get_queue(url, "p")
+    waiting = [q.wt.num(i) for i in range(3)]
+    data = json.loads(poolx("status", url, "--queue", "p", "--json", "--tasks", "2").stdout)
+    tasks = data["queues"]["p"]["tasks"]
+    assert [(t["id"], t["name"]) for t in tasks] == [(res.id, "wt.num") for res in waiting[:2]]
+    assert all(0 <= t["age"] < 60 for t in tasks)
 
 
 def test_purge(url):
