@@ -91,15 +91,18 @@ __all__ = ["AbstractTaskQueue", "Delivery", "QueuedTask"]
 
 
 class QueuedTask(NamedTuple):
-    """One entry of :meth:`AbstractTaskQueue.queued_tasks`."""
+    """One entry of :meth:`AbstractTaskQueue.queued_tasks`.
+
+    :param task_id: The task's id.
+    :param name: The task's dotted name (None if the backend does not know it).
+    :param enqueued_at: When it was enqueued — for a task with Deferred
+        arguments, when it was submitted — in seconds since the epoch on
+        *this* machine's clock (None if unknown).
+    """
 
     task_id: str
     name: str | None
-    """The task's dotted name (None if the backend does not know it)."""
     enqueued_at: float | None
-    """When it was enqueued — for a task with Deferred arguments, when it was
-    submitted — in seconds since the epoch on *this* machine's clock (None if
-    unknown)."""
 
 
 class Delivery(tuple):
