@@ -375,12 +375,20 @@ class TaskQueue(AbstractTaskQueue):
         # result: nothing is stored), and the call tells Redis which of its
         # Deferreds were dropped since the last call.
         unsub = self._take(self._unsub) if self._unsub else []
-        dups = self._call("enqueue", os.urandom(8), self._mailbox, len(unsub), *unsub,
-                          result.id, message, ignore, lease, deliveries, result.task.name)
+        # Subscribed *before* the call: its result may reach the mailbox, and
+        # another thread's read may take it, before the call returns here.
+        added = not result.task.ignore_result and self._subscribe(result)
+        try:
+            dups = self._call("enqueue", os.urandom(8), self._mailbox, len(unsub), *unsub,
+                              result.id, message, ignore, lease, deliveries, result.task.name)
+        except BaseException:
+            if added:
+                self._subs.pop(result.id, None)
+            raise
         if dups:
+            if added:
+                self._subs.pop(result.id, None)
             return False
-        if not result.task.ignore_result:
-            self._subscribe(result)
         return True
 
     def batch(self) -> contextlib.AbstractContextManager[Any]:
@@ -425,12 +433,18 @@ class TaskQueue(AbstractTaskQueue):
         self._flush()  # its arguments may be waiting in this thread's batch
         ignore, lease, deliveries = self._task_fields(result)
         mailbox = b"" if result.task.ignore_result else self._mailbox
-        made = self._call(
-            "defer", os.urandom(8), result.id, message, ignore, lease, deliveries, len(args),
-            mailbox, result.task.name,
-        )
-        if made and mailbox:
-            self._subscribe(result)
+        added = bool(mailbox) and self._subscribe(result)  # before the call: see enqueue_task
+        try:
+            made = self._call(
+                "defer", os.urandom(8), result.id, message, ignore, lease, deliveries, len(args),
+                mailbox, result.task.name,
+            )
+        except BaseException:
+            if added:
+                self._subs.pop(result.id, None)
+            raise
+        if not made and added:
+            self._subs.pop(result.id, None)
         return bool(made)
 
     def undefer_task(self, task_id: str) -> None:
@@ -732,9 +746,10 @@ class TaskQueue(AbstractTaskQueue):
 
     # -- result prefetch ------------------------------------------------------------
 
-    def _subscribe(self, result: Deferred) -> None:
+    def _subscribe(self, result: Deferred) -> bool:
         """Collect ``result``'s result through this process's mailbox for as
-        long as the Deferred lives (see :meth:`pop_result`)."""
+        long as the Deferred lives (see :meth:`pop_result`); False if it
+        was subscribed already."""
         task_id = result.id
         subs, cache, unsub = self._subs, self._cache, self._unsub
 
@@ -748,7 +763,10 @@ class TaskQueue(AbstractTaskQueue):
             if current is ref or current is None:
                 cache.pop(task_id, None)
 
-        subs.setdefault(task_id, weakref.ref(result, dropped))
+        if task_id in subs:
+            return False
+        subs[task_id] = weakref.ref(result, dropped)
+        return True
 
     def share_result(self, task_id: str) -> bool:
         """Stop prefetching ``task_id``'s result (a copy of its Deferred goes
