@@ -77,6 +77,11 @@ MAX_BLOCK = 5.0
 """Longest single blocking call (seconds): a wait re-checks leases and
 records at least this often, so nothing waits forever on a vanished key."""
 
+SOCKET_TIMEOUT = MAX_BLOCK * 6
+"""Seconds a command's reply may take (well above the longest blocking call)."""
+CONNECT_TIMEOUT = 5.0
+"""Seconds connecting may take, TLS handshake included."""
+
 LUA_SCRIPT = files(__package__).joinpath("redis.lua").read_text(encoding="utf-8")
 """The server side of every queue operation (``poolx/queue/redis.lua``)."""
 
@@ -157,18 +162,35 @@ def make_serializer(choice: Serializer | str | None) -> Serializer | None:
         raise ValueError(f"unknown serializer {choice!r} (pickle or json)") from None
 
 
+class _SSLConnection(redis.connection.SSLConnection):
+    """redis-py's TLS connection with the handshake bounded by the *connect*
+    timeout.  redis-py wraps the socket after setting the socket timeout, so
+    a handshake with a server that never answers (a plain port, a firewall
+    that swallows packets) would wait the whole socket timeout — which is
+    long on purpose, to outlast blocking commands."""
+
+    def _wrap_socket_with_ssl(self, sock: Any) -> Any:
+        sock.settimeout(self.socket_connect_timeout)
+        wrapped = super()._wrap_socket_with_ssl(sock)
+        wrapped.settimeout(self.socket_timeout)
+        return wrapped
+
+
 def default_redis_factory(url: str) -> redis.Redis:
     """The client poolx uses: no retries inside the client (:class:`Connection`
     retries whole, idempotent queue operations), a socket timeout well above
-    the longest blocking call, bytes responses."""
+    the longest blocking call, connecting (TLS handshake included) bounded by
+    the shorter connect timeout, bytes responses."""
     options: dict[str, Any] = {}
     if not url.lower().startswith("unix:"):
         options["socket_keepalive"] = True  # TCP only
+    if url.lower().startswith("rediss:"):
+        options["connection_class"] = _SSLConnection
     return redis.Redis.from_url(
         url,
         retry=_NO_RETRY,
-        socket_timeout=MAX_BLOCK * 6,
-        socket_connect_timeout=5,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=CONNECT_TIMEOUT,
         health_check_interval=30,
         **options,
     )
