@@ -103,6 +103,17 @@ def test_cluster_url_options_and_errors(redis_cluster):
         TaskQueue("redis+cluster://127.0.0.1:7000/3")
     with pytest.raises(ValueError, match="unknown option 'bogus'"):
         TaskQueue("redis+cluster://127.0.0.1:7000/?bogus=1")
+    with pytest.raises(ValueError, match="not a Redis URL"):
+        TaskQueue("rediss+cluster://127.0.0.1:7000/")
+
+
+def test_cluster_subclass_as_redis_factory(redis_cluster):
+    class Mine(redis.RedisCluster):
+        pass
+
+    queue = TaskQueue(isolated_url(redis_cluster.url), redis_factory=Mine)
+    assert type(queue.client) is Mine and queue.ping()
+    queue.close()
 
 
 def test_no_reachable_node_is_a_clear_error_naming_the_url():
