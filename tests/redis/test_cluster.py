@@ -49,8 +49,7 @@ def test_queues_live_on_different_nodes(redis_cluster, cluster_url):
     ports = {}
     for i in range(100):  # names until three queues are on three nodes
         name = f"q{i}"
-        key = get_broker(cluster_url, name).taskqueue._key
-        ports.setdefault(_node_of(redis_cluster, key), name)
+        ports.setdefault(_node_of(redis_cluster, f"{{{name}}}"), name)  # the hash tag's slot
         if len(ports) == len(redis_cluster.nodes):
             break
     assert len(ports) == 3
@@ -70,6 +69,8 @@ def test_queues_live_on_different_nodes(redis_cluster, cluster_url):
 
 
 def test_process_pool_consumes_a_cluster(cluster_url, start_pool):  # noqa: F811
+    """The process WorkerPool: results, a Deferred graph, a hard time limit,
+    the pool registry (another slot, maybe another node), no lease left."""
     broker = get_broker(cluster_url)
     pool = start_pool(broker, tasks.init)
     q = get_queue(cluster_url)
@@ -126,3 +127,20 @@ def test_no_reachable_node_is_a_clear_error_naming_the_url():
     text = str(info.value)
     assert text.startswith(f"cannot connect to Redis at redis+cluster://:***@127.0.0.1:{port}/")
     assert "pw-secret" not in text
+
+
+def test_cleanup_reaches_every_node(redis_cluster):
+    """delete_prefix (every test's teardown) scans all nodes of a cluster."""
+    url = isolated_url(redis_cluster.url)
+    for i in range(6):
+        broker = get_broker(url, f"c{i}")
+        broker.expose(ts)
+        broker.queue().rt.square(i)
+    prefix = get_broker(url).taskqueue.prefix
+    delete_prefix(url)
+    for node in redis_cluster.nodes:
+        client = redis.Redis(host="127.0.0.1", port=node.port)
+        try:
+            assert list(client.scan_iter(match=f"{prefix}:*")) == []
+        finally:
+            client.close()
