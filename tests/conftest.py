@@ -47,3 +47,16 @@ def redis_server() -> Iterator[object]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[object]:
+    """A private three-node Redis Cluster for the session (``.url``, a
+    ``redis+cluster://`` URL), see tests/redis/cluster.py."""
+    from tests.redis.cluster import LocalCluster
+
+    cluster = LocalCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()

@@ -42,7 +42,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 try:
     import redis
     from redis.backoff import ExponentialBackoff, NoBackoff
-    from redis.exceptions import AuthenticationError, ReadOnlyError, ResponseError
+    from redis.cluster import ClusterNode, RedisCluster
+    from redis.exceptions import (
+        AskError,
+        AuthenticationError,
+        ClusterDownError,
+        MovedError,
+        ReadOnlyError,
+        RedisClusterException,
+        ResponseError,
+    )
     from redis.exceptions import ConnectionError as _RedisConnectionError
     from redis.exceptions import TimeoutError as _RedisTimeoutError
     from redis.retry import Retry
@@ -60,6 +69,8 @@ __all__ = [
     "SCHEMES",
     "MAX_BLOCK",
     "default_redis_factory",
+    "cluster_client",
+    "CLUSTER_SCHEME",
     "make_client",
     "split_url",
     "ResponseError",
@@ -71,11 +82,18 @@ log = logging.getLogger("poolx.queue.redis")
 
 T = TypeVar("T")
 
-SCHEMES = ("redis", "rediss", "unix")
+CLUSTER_SCHEME = "redis+cluster"
+"""The scheme of a Redis Cluster: ``redis+cluster://host:port,host:port/``."""
+SCHEMES = ("redis", "rediss", "unix", CLUSTER_SCHEME)
 """URL schemes the backend serves (TLS is ``rediss``)."""
 MAX_BLOCK = 5.0
 """Longest single blocking call (seconds): a wait re-checks leases and
 records at least this often, so nothing waits forever on a vanished key."""
+
+SOCKET_TIMEOUT = MAX_BLOCK * 6
+"""Seconds a command's reply may take (well above the longest blocking call)."""
+CONNECT_TIMEOUT = 5.0
+"""Seconds connecting may take, TLS handshake included."""
 
 LUA_SCRIPT = files(__package__).joinpath("redis.lua").read_text(encoding="utf-8")
 """The server side of every queue operation (``poolx/queue/redis.lua``)."""
@@ -85,7 +103,10 @@ RETRY_FIRST_DELAY = 0.05
 RETRY_MAX_DELAY = 2.0
 """...but never longer than this."""
 
-_RETRYABLE = (_RedisConnectionError, _RedisTimeoutError, ReadOnlyError)
+# A cluster failing over answers CLUSTERDOWN, and a client that lost every
+# node it knew raises RedisClusterException until one answers again.
+_RETRYABLE = (_RedisConnectionError, _RedisTimeoutError, ReadOnlyError, ClusterDownError,
+              RedisClusterException)
 _OWN_OPTIONS = frozenset(["prefix", "serializer", "retry_timeout"])
 _NO_RETRY = Retry(NoBackoff(), 0)
 
@@ -106,12 +127,13 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
         parts = urlsplit(url)
     except ValueError as err:
         raise ValueError(f"malformed Redis URL {shown!r}: {err}") from None
-    if parts.scheme.lower() not in SCHEMES:
-        raise ValueError(f"not a Redis URL: {shown!r} (schemes: redis, rediss, unix)")
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise ValueError(f"not a Redis URL: {shown!r} (schemes: {', '.join(SCHEMES)})")
     query = parse_qsl(parts.query, keep_blank_values=True)
     own = {key: value for key, value in query if key in _OWN_OPTIONS}
     rest = [(key, value) for key, value in query if key not in _OWN_OPTIONS]
-    unknown = sorted({key for key, _ in rest} - _client_options(parts.scheme.lower()))
+    unknown = sorted({key for key, _ in rest} - _client_options(scheme))
     if unknown:
         raise ValueError(f"unknown option {unknown[0]!r} in Redis URL {shown!r}")
     # Not urlunsplit: it drops the "//" of "unix:///path" (empty host).
@@ -119,15 +141,39 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
     if rest:
         clean += "?" + urlencode(rest)
     try:
-        redis.connection.parse_url(clean)
-        if parts.scheme.lower() != "unix":
+        if scheme == CLUSTER_SCHEME:
+            _cluster_options(clean)
+        else:
+            redis.connection.parse_url(clean)
+        if scheme != "unix" and scheme != CLUSTER_SCHEME:
             parts.port  # noqa: B018 - raises ValueError for a bad port
-            db = parts.path.strip("/")
-            if db and not db.isdigit():
-                raise ValueError(f"database must be a number, not {db!r}")
+        db = parts.path.strip("/")
+        if scheme != "unix" and db and not db.isdigit():
+            raise ValueError(f"database must be a number, not {db!r}")
+        if scheme == CLUSTER_SCHEME and db not in ("", "0"):
+            raise ValueError(f"a cluster has only database 0, not {db}")
     except ValueError as err:
         raise ValueError(f"invalid Redis URL {shown!r}: {err}") from None
     return clean, own
+
+
+def _cluster_options(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The nodes (host, port) of a ``redis+cluster://`` URL and redis-py's
+    connection options from the rest of it (credentials, query)."""
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    nodes = []
+    for address in hosts.split(","):
+        one = urlsplit(f"redis://{address}")
+        if not one.hostname:
+            raise ValueError(f"no host in {address!r}")
+        nodes.append((one.hostname, one.port or 6379))  # .port raises for a bad port
+    auth = f"{userinfo}@" if userinfo else ""
+    query = f"?{parts.query}" if parts.query else ""
+    options = redis.connection.parse_url(f"redis://{auth}{nodes[0][0]}:{nodes[0][1]}{query}")
+    for key in ("host", "port", "db", "connection_class"):
+        options.pop(key, None)
+    return nodes, options
 
 
 def _client_options(scheme: str) -> set[str]:
@@ -157,21 +203,46 @@ def make_serializer(choice: Serializer | str | None) -> Serializer | None:
         raise ValueError(f"unknown serializer {choice!r} (pickle or json)") from None
 
 
-def default_redis_factory(url: str) -> redis.Redis:
+class _SSLConnection(redis.connection.SSLConnection):
+    """redis-py's TLS connection with the handshake bounded by the *connect*
+    timeout.  redis-py wraps the socket after setting the socket timeout, so
+    a handshake with a server that never answers (a plain port, a firewall
+    that swallows packets) would wait the whole socket timeout — which is
+    long on purpose, to outlast blocking commands."""
+
+    def _wrap_socket_with_ssl(self, sock: Any) -> Any:
+        sock.settimeout(self.socket_connect_timeout)
+        wrapped = super()._wrap_socket_with_ssl(sock)
+        wrapped.settimeout(self.socket_timeout)
+        return wrapped
+
+
+def cluster_client(url: str, cls: type[RedisCluster] = RedisCluster, **options: Any) -> RedisCluster:
+    """A ``RedisCluster`` client for a ``redis+cluster://`` URL (any of its
+    nodes is enough to find the others), its own retries off."""
+    nodes, url_options = _cluster_options(url)
+    try:  # RedisCluster asks the nodes for the slot map at once
+        return cls(startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+                   retry=_NO_RETRY, **{**options, **url_options})
+    except RedisClusterException as err:
+        raise RedisUnavailable(f"cannot connect to Redis at {redact_url(url)}: {err}") from None
+
+
+def default_redis_factory(url: str) -> Any:
     """The client poolx uses: no retries inside the client (:class:`Connection`
     retries whole, idempotent queue operations), a socket timeout well above
-    the longest blocking call, bytes responses."""
+    the longest blocking call, connecting (TLS handshake included) bounded by
+    the shorter connect timeout, bytes responses."""
     options: dict[str, Any] = {}
     if not url.lower().startswith("unix:"):
         options["socket_keepalive"] = True  # TCP only
-    return redis.Redis.from_url(
-        url,
-        retry=_NO_RETRY,
-        socket_timeout=MAX_BLOCK * 6,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        **options,
-    )
+    if url.lower().startswith("rediss:"):
+        options["connection_class"] = _SSLConnection
+    options.update(socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=CONNECT_TIMEOUT,
+                   health_check_interval=30)
+    if url.lower().startswith(f"{CLUSTER_SCHEME}:"):
+        return cluster_client(url, **options)
+    return redis.Redis.from_url(url, retry=_NO_RETRY, **options)
 
 
 def make_client(url: str, redis_factory: Callable[..., Any] | None = None) -> Any:
@@ -179,10 +250,13 @@ def make_client(url: str, redis_factory: Callable[..., Any] | None = None) -> An
 
     :param redis_factory: None for :func:`default_redis_factory`; a
         ``redis.Redis`` subclass (built with its ``from_url``, redis-py's own
-        retries off); or any callable taking the URL.
+        retries off), or for a cluster URL a ``RedisCluster`` subclass; or
+        any callable taking the URL.
     """
     if redis_factory is None:
         return default_redis_factory(url)
+    if isinstance(redis_factory, type) and issubclass(redis_factory, RedisCluster):
+        return cluster_client(url, redis_factory)
     if isinstance(redis_factory, type) and issubclass(redis_factory, redis.Redis):
         return redis_factory.from_url(url, retry=_NO_RETRY)
     return redis_factory(url)
@@ -207,8 +281,10 @@ class Connection:
         self._retry = Retry(
             ExponentialBackoff(cap=RETRY_MAX_DELAY, base=RETRY_FIRST_DELAY / 2), -1, _RETRYABLE
         )
-        pool = getattr(client, "connection_pool", None)
-        timeout = getattr(pool, "connection_kwargs", {}).get("socket_timeout")
+        # A client's connection pool, or a cluster client's node manager,
+        # holds the options of its connections.
+        holder = getattr(client, "connection_pool", None) or getattr(client, "nodes_manager", None)
+        timeout = getattr(holder, "connection_kwargs", {}).get("socket_timeout")
         self.max_block = MAX_BLOCK if not timeout else max(0.05, min(MAX_BLOCK, timeout / 2))
         """Longest blocking call: below the socket timeout."""
 
@@ -234,11 +310,23 @@ class Connection:
         waiter with a timeout must not add.  If the reply is late, the
         connection is dropped and None returned; use it only for commands
         that are harmless when they complete unseen (waiting without taking,
-        wake-up tokens).  A client without a connection pool (a cluster
-        client) gets Redis's own timing."""
+        wake-up tokens).  On a cluster, the command goes to the node serving
+        its key (``command[1]``); if the slot has moved meanwhile, the
+        cluster client follows the redirection (with Redis's own timing)."""
         pool = getattr(self.client, "connection_pool", None)
         if pool is None:
-            return self.client.execute_command(*command, seconds)
+            if not isinstance(self.client, RedisCluster):
+                return self.client.execute_command(*command, seconds)
+            node = self.client.get_node_from_key(command[1])
+            pool = self.client.get_redis_connection(node).connection_pool
+            try:
+                return self._block_on(pool, seconds, command)
+            except (MovedError, AskError):
+                return self.client.execute_command(*command, seconds)
+        return self._block_on(pool, seconds, command)
+
+    @staticmethod
+    def _block_on(pool: Any, seconds: float, command: tuple[Any, ...]) -> Any:
         try:
             conn = pool.get_connection()
         except TypeError:  # redis-py < 5.3 wants a command name

@@ -1,4 +1,5 @@
-"""``redis://``, ``rediss://`` and ``unix://`` — the distributed backend.
+"""``redis://``, ``rediss://``, ``unix://`` and ``redis+cluster://`` — the
+distributed backend.
 
 Owned here: :class:`TaskQueue` (WorQ's ``worq.queue.redis.TaskQueue`` under
 poolx's name), the URL parsing, the connection and reconnection policy, and
@@ -167,7 +168,9 @@ class TaskQueue(AbstractTaskQueue):
     :param url: ``redis://[[user]:password@]host[:port][/db]``,
         ``rediss://...`` (TLS; redis-py's ``ssl_*`` query options such as
         ``ssl_ca_certs`` and ``ssl_cert_reqs`` apply) or
-        ``unix://[[user]:password@]/path/to/socket[?db=N]``.  poolx's own
+        ``unix://[[user]:password@]/path/to/socket[?db=N]`` or
+        ``redis+cluster://[[user]:password@]host:port[,host:port...]/``
+        (Redis Cluster; any reachable node is enough).  poolx's own
         query options: ``prefix`` (key prefix, default ``poolx``),
         ``serializer`` (``pickle`` or ``json``), ``retry_timeout``.
     :param name: The queue name (its keys share the hash tag ``{name}``).
@@ -176,8 +179,9 @@ class TaskQueue(AbstractTaskQueue):
         (``2 * heartrate + 5`` seconds, the same as every heartbeat grants),
         so this only applies to records that carry none.
     :param redis_factory: Builds the client: a ``redis.Redis`` subclass (its
-        ``from_url`` is used) or a callable taking the URL without poolx's
-        options.  Pass ``redis.RedisCluster.from_url`` for Redis Cluster.
+        ``from_url`` is used), for a ``redis+cluster://`` URL a
+        ``redis.RedisCluster`` subclass, or a callable taking the URL without
+        poolx's options.
     :param prefix: Key prefix (overrides the URL's ``prefix`` option).
     :param serializer: ``"pickle"``, ``"json"`` or a
         :class:`~poolx.serialization.Serializer` that brokers on this queue

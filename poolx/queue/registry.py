@@ -9,7 +9,7 @@ A scheme is looked up in this order:
 1. factories registered in code with :func:`poolx.core.register_backend`
    (these may replace anything else);
 2. the built-in backends, :data:`BUILTIN_BACKENDS` (``memory``; ``redis``,
-   ``rediss`` and ``unix``, which need redis-py: ``pip install
+   ``rediss``, ``unix`` and ``redis+cluster``, which need redis-py: ``pip install
    'poolx[redis]'``) — the one table of them: they work from a source tree
    too, without installed package metadata;
 3. the ``poolx.queues`` entry-point group, read once per process, so another
@@ -40,6 +40,7 @@ BUILTIN_BACKENDS = {
     "redis": "poolx.queue.redis:TaskQueue",
     "rediss": "poolx.queue.redis:TaskQueue",
     "unix": "poolx.queue.redis:TaskQueue",
+    "redis+cluster": "poolx.queue.redis:TaskQueue",
 }
 
 

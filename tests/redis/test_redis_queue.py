@@ -75,7 +75,7 @@ def test_tls_url_builds_an_ssl_connection_and_hides_the_password():
         "rediss://user:pw-secret@cache.example:6380/2?ssl_cert_reqs=none&prefix=p"
     ).taskqueue
     pool = queue.client.connection_pool
-    assert pool.connection_class is redis.SSLConnection
+    assert issubclass(pool.connection_class, redis.SSLConnection)
     kwargs = pool.connection_kwargs
     assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("cache.example", 6380, 2)
     assert kwargs["ssl_cert_reqs"] == "none" and kwargs["password"] == "pw-secret"
@@ -113,9 +113,33 @@ def test_tls_end_to_end(private_redis, tmp_path):
         broker.expose(ts)
         with thread_worker(broker):
             assert get_queue(url).rt.square(12).wait(WAIT)
-        assert broker.taskqueue.client.connection_pool.connection_class is redis.SSLConnection
+        assert issubclass(broker.taskqueue.client.connection_pool.connection_class,
+                          redis.SSLConnection)
     finally:
         tls.cleanup()
+
+
+def test_rediss_to_a_silent_port_fails_within_the_connect_timeout():
+    # A TLS handshake with a server that never answers (a plain TCP port, a
+    # firewall) is bounded by the connect timeout (5 s), not by the 30 s
+    # socket timeout of blocking commands.
+    import socket
+    import time
+
+    from poolx.queue.redis import RedisUnavailable
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)  # accepted by the kernel, never answered
+        port = listener.getsockname()[1]
+        broker = get_broker(f"rediss://127.0.0.1:{port}/0")
+        start = time.monotonic()
+        with pytest.raises(RedisUnavailable, match=r"^cannot connect to Redis at rediss://127"):
+            broker.taskqueue.ping()
+        elapsed = time.monotonic() - start
+    assert elapsed < 15, f"took {elapsed:.1f} s"
+    client = broker.taskqueue.client
+    assert client.connection_pool.connection_kwargs["socket_timeout"] == 30  # commands keep theirs
 
 
 def test_unix_socket_url(redis_server):

@@ -4,7 +4,9 @@ Every test that takes the ``url`` fixture runs once per backend URL in
 :data:`BROKER_URLS`.  A backend joins the suite by adding its URL here and,
 if it needs to, a branch in :func:`isolated_url` so that tests share no
 state.  ``redis://`` stands for the session's private redis-server (see
-``tests/redis_server.py``); each test gets its own key prefix on it.
+``tests/redis_server.py``) and ``redis+cluster://`` for the session's
+private three-node cluster (``tests/redis/cluster.py``); each test gets its
+own key prefix on it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from poolx.core import get_broker
 BROKER_URLS = [
     "memory://",
     pytest.param("redis://", marks=pytest.mark.redis, id="redis://"),
+    pytest.param("redis+cluster://", marks=pytest.mark.redis, id="redis+cluster://"),
 ]
 
 
@@ -26,7 +29,7 @@ def isolated_url(base: str) -> str:
     """A URL for one test whose queues no other test touches."""
     if base.startswith("memory://"):
         return f"memory://test-{uuid4().hex}"
-    if base.startswith(("redis://", "rediss://", "unix://")):
+    if base.startswith(("redis://", "rediss://", "unix://", "redis+cluster://")):
         sep = "&" if "?" in base else "?"
         return f"{base}{sep}prefix=test-{uuid4().hex[:12]}"
     return base
@@ -48,6 +51,8 @@ def url(request: pytest.FixtureRequest) -> Iterator[str]:
     base = request.param
     if base == "redis://":
         base = request.getfixturevalue("redis_server").url
+    elif base == "redis+cluster://":
+        base = request.getfixturevalue("redis_cluster").url
     url = isolated_url(base)
     yield url
     get_broker(url).discard_pending_tasks()

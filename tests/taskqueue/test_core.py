@@ -109,7 +109,7 @@ def test_builtin_backends_need_no_entry_points(monkeypatch):
     monkeypatch.setattr(registry_module, "entry_points", lambda group: [])
     reg = BackendRegistry()
     assert reg.lookup("memory") is memory.TaskQueue
-    assert set(reg.schemes()) == {"memory", "redis", "rediss", "unix"}
+    assert set(reg.schemes()) == {"memory", "redis", "rediss", "unix", "redis+cluster"}
 
 
 def test_backend_may_choose_the_serializer():
