@@ -54,8 +54,12 @@ def _shutdown(supervisor: Supervisor) -> None:
 
     A pool whose last job just ended is often freed on the supervisor's own
     thread (the job held the last reference to its result, which holds the
-    pool): the terminate command is then queued and not waited for.
+    pool): the terminate command is then queued and not waited for.  In a
+    forked child's copy of the pool (collected there, or at the child's exit)
+    it does nothing: the pool and its workers belong to the parent.
     """
+    if not supervisor.in_owner():
+        return
     supervisor.stop_accepting()
     if supervisor.post(supervisor.terminate) and not supervisor.on_own_thread():
         supervisor.finished.wait(_AT_EXIT_WAIT)
@@ -584,7 +588,8 @@ class Pool:
         )
 
     def __del__(self) -> None:
-        if getattr(self, "_run_state", None) == RUN:
+        supervisor = getattr(self, "_supervisor", None)
+        if getattr(self, "_run_state", None) == RUN and supervisor is not None and supervisor.in_owner():
             warnings.warn(f"unclosed running pool {self!r}", ResourceWarning, source=self, stacklevel=1)
 
     def __repr__(self) -> str:

@@ -484,8 +484,11 @@ class _ExecutorCore:
                 delivery.join()
 
     def shutdown_nowait(self) -> None:
-        """The finalizer of a garbage-collected executor: let its calls finish."""
-        self.shutdown(False, False, False)
+        """The finalizer of a garbage-collected executor: let its calls finish
+        (nothing in a forked child's copy: its lock may be held by a parent
+        thread the child does not have, and the pool is the parent's)."""
+        if self.pid == os.getpid():
+            self.shutdown(False, False, False)
 
     def _close(self) -> None:  # lock held
         self.closed = True

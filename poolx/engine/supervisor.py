@@ -81,6 +81,7 @@ class Supervisor:
 
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
+        self.pid = os.getpid()  # the process that owns this pool (see in_owner)
         self.runner = CallbackRunner("poolx-callbacks")
         self._seq = itertools.count(1)
         # The inbox: the only state other threads touch (under self.lock).
@@ -125,8 +126,19 @@ class Supervisor:
         """A new job id."""
         return next(self._seq)
 
+    def in_owner(self) -> bool:
+        """False in a forked child's copy of this pool.  The copy is inert: it
+        must never take :attr:`lock`, which a thread of the parent may have
+        held at the instant of the fork — the child would wait for a thread
+        it does not have (a copy garbage-collected in a worker did, once in
+        a few hundred forks, while the parent's supervisor was finishing)."""
+        return self.pid == os.getpid()
+
     def submit(self, jobs: list[Job]) -> None:
-        """Hand jobs to the supervisor; :class:`PoolNotRunning` once it stopped accepting."""
+        """Hand jobs to the supervisor; :class:`PoolNotRunning` once it stopped
+        accepting, or in a forked child's copy of the pool."""
+        if not self.in_owner():
+            raise PoolNotRunning()
         with self.lock:
             if not self.accepting:
                 for job in jobs:
@@ -137,7 +149,10 @@ class Supervisor:
 
     def post(self, command: Callable[..., Any], *args: Any) -> bool:
         """Run ``command(*args)`` on the supervisor thread soon; False if the
-        supervisor has already finished (the command is then dropped)."""
+        supervisor has already finished, or in a forked child's copy of the
+        pool (the command is then dropped)."""
+        if not self.in_owner():
+            return False
         with self.lock:
             if self._stopped:
                 return False
@@ -161,6 +176,8 @@ class Supervisor:
         return request.result()
 
     def stop_accepting(self) -> None:
+        if not self.in_owner():
+            return
         with self.lock:
             self.accepting = False
 

@@ -4,9 +4,11 @@ the pool.  The repetition of the real scenario is in test_fork_soak.py."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 
 import poolx
+from tests.conftest import wait_until
 from tests.engine import helpers
 
 
@@ -26,3 +28,57 @@ def test_a_forked_childs_copy_of_the_pool_never_touches_reused_fds():
         pool = helpers.HOLDER.pop()
         pool.terminate()
         pool.join()
+
+
+def test_a_finished_pools_copy_collected_in_a_forked_child_takes_no_lock():
+    """A pool closed without join, forked while its finishing supervisor held
+    its lock (the last step of its cleanup): the child that garbage-collects
+    its copy of the pool must not wait for that lock.  Workers of the next
+    pool did, for ever, once in a few hundred rounds of test_fork_soak.py."""
+    ctx = multiprocessing.get_context("fork")
+    child = None
+    gc.disable()  # the pool stays uncollected garbage until the child collects it
+    try:
+        pool = poolx.Pool(1, context=ctx)
+        pool.close()
+        supervisor = pool._supervisor
+        wait_until(supervisor.finished.is_set, timeout=30)
+        cycle: list[object] = [pool]
+        cycle.append(cycle)
+        del pool, cycle
+        with supervisor.lock:  # as the finishing supervisor thread held it at the fork
+            child = ctx.Process(target=gc.collect)
+            child.start()
+        child.join(30)
+        assert child.exitcode == 0, "the child waited for a lock the fork copied"
+    finally:
+        gc.enable()
+        if child is not None and child.exitcode is None:
+            child.kill()
+            child.join()
+
+
+def test_an_executors_copy_collected_in_a_forked_child_takes_no_lock():
+    """The same for a ``ProcessPoolExecutor`` collected in a forked child
+    while a parent thread held its lock."""
+    ctx = multiprocessing.get_context("fork")
+    child = None
+    gc.disable()
+    try:
+        executor = poolx.ProcessPoolExecutor(1, mp_context=ctx)
+        assert executor.submit(helpers.square, 4).result(30) == 16
+        core = executor._core
+        cycle: list[object] = [executor]
+        cycle.append(cycle)
+        del executor, cycle
+        with core.lock:
+            child = ctx.Process(target=gc.collect)
+            child.start()
+        child.join(30)
+        assert child.exitcode == 0, "the child waited for a lock the fork copied"
+    finally:
+        gc.enable()
+        gc.collect()  # the parent's executor: its finalizer lets it finish
+        if child is not None and child.exitcode is None:
+            child.kill()
+            child.join()
