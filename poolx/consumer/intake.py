@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from poolx.checks import backoff_delay
 from poolx.consumer import log_failure
@@ -31,15 +31,36 @@ from poolx.engine.pickling import portable
 from poolx.queue.urls import redact_url
 from poolx.task import FunctionTask, TaskFailure
 
-if TYPE_CHECKING:
-    from poolx.consumer.adapter import BrokerConsumer
-
-__all__ = ["Intake", "MAX_BACKOFF"]
+__all__ = ["Intake", "IntakeOwner", "MAX_BACKOFF"]
 
 log = logging.getLogger("poolx.consumer")
 
 MAX_BACKOFF = 5.0
 """Longest wait (seconds) before asking a failing broker for tasks again."""
+
+
+class IntakeOwner(Protocol):
+    """What the intake needs of the consumer it takes tasks for (the
+    :class:`~poolx.consumer.BrokerConsumer`): its broker and name, its stop
+    event, room to wait for, and where a taken task goes."""
+
+    broker: Any
+    worker_broker: bool
+    name: str
+    stop_requested: threading.Event
+
+    @property
+    def accepting(self) -> bool: ...
+
+    def wait_for_room(self) -> int | None: ...
+
+    def count(self, what: str) -> None: ...
+
+    def track(self, task: FunctionTask, func: Any) -> None: ...
+
+    def store(self, task: FunctionTask, value: Any) -> None: ...
+
+    def give_back(self, task: FunctionTask, why: str, quiet: bool = False) -> None: ...
 
 
 class Intake:
@@ -49,7 +70,7 @@ class Intake:
     :param timeout: Seconds one broker call blocks waiting for a task.
     """
 
-    def __init__(self, consumer: BrokerConsumer, timeout: float) -> None:
+    def __init__(self, consumer: IntakeOwner, timeout: float) -> None:
         self.consumer = consumer
         self.timeout = timeout
         self._cond = threading.Condition()
