@@ -30,6 +30,8 @@
 --     P mb:<name>:last  LIST  nonce of the last ``wait`` call, then the ids
 --                         it drained (so a retried call gets them again)
 --     P seq        STRING counter for detached records
+--     P fetched:<nonce>  LIST  refs a ``fetch`` call took (so a retried call,
+--                         its reply lost, gets the same tasks again)
 --
 -- A *ref* names a record: t<id> is P t:<id>, f<seq> is P f:<seq>.
 --
@@ -283,12 +285,37 @@ elseif cmd == 'args' then
   return out
 
 elseif cmd == 'fetch' then
-  -- consumer, count, lease ms for records that name none, reclaim limit
+  -- consumer, count, lease ms for records that name none, reclaim limit,
+  -- nonce, ms to remember what this call took
   -- -> {reclaimed, ms to the next lease deadline or -1,
   --     then per task: ref, id, message, delivery, max deliveries, lease ms,
   --     nargs, (arg id, value)...}
+  -- A retried call (same nonce: the first one's reply was lost, e.g. Redis
+  -- restarted) returns the tasks the first one took that are still leased
+  -- to this consumer, instead of leaving them to wait for their leases.
   local consumer, count = ARGV[2], tonumber(ARGV[3])
   local min_lease, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+  local fetched = P .. 'fetched:' .. ARGV[6]
+  local before = redis.call('LRANGE', fetched, 0, -1)
+  if #before > 0 then
+    local out = {0, -1}
+    for _, ref in ipairs(before) do
+      local key = rkey(ref)
+      local f = redis.call('HMGET', key, 's', 'o', 'd', 'id', 'm', 'mx', 'ls', 'na')
+      if f[1] == 'processing' and f[2] == consumer .. '#' .. f[3] then
+        local id = f[4]
+        if string.sub(ref, 1, 1) == 't' then id = string.sub(ref, 2) end
+        out[#out + 1] = ref
+        out[#out + 1] = id
+        out[#out + 1] = f[5]
+        out[#out + 1] = tonumber(f[3])
+        out[#out + 1] = f[6] or '0'
+        out[#out + 1] = tonumber(f[7]) or min_lease
+        if f[8] and tonumber(f[8]) > 0 then arguments(key, out) else out[#out + 1] = 0 end
+      end
+    end
+    return out
+  end
   local now = now_ms()
   local reclaimed = 0
   local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, limit)
@@ -334,9 +361,11 @@ elseif cmd == 'fetch' then
       out[#out + 1] = f[6] or '0'
       out[#out + 1] = lease
       if f[8] and tonumber(f[8]) > 0 then arguments(key, out) else out[#out + 1] = 0 end
+      redis.call('RPUSH', fetched, ref)
       taken = taken + 1
     end
   end
+  if taken > 0 then redis.call('PEXPIRE', fetched, ARGV[7]) end
   if taken == 0 then
     local first = redis.call('ZRANGE', LEASES, 0, 0, 'WITHSCORES')
     if first[2] then out[2] = math.max(0, tonumber(first[2]) - now) end

@@ -122,6 +122,9 @@ IDLE_RECHECK = 30.0
 """Seconds an idle consumer blocks on the empty ready list before it runs the
 fetch script again, at most: that run re-queues tasks whose consumer died
 (expired leases) that it did not know of when it started waiting."""
+FETCH_REMEMBER_EXTRA = 5.0
+"""Seconds beyond ``retry_timeout`` that Redis remembers which tasks a fetch
+took, for a retry of that fetch whose first reply was lost."""
 HANDOFF_FRESH = 1.0
 """A fetched task handed to a thread later than this is re-checked (and its
 lease renewed) first."""
@@ -531,8 +534,11 @@ class TaskQueue(AbstractTaskQueue):
     def _fetch(self, want: Callable[[], int], deadline: float | None) -> list[Delivery]:
         """Take up to ``want()`` tasks, blocking until ``deadline`` for one."""
         while True:
+            # The nonce lets a retry of this call (its reply lost) take the
+            # same tasks again; it is remembered while a retry may come.
             reply = self._call(
-                "fetch", self.consumer_id, max(1, want()), self._min_lease_ms, RECLAIM_LIMIT
+                "fetch", self.consumer_id, max(1, want()), self._min_lease_ms, RECLAIM_LIMIT,
+                os.urandom(8), int((self._conn.retry_timeout + FETCH_REMEMBER_EXTRA) * 1000),
             )
             deliveries, reclaimed, next_ms = self._parse_fetch(reply)
             if reclaimed:

@@ -39,8 +39,8 @@ def _free_cluster_port() -> int:
 
 
 class _Node(RedisServer):
-    def __init__(self, binary: str) -> None:
-        super().__init__(binary)
+    def __init__(self, binary: str, persistent: bool = False) -> None:
+        super().__init__(binary, persistent=persistent)
         self.port = _free_cluster_port()
 
     def command(self) -> list[str]:
@@ -52,9 +52,11 @@ class _Node(RedisServer):
 
 
 class LocalCluster:
-    """Three primaries sharing the 16384 slots."""
+    """Three primaries sharing the 16384 slots; ``persistent`` nodes keep
+    what they acknowledged across a kill and restart (their append-only file
+    and ``nodes.conf`` stay in their directories)."""
 
-    def __init__(self) -> None:
+    def __init__(self, persistent: bool = False) -> None:
         binary = require_redis_server()
         cli = shutil.which("redis-cli")
         if cli is None:
@@ -63,7 +65,7 @@ class LocalCluster:
                 pytest.fail(f"{reason}; POOLX_REQUIRE_REDIS=1 requires it", pytrace=False)
             pytest.skip(reason)
         self.cli = cli
-        self.nodes = [_Node(binary) for _ in range(NODES)]
+        self.nodes = [_Node(binary, persistent) for _ in range(NODES)]
 
     @property
     def url(self) -> str:

@@ -405,6 +405,31 @@ def test_a_result_read_by_a_retried_call_is_not_lost(url):
     assert queue.get_status(res.id) is None
 
 
+def test_tasks_taken_by_a_retried_fetch_are_not_left_to_their_leases(url):
+    """A fetch whose reply was lost (Redis restarted after the write) is
+    retried with the same nonce and gets the same tasks again, still leased
+    to the consumer — not new ones, and the first ones not left waiting a
+    whole lease (65 s by default) to be delivered again."""
+    broker = get_broker(url)
+    queue = broker.taskqueue
+    q = get_queue(url)
+    with batch(q):
+        first = [q.rt.square(i) for i in range(3)]
+    third = q.rt.square(3)
+    consumer = queue.consumer_id
+
+    def fetch(nonce, count):  # one script call, as the retry policy repeats it
+        reply = queue._call("fetch", consumer, count, 60_000, 100, nonce, 30_000)
+        return [task_id for task_id, _ in queue._parse_fetch(reply)[0]]
+
+    taken = fetch(b"nonce-1", 3)
+    assert sorted(taken) == sorted(d.id for d in first)
+    assert fetch(b"nonce-1", 3) == taken  # the retry: the same tasks
+    assert fetch(b"nonce-2", 3) == [third.id]  # a new call: what is left
+    assert fetch(b"nonce-3", 3) == []
+    assert queue.get_status(first[0].id) == "processing"
+
+
 # -- the pool registry ------------------------------------------------------------
 
 
