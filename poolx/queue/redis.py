@@ -538,7 +538,7 @@ class TaskQueue(AbstractTaskQueue):
             # same tasks again; it is remembered while a retry may come.
             reply = self._call(
                 "fetch", self.consumer_id, max(1, want()), self._min_lease_ms, RECLAIM_LIMIT,
-                os.urandom(8), int((self._conn.retry_timeout + FETCH_REMEMBER_EXTRA) * 1000),
+                os.urandom(8).hex(), int((self._conn.retry_timeout + FETCH_REMEMBER_EXTRA) * 1000),
             )
             deliveries, reclaimed, next_ms = self._parse_fetch(reply)
             if reclaimed:
