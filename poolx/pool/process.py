@@ -119,13 +119,16 @@ def _init_worker(pool: tuple[int, float | None], init_func: Callable[..., Any], 
                  init_kwargs: dict) -> None:
     """Pool initializer of a WorkerPool's workers.
 
-    Workers ignore SIGTERM (SIGINT too, as every poolx worker): a signal
-    sent to the whole process group (``kill -TERM -PGID``, systemd's default
-    ``KillMode``, a terminal's CTRL+C) reaches the pool's process, which stops
-    gracefully and lets the running tasks finish.  The pool kills its
-    workers with SIGKILL when it must; a worker whose pool process died
-    exits by itself."""
+    Workers ignore SIGTERM and SIGINT: a signal sent to the whole process
+    group (``kill -TERM -PGID``, systemd's default ``KillMode``, a
+    terminal's CTRL+C) reaches the pool's process, which stops gracefully
+    and lets the running tasks finish.  (A plain :class:`poolx.Pool` worker
+    raises ``KeyboardInterrupt`` in its job on SIGINT, as the standard
+    library's does; a task-queue worker must not: the task would fail.)
+    The pool kills its workers with SIGKILL when it must; a worker whose
+    pool process died exits by itself."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch_pool_process, args=pool, name="poolx-pool-watch", daemon=True).start()
     init_worker(init_func, init_args, init_kwargs)
 

@@ -109,19 +109,23 @@ def test_duplicate_signals_are_one_request(worker, tmp_path):
     assert "second signal" not in log.read_text()
 
 
-def test_process_group_sigterm_lets_running_tasks_finish(worker, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_process_group_signal_lets_running_tasks_finish(worker, tmp_path, signum):
     """Issue 12: SIGTERM to the whole process group used to kill the workers
-    too (the running task failed with WorkerLostError)."""
+    too (the running task failed with WorkerLostError); a terminal's CTRL+C
+    (SIGINT to the foreground group) raised KeyboardInterrupt in the running
+    task, which failed instead of finishing."""
     start, log = worker
     proc = start("--init", "tests.cli.producer:init", "--workers", "2", new_session=True)
     wait_until((tmp_path / "g.started").exists, WAIT)
-    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, signum)
     wait_until(lambda: "stopping gracefully" in log.read_text(), WAIT)
     (tmp_path / "g.unlock").touch()
     assert proc.wait(WAIT) == 0, log.read_text()
     assert _read(tmp_path / "g") == "ok: g done"
     text = log.read_text()
     assert "WorkerLostError" not in text and "exited (signal" not in text, text
+    assert "KeyboardInterrupt" not in text, text
 
 
 def test_debug_log_level_shows_tracebacks(worker, tmp_path):
