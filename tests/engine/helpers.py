@@ -307,6 +307,21 @@ def pool_copy_gc_spares_reused_fds():
     os._exit(0)
 
 
+def pool_copy_refuses_jobs():
+    """In a forked child: the copy of the parent's pool (HOLDER[0]) refuses
+    a job with PoolNotRunning instead of queueing one nobody would run.
+    Exit code: 0 refused, 1 accepted, 2 another error."""
+    from poolx.exceptions import PoolNotRunning
+
+    try:
+        HOLDER[0].apply_async(square, (2,))
+    except PoolNotRunning:
+        os._exit(0)
+    except BaseException:
+        os._exit(2)
+    os._exit(1)
+
+
 def gated_len(path, data):
     wait_for_file(path)
     return len(data)

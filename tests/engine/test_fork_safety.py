@@ -30,6 +30,23 @@ def test_a_forked_childs_copy_of_the_pool_never_touches_reused_fds():
         pool.join()
 
 
+def test_a_forked_childs_copy_of_the_pool_refuses_jobs():
+    """The standard library's copy would queue the job, and its get() would
+    wait for ever: nothing in the child runs it."""
+    ctx = multiprocessing.get_context("fork")
+    helpers.HOLDER.append(poolx.Pool(1, context=ctx))
+    try:
+        child = ctx.Process(target=helpers.pool_copy_refuses_jobs)
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0, {1: "accepted", 2: "another error"}.get(child.exitcode, child.exitcode)
+        assert helpers.HOLDER[0].apply(helpers.square, (3,)) == 9
+    finally:
+        pool = helpers.HOLDER.pop()
+        pool.terminate()
+        pool.join()
+
+
 def test_a_finished_pools_copy_collected_in_a_forked_child_takes_no_lock():
     """A pool closed without join, forked while its finishing supervisor held
     its lock (the last step of its cleanup): the child that garbage-collects
