@@ -12,13 +12,13 @@ import pickle
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 import poolx
 from poolx.engine import payload
 from poolx.exceptions import PoolTerminated, TimeLimitExceeded, WorkerLostError
+from tests.conftest import wait_until
 from tests.engine import payload_tasks as tasks
 
 MB = 1 << 20
@@ -106,9 +106,7 @@ def test_terminate_releases_everything(ctx):
     p = poolx.Pool(2, context=ctx, shm_threshold=64 * 1024)
     results = [p.apply_async(tasks.sleep_then_make, (30, 200 * 1024), {}) for _ in range(2)]
     waiting = [p.apply_async(tasks.size, (b"w" * (200 * 1024),)) for _ in range(3)]
-    deadline = time.monotonic() + 30
-    while len(ours()) < 3 and time.monotonic() < deadline:  # arguments are pinned
-        time.sleep(0.01)
+    wait_until(lambda: len(ours()) >= 3, timeout=30)  # arguments are pinned
     assert len(ours()) == 3
     p.terminate()
     p.join()
