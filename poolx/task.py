@@ -551,7 +551,7 @@ def _checked_eta(eta: Any, delay: Any) -> datetime | None:
     if delay is not None:
         raise ValueError("give delay or eta, not both")
     if not isinstance(eta, datetime):
-        raise TypeError(f"eta must be a timezone-aware datetime, not {type(eta).__name__}")
+        raise ValueError(f"invalid eta: {eta!r} (expected a timezone-aware datetime)")
     if eta.tzinfo is None or eta.utcoffset() is None:
         raise ValueError(
             f"eta must be a timezone-aware datetime, got the naive {eta.isoformat()} "
