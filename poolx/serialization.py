@@ -206,7 +206,7 @@ class JSONSerializer(Serializer):
             return {_TAG: "marker", "v": "TASK_EXPIRED"}
         if isinstance(obj, TaskFailure):
             args = [self._encode(arg, pid) for arg in obj.args]
-            data = {_TAG: "failure", "type": type(obj).__name__, "v": args}
+            data: dict[str, Any] = {_TAG: "failure", "type": type(obj).__name__, "v": args}
             if obj.attempts is not None:
                 data["attempts"] = obj.attempts
             if obj.retryable:

@@ -19,7 +19,6 @@ import pytest
 from poolx import Task, TaskSpace, get_broker
 from poolx.const import SCHEDULED
 from poolx.task import Retry, TaskExpired, TaskFailure, wait_all
-
 from tests.conftest import wait_until
 
 from .helpers import WAIT, thread_worker, value_of
