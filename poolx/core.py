@@ -413,7 +413,9 @@ class Broker:
                 and result.task_id == task.id:
             if self._retried(task, result):
                 return
-            result = _final(task, result)
+            retryable, result = result.retryable, _final(task, result)
+            if retryable:  # the retries are used up (a failure not covered is logged already)
+                log.error("task failed: %s", result)
         if task.ignore_result:
             self._taskqueue.task_done(task.id)
             return

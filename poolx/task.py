@@ -310,7 +310,11 @@ class Retry:
 
     def countdown(self, retries: int, rand: Callable[[], float] = random.random) -> float:
         """Seconds before retry number ``retries + 1``: ``delay * backoff **
-        retries``, spread by up to ±25 % with jitter."""
+        retries``, spread by up to ±25 % with jitter.
+
+        :param retries: How many retries ran before this one.
+        :param rand: The random source (``[0, 1)``) jitter draws from.
+        """
         seconds = self.delay * self.backoff ** retries
         if self.jitter:
             seconds *= 1 + self.JITTER * (2 * rand() - 1)
@@ -323,7 +327,10 @@ class Retry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Retry:
-        """The policy :meth:`to_dict` wrote."""
+        """The policy :meth:`to_dict` wrote.
+
+        :param data: The dict :meth:`to_dict` returned.
+        """
         return cls(**data)
 
     def __eq__(self, other: object) -> bool:
@@ -661,10 +668,14 @@ class FunctionTask:
             except reraise:
                 raise
             except Exception as err:
-                log.error("task failed: %s [%s:%s]", self.name, queue_name, self.id, exc_info=True)
                 result = judge_failure(
                     self, TaskFailure(self.name, queue_name, self.id, error_text(err)), err
                 )
+                # A failure its Retry policy covers is logged by the broker
+                # (the retry, or the final failure), with the traceback here.
+                level = logging.DEBUG if result.retryable else logging.ERROR
+                log.log(level, "task failed: %s [%s:%s]", self.name, queue_name, self.id,
+                        exc_info=True)
             except BaseException as err:
                 log.error(
                     "worker died in task: %s [%s:%s]", self.name, queue_name, self.id,
