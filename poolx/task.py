@@ -607,8 +607,9 @@ class FunctionTask:
         self.options = options
 
     # One property per option (on_error, ignore_result, result_timeout,
-    # heartrate, max_retries, timeout, soft_timeout, memory_limit) is added
-    # by _option_properties from Task.OPTIONS.
+    # heartrate, max_retries, timeout, soft_timeout, memory_limit, attempt:
+    # 1 for the first attempt, 2 for the first retry...) is added by
+    # _option_properties from Task.OPTIONS; retry is defined below.
     on_error: str
     ignore_result: bool
     result_timeout: float
@@ -776,8 +777,9 @@ class Deferred:
     @property
     def status(self) -> str | None:
         """``'success'`` or ``'failed'`` once complete; else the backend's
-        status (``'pending'``, ``'enqueued'``, ``'processing'``, or ``None``
-        for an unknown task), asked again on every access."""
+        status (``'pending'``, ``'scheduled'``, ``'enqueued'``,
+        ``'processing'``, or ``None`` for an unknown task), asked again on
+        every access."""
         if self.wait(0):
             failed = isinstance(self._value, TaskFailure)
             self._status = "failed" if failed else "success"

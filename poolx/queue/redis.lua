@@ -128,17 +128,20 @@ local function make_ready(id, key)
 end
 
 -- Queue the scheduled tasks that are due (up to limit), earliest first.
+-- Due means strictly before `now` (whole ms, rounded down): with delays
+-- rounded up, a task never starts before its delay has passed.
 local function promote(now, limit)
-  local due = redis.call('ZRANGEBYSCORE', SCHED, '-inf', now, 'LIMIT', 0, limit)
+  local due = redis.call('ZRANGEBYSCORE', SCHED, '-inf', '(' .. now, 'LIMIT', 0, limit)
   if #due == 0 then return end
   local refs = {}
   for _, ref in ipairs(due) do
-    if redis.call('HGET', rkey(ref), 's') == 'scheduled' then
-      redis.call('HSET', rkey(ref), 's', 'enqueued')
+    local key = rkey(ref)
+    if redis.call('HGET', key, 's') == 'scheduled' then
+      redis.call('HSET', key, 's', 'enqueued')
       refs[#refs + 1] = ref
     end
   end
-  chunked('ZREM', SCHED, due)
+  redis.call('ZREMRANGEBYRANK', SCHED, 0, #due - 1)  -- the lowest scores: these
   chunked('LPUSH', READY, refs)
 end
 
@@ -558,7 +561,7 @@ elseif cmd == 'pop' or cmd == 'wait' then
 elseif cmd == 'status' then
   local key = P .. 't:' .. ARGV[2]
   local ok, status = live(key)
-  if ok and status == 'scheduled' and tonumber(redis.call('HGET', key, 'du')) <= now_ms() then
+  if ok and status == 'scheduled' and tonumber(redis.call('HGET', key, 'du')) < now_ms() then
     return 'enqueued'  -- due: the next fetch queues it
   end
   if ok then return status end

@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import threading
@@ -160,6 +161,11 @@ class _TaskDone(NamedTuple):
 
 def _lease_ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+def _delay_ms(seconds: float) -> int:
+    """A delay in whole milliseconds, rounded up: never shorter than asked."""
+    return max(1, math.ceil(seconds * 1000))
 
 
 def _text(value: Any) -> str:
@@ -376,8 +382,8 @@ class TaskQueue(AbstractTaskQueue):
                       args: list[str] | None = None) -> bool:
         check_seconds("delay", delay, allow_none=False, allow_zero=True)
         if args:
-            return self._defer(result, message, args, _lease_ms(delay))
-        return self._enqueue(result, message, _lease_ms(delay))
+            return self._defer(result, message, args, _delay_ms(delay))
+        return self._enqueue(result, message, _delay_ms(delay))
 
     def _enqueue(self, result: Deferred, message: bytes, delay_ms: int) -> bool:
         """Create and queue (or, with ``delay_ms``, schedule) one task."""
@@ -729,7 +735,7 @@ class TaskQueue(AbstractTaskQueue):
             self._args.pop(task_id, None)
         self._sync()
         return bool(self._call("retry", task_id, message, b"1" if ignore_result else b"0",
-                               ref, owner, max(0, int(delay * 1000))))
+                               ref, owner, _delay_ms(delay) if delay > 0 else 0))
 
     # -- results ------------------------------------------------------------------
 

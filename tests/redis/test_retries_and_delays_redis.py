@@ -86,3 +86,38 @@ def test_retry_policy_travels_with_every_serializer(url, serializer, tmp_path):
         res = Task(q.rt.fail_once, retry=Retry(max=1, delay=0.05))(str(tmp_path / "ran"))
         assert res.wait(WAIT)
     assert res.value == str(tmp_path / "ran")
+
+
+def test_a_retry_counts_deliveries_afresh(url):
+    from tests.redis.test_delivery import expire_leases
+
+    broker = get_broker(url)
+    queue = broker.taskqueue
+    res = Task(get_queue(url).rt.square, max_retries=1)(3)
+    assert queue.get(WAIT).attempt == 1
+    expire_leases(queue)
+    item = queue.get(WAIT)
+    assert item.attempt == 2  # one redelivery used: max_retries=1 is reached
+    assert queue.retry_task(res.id, item[1], 0.05)
+    assert not queue.retry_task(res.id, item[1], 0.05)  # not processing any more
+    assert res.status == "scheduled"
+    again = queue.get(WAIT)
+    assert again[0] == res.id and again.attempt == 1 and again.failure is None
+
+
+def test_the_example_prints_the_same_on_redis(url):
+    """examples/taskqueue/retries_and_delays.py with a Redis URL: the output
+    its page shows for memory:// (tests/test_docs.py runs that one)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_docs import DOCS, ENV, ROOT, included_examples
+
+    [(_, shown)] = included_examples(DOCS / "retries-and-delays.rst")
+    done = subprocess.run(
+        [sys.executable, "examples/taskqueue/retries_and_delays.py", url], cwd=ROOT,
+        env={**os.environ, **ENV}, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == shown
