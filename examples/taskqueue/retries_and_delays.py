@@ -48,7 +48,7 @@ if __name__ == "__main__":
         gone = Task(q.tasks.fetch, retry=Retry(max=2, delay=0.05))("example.org")
         gone.wait(timeout=10)
         try:
-            gone.value
+            print("unexpected:", gone.value)  # .value raises the final failure
         except TaskFailure as failure:
             print("gave up:", failure.error, "- attempts:", failure.attempts)
 
