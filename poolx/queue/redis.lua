@@ -262,6 +262,7 @@ local function store(id, msg, ttl)
   redis.call('ZREM', LEASES, 't' .. id)
   local ok, status = live(key)
   if not ok or status == 'completed' then return {} end
+  if status == 'scheduled' then redis.call('ZREM', SCHED, 't' .. id) end  -- a late result
   local drop = {'m'}
   for _, field in ipairs(redis.call('HKEYS', key)) do
     if string.sub(field, 1, 2) == 'a:' then drop[#drop + 1] = field end

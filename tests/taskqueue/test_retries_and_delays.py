@@ -367,3 +367,19 @@ def test_json_keeps_the_attempts_of_a_failure():
     assert copy == failure and copy.attempts == 3 and not copy.retryable
     plain = JSONSerializer().loads(JSONSerializer().dumps(TaskFailure("f", "q", "id", "E: x")))
     assert plain.attempts is None
+
+
+def test_a_late_result_for_a_task_waiting_to_be_retried_completes_it(url):
+    from poolx.task import Deferred, FunctionTask
+
+    broker = get_broker(url)
+    queue = broker.taskqueue
+    res = Deferred(broker, FunctionTask("rd.stamp", (), {}, {"id": "late"}))
+    assert queue.enqueue_task(res, b"m")
+    assert queue.get(WAIT)[0] == "late"
+    assert queue.retry_task("late", b"m2", 0.05)
+    assert queue.get_status("late") == SCHEDULED and queue.scheduled_size() == 1
+    queue.set_result("late", b"result", WAIT)  # e.g. a delivery thought lost, finishing late
+    assert queue.get_status("late") == "completed" and queue.scheduled_size() == 0
+    assert queue.get(0.2) is None  # not run again
+    assert queue.pop_result("late", 0) == b"result"
