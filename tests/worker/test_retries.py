@@ -47,3 +47,21 @@ def test_a_lost_worker_is_not_retried_by_default(url, start_pool):
     assert res.wait(WAIT)
     with pytest.raises(TaskFailure, match=r"\(1 attempt\)$"):
         _ = res.value
+
+
+def test_a_soft_time_limit_is_not_retried_by_default(url, start_pool):
+    start_pool(get_broker(url), tasks.init, workers=1)
+    res = Task(get_queue(url).wt.sleep, soft_timeout=0.2, retry=Retry(max=2, delay=0.05))(30)
+    assert res.wait(WAIT)
+    with pytest.raises(TaskFailure, match=r"SoftTimeLimitExceeded: .* \(1 attempt\)$"):
+        _ = res.value
+
+
+@pytest.mark.parametrize("on_timeout, attempts", [(False, "1 attempt"), (True, "2 attempts")])
+def test_a_memory_limit_is_retried_only_with_on_timeout(url, start_pool, on_timeout, attempts):
+    start_pool(get_broker(url), tasks.init, workers=1, memory_poll_interval=0.02)
+    retry = Retry(max=1, delay=0.05, on_timeout=on_timeout)
+    res = Task(get_queue(url).wt.hog, memory_limit="60MB", retry=retry)(200, 5)
+    assert res.wait(WAIT)
+    with pytest.raises(TaskFailure, match=rf"MemoryLimitExceeded: .* \({attempts}\)$"):
+        _ = res.value
