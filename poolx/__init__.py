@@ -8,7 +8,7 @@ Two faces, one engine (see ``docs/`` and DESIGN.md):
   hanging the program.  :class:`poolx.ProcessPoolExecutor` is the same engine
   behind ``concurrent.futures``' API.
 * The WorQ-compatible task queue — :func:`get_broker`, :func:`get_queue`,
-  :class:`Task`, :class:`TaskSpace`, :class:`TaskFailure` — loaded lazily so
+  :class:`Task`, :class:`Retry`, :class:`TaskSpace`, :class:`TaskFailure` — loaded lazily so
   that pool users do not pay for it.
 """
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from poolx.engine.api import Pool
     from poolx.engine.executor import ProcessPoolExecutor
     from poolx.exceptions import BrokenPoolError, WorkerLostError
-    from poolx.task import Task, TaskFailure, TaskSpace
+    from poolx.task import Retry, Task, TaskFailure, TaskSpace
 
 __version__ = "0.1.0"
 
@@ -44,6 +44,7 @@ _LAZY = {
     "get_broker": "poolx.core",
     "get_queue": "poolx.core",
     "Task": "poolx.task",
+    "Retry": "poolx.task",
     "TaskSpace": "poolx.task",
     "TaskFailure": "poolx.task",
 }
@@ -62,6 +63,7 @@ __all__ = [
     "get_broker",
     "get_queue",
     "Task",
+    "Retry",
     "TaskSpace",
     "TaskFailure",
 ]

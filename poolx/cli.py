@@ -8,6 +8,7 @@ work itself is done by the public API:
   :func:`~poolx.pool.process.start_pools` until SIGTERM/SIGINT (graceful),
   a second signal stops at once.
 * ``poolx status URL`` — the pool registry (``live_pools``), queue sizes
+  (waiting, scheduled: ``scheduled_size``)
   and the next tasks of each queue (``queued_tasks``).
 * ``poolx enqueue URL TASK [ARGS_JSON]`` — a task by its dotted name.
 * ``poolx purge URL`` — ``discard_pending_tasks`` after confirmation.
@@ -346,6 +347,19 @@ def _queued_tasks(url: str, queue: str, limit: int, now: float) -> list[dict[str
     ]
 
 
+def _scheduled(url: str, queue: str) -> int | None:
+    """How many tasks of ``queue`` are scheduled; None if the backend cannot
+    schedule tasks."""
+
+    def count() -> Any:
+        try:
+            return _broker(url, queue).taskqueue.scheduled_size()
+        except NotImplementedError:
+            return None
+
+    return _reach(url, count)
+
+
 def _status(url: str, queues_wanted: Sequence[str], pools_wanted: Sequence[str] = (),
             tasks: int = 0) -> dict[str, Any]:
     from poolx.queue.urls import redact_url
@@ -366,8 +380,8 @@ def _status(url: str, queues_wanted: Sequence[str], pools_wanted: Sequence[str] 
     for name in names:
         size = _reach(url, lambda name=name: len(_broker(url, name)))
         in_flight = sum(len(p.get("in_flight") or ()) for p in pools if p.get("queue") == name)
-        queues[name] = {"waiting": size, "in_flight": in_flight,
-                        "tasks": _queued_tasks(url, name, tasks, now)}
+        queues[name] = {"waiting": size, "scheduled": _scheduled(url, name),
+                        "in_flight": in_flight, "tasks": _queued_tasks(url, name, tasks, now)}
     return {"url": redact_url(url), "time": now, "pools": pools, "queues": queues}
 
 
@@ -400,7 +414,8 @@ def _print_status(status: dict[str, Any]) -> None:
     print()
     print("queues:")
     for name, sizes in status["queues"].items():
-        print(f"  {name}: {sizes['waiting']} waiting, {sizes['in_flight']} in flight")
+        scheduled = f"{sizes['scheduled']} scheduled, " if sizes.get("scheduled") else ""
+        print(f"  {name}: {sizes['waiting']} waiting, {scheduled}{sizes['in_flight']} in flight")
         listed = sizes["tasks"] or ()
         for task in listed:
             print(f"    {task['id']}  {task['name'] or '?'}  waiting {_duration(task['age'])}")

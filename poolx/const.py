@@ -8,6 +8,8 @@ Status values are plain strings so that every backend (memory, Redis) can
 store them as they are::
 
     pending     a task waiting for its Deferred arguments
+    scheduled   a task waiting for its due time (``delay``/``eta``, or a
+                retry's back-off)
     enqueued    a task waiting in the queue for a worker
     processing  a worker has taken the task
     completed   the result is stored and waiting to be read
@@ -24,6 +26,7 @@ __all__ = [
     "HOUR",
     "DAY",
     "PENDING",
+    "SCHEDULED",
     "ENQUEUED",
     "PROCESSING",
     "COMPLETED",
@@ -38,11 +41,12 @@ HOUR = MINUTE * 60
 DAY = HOUR * 24
 
 PENDING = "pending"
+SCHEDULED = "scheduled"
 ENQUEUED = "enqueued"
 PROCESSING = "processing"
 COMPLETED = "completed"
 
-STATUS_VALUES = frozenset([PENDING, ENQUEUED, PROCESSING, COMPLETED])
+STATUS_VALUES = frozenset([PENDING, SCHEDULED, ENQUEUED, PROCESSING, COMPLETED])
 
 
 class _Marker:

@@ -234,19 +234,43 @@ class Broker:
         :raises TaskFailure: if a Deferred argument's result is no longer
             available.
         :raises ValueError: if a Deferred argument belongs to another queue.
+        :raises NotImplementedError: if the task has a ``delay``, ``eta`` or
+            ``retry`` option and the backend cannot schedule tasks.
+
+        A task with a positive :attr:`~poolx.task.FunctionTask.delay` is
+        stored as ``scheduled`` and queued when due (with Deferred
+        arguments: ``pending`` until they arrive, then ``scheduled`` if it
+        is not due yet).
         """
+        store = self._taskqueue
+        if task.retry is not None and not _extends(store, "retry_task"):
+            raise NotImplementedError(
+                f"task {task.name}: the {type(store).__module__} backend cannot retry tasks"
+            )
+        delay = task.delay if task.delay is not None and task.delay > 0 else None
+        if delay is not None and not _extends(store, "schedule_task"):
+            raise NotImplementedError(
+                f"task {task.name}: the {type(store).__module__} backend cannot delay tasks"
+            )
         message, args = self._task_message(task)
         result = _EnqueuedDeferred(self, task)
-        store = self._taskqueue
         if not args:
-            if not store.enqueue_task(result, message):
+            if delay is None:
+                made = store.enqueue_task(result, message)
+            else:
+                made = store.schedule_task(result, message, delay)
+            if not made:
                 raise DuplicateTask(
                     task.name, self.name, task.id, "cannot enqueue task with duplicate id"
                 )
             log.debug("enqueue %s [%s:%s]", task.name, self.name, task.id)
             return None if task.ignore_result else result
 
-        if not store.defer_task(result, message, list(args)):
+        if delay is None:
+            made = store.defer_task(result, message, list(args))
+        else:
+            made = store.schedule_task(result, message, delay, list(args))
+        if not made:
             raise DuplicateTask(
                 task.name, self.name, task.id, "cannot enqueue task with duplicate id"
             )
@@ -377,7 +401,21 @@ class Broker:
         the result after this returns (``store_result``: ``redis://`` writes
         the results of many workers in one round trip); this broker reads it
         back at once all the same.
+
+        Retries: a failure marked :attr:`~poolx.task.TaskFailure.retryable`
+        of a task whose :class:`~poolx.task.Retry` policy has retries left is
+        not stored: the task is scheduled to run again after the policy's
+        back-off (:meth:`~poolx.queue.base.AbstractTaskQueue.retry_task`),
+        and its waiters keep waiting.  A final failure of such a task says
+        how many attempts ran.
         """
+        if isinstance(result, TaskFailure) and task.retry is not None \
+                and result.task_id == task.id:
+            if self._retried(task, result):
+                return
+            retryable, result = result.retryable, _final(task, result)
+            if retryable:  # the retries are used up (a failure not covered is logged already)
+                log.error("task failed: %s", result)
         if task.ignore_result:
             self._taskqueue.task_done(task.id)
             return
@@ -390,6 +428,32 @@ class Broker:
             log.error("%s", failure)
             message = self.serialize(failure)
         self._taskqueue.store_result(task.id, message, task.result_timeout)
+
+    def _retried(self, task: FunctionTask, failure: TaskFailure) -> bool:
+        """Schedule the next attempt of a task that failed with a retryable
+        ``failure``; False if it must be stored as final instead."""
+        retry = task.retry
+        assert retry is not None
+        if not failure.retryable or task.attempt > retry.max:
+            return False
+        delay = retry.countdown(task.attempt - 1)
+        options = dict(task.options, attempt=task.attempt + 1)
+        again = FunctionTask(task.name, task.args, task.kw, dict(options, id=task.id))
+        try:
+            message, args = self._task_message(again)
+            if args:
+                raise ValueError("its arguments hold Deferred results")
+        except Exception as err:
+            log.error("cannot retry %s [%s:%s]: %s", task.name, self.name, task.id,
+                      error_text(err))
+            return False
+        if self._taskqueue.retry_task(task.id, message, delay, task.ignore_result):
+            log.warning("%s; attempt %d of %d in %.3g s", failure, task.attempt + 1,
+                        retry.max + 1, delay)
+        else:
+            log.info("not retried (no longer processing): %s [%s:%s]", task.name, self.name,
+                     task.id)
+        return True
 
     def task_failed(self, task: FunctionTask) -> None:
         """Give up on a task: its waiters get :class:`~poolx.task.TaskExpired`."""
@@ -515,6 +579,22 @@ class Broker:
             self.set_result(task, failures[0])
             return None
         return task
+
+
+def _extends(store: AbstractTaskQueue, method: str) -> bool:
+    """Does the backend implement an optional method of the contract?"""
+    return getattr(type(store), method, None) is not getattr(AbstractTaskQueue, method)
+
+
+def _final(task: FunctionTask, failure: TaskFailure) -> TaskFailure:
+    """The failure of a task with a Retry policy as stored: its error says
+    how many attempts ran (and :attr:`~poolx.task.TaskFailure.attempts`)."""
+    attempts = task.attempt
+    word = "attempt" if attempts == 1 else "attempts"
+    final = type(failure)(failure.task_name, failure.queue, failure.task_id,
+                          f"{failure.error} ({attempts} {word})")
+    final.attempts = attempts
+    return final
 
 
 def _expired(task: Any, queue: str) -> TaskExpired:

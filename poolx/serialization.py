@@ -206,7 +206,12 @@ class JSONSerializer(Serializer):
             return {_TAG: "marker", "v": "TASK_EXPIRED"}
         if isinstance(obj, TaskFailure):
             args = [self._encode(arg, pid) for arg in obj.args]
-            return {_TAG: "failure", "type": type(obj).__name__, "v": args}
+            data: dict[str, Any] = {_TAG: "failure", "type": type(obj).__name__, "v": args}
+            if obj.attempts is not None:
+                data["attempts"] = obj.attempts
+            if obj.retryable:
+                data["retryable"] = True
+            return data
         if isinstance(obj, Deferred):
             args = obj.__reduce__()[1]  # what restore_deferred takes
             return {_TAG: "deferred", "v": [self._encode(arg, pid) for arg in args]}
@@ -248,7 +253,12 @@ class JSONSerializer(Serializer):
         cls = _FAILURES.get(data.get("type"))  # type: ignore[arg-type]
         if cls is None:
             raise ValueError(f"unknown failure type in JSON message: {data.get('type')!r}")
-        return cls(*args)
+        failure = cls(*args)
+        attempts = data.get("attempts")
+        if isinstance(attempts, int) and not isinstance(attempts, bool):
+            failure.attempts = attempts
+        failure.retryable = data.get("retryable") is True
+        return failure
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

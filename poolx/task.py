@@ -6,7 +6,10 @@ Owned here (WorQ's ``worq.task`` under poolx's name):
   (``q.foo.bar``) and enqueues a task when called.
 * :class:`Task` — a task name plus options (id, on_error, ignore_result,
   result_timeout, heartrate, max_retries, and poolx's per-task limits
-  timeout, soft_timeout, memory_limit); calling it enqueues.
+  timeout, soft_timeout, memory_limit, its :class:`Retry` policy and its
+  due time, ``delay`` or ``eta``); calling it enqueues.
+* :class:`Retry` — when and how often a failed task runs again: which
+  errors, how many more times, after which back-off.
 * :class:`FunctionTask` — one invocation (name, id, args, kwargs, options);
   what travels through the queue and what a worker invokes.
 * :class:`Deferred` — the handle on one task's result.  It can be waited on
@@ -17,7 +20,10 @@ Owned here (WorQ's ``worq.task`` under poolx's name):
   :meth:`Broker.expose <poolx.core.Broker.expose>`.
 * :func:`wait_all` — wait for many Deferreds with few backend calls.
 * :class:`TaskFailure` and its subclasses :class:`TaskExpired` and
-  :class:`DuplicateTask` — every way a task can fail ends as one of these.
+  :class:`DuplicateTask` — every way a task can fail ends as one of these;
+  :func:`judge_failure` marks one that the task's :class:`Retry` policy
+  covers (the worker decides, by the exception's type; the broker then
+  schedules the next attempt instead of storing the failure).
 * The one home of the task options' defaults (:attr:`Task.OPTIONS`, read by
   the option properties of :class:`Task` and :class:`FunctionTask`), of the
   lease a heartbeat grants (:func:`lease_seconds`) and of the error text of
@@ -36,18 +42,22 @@ process that unpickles a Deferred imports :mod:`poolx.core` by itself.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any, Protocol
 from uuid import uuid4
 
 from poolx.checks import check_count, check_seconds, parse_size
 from poolx.const import HOUR
+from poolx.exceptions import PoolError, SoftTimeLimitExceeded, Terminated
 
 __all__ = [
     "Queue",
     "Task",
+    "Retry",
     "FunctionTask",
     "Deferred",
     "TaskSpace",
@@ -60,6 +70,7 @@ __all__ = [
     "queue_target",
     "lease_seconds",
     "error_text",
+    "judge_failure",
     "set_broker_connector",
     "restore_deferred",
 ]
@@ -201,6 +212,158 @@ def queue_target(queue: Queue) -> str:
     return queue._Queue__target  # type: ignore[attr-defined]
 
 
+def _exception_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class Retry:
+    """When a failed task runs again: the ``retry`` option of a :class:`Task`.
+
+    ::
+
+        Task(q.tasks.fetch, retry=poolx.Retry(max=3, delay=0.5, backoff=2.0,
+                                              on=(ConnectionError,)))(url)
+
+    A task that raises one of ``on`` runs again after ``delay *
+    backoff ** n`` seconds (``n`` = 0 before the first retry, 1 before the
+    second...), at most ``max`` more times.  Meanwhile it is ``scheduled``
+    (a delayed task: it holds no worker, and it survives a consumer that is
+    killed or a Redis restart like any stored task); its
+    :class:`Deferred` and the tasks that take it as an argument wait for the
+    *final* outcome: the value of the attempt that succeeded, or the
+    :class:`TaskFailure` of the last one, whose :attr:`~TaskFailure.attempts`
+    (and error text) say how many attempts ran.
+
+    :param max: How many more times the task may run after its first
+        attempt (0: never again).
+    :param delay: Seconds before the first retry.
+    :param backoff: Factor applied to the delay for each further retry.
+    :param jitter: Spread each delay randomly by up to ±25 %, so that tasks
+        that failed together do not all retry at the same instant.
+    :param on: The exception classes that are retried (their subclasses
+        too), or their dotted names (``"module.ClassName"``).  Default: any
+        :class:`Exception`.
+    :param on_timeout: Also retry a task that hit its time limit (soft or
+        hard), its memory limit, or whose worker process was lost.  These
+        are not retried by default: a task that ran out of time or memory
+        usually does so again.  (A consumer that is lost as a whole is a
+        different matter: its tasks are delivered again under
+        ``max_retries``, see :doc:`/delivery`.)
+
+    The policy travels with the task as plain data (class *names*), so the
+    worker that runs the task decides by the exception's type, whatever
+    serializer the queue uses.
+    """
+
+    JITTER = 0.25
+    """The largest relative change jitter makes to a delay."""
+
+    def __init__(
+        self,
+        max: int = 3,
+        delay: float = 1.0,
+        backoff: float = 2.0,
+        jitter: bool = True,
+        on: type[Exception] | str | Iterable[type[Exception] | str] = (Exception,),
+        on_timeout: bool = False,
+    ) -> None:
+        self.max: int = check_count("Retry max", max, 0)  # type: ignore[assignment]
+        self.delay: float = check_seconds("Retry delay", delay, allow_none=False,
+                                          allow_zero=True)  # type: ignore[assignment]
+        self.backoff: float = check_seconds("Retry backoff", backoff,
+                                            allow_none=False)  # type: ignore[assignment]
+        if not isinstance(jitter, bool) or not isinstance(on_timeout, bool):
+            raise TypeError("Retry jitter and on_timeout must be True or False")
+        self.jitter = jitter
+        self.on_timeout = on_timeout
+        given = (on,) if isinstance(on, (type, str)) else tuple(on)
+        if not given:
+            raise ValueError("Retry on must name at least one exception class")
+        names = []
+        for cls in given:
+            if isinstance(cls, str) and cls.rpartition(".")[0]:
+                names.append(cls)
+            elif isinstance(cls, type) and issubclass(cls, Exception):
+                names.append(_exception_name(cls))
+            else:
+                raise TypeError(
+                    f"Retry on must hold Exception subclasses or their dotted names, not {cls!r}"
+                )
+        self.on: tuple[str, ...] = tuple(names)
+        """The dotted names of the exception classes that are retried."""
+
+    def covers(self, error: BaseException) -> bool:
+        """Whether a task that failed with ``error`` runs again (retries left
+        permitting): ``error`` is an instance of one of :attr:`on` —
+        compared by class name along its type's MRO, so the worker need not
+        import anything — or a time limit, memory limit or lost worker with
+        :attr:`on_timeout` set.  A task that was terminated on request is
+        never retried."""
+        if isinstance(error, Terminated):
+            return False
+        if isinstance(error, (PoolError, SoftTimeLimitExceeded)):
+            return self.on_timeout
+        if not isinstance(error, Exception):
+            return False
+        wanted = set(self.on)
+        return any(_exception_name(cls) in wanted for cls in type(error).__mro__)
+
+    def countdown(self, retries: int, rand: Callable[[], float] = random.random) -> float:
+        """Seconds before retry number ``retries + 1``: ``delay * backoff **
+        retries``, spread by up to ±25 % with jitter.
+
+        :param retries: How many retries ran before this one.
+        :param rand: The random source (``[0, 1)``) jitter draws from.
+        """
+        seconds = self.delay * self.backoff ** retries
+        if self.jitter:
+            seconds *= 1 + self.JITTER * (2 * rand() - 1)
+        return seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        """The policy as plain data (how it travels with the task)."""
+        return {"max": self.max, "delay": self.delay, "backoff": self.backoff,
+                "jitter": self.jitter, "on": list(self.on), "on_timeout": self.on_timeout}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Retry:
+        """The policy :meth:`to_dict` wrote.
+
+        :param data: The dict :meth:`to_dict` returned.
+        """
+        return cls(**data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Retry) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+    def __repr__(self) -> str:
+        on = ", ".join(self.on)
+        return (f"Retry(max={self.max}, delay={self.delay:g}, backoff={self.backoff:g}, "
+                f"jitter={self.jitter}, on=({on},), on_timeout={self.on_timeout})")
+
+
+def judge_failure(task: FunctionTask, failure: TaskFailure, error: BaseException) -> TaskFailure:
+    """Mark ``failure`` (the task's failure because of ``error``) as
+    :attr:`~TaskFailure.retryable` if the task's :class:`Retry` policy covers
+    ``error``; return it.
+
+    Called where the exception is known — the worker that ran the task, the
+    consumer that hears of a time limit — since only its type decides, and
+    the failure may cross a process boundary before the broker sees it."""
+    retry = task.retry
+    if retry is not None and retry.covers(error):
+        failure.retryable = True
+    return failure
+
+
+def _eta_delay(eta: Any) -> float:
+    """Seconds from now until the aware datetime ``eta``."""
+    return eta.timestamp() - time.time()
+
+
 def _checked(name: str, check: Callable[..., Any], value: Any, **kw: Any) -> Any:
     """``check(name, value)``, its complaint turned into WorQ's ValueError."""
     try:
@@ -218,7 +381,8 @@ def _option_properties(cls: type) -> type:
                         doc=f"The ``{name}`` option (default {default!r}).")
 
     for name, default in Task.OPTIONS.items():
-        setattr(cls, name, make(name, default))
+        if name not in cls.__dict__:  # a class may define its own (``retry``)
+            setattr(cls, name, make(name, default))
     return cls
 
 
@@ -261,11 +425,23 @@ class Task:
         (poolx): bytes, or a size string such as ``"512MB"`` (stored as
         bytes).  Over it the worker is killed and the task fails with
         ``MemoryLimitExceeded``.
+    :param retry: A :class:`Retry` policy (poolx): the task runs again,
+        after a back-off, when it fails with one of the policy's errors; its
+        Deferred resolves to the final outcome.  Independent of
+        ``max_retries`` (redelivery after a lost consumer).
+    :param delay: Seconds from each call until the task may run (poolx): it
+        is stored with status ``scheduled`` and queued when due.
+    :param eta: The time the task may run from (poolx): a timezone-aware
+        :class:`~datetime.datetime` (a naive one raises ``ValueError``: its
+        time zone would be a guess).  Only one of ``delay`` and ``eta``.
 
     The three limits are applied by :class:`poolx.pool.process.WorkerPool`
     (and any :class:`~poolx.consumer.BrokerConsumer`); thread pools cannot
     interrupt a thread and ignore them.
     :raises ValueError: for an invalid option value.
+
+    ``delay`` and ``eta`` are not stored with the task's options: each call
+    turns them into the time the task is due (see :attr:`FunctionTask.delay`).
     """
 
     PASS = "pass"
@@ -280,9 +456,14 @@ class Task:
         "timeout": None,
         "soft_timeout": None,
         "memory_limit": None,
+        "retry": None,
+        "attempt": 1,
     }
     """Every option and its default: the one place defaults are written.
-    Only options that differ from these are stored with a task."""
+    Only options that differ from these are stored with a task.  ``retry``
+    is stored as :meth:`Retry.to_dict`; ``attempt`` (which attempt of a
+    task with a :class:`Retry` policy this is) is set by the broker when it
+    schedules a retry, never by the caller."""
 
     def __init__(
         self,
@@ -296,6 +477,9 @@ class Task:
         timeout: float | None = None,
         soft_timeout: float | None = None,
         memory_limit: int | str | None = None,
+        retry: Retry | None = None,
+        delay: float | None = None,
+        eta: datetime | None = None,
     ) -> None:
         if not isinstance(queue, Queue):
             raise ValueError(f"invalid queue: {queue!r}")
@@ -315,7 +499,12 @@ class Task:
             "timeout": _checked("timeout", check_seconds, timeout),
             "soft_timeout": _checked("soft_timeout", check_seconds, soft_timeout),
             "memory_limit": _checked("memory_limit", parse_size, memory_limit),
+            "retry": None if retry is None else _checked_retry(retry).to_dict(),
         }
+        self.delay: float | None = _checked("delay", check_seconds, delay, allow_zero=True)
+        """Seconds from each call until the task may run (or None)."""
+        self.eta: datetime | None = _checked_eta(eta, delay)
+        """The time the task may run from (or None)."""
         # The values as given (an int stays an int), validated above.
         given = {"result_timeout": result_timeout, "heartrate": heartrate, "timeout": timeout,
                  "soft_timeout": soft_timeout}
@@ -334,14 +523,55 @@ class Task:
 
     def __call__(self, *args: Any, **kw: Any) -> Deferred | None:
         """Enqueue an invocation; return its :class:`Deferred` (or ``None``)."""
-        return self.broker.enqueue(FunctionTask(self.name, args, kw, self.options))
+        task = FunctionTask(self.name, args, kw, self.options)
+        if self.eta is not None:
+            task.delay = _eta_delay(self.eta)
+        elif self.delay is not None:
+            task.delay = self.delay
+        return self.broker.enqueue(task)
 
     def with_options(self, options: dict[str, Any]) -> Task:
         """A copy of this task with a new set of options (replacing the old)."""
+        options = dict(options)
+        if isinstance(options.get("retry"), dict):  # as stored in self.options
+            options["retry"] = Retry.from_dict(options["retry"])
         return Task(self.queue, **options)
+
+    @property
+    def retry(self) -> Retry | None:
+        """The :class:`Retry` policy (None: a failure is final)."""
+        return _retry_of(self.options)
 
     def __repr__(self) -> str:
         return f"<Task {self.name} [{self.broker.name}]>"
+
+
+def _checked_retry(retry: Any) -> Retry:
+    if not isinstance(retry, Retry):
+        raise ValueError(f"invalid retry: {retry!r} (expected a poolx.Retry)")
+    return retry
+
+
+def _checked_eta(eta: Any, delay: Any) -> datetime | None:
+    if eta is None:
+        return None
+    if delay is not None:
+        raise ValueError("give delay or eta, not both")
+    if not isinstance(eta, datetime):
+        raise ValueError(f"invalid eta: {eta!r} (expected a timezone-aware datetime)")
+    if eta.tzinfo is None or eta.utcoffset() is None:
+        raise ValueError(
+            f"eta must be a timezone-aware datetime, got the naive {eta.isoformat()} "
+            "(say which zone: datetime.now(timezone.utc) + timedelta(...))"
+        )
+    return eta
+
+
+def _retry_of(options: dict[str, Any]) -> Retry | None:
+    data = options.get("retry")
+    if data is None:
+        return None
+    return data if isinstance(data, Retry) else Retry.from_dict(data)
 
 
 class FunctionTask:
@@ -355,6 +585,11 @@ class FunctionTask:
     """
 
     OPTIONS = Task.OPTIONS
+
+    delay: float | None = None
+    """Seconds from enqueueing until the task may run (None: at once).  Set
+    by :class:`Task` from its ``delay`` or ``eta`` at each call; it is not
+    part of the task's message (the backend stores the due time)."""
 
     def __init__(self, name: str, args: tuple, kw: dict[str, Any], options: dict[str, Any]) -> None:
         options = dict(options)
@@ -372,8 +607,9 @@ class FunctionTask:
         self.options = options
 
     # One property per option (on_error, ignore_result, result_timeout,
-    # heartrate, max_retries, timeout, soft_timeout, memory_limit) is added
-    # by _option_properties from Task.OPTIONS.
+    # heartrate, max_retries, timeout, soft_timeout, memory_limit, attempt:
+    # 1 for the first attempt, 2 for the first retry...) is added by
+    # _option_properties from Task.OPTIONS; retry is defined below.
     on_error: str
     ignore_result: bool
     result_timeout: float
@@ -382,6 +618,12 @@ class FunctionTask:
     timeout: float | None
     soft_timeout: float | None
     memory_limit: int | None
+    attempt: int
+
+    @property
+    def retry(self) -> Retry | None:
+        """The :class:`Retry` policy (None: a failure is final)."""
+        return _retry_of(self.options)
 
     @property
     def lease(self) -> float:
@@ -427,8 +669,14 @@ class FunctionTask:
             except reraise:
                 raise
             except Exception as err:
-                log.error("task failed: %s [%s:%s]", self.name, queue_name, self.id, exc_info=True)
-                result = TaskFailure(self.name, queue_name, self.id, error_text(err))
+                result = judge_failure(
+                    self, TaskFailure(self.name, queue_name, self.id, error_text(err)), err
+                )
+                # A failure its Retry policy covers is logged by the broker
+                # (the retry, or the final failure), with the traceback here.
+                level = logging.DEBUG if result.retryable else logging.ERROR
+                log.log(level, "task failed: %s [%s:%s]", self.name, queue_name, self.id,
+                        exc_info=True)
             except BaseException as err:
                 log.error(
                     "worker died in task: %s [%s:%s]", self.name, queue_name, self.id,
@@ -529,8 +777,9 @@ class Deferred:
     @property
     def status(self) -> str | None:
         """``'success'`` or ``'failed'`` once complete; else the backend's
-        status (``'pending'``, ``'enqueued'``, ``'processing'``, or ``None``
-        for an unknown task), asked again on every access."""
+        status (``'pending'``, ``'scheduled'``, ``'enqueued'``,
+        ``'processing'``, or ``None`` for an unknown task), asked again on
+        every access."""
         if self.wait(0):
             failed = isinstance(self._value, TaskFailure)
             self._status = "failed" if failed else "success"
@@ -729,7 +978,21 @@ class TaskFailure(Exception):
 
     ``str()`` is ``'NAME [QUEUE:ID] ERROR'``; two failures with the same
     arguments are equal.
+
+    Two attributes beyond WorQ's (poolx), kept by pickling and by the JSON
+    serializer:
+
+    :ivar attempts: For a task with a :class:`Retry` policy, how many
+        attempts ran (the error text ends with ``(N attempts)`` too); None
+        otherwise.
+    :ivar retryable: Set by the worker when the task's :class:`Retry` policy
+        covers the error (:func:`judge_failure`): the broker then runs the
+        task again instead of storing this failure.  False in a stored
+        (final) failure.
     """
+
+    attempts: int | None = None
+    retryable: bool = False
 
     @property
     def task_name(self) -> str:

@@ -486,7 +486,7 @@ class BrokerConsumer:
         """
         failed = isinstance(value, TaskFailure)
         self.count("failed" if failed else "done")
-        if failed:
+        if failed and not value.retryable:  # a retryable one: the broker logs the retry
             log.error("task failed: %s", value)
         try:
             self.broker.set_result(task, value)

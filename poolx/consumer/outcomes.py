@@ -43,7 +43,7 @@ from poolx.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
-from poolx.task import FunctionTask, TaskExpired, TaskFailure, error_text
+from poolx.task import FunctionTask, TaskExpired, TaskFailure, error_text, judge_failure
 
 __all__ = [
     "Store",
@@ -89,7 +89,18 @@ def from_worker(task: FunctionTask, queue_name: str, value: Any) -> Store:
 
 
 def from_pool_error(task: FunctionTask, queue_name: str, error: BaseException) -> Outcome:
-    """The pool failed the task's job with ``error`` (see the module table)."""
+    """The pool failed the task's job with ``error`` (see the module table).
+
+    A stored failure is marked retryable when the task's
+    :class:`~poolx.task.Retry` policy covers ``error`` (time and memory
+    limits and lost workers only with ``on_timeout=True``)."""
+    outcome = _from_pool_error(task, queue_name, error)
+    if isinstance(outcome, Store) and isinstance(outcome.value, TaskFailure):
+        judge_failure(task, outcome.value, error)
+    return outcome
+
+
+def _from_pool_error(task: FunctionTask, queue_name: str, error: BaseException) -> Outcome:
 
     def failed(text: str, kind: type[TaskFailure] = TaskFailure) -> Store:
         return Store(kind(task.name, queue_name, task.id, text))

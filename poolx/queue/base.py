@@ -15,18 +15,24 @@ Who calls what::
                 Broker.set_result ▶ store_result (= set_result by default; also
                                     feeds dependent tasks)
                 Broker.task_failed ▶ discard_result
+    producer ── Broker.enqueue ──▶ schedule_task                 (delay / eta)
+    worker ──── Broker.set_result ▶ retry_task    (a retryable failure: run again later)
     consumer ── (stop, taken task never started) ▶ requeue_task
     pools ───── register_pool / unregister_pool  (heartbeat of a worker pool)
-    operator ── live_pools, queued_tasks         (``poolx status``)
+    operator ── live_pools, queued_tasks,
+                scheduled_size               (``poolx status``)
     waiter ──── Deferred.wait ───▶ pop_result   (blocks inside the backend)
                 Deferred.status ─▶ get_status
 
 Task life cycle (status values from :mod:`poolx.const`)::
 
+    schedule_task ─▶ scheduled ──(due)──────────┐
     defer_task ─▶ pending ──(last argument set)──▶ enqueued ◀── enqueue_task
-                                                     │ get
-                                                     ▼
-                                                 processing ── set_result ──▶ completed
+                  (not due yet: scheduled)           │ get          ▲
+                                                     ▼              │ (due)
+                                                 processing ── retry_task ──▶ scheduled
+                                                     │
+                                                     └─────────── set_result ──▶ completed
                                                      │                          │ pop_result
                                  discard_result / lost worker                   ▼
                                                      └────────▶ expired      (removed)
@@ -62,6 +68,13 @@ a third-party backend needs only the methods above):
 * :meth:`~AbstractTaskQueue.get_many` and :meth:`~AbstractTaskQueue.pop_results`
   — several tasks or results per call (default: loops over ``get`` and
   ``pop_result``).
+* :meth:`~AbstractTaskQueue.schedule_task`, :meth:`~AbstractTaskQueue.retry_task`
+  and :meth:`~AbstractTaskQueue.scheduled_size` — delayed tasks and retries
+  (default: raise NotImplementedError; the broker then refuses tasks with a
+  ``delay``, ``eta`` or ``retry`` option, saying so).  A backend that
+  schedules wakes its blocked :meth:`get` callers when a task becomes due
+  (a timer, not a polling loop), and keeps scheduled tasks like any other
+  stored task.
 * :meth:`~AbstractTaskQueue.queued_tasks` — the next tasks to run, for
   ``poolx status`` (default: raises NotImplementedError; the command then
   shows the queue sizes only).
@@ -234,7 +247,7 @@ class AbstractTaskQueue:
         raise NotImplementedError("abstract method")
 
     def discard_pending(self) -> None:
-        """Drop every task waiting to run (pending or enqueued).
+        """Drop every task waiting to run (pending, scheduled or enqueued).
 
         Their waiters and dependents receive
         :data:`~poolx.const.TASK_EXPIRED`; running tasks are not affected.
@@ -409,6 +422,45 @@ class AbstractTaskQueue:
             if message is not None:
                 found[task_id] = message
         return found
+
+    def schedule_task(self, result: Deferred, message: bytes, delay: float,
+                      args: list[str] | None = None) -> bool:
+        """Store a task that must not run before ``delay`` seconds from now.
+
+        Without ``args``: status ``scheduled``; when it is due it is queued
+        (at the back, like :meth:`enqueue_task`), and a :meth:`get` blocked
+        meanwhile wakes for it.  With ``args``, as :meth:`defer_task`
+        (``pending``); once its last argument is set it is queued if it is
+        due, otherwise ``scheduled`` until then.
+
+        :param delay: Seconds from now (> 0), by the backend's clock.
+        :returns: True if stored; False if a task with this id exists.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot schedule tasks")
+
+    def retry_task(self, task_id: str, message: bytes, delay: float,
+                   ignore_result: bool = False) -> bool:
+        """A task that :meth:`get` handed out failed and runs again later.
+
+        In one step: the task goes from ``processing`` to ``scheduled``
+        (due ``delay`` seconds from now, then queued as by
+        :meth:`schedule_task`), with ``message`` in place of the old one (the
+        broker's copy for the next attempt, its Deferred arguments already
+        resolved), and no result is stored: waiters and dependent tasks
+        keep waiting.  Its count of deliveries (``max_retries``) starts
+        again.
+
+        :param ignore_result: As for :meth:`requeue_task`.
+        :returns: True if scheduled; False if the task is no longer
+            ``processing`` by this delivery (completed, discarded, unknown).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot retry tasks")
+
+    def scheduled_size(self) -> int:
+        """How many tasks are ``scheduled`` (not due yet, or due and not
+        queued yet), for ``poolx status``.  They are not counted by
+        :meth:`size`; :meth:`discard_pending` drops them too."""
+        raise NotImplementedError(f"{type(self).__name__} cannot schedule tasks")
 
     def queued_tasks(self, limit: int) -> list[QueuedTask]:
         """The first ``limit`` tasks ready to run, the next one first

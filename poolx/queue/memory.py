@@ -15,6 +15,15 @@ Waiting never polls: :meth:`TaskQueue.get` waits on a condition signalled
 when a task is queued, :meth:`TaskQueue.pop_result` on a per-task condition
 signalled when the result is stored or discarded.
 
+Scheduled tasks (``delay``/``eta``, retries in back-off) wait in a heap
+ordered by due time (on the monotonic clock).  Whoever holds the lock moves
+the due ones to the ready queue (:meth:`TaskQueue._promote`, at every
+``get``), and a blocked ``get`` waits no longer than until the earliest due
+time — a timer, not a polling loop; scheduling a task due earlier than every
+other wakes the blocked ``get`` calls so they wait for it instead.  An entry
+whose task was discarded meanwhile is skipped when it comes up (so a later
+cancel only has to drop the record).
+
 Records are plain data keyed by task id — unlike WorQ's memory queue, nothing
 depends on the caller keeping its Deferred alive.  A completed result is kept
 until it is read or its ``result_timeout`` passes (expired results are swept
@@ -38,7 +47,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from poolx.checks import check_seconds
-from poolx.const import COMPLETED, DEFAULT, ENQUEUED, PENDING, PROCESSING, TASK_EXPIRED
+from poolx.const import (
+    COMPLETED,
+    DEFAULT,
+    ENQUEUED,
+    PENDING,
+    PROCESSING,
+    SCHEDULED,
+    TASK_EXPIRED,
+)
 from poolx.queue.base import AbstractTaskQueue, QueuedTask
 
 if TYPE_CHECKING:
@@ -47,6 +64,7 @@ if TYPE_CHECKING:
 __all__ = ["TaskQueue"]
 
 _WAITING = (PENDING, ENQUEUED)
+_NOT_STARTED = (PENDING, SCHEDULED, ENQUEUED)
 
 
 @dataclass(eq=False)
@@ -63,6 +81,7 @@ class _Record:
     dependents: list[str] = field(default_factory=list)
     result: Any = None
     done: threading.Condition | None = None
+    due: float | None = None  # monotonic time it may run from (delayed tasks)
 
 
 def _location(url: str) -> str:
@@ -103,13 +122,45 @@ class TaskQueue(AbstractTaskQueue):
         self._taken_args: dict[str, dict[str, Any]] = {}
         self._waiting = 0
         self._expiry: list[tuple[float, int, str, _Record]] = []
+        self._scheduled: list[tuple[float, int, str, _Record]] = []  # due-time heap
+        self._n_scheduled = 0
         self._seq = itertools.count()
 
     # -- helpers (call with the lock held) ------------------------------------
 
     def _set_status(self, rec: _Record, status: str) -> None:
         self._waiting += (status in _WAITING) - (rec.status in _WAITING)
+        self._n_scheduled += (status == SCHEDULED) - (rec.status == SCHEDULED)
         rec.status = status
+
+    def _schedule(self, task_id: str, rec: _Record, due: float) -> None:
+        """Keep the task until ``due``; wake blocked getters if it is due
+        before every other scheduled task (they wait for the earliest)."""
+        rec.due = due
+        self._set_status(rec, SCHEDULED)
+        heap = self._scheduled
+        earliest = not heap or due < heap[0][0]
+        heapq.heappush(heap, (due, next(self._seq), task_id, rec))
+        if earliest:
+            self._task_ready.notify_all()
+
+    def _make_ready(self, task_id: str, rec: _Record) -> None:
+        """A task that may run once due: queue it now, or schedule it."""
+        if rec.due is not None and rec.due > time.monotonic():
+            self._schedule(task_id, rec, rec.due)
+        else:
+            self._enqueue(task_id, rec)
+
+    def _promote(self) -> float | None:
+        """Queue the scheduled tasks that are due; return the earliest due
+        time left (None if none)."""
+        heap = self._scheduled
+        now = time.monotonic()
+        while heap and heap[0][0] <= now:
+            _, _, task_id, rec = heapq.heappop(heap)
+            if rec.status == SCHEDULED and self._records.get(task_id) is rec:
+                self._enqueue(task_id, rec)
+        return heap[0][0] if heap else None
 
     def _enqueue(self, task_id: str, rec: _Record) -> None:
         self._set_status(rec, ENQUEUED)
@@ -132,7 +183,7 @@ class TaskQueue(AbstractTaskQueue):
                 continue
             dep.args[task_id] = message
             if dep.needed <= dep.args.keys():
-                self._enqueue(dep_id, dep)
+                self._make_ready(dep_id, dep)
                 ready.append(dep_id)
         rec.dependents = []
         return ready
@@ -187,11 +238,23 @@ class TaskQueue(AbstractTaskQueue):
                 self._enqueue(result.id, rec)
             return True
 
+    def schedule_task(self, result: Deferred, message: bytes, delay: float,
+                      args: list[str] | None = None) -> bool:
+        check_seconds("delay", delay, allow_none=False, allow_zero=True)
+        with self._lock:
+            rec = self._create(result, message, PENDING, args or ())
+            if rec is None:
+                return False
+            rec.due = time.monotonic() + delay
+            if not rec.needed:
+                self._make_ready(result.id, rec)
+            return True
+
     def undefer_task(self, task_id: str) -> None:
         with self._lock:
             rec = self._records.get(task_id)
             if rec is not None and rec.status == PENDING:
-                self._enqueue(task_id, rec)
+                self._make_ready(task_id, rec)
 
     def reserve_argument(self, argument_id: str, deferred_id: str) -> tuple[bool, Any]:
         with self._lock:
@@ -224,6 +287,7 @@ class TaskQueue(AbstractTaskQueue):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while True:
+                next_due = self._promote()
                 while self._ready:
                     task_id = self._ready.popleft()
                     rec = self._records.get(task_id)
@@ -237,17 +301,22 @@ class TaskQueue(AbstractTaskQueue):
                         if rec.args:
                             self._taken_args[task_id] = rec.args
                     return task_id, message
-                if deadline is None:
-                    self._task_ready.wait()
-                else:
+                wait = None if next_due is None else max(0.0, next_due - time.monotonic())
+                if deadline is not None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return None
-                    self._task_ready.wait(remaining)
+                    wait = remaining if wait is None else min(wait, remaining)
+                self._task_ready.wait(wait)
 
     def size(self) -> int:
         with self._lock:
             return self._waiting
+
+    def scheduled_size(self) -> int:
+        with self._lock:
+            self._promote()
+            return self._n_scheduled
 
     def queued_tasks(self, limit: int) -> list[QueuedTask]:
         listed: dict[str, QueuedTask] = {}
@@ -263,10 +332,11 @@ class TaskQueue(AbstractTaskQueue):
     def discard_pending(self) -> None:
         with self._lock:
             for task_id, rec in list(self._records.items()):
-                if rec.status in _WAITING:
+                if rec.status in _NOT_STARTED:
                     self._remove(task_id)
                     self._finish(rec, TASK_EXPIRED)
             self._ready.clear()
+            self._scheduled.clear()
 
     def set_task_timeout(self, task_id: str, timeout: float) -> None:
         check_seconds("task timeout", timeout, allow_none=False)
@@ -274,6 +344,7 @@ class TaskQueue(AbstractTaskQueue):
     def get_status(self, task_id: str) -> str | None:
         with self._lock:
             self._sweep()
+            self._promote()
             rec = self._records.get(task_id)
             return None if rec is None else rec.status
 
@@ -319,23 +390,43 @@ class TaskQueue(AbstractTaskQueue):
             self._finish(rec, task_expired_token)
             self._deliver(task_id, rec, task_expired_token)
 
+    def _taken(self, task_id: str, message: bytes, ignore_result: bool) -> _Record | None:
+        """The record of a taken task given back (re-created for an
+        ignore_result task), with ``message``; None if not processing."""
+        rec = self._records.get(task_id)
+        if rec is None:
+            if not ignore_result:
+                return None
+            # Its record left when it was taken: name and age unknown.
+            rec = self._records[task_id] = _Record(
+                status=PROCESSING, message=message, ignore_result=True
+            )
+            self._taken_args.pop(task_id, None)
+        elif rec.status != PROCESSING:
+            return None
+        rec.message = message
+        return rec
+
     def requeue_task(self, task_id: str, message: bytes, ignore_result: bool = False) -> bool:
         with self._lock:
-            rec = self._records.get(task_id)
+            rec = self._taken(task_id, message, ignore_result)
             if rec is None:
-                if not ignore_result:
-                    return False
-                # Its record left when it was taken: name and age unknown.
-                rec = self._records[task_id] = _Record(
-                    status=PROCESSING, message=message, ignore_result=True
-                )
-                self._taken_args.pop(task_id, None)
-            elif rec.status != PROCESSING:
                 return False
-            rec.message = message
             self._set_status(rec, ENQUEUED)
             self._ready.appendleft(task_id)
             self._task_ready.notify()
+            return True
+
+    def retry_task(self, task_id: str, message: bytes, delay: float,
+                   ignore_result: bool = False) -> bool:
+        check_seconds("delay", delay, allow_none=False, allow_zero=True)
+        with self._lock:
+            rec = self._taken(task_id, message, ignore_result)
+            if rec is None:
+                return False
+            rec.args = {}  # resolved into the message
+            rec.needed = frozenset()
+            self._schedule(task_id, rec, time.monotonic() + delay)
             return True
 
     # -- the registry of live worker pools ------------------------------------

@@ -24,6 +24,12 @@
 --                         RPUSH to put a reclaimed task at the front
 --     P deferred   SET    ids of pending tasks (waiting for Deferred arguments)
 --     P leases     ZSET   refs of taken tasks, scored by lease deadline (ms)
+--     P sched      ZSET   refs of scheduled tasks (delay/eta, retry back-off),
+--                         scored by due time (ms); moved to ready when due
+--     P bell       STRING set while a wake-up marker ('b') is in ready: a task
+--                         due before every other was scheduled while the
+--                         ready list was empty, so consumers blocked on it
+--                         (waiting for the earlier due time) must look again
 --     P w:<id>     LIST   wake-up tokens for result waiters (BLPOP)
 --     P mb:<name>  LIST   a client's mailbox: ids of its tasks whose result
 --                         arrived (LPUSH), drained by its ``wait`` calls
@@ -37,7 +43,8 @@
 --
 -- Task record fields::
 --
---     s    status: pending | enqueued | processing | completed
+--     s    status: pending | scheduled | enqueued | processing | completed
+--     du   due time (ms, server clock) of a delayed task
 --     m    the task message            id   task id (detached records)
 --     ir   "1" if the result is ignored
 --     ls   lease (ms) the task asks for: 2 * heartrate + 5 s
@@ -61,6 +68,8 @@ local cmd = ARGV[1]
 local READY = P .. 'ready'
 local DEFERRED = P .. 'deferred'
 local LEASES = P .. 'leases'
+local SCHED = P .. 'sched'
+local BELL = P .. 'bell'
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -89,10 +98,77 @@ local function chunked(verb, key, items)
   return out
 end
 
+-- Wake consumers blocked on the empty ready list if `due` is earlier than
+-- every scheduled task (each waits until the earliest it knew of): a marker
+-- in ready ends their wait; the fetch that pops it drops the bell.  Called
+-- before `due` is added.  Consumers not blocked see it at their next fetch.
+local function ring(due)
+  if redis.call('EXISTS', BELL) == 1 or redis.call('LLEN', READY) > 0 then return end
+  local head = redis.call('ZRANGE', SCHED, 0, 0, 'WITHSCORES')
+  if head[2] and tonumber(head[2]) <= due then return end
+  redis.call('LPUSH', READY, 'b')
+  redis.call('SET', BELL, '1')
+end
+
+-- Keep a task until `due` (ms): status scheduled, in the sched set.
+local function schedule(ref, key, due)
+  ring(due)
+  redis.call('HSET', key, 's', 'scheduled', 'du', due)
+  redis.call('ZADD', SCHED, due, ref)
+end
+
+-- A task that may run: queue it, or schedule it if it is not due yet.
 local function make_ready(id, key)
-  redis.call('HSET', key, 's', 'enqueued')
   redis.call('SREM', DEFERRED, id)
+  local due = tonumber(redis.call('HGET', key, 'du') or '0')
+  if due > 0 and due > now_ms() then
+    schedule('t' .. id, key, due)
+    return
+  end
+  redis.call('HSET', key, 's', 'enqueued')
   redis.call('LPUSH', READY, 't' .. id)
+end
+
+-- Queue the scheduled tasks that are due (up to limit), earliest first.
+-- Due means strictly before `now` (whole ms, rounded down): with delays
+-- rounded up, a task never starts before its delay has passed.
+local function promote(now, limit)
+  local due = redis.call('ZRANGEBYSCORE', SCHED, '-inf', '(' .. now, 'LIMIT', 0, limit)
+  if #due == 0 then return end
+  local refs = {}
+  for _, ref in ipairs(due) do
+    local key = rkey(ref)
+    if redis.call('HGET', key, 's') == 'scheduled' then
+      redis.call('HSET', key, 's', 'enqueued')
+      refs[#refs + 1] = ref
+    end
+  end
+  redis.call('ZREMRANGEBYRANK', SCHED, 0, #due - 1)  -- the lowest scores: these
+  chunked('LPUSH', READY, refs)
+end
+
+-- A taken task handed back (requeue, retry): its record under its id again
+-- (an ignore_result task's detached one re-attached, unless the id was
+-- enqueued again meanwhile), lease dropped -> key, ref, deliveries; nil if
+-- it is not processing by that delivery any more.
+local function take_back(id, ref, owner)
+  local key = rkey(ref)
+  local f = redis.call('HMGET', key, 's', 'p', 'o', 'd')
+  if f[1] ~= 'processing' or f[2] or (owner ~= '' and f[3] ~= owner) then return nil end
+  redis.call('ZREM', LEASES, ref)
+  if string.sub(ref, 1, 1) == 'f' then
+    local tkey = P .. 't:' .. id
+    if redis.call('EXISTS', tkey) == 1 and live(tkey) then
+      redis.call('DEL', key)
+      return nil
+    end
+    redis.call('DEL', tkey)
+    redis.call('RENAME', key, tkey)
+    redis.call('HDEL', tkey, 'id')
+    key, ref = tkey, 't' .. id
+  end
+  redis.call('HDEL', key, 'o')
+  return key, ref, tonumber(f[4] or '0')
 end
 
 -- Wake every registered waiter of a task's result, and tell the mailbox of
@@ -188,6 +264,7 @@ local function store(id, msg, ttl)
   redis.call('ZREM', LEASES, 't' .. id)
   local ok, status = live(key)
   if not ok or status == 'completed' then return {} end
+  if status == 'scheduled' then redis.call('ZREM', SCHED, 't' .. id) end  -- a late result
   local drop = {'m'}
   for _, field in ipairs(redis.call('HKEYS', key)) do
     if string.sub(field, 1, 2) == 'a:' then drop[#drop + 1] = field end
@@ -211,7 +288,8 @@ end
 
 if cmd == 'enqueue' then
   -- nonce, mailbox ('' for none), n, n ids the mailbox no longer waits for,
-  -- then (id, message, ir, lease ms, max deliveries, name) per task
+  -- then (id, message, ir, lease ms, max deliveries, name, delay ms) per
+  -- task (delay 0: ready now; otherwise scheduled)
   local nonce, mb, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
   local at = now_ms()
   for j = 5, 4 + n do
@@ -219,12 +297,17 @@ if cmd == 'enqueue' then
     if redis.call('HGET', key, 'mb') == mb then redis.call('HDEL', key, 'mb') end
   end
   local refs, dups = {}, {}
-  for i = 5 + n, #ARGV, 6 do
+  for i = 5 + n, #ARGV, 7 do
     local id = ARGV[i]
-    local made = create(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], at,
-                        nonce, 'enqueued', mb)
+    local delay = tonumber(ARGV[i + 6])
+    local made, key = create(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
+                             at, nonce, 'enqueued', mb)
     if made == 1 then
-      refs[#refs + 1] = 't' .. id
+      if delay > 0 then
+        schedule('t' .. id, key, at + delay)
+      else
+        refs[#refs + 1] = 't' .. id
+      end
     elseif made == 0 then
       dups[#dups + 1] = id
     end
@@ -234,12 +317,16 @@ if cmd == 'enqueue' then
 
 elseif cmd == 'defer' then
   -- nonce, id, message, ir, lease ms, max deliveries, number of arguments,
-  -- mailbox ('' for none), name
+  -- mailbox ('' for none), name, delay ms (0: none; else the task is
+  -- scheduled, once its arguments are in, if it is not due by then)
   local id, need = ARGV[3], tonumber(ARGV[8])
-  local made, key = create(id, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[10], now_ms(), ARGV[2],
+  local at = now_ms()
+  local made, key = create(id, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[10], at, ARGV[2],
                            'pending', ARGV[9])
   if made == 1 then
     redis.call('HSET', key, 'na', need, 'need', need)
+    local delay = tonumber(ARGV[11] or '0')
+    if delay > 0 then redis.call('HSET', key, 'du', at + delay) end
     if need > 0 then
       redis.call('SADD', DEFERRED, id)
     else
@@ -286,19 +373,21 @@ elseif cmd == 'args' then
 
 elseif cmd == 'fetch' then
   -- consumer, count, lease ms for records that name none, reclaim limit,
-  -- nonce, ms to remember what this call took
-  -- -> {reclaimed, ms to the next lease deadline or -1,
+  -- promote limit, nonce, ms to remember what this call took
+  -- -> {reclaimed, ms to the next lease deadline or -1, ms until the next
+  --     scheduled task is due or -1,
   --     then per task: ref, id, message, delivery, max deliveries, lease ms,
   --     nargs, (arg id, value)...}
+  -- Scheduled tasks that are due are queued first (up to promote limit).
   -- A retried call (same nonce: the first one's reply was lost, e.g. Redis
   -- restarted) returns the tasks the first one took that are still leased
   -- to this consumer, instead of leaving them to wait for their leases.
   local consumer, count = ARGV[2], tonumber(ARGV[3])
   local min_lease, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
-  local fetched = P .. 'fetched:' .. ARGV[6]
+  local fetched = P .. 'fetched:' .. ARGV[7]
   local before = redis.call('LRANGE', fetched, 0, -1)
   if #before > 0 then
-    local out = {0, -1}
+    local out = {0, -1, -1}
     for _, ref in ipairs(before) do
       local key = rkey(ref)
       local f = redis.call('HMGET', key, 's', 'o', 'd', 'id', 'm', 'mx', 'ls', 'na')
@@ -317,6 +406,7 @@ elseif cmd == 'fetch' then
     return out
   end
   local now = now_ms()
+  promote(now, tonumber(ARGV[6] or '1000'))
   local reclaimed = 0
   local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, limit)
   for _, ref in ipairs(expired) do
@@ -328,11 +418,12 @@ elseif cmd == 'fetch' then
       reclaimed = reclaimed + 1
     end
   end
-  local out = {reclaimed, -1}
+  local out = {reclaimed, -1, -1}
   local taken = 0
   while taken < count do
     local ref = redis.call('RPOP', READY)
     if not ref then break end
+    if ref == 'b' then redis.call('DEL', BELL) end
     local key = rkey(ref)
     local f = redis.call('HMGET', key, 's', 'p', 'm', 'ir', 'ls', 'mx', 'id', 'na')
     if f[1] == 'enqueued' and not f[2] then
@@ -365,10 +456,12 @@ elseif cmd == 'fetch' then
       taken = taken + 1
     end
   end
-  if taken > 0 then redis.call('PEXPIRE', fetched, ARGV[7]) end
+  if taken > 0 then redis.call('PEXPIRE', fetched, ARGV[8]) end
   if taken == 0 then
     local first = redis.call('ZRANGE', LEASES, 0, 0, 'WITHSCORES')
     if first[2] then out[2] = math.max(0, tonumber(first[2]) - now) end
+    local due = redis.call('ZRANGE', SCHED, 0, 0, 'WITHSCORES')
+    if due[2] then out[3] = math.max(0, tonumber(due[2]) - now) end
   end
   return out
 
@@ -495,12 +588,19 @@ elseif cmd == 'pop' or cmd == 'wait' then
   return {out, drained, redis.call('LLEN', mbkey)}
 
 elseif cmd == 'status' then
-  local ok, status = live(P .. 't:' .. ARGV[2])
+  local key = P .. 't:' .. ARGV[2]
+  local ok, status = live(key)
+  if ok and status == 'scheduled' and tonumber(redis.call('HGET', key, 'du')) < now_ms() then
+    return 'enqueued'  -- due: the next fetch queues it
+  end
   if ok then return status end
   return false
 
 elseif cmd == 'size' then
-  return redis.call('LLEN', READY) + redis.call('SCARD', DEFERRED)
+  return redis.call('LLEN', READY) - redis.call('EXISTS', BELL) + redis.call('SCARD', DEFERRED)
+
+elseif cmd == 'nsched' then
+  return redis.call('ZCARD', SCHED)
 
 elseif cmd == 'queued' then
   -- limit -> {server time ms, then per ready task: id, name, created ms}
@@ -534,6 +634,7 @@ elseif cmd == 'discard' then
   local ok, status = live(key)
   if not ok then return 0 end
   if status == 'enqueued' then redis.call('LREM', READY, 1, 't' .. id) end
+  if status == 'scheduled' then redis.call('ZREM', SCHED, 't' .. id) end
   deliver(id, key, token)
   wake(id, key)
   redis.call('DEL', key)
@@ -541,11 +642,11 @@ elseif cmd == 'discard' then
   return 1
 
 elseif cmd == 'purge' then
-  -- drop every task waiting to run (pending or enqueued)
+  -- drop every task waiting to run (pending, scheduled or enqueued)
   local function drop(ref, id)
     local key = rkey(ref)
     local ok, status = live(key)
-    if ok and (status == 'enqueued' or status == 'pending') then
+    if ok and (status == 'enqueued' or status == 'pending' or status == 'scheduled') then
       wake(id or redis.call('HGET', key, 'id'), key)
       redis.call('DEL', key)
     end
@@ -556,31 +657,33 @@ elseif cmd == 'purge' then
     drop(ref, id)
   end
   for _, id in ipairs(redis.call('SMEMBERS', DEFERRED)) do drop('t' .. id, id) end
-  redis.call('DEL', READY, DEFERRED)
+  for _, ref in ipairs(redis.call('ZRANGE', SCHED, 0, -1)) do drop(ref, string.sub(ref, 2)) end
+  redis.call('DEL', READY, DEFERRED, SCHED, BELL)
   return 0
 
 elseif cmd == 'requeue' then
   -- id, message, ir, ref, owner: give back a taken task that never ran
-  local id, msg, ir, ref, owner = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-  local key = rkey(ref)
-  local f = redis.call('HMGET', key, 's', 'p', 'o', 'ls', 'mx', 'd')
-  if f[1] ~= 'processing' or f[2] or (owner ~= '' and f[3] ~= owner) then return 0 end
-  redis.call('ZREM', LEASES, ref)
-  if string.sub(ref, 1, 1) == 'f' then
-    -- re-attach under its id, unless that id was enqueued again meanwhile
-    local tkey = P .. 't:' .. id
-    if redis.call('EXISTS', tkey) == 1 and live(tkey) then
-      redis.call('DEL', key)
-      return 0
-    end
-    redis.call('DEL', tkey)
-    redis.call('RENAME', key, tkey)
-    redis.call('HDEL', tkey, 'id')
-    key, ref = tkey, 't' .. id
+  local id, msg, ref, owner = ARGV[2], ARGV[3], ARGV[5], ARGV[6]
+  local key, tref, d = take_back(id, ref, owner)
+  if not key then return 0 end
+  redis.call('HSET', key, 'm', msg, 's', 'enqueued', 'd', math.max(0, d - 1))
+  redis.call('RPUSH', READY, tref)
+  return 1
+
+elseif cmd == 'retry' then
+  -- id, message, ir, ref, owner, delay ms: a taken task failed and runs
+  -- again when due, with this message (its arguments resolved in it); no
+  -- result is stored, so waiters and dependents keep waiting
+  local id, msg, ref, owner = ARGV[2], ARGV[3], ARGV[5], ARGV[6]
+  local key, tref = take_back(id, ref, owner)
+  if not key then return 0 end
+  local drop = {}
+  for _, field in ipairs(redis.call('HKEYS', key)) do
+    if string.sub(field, 1, 2) == 'a:' then drop[#drop + 1] = field end
   end
-  redis.call('HSET', key, 'm', msg, 's', 'enqueued', 'd', math.max(0, tonumber(f[6]) - 1))
-  redis.call('HDEL', key, 'o')
-  redis.call('RPUSH', READY, ref)
+  chunked('HDEL', key, drop)
+  redis.call('HSET', key, 'm', msg, 'd', 0, 'na', 0, 'need', 0)
+  schedule(tref, key, now_ms() + tonumber(ARGV[7]))
   return 1
 
 elseif cmd == 'preg' then

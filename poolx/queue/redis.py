@@ -8,10 +8,13 @@ Redis and changes only through the Lua script ``poolx/queue/redis.lua``
 (key layout documented there and in ``docs/redis.rst``)::
 
     producer ── enqueue_task ─(batch: hundreds per call)──▶ EVALSHA enqueue ──▶ ready list
+    producer ── schedule_task (delay/eta) ─▶ EVALSHA enqueue ──▶ sched (zset by due time)
     consumer ── get ── one fetcher thread per TaskQueue ──▶ EVALSHA fetch ──▶ leases (zset)
-                 ▲        takes a task for *every* idle       │ (reclaims expired leases
-                 │        thread in one call                  │  first: at-least-once)
-                 │     BLMOVE ready ready (blocks, takes nothing) when empty
+                 ▲        takes a task for *every* idle       │ (reclaims expired leases and
+                 │        thread in one call                  │  queues due scheduled tasks
+                 │                                            │  first: at-least-once)
+                 │     BLMOVE ready ready (blocks, takes nothing) when empty, no longer
+                 │     than until the next due time (a task scheduled earlier rings)
                 heartbeat ── set_task_timeout ───────────▶ EVALSHA renew
                 result ───── store_result ─▶ writer thread: EVALSHA commit (every result
                              (task_done)       buffered meanwhile, one call) ─▶ wake tokens
@@ -69,6 +72,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import threading
@@ -111,6 +115,8 @@ POP_CHUNK = 500
 """Results asked for per script call by :meth:`TaskQueue.pop_results`."""
 RECLAIM_LIMIT = 100
 """Expired leases reclaimed per fetch."""
+PROMOTE_LIMIT = 1000
+"""Scheduled tasks that are due moved to the ready list per fetch."""
 POPPED_KEEP_MS = 10_000
 """How long a read result stays readable by the same (retried) call, unless
 the reader's next call (which acknowledges it) deletes it earlier."""
@@ -158,6 +164,11 @@ class _TaskDone(NamedTuple):
 
 def _lease_ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+def _delay_ms(seconds: float) -> int:
+    """A delay in whole milliseconds, rounded up: never shorter than asked."""
+    return max(1, math.ceil(seconds * 1000))
 
 
 def _text(value: Any) -> str:
@@ -368,13 +379,24 @@ class TaskQueue(AbstractTaskQueue):
         return ignore, _lease_ms(task.lease), 1 + task.max_retries
 
     def enqueue_task(self, result: Deferred, message: bytes) -> bool:
+        return self._enqueue(result, message, 0)
+
+    def schedule_task(self, result: Deferred, message: bytes, delay: float,
+                      args: list[str] | None = None) -> bool:
+        check_seconds("delay", delay, allow_none=False, allow_zero=True)
+        if args:
+            return self._defer(result, message, args, _delay_ms(delay))
+        return self._enqueue(result, message, _delay_ms(delay))
+
+    def _enqueue(self, result: Deferred, message: bytes, delay_ms: int) -> bool:
+        """Create and queue (or, with ``delay_ms``, schedule) one task."""
         self._here()
         ignore, lease, deliveries = self._task_fields(result)
         buffer = getattr(self._local, "buffer", None)
         if buffer is not None:
             if result.id in buffer:
                 return False
-            buffer[result.id] = (result.task.name, message, ignore, lease, deliveries)
+            buffer[result.id] = (result.task.name, message, ignore, lease, deliveries, delay_ms)
             if len(buffer) >= BATCH_SIZE:
                 self._flush()
             return True
@@ -387,7 +409,8 @@ class TaskQueue(AbstractTaskQueue):
         added = not result.task.ignore_result and self._subscribe(result)
         try:
             dups = self._call("enqueue", os.urandom(8), self._mailbox, len(unsub), *unsub,
-                              result.id, message, ignore, lease, deliveries, result.task.name)
+                              result.id, message, ignore, lease, deliveries, result.task.name,
+                              delay_ms)
         except BaseException:
             if added:
                 self._subs.pop(result.id, None)
@@ -424,10 +447,10 @@ class TaskQueue(AbstractTaskQueue):
         dups: list[str] = []
         for start in range(0, len(items), BATCH_SIZE):
             args: list[Any] = [os.urandom(8), b"", 0]
-            for task_id, (name, message, ignore, lease, deliveries) in items[
+            for task_id, (name, message, ignore, lease, deliveries, delay_ms) in items[
                 start : start + BATCH_SIZE
             ]:
-                args += (task_id, message, ignore, lease, deliveries, name)
+                args += (task_id, message, ignore, lease, deliveries, name, delay_ms)
             dups += [_text(dup) for dup in self._call("enqueue", *args)]
         if dups:
             names = dict((task_id, fields[0]) for task_id, fields in items)
@@ -437,6 +460,9 @@ class TaskQueue(AbstractTaskQueue):
             )
 
     def defer_task(self, result: Deferred, message: bytes, args: list[str]) -> bool:
+        return self._defer(result, message, args, 0)
+
+    def _defer(self, result: Deferred, message: bytes, args: list[str], delay_ms: int) -> bool:
         self._flush()  # its arguments may be waiting in this thread's batch
         ignore, lease, deliveries = self._task_fields(result)
         mailbox = b"" if result.task.ignore_result else self._mailbox
@@ -444,7 +470,7 @@ class TaskQueue(AbstractTaskQueue):
         try:
             made = self._call(
                 "defer", os.urandom(8), result.id, message, ignore, lease, deliveries, len(args),
-                mailbox, result.task.name,
+                mailbox, result.task.name, delay_ms,
             )
         except BaseException:
             if added:
@@ -476,6 +502,9 @@ class TaskQueue(AbstractTaskQueue):
     def size(self) -> int:
         return int(self._call("size"))
 
+    def scheduled_size(self) -> int:
+        return int(self._call("nsched"))
+
     def discard_pending(self) -> None:
         self._sync()
         self._call("purge")
@@ -506,10 +535,10 @@ class TaskQueue(AbstractTaskQueue):
         reply = self._call("args", task_id)
         return {_text(reply[i]): reply[i + 1] for i in range(1, 1 + 2 * int(reply[0]), 2)}
 
-    def _parse_fetch(self, reply: list[Any]) -> tuple[list[Delivery], int, int]:
-        reclaimed, next_ms = int(reply[0]), int(reply[1])
+    def _parse_fetch(self, reply: list[Any]) -> tuple[list[Delivery], int, int, int]:
+        reclaimed, next_ms, due_ms = int(reply[0]), int(reply[1]), int(reply[2])
         out: list[Delivery] = []
-        i = 2
+        i = 3
         while i < len(reply):
             ref, task_id, message = _text(reply[i]), _text(reply[i + 1]), reply[i + 2]
             attempt, allowed = int(reply[i + 3]), int(reply[i + 4])
@@ -529,7 +558,7 @@ class TaskQueue(AbstractTaskQueue):
                 if nargs:
                     self._args[task_id] = args
             out.append(Delivery(task_id, message, attempt, failure))
-        return out, reclaimed, next_ms
+        return out, reclaimed, next_ms, due_ms
 
     def _fetch(self, want: Callable[[], int], deadline: float | None) -> list[Delivery]:
         """Take up to ``want()`` tasks, blocking until ``deadline`` for one."""
@@ -538,9 +567,10 @@ class TaskQueue(AbstractTaskQueue):
             # same tasks again; it is remembered while a retry may come.
             reply = self._call(
                 "fetch", self.consumer_id, max(1, want()), self._min_lease_ms, RECLAIM_LIMIT,
-                os.urandom(8).hex(), int((self._conn.retry_timeout + FETCH_REMEMBER_EXTRA) * 1000),
+                PROMOTE_LIMIT, os.urandom(8).hex(),
+                int((self._conn.retry_timeout + FETCH_REMEMBER_EXTRA) * 1000),
             )
-            deliveries, reclaimed, next_ms = self._parse_fetch(reply)
+            deliveries, reclaimed, next_ms, due_ms = self._parse_fetch(reply)
             if reclaimed:
                 log.warning(
                     "%s [%s]: %d task(s) whose consumer stopped renewing its lease "
@@ -554,12 +584,19 @@ class TaskQueue(AbstractTaskQueue):
                 return deliveries
             # Nothing ready: block on the ready list, and run the script again
             # only when a task shows up, when a lease may have expired
-            # (next_ms), or after IDLE_RECHECK seconds (a lease taken since
-            # then by a consumer that died): an idle queue costs one blocking
-            # call per max_block seconds, not a script run each time.
-            recheck = time.monotonic() + IDLE_RECHECK
+            # (next_ms), when a scheduled task is due (due_ms: the block ends
+            # then by this process's clock, not Redis's next tick), or after
+            # IDLE_RECHECK seconds (a lease taken since then by a consumer
+            # that died): an idle queue costs one blocking call per max_block
+            # seconds, not a script run each time.  A task scheduled earlier
+            # than due_ms meanwhile rings (a marker in the ready list).
+            start = time.monotonic()
+            recheck = start + IDLE_RECHECK
             if next_ms >= 0:
-                recheck = min(recheck, time.monotonic() + next_ms / 1000 + 0.005)
+                recheck = min(recheck, start + next_ms / 1000 + 0.005)
+            due = None if due_ms < 0 else start + due_ms / 1000 + 0.001
+            if due is not None:
+                recheck = min(recheck, due)
             while True:
                 now = time.monotonic()
                 block = min(self._max_block, recheck - now)
@@ -567,13 +604,17 @@ class TaskQueue(AbstractTaskQueue):
                     if deadline - now <= 0:
                         return []
                     block = min(block, deadline - now)
-                if block <= 0 or self._run("get", self._wait_ready, max(block, 0.01)):
+                if block <= 0:
+                    break
+                precise = due is not None and now + block >= due
+                if self._run("get", self._wait_ready, max(block, 0.001), precise):
                     break
 
-    def _wait_ready(self, block: float) -> bool:
+    def _wait_ready(self, block: float, precise: bool = False) -> bool:
         """Block until the ready list is non-empty, taking nothing from it;
-        False if it stayed empty for ``block`` seconds."""
-        return self._wait_list(self._ready_key, block)
+        False if it stayed empty for ``block`` seconds (``precise``: see
+        :meth:`_wait_list`)."""
+        return self._wait_list(self._ready_key, block, precise)
 
     def _wait_list(self, key: str, block: float, precise: bool = False) -> bool:
         """Block until the list ``key`` is non-empty, taking nothing from it
@@ -691,6 +732,16 @@ class TaskQueue(AbstractTaskQueue):
         self._sync()
         return bool(self._call("requeue", task_id, message, b"1" if ignore_result else b"0",
                                ref, owner))
+
+    def retry_task(self, task_id: str, message: bytes, delay: float,
+                   ignore_result: bool = False) -> bool:
+        check_seconds("delay", delay, allow_none=False, allow_zero=True)
+        with self._lock:
+            ref, owner, _lease = self._held.pop(task_id, ("t" + task_id, "", 0))
+            self._args.pop(task_id, None)
+        self._sync()
+        return bool(self._call("retry", task_id, message, b"1" if ignore_result else b"0",
+                               ref, owner, _delay_ms(delay) if delay > 0 else 0))
 
     # -- results ------------------------------------------------------------------
 

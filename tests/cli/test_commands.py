@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from poolx import get_queue
+from poolx import Task, get_queue
 from poolx.cli import main
 from poolx.core import get_broker, register_backend
 from poolx.queue.base import AbstractTaskQueue
@@ -156,7 +156,19 @@ def test_status_of_a_backend_that_cannot_list_its_tasks(capsys):
     finally:
         registry.unregister("unlisted")
     assert code == 0 and out.endswith("  default: 2 waiting, 0 in flight\n")
-    assert status["queues"]["default"] == {"waiting": 2, "in_flight": 0, "tasks": None}
+    assert status["queues"]["default"] == {"waiting": 2, "scheduled": None, "in_flight": 0,
+                                           "tasks": None}
+
+
+def test_status_shows_scheduled_tasks(capsys, url):
+    q = get_queue(url, "other")
+    q.wt.num(1)
+    Task(q.wt.num, delay=60)(2)
+    Task(q.wt.num, delay=60)(3)
+    code, out, _ = run(capsys, "status", url, "--queue", "other", "--tasks", "0")
+    assert code == 0 and out.endswith("  other: 1 waiting, 2 scheduled, 0 in flight\n")
+    status = json.loads(run(capsys, "status", url, "--queue", "other", "--json")[1])
+    assert status["queues"]["other"]["scheduled"] == 2
 
 
 def test_status_json(capsys, url, pool, tmp_path):

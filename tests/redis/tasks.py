@@ -41,3 +41,23 @@ def init(url: str):
     broker = get_broker(url)
     broker.expose(ts)
     return broker
+
+
+@ts.task
+def fail_once(path: str) -> str:
+    """Fail with ConnectionError the first time (it leaves ``path + '.failed'``
+    behind), then write ``path`` and return it: a task that needs one retry."""
+    marker = path + ".failed"
+    if not os.path.exists(marker):
+        with open(marker, "w") as fh:
+            fh.write("failed")
+        raise ConnectionError("first attempt fails")
+    return touch(path)
+
+
+@ts.task
+def clock(tag: str) -> tuple[str, float]:
+    """``(tag, time.time())``: when the task ran, by the wall clock."""
+    import time
+
+    return tag, time.time()

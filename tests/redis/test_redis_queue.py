@@ -419,7 +419,7 @@ def test_tasks_taken_by_a_retried_fetch_are_not_left_to_their_leases(url):
     consumer = queue.consumer_id
 
     def fetch(nonce, count):  # one script call, as the retry policy repeats it
-        reply = queue._call("fetch", consumer, count, 60_000, 100, nonce, 30_000)
+        reply = queue._call("fetch", consumer, count, 60_000, 100, 1000, nonce, 30_000)
         return [task_id for task_id, _ in queue._parse_fetch(reply)[0]]
 
     taken = fetch(b"nonce-1", 3)

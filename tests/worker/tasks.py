@@ -163,3 +163,15 @@ def modules():
     import sys
 
     return sorted(sys.modules)
+
+
+@ts.task
+def fail_times(directory, failures):
+    """Count this call in ``directory`` (a file per attempt; attempts run one
+    after another); raise ConnectionError for the first ``failures`` calls,
+    then return the number of attempts."""
+    attempt = len(os.listdir(directory)) + 1
+    Path(directory, str(attempt)).touch()
+    if attempt <= failures:
+        raise ConnectionError(f"attempt {attempt} fails")
+    return attempt
