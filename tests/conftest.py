@@ -21,6 +21,16 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
         _NEVER.wait(interval)  # a bounded pause between polls, not a synchronization
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that must get KeyboardInterrupt on SIGINT
+    (as a program started from a terminal does) even where this suite runs
+    with SIGINT ignored — a job a shell started in the background — since
+    Python installs no KeyboardInterrupt handler for an ignored SIGINT."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 # -- Redis --------------------------------------------------------------------
 # One private redis-server per test session (see tests/redis_server.py), or
 # the server named by POOLX_TEST_REDIS_URL.  Tests isolate themselves with a

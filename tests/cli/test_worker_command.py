@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from poolx.pool.process import DUPLICATE_SIGNAL_WINDOW
-from tests.conftest import wait_until
+from tests.conftest import default_sigint, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 30
@@ -201,7 +201,7 @@ def test_status_into_a_closed_pipe_exits_quietly():
 def test_status_watch_refreshes_until_ctrl_c():
     proc = subprocess.Popen([sys.executable, "-m", "poolx", "status", "memory://", "--watch", "--interval",
                              "0.05"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=default_sigint)
     seen = 0
     for line in proc.stdout:
         seen += line.startswith("0 worker pools on memory://")

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import poolx
-from tests.conftest import wait_until
+from tests.conftest import default_sigint, wait_until
 from tests.engine import helpers
 
 
@@ -81,12 +81,9 @@ def test_ctrl_c_stops_the_program_with_one_traceback_and_no_orphans(tmp_path, me
     script = tmp_path / "ctrl_c.py"
     script.write_text(CTRL_C_PROGRAM)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    # SIGINT's default action even where this suite runs with it ignored (a
-    # job started in the background by a shell): Python then installs no
-    # KeyboardInterrupt handler, as in a program started from a terminal.
     proc = subprocess.Popen([sys.executable, str(script), method], cwd=root, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=_default_sigint, env={**os.environ, "PYTHONPATH": root})
+                            preexec_fn=default_sigint, env={**os.environ, "PYTHONPATH": root})
     try:
         assert proc.stdout.readline() == "busy\n"
         started = time.monotonic()
@@ -99,10 +96,6 @@ def test_ctrl_c_stops_the_program_with_one_traceback_and_no_orphans(tmp_path, me
     assert proc.returncode != 0
     assert err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
     wait_until(lambda: _group_gone(proc.pid), timeout=10)  # no orphans: the group is empty
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _group_gone(pgid: int) -> bool:
