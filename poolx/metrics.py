@@ -38,9 +38,15 @@ WORKER_STATES = ("busy", "idle", "starting", "retiring")
 
 
 class Metric(NamedTuple):
-    """One exported metric: its name as scraped (counters end in ``_total``),
-    type, labels (without the ``queue`` label every worker-pool metric
-    carries) and whether only worker pools export it."""
+    """One exported metric.
+
+    :param name: Its name as scraped (counters end in ``_total``).
+    :param type: ``counter``, ``gauge`` or ``histogram``.
+    :param labels: Its labels, without the ``queue`` label every metric of
+        a worker pool carries.
+    :param help: The text Prometheus shows for it.
+    :param worker_pool_only: Whether only worker pools export it.
+    """
 
     name: str
     type: str
@@ -130,7 +136,8 @@ class StatsCollector:
         return families
 
     def collect(self) -> Iterator[Any]:
-        """One scrape: every source's stats as metric families."""
+        """One scrape: every source's stats as metric families (those with
+        samples: a metric appears once there is something to say)."""
         snapshots = []
         for read in self._readers:
             try:
@@ -143,7 +150,7 @@ class StatsCollector:
         families = self._families(queue)
         for stats in snapshots:
             _add_samples(families, stats, [stats["queue"]] if queue else [])
-        return iter(families.values())
+        return iter([family for family in families.values() if family.samples])
 
 
 def _add_samples(families: dict[str, Any], stats: dict[str, Any], base: list[str]) -> None:
@@ -180,7 +187,12 @@ def _add_samples(families: dict[str, Any], stats: dict[str, Any], base: list[str
 class MetricsServer:
     """An HTTP server answering Prometheus scrapes on its own thread (any
     path serves the metrics; ``/metrics`` is the usual one).  Made by
-    :func:`serve`; stop it with :meth:`close` (or a ``with`` block)."""
+    :func:`serve`; stop it with :meth:`close` (or a ``with`` block).
+
+    :param collector: What it serves (in a registry of its own).
+    :param port: TCP port (0: a free one).
+    :param bind: Address to listen on.
+    """
 
     def __init__(self, collector: StatsCollector, port: int, bind: str) -> None:
         prometheus = _prometheus()
