@@ -60,15 +60,16 @@ def task_name(func: Any) -> str:
     """The name a task function is counted under: ``module.qualname``
     (a :func:`functools.partial` under its function's name, any other
     callable under its type's)."""
-    inner = getattr(func, "func", None)  # functools.partial
-    if inner is not None and not hasattr(func, "__qualname__"):
-        func = inner
     qualname = getattr(func, "__qualname__", None)
-    if not isinstance(qualname, str):
-        func = type(func)
-        qualname = func.__qualname__
+    if qualname.__class__ is not str:  # (the common case first: it runs once per job)
+        inner = getattr(func, "func", None)  # functools.partial
+        func = inner if callable(inner) else type(func)
+        qualname = getattr(func, "__qualname__", None)
+        if qualname.__class__ is not str:
+            func = type(func)
+            qualname = func.__qualname__
     module = getattr(func, "__module__", None)
-    return f"{module}.{qualname}" if isinstance(module, str) else qualname
+    return f"{module}.{qualname}" if module.__class__ is str else qualname
 
 
 def failure_outcome(error: BaseException) -> str | None:
