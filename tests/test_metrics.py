@@ -160,6 +160,14 @@ def test_map_chunks_are_counted_under_the_function():
     assert value(samples, "poolx_task_duration_seconds_count", task=name) == 4
 
 
+def test_the_executor_shows_no_task_tally():
+    """Its jobs all run its own run_call, whose outcome the pool cannot see."""
+    with poolx.ProcessPoolExecutor(1, mp_context=FORK) as executor:
+        assert executor.submit(ok, 3).result(30) == 3
+        stats = executor.stats()
+    assert "tasks" not in stats and stats["completed"] == 1
+
+
 def test_the_server_stops_with_the_pool():
     pool = poolx.Pool(1, context=FORK, metrics_port=0)
     url = pool.metrics_server.url
