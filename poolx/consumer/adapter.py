@@ -3,7 +3,9 @@
 Owned here: :class:`BrokerConsumer` — its state (the tasks it has *taken*
 from the queue and not yet answered, whether it is running, stopping or
 broken), carrying out what :mod:`poolx.consumer.outcomes` decides for each
-answer, and the pool's status for ``poolx status``.  Its helpers, each in
+answer, the pool's status for ``poolx status``, and the per-task-name
+counts (a :class:`~poolx.tally.TaskTally`) that :meth:`BrokerConsumer.snapshot`
+gives the metrics (:mod:`poolx.metrics`).  Its helpers, each in
 its own module: the intake thread (:mod:`poolx.consumer.intake`), the
 heartbeat thread (:mod:`poolx.consumer.heartbeats`, which also publishes the
 status every ``status_interval`` seconds), and what runs in the workers

@@ -15,6 +15,9 @@ Who does what::
     start_pools(*pools) ─▶ start each; SIGTERM/SIGINT ─▶ graceful stop of all
                                        a second signal ─▶ immediate stop
 
+* **Metrics** (``metrics_port``): a :class:`poolx.metrics.MetricsServer`
+  serves :meth:`WorkerPool.stats` from just before the pool starts until it
+  has stopped.
 * **Graceful stop** (:meth:`WorkerPool.stop`): the consumer stops taking
   tasks, the pool is closed, the tasks already running finish and their
   results are stored; workers are not killed.
