@@ -21,15 +21,14 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Any
 
+from poolx import exceptions
 from poolx.exceptions import (
-    BrokenPoolError,
     MemoryLimitExceeded,
     PoolTerminated,
     RestartFreqExceeded,
     SoftTimeLimitExceeded,
     Terminated,
     TimeLimitExceeded,
-    WorkerLostError,
 )
 
 __all__ = ["TaskTally", "DURATION_BUCKETS", "FAILURE_OUTCOMES", "OTHER", "failure_outcome",
@@ -83,9 +82,16 @@ def failure_outcome(error: BaseException) -> str | None:
         return "timeout"
     if isinstance(error, MemoryLimitExceeded):
         return "memory"
-    if isinstance(error, WorkerLostError):
+    if isinstance(error, RestartFreqExceeded):
+        return None
+    # WorkerLostError and BrokenPoolError are created on first use (they are
+    # concurrent.futures' BrokenProcessPool, which a pool that never fails
+    # must not import): before that, no error can be one of them.
+    created = vars(exceptions)
+    lost, broken = created.get("WorkerLostError"), created.get("BrokenPoolError")
+    if lost is not None and isinstance(error, lost):
         return "lost"
-    if isinstance(error, (BrokenPoolError, RestartFreqExceeded)):
+    if broken is not None and isinstance(error, broken):
         return None
     return "error"
 

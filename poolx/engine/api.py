@@ -22,7 +22,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from poolx import checks, exceptions
 from poolx.engine import payload, pickling, wire
@@ -39,6 +39,9 @@ from poolx.engine.supervisor import Supervisor
 from poolx.exceptions import PoolNotRunning, PoolTerminated
 from poolx.tally import task_name
 
+if TYPE_CHECKING:  # the exporter itself is imported only when asked for (metrics_port)
+    from poolx.metrics import MetricsServer
+
 __all__ = ["Pool"]
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
@@ -50,7 +53,7 @@ RELEASE_ON_START = 64 * 1024  # pickled arguments this big are dropped as soon a
 MAP_PICKLED_AHEAD = 2**20  # bytes of pickled chunks map() keeps beyond the finished ones (>= 2 per worker)
 
 
-def _shutdown(supervisor: Supervisor, metrics: Any = None) -> None:
+def _shutdown(supervisor: Supervisor, metrics: MetricsServer | None = None) -> None:
     """Finalizer: terminate a pool nobody closed (garbage collected, or at exit).
 
     A pool whose last job just ended is often freed on the supervisor's own
@@ -181,7 +184,7 @@ class Pool:
         self._results: dict[int, Any] = {}  # results not ready yet, by _job: see _cache
         self._supervisor = Supervisor(config)
         self._supervisor.start()
-        self._metrics: Any = None
+        self._metrics: MetricsServer | None = None
         if metrics_port is not None:
             try:
                 # The `metrics` extra, imported only when asked for (pyproject's
@@ -711,7 +714,7 @@ class Pool:
         return self._supervisor.call(Supervisor.snapshot)
 
     @property
-    def metrics_server(self) -> Any:
+    def metrics_server(self) -> MetricsServer | None:
         """The :class:`poolx.metrics.MetricsServer` that ``metrics_port``
         started (its ``port`` and ``url``), or None."""
         return self._metrics

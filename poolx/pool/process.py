@@ -60,6 +60,7 @@ from poolx.queue.urls import redact_url
 if TYPE_CHECKING:
     from poolx.consumer.adapter import BrokerConsumer
     from poolx.engine.api import Pool
+    from poolx.metrics import MetricsServer
 
 __all__ = [
     "WorkerPool",
@@ -214,7 +215,7 @@ class WorkerPool:
         # Served from here (the pool's own switch would count run_task, not the tasks).
         self.metrics_port: int | None = pool_options.pop("metrics_port", None)
         self.metrics_bind: str = pool_options.pop("metrics_bind", "127.0.0.1")
-        self.metrics_server: Any = None
+        self.metrics_server: MetricsServer | None = None
         """The :class:`poolx.metrics.MetricsServer` serving this pool while
         it runs (with ``metrics_port``), or None."""
         _check_pool_options(pool_options)
