@@ -97,7 +97,8 @@ def test_pool_counts_tasks_by_name_and_outcome():
         assert value(samples, "poolx_task_duration_seconds_count", task=sleep_name) == 0
         assert value(samples, "poolx_task_duration_seconds_bucket", task=fail_name, le="+Inf") == 1
         assert 0 < value(samples, "poolx_task_duration_seconds_sum", task=fail_name) < 10
-        assert value(samples, "poolx_workers_started_total") == 3  # a replacement for the killed one
+        # A replacement for the killed worker (once its death is seen).
+        wait_until(lambda: value(scrape(url), "poolx_workers_started_total") == 3)
         assert value(samples, "poolx_pool_broken") == 0
         # The pool's own stats() is the source: the same numbers.
         stats = pool.stats()["tasks"]
@@ -129,7 +130,8 @@ def test_pool_outcomes_memory_lost_terminated():
 def test_running_tasks_are_started_and_workers_busy():
     with poolx.Pool(2, context=FORK, metrics_port=0) as pool:
         url = pool.metrics_server.url
-        assert value(scrape(url), "poolx_workers", state="idle") == 2
+        # Workers show as starting until their initializer is done, then idle.
+        wait_until(lambda: value(scrape(url), "poolx_workers", state="idle") == 2)
         release = pool.apply_async(helpers.sleep, (30,))
         wait_until(lambda: any(w["job"] for w in pool.stats()["workers"]))
         samples = scrape(url)
