@@ -25,7 +25,7 @@ import poolx
 from poolx import metrics, tally
 from poolx.core import get_broker
 from poolx.exceptions import MemoryLimitExceeded, Terminated, TimeLimitExceeded, WorkerLostError
-from poolx.pool.process import WorkerPool
+from poolx.pool.process import Error, WorkerPool
 from tests.conftest import wait_until
 from tests.engine import helpers
 from tests.worker import tasks
@@ -260,6 +260,8 @@ def test_worker_pool_counts_by_task_name(queue_url):
     broker = get_broker(queue_url)
     pool = WorkerPool(broker, tasks.init, workers=2, context=CONTEXT, metrics_port=0)
     assert pool.metrics_server is None
+    with pytest.raises(Error, match="not been started"):
+        pool.stats()
     queue = poolx.get_queue(queue_url)
     pool.start(timeout=0.2, handle_sigterm=False)
     try:
