@@ -12,7 +12,7 @@
 
 Every command uses one virtual environment in ``.venv`` with poolx installed
 in editable mode and *all* the development extras (test, docs, bench,
-progress): it is built once, and rebuilt only when pyproject.toml changes,
+progress, metrics): it is built once, and rebuilt only when pyproject.toml changes,
 so switching between commands never reinstalls anything.  The only thing a
 fresh machine needs is Python 3.10+.
 """
@@ -33,7 +33,7 @@ PY = BIN / "python"
 STAMP = VENV / ".poolx-installed"
 # One superset for every command: the key of the installed state is
 # pyproject.toml's hash alone, so `test` after `docs` after `bench` is free.
-EXTRAS = "test,docs,bench,progress"
+EXTRAS = "test,docs,bench,progress,metrics"
 
 
 def _run(*cmd: object, **kw: object) -> int:

@@ -84,6 +84,16 @@ _seconds = _argument(float, check_seconds, "a number of seconds", allow_none=Fal
 _size = _argument(str, parse_size, "a size")
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (0 to 65535): {text!r}")
+    return port
+
+
 def _log_level(text: str) -> int:
     level = logging.getLevelName(text.upper())
     if not isinstance(level, int):
@@ -141,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "a pool silent for three intervals disappears from it")
     worker.add_argument("--log-level", type=_log_level, default=logging.INFO, metavar="LEVEL",
                         help="DEBUG, INFO (default), WARNING or ERROR; DEBUG adds tracebacks of failed tasks")
+    worker.add_argument("--metrics-port", type=_port, metavar="PORT",
+                        help="serve Prometheus metrics of every queue's pool on this TCP port "
+                             "(needs the metrics extra: pip install 'poolx[metrics]')")
+    worker.add_argument("--metrics-bind", default="127.0.0.1", metavar="ADDRESS",
+                        help="address the metrics server listens on (default 127.0.0.1: "
+                             "this machine only)")
 
     status = commands.add_parser(
         "status",
@@ -319,11 +335,31 @@ def _cmd_worker(args: argparse.Namespace) -> int:
                                 name=name, status_interval=args.status_interval, **options))
     logging.getLogger("poolx.cli").info(
         "poolx worker on %s, queue(s) %s", redact_url(args.url), ", ".join(queues))
+    metrics = _serve_metrics(pools, args.metrics_port, args.metrics_bind)
     try:
         start_pools(*pools, timeout=FETCH_TIMEOUT)
     except Error as err:
         raise _Failure(str(err)) from None
+    finally:
+        if metrics is not None:
+            metrics.close()
     return EXIT_OK
+
+
+def _serve_metrics(pools: list[Any], port: int | None, bind: str) -> Any:
+    """One Prometheus metrics server for every pool of ``poolx worker`` (or None)."""
+    if port is None:
+        return None
+    from poolx.metrics import serve
+
+    try:
+        server = serve(*pools, port=port, bind=bind)
+    except ImportError as err:
+        raise _Failure(str(err)) from None
+    except OSError as err:
+        raise _Failure(f"cannot serve metrics on {bind}:{port}: {err}") from None
+    logging.getLogger("poolx.cli").info("serving Prometheus metrics on %s", server.url)
+    return server
 
 
 def _queued_tasks(url: str, queue: str, limit: int, now: float) -> list[dict[str, Any]] | None:

@@ -3,7 +3,9 @@
 Owned here: :class:`BrokerConsumer` — its state (the tasks it has *taken*
 from the queue and not yet answered, whether it is running, stopping or
 broken), carrying out what :mod:`poolx.consumer.outcomes` decides for each
-answer, and the pool's status for ``poolx status``.  Its helpers, each in
+answer, the pool's status for ``poolx status``, and the per-task-name
+counts (a :class:`~poolx.tally.TaskTally`) that :meth:`BrokerConsumer.snapshot`
+gives the metrics (:mod:`poolx.metrics`).  Its helpers, each in
 its own module: the intake thread (:mod:`poolx.consumer.intake`), the
 heartbeat thread (:mod:`poolx.consumer.heartbeats`, which also publishes the
 status every ``status_interval`` seconds), and what runs in the workers
@@ -47,6 +49,7 @@ from poolx.consumer.intake import Intake
 from poolx.consumer.inworker import run_task
 from poolx.exceptions import PoolNotRunning
 from poolx.queue.urls import redact_url
+from poolx.tally import TaskTally, failure_outcome
 from poolx.task import FunctionTask, TaskFailure, error_text
 
 __all__ = ["BrokerConsumer", "InFlight"]
@@ -62,7 +65,8 @@ class InFlight:
     """One task taken from the queue and not answered yet: held by the
     consumer (prefetched, ``result`` is None) or handed to the pool."""
 
-    __slots__ = ("consumer", "key", "task", "func", "result", "in_pool", "beat", "taken", "slow")
+    __slots__ = ("consumer", "key", "task", "func", "result", "in_pool", "beat", "taken", "slow",
+                 "counted")
 
     def __init__(self, consumer: BrokerConsumer, key: int, task: FunctionTask, func: Any,
                  beat: int, slow: bool) -> None:
@@ -75,6 +79,7 @@ class InFlight:
         self.beat = beat  # its key in the heartbeat table
         self.taken = time.monotonic()
         self.slow = slow  # its name's run time is unknown or long: never held ahead
+        self.counted = False  # counted as started in the consumer's task tally
 
     def done(self, value: tuple[Any, float]) -> None:
         """Pool callback: the worker returned ``(outcome, seconds)``."""
@@ -83,6 +88,9 @@ class InFlight:
     def failed(self, error: BaseException) -> None:
         """Pool error callback: the job failed in the pool (timeout, lost...)."""
         consumer = self.consumer
+        outcome = failure_outcome(error)
+        if outcome is not None:  # (None: it never started, and goes back to the queue)
+            consumer.tally_ended(self, outcome, None)
         consumer.settle(self, outcomes.from_pool_error(self.task, consumer.broker.name, error))
 
     def worker_pid(self) -> int | None:
@@ -169,6 +177,7 @@ class BrokerConsumer:
         self.broken: BaseException | None = None
         self.started_at: float | None = None
         self.stats: dict[str, int] = dict.fromkeys(("taken", "done", "failed", "requeued"), 0)
+        self._tally = TaskTally()  # by task name, under self._lock: see snapshot()
 
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # intake waits for room, join for the drain
@@ -461,7 +470,19 @@ class BrokerConsumer:
                     del self._run_times[next(iter(self._run_times))]
             self._run_times[name] = average
             average.add(seconds)
+        self.tally_ended(entry, "error" if isinstance(value, TaskFailure) else None, seconds)
         self.settle(entry, outcomes.from_worker(entry.task, self.broker.name, value))
+
+    def tally_ended(self, entry: InFlight, outcome: str | None, seconds: float | None) -> None:
+        """Count a task that started and ended (see :class:`poolx.tally.TaskTally`).
+
+        :param entry: The task in flight.
+        :param outcome: None for success, else one of :data:`poolx.tally.FAILURE_OUTCOMES`.
+        :param seconds: How long it ran, if known.
+        """
+        with self._lock:
+            self._tally.ended(entry.task.name, outcome, seconds, entry.counted)
+            entry.counted = True
 
     def settle(self, entry: InFlight, outcome: outcomes.Outcome) -> None:
         """Carry out ``outcome`` for a task in flight, which leaves the table.
@@ -630,7 +651,10 @@ class BrokerConsumer:
         """This pool's status, as ``poolx status`` shows it."""
         return self._info(self._read_pool())
 
-    def _info(self, stats: dict[str, Any]) -> dict[str, Any]:
+    def _running(self, stats: dict[str, Any]) -> tuple[list[InFlight], dict[int, InFlight]]:
+        """The tasks in flight (oldest first) and, by worker pid, the one each
+        busy worker of the pool's ``stats`` runs; those are counted as started
+        in the task tally (once)."""
         with self._lock:
             in_flight = sorted(self._in_flight.values(), key=lambda entry: entry.key)
         by_pid: dict[int, InFlight] = {}
@@ -638,14 +662,53 @@ class BrokerConsumer:
             pid = entry.worker_pid()
             if pid is not None:
                 by_pid.setdefault(pid, entry)  # a worker runs the oldest task sent to it
-        workers = []
-        running: set[int] = set()
+        running: dict[int, InFlight] = {}
         for worker in stats.get("workers", []):
             held = by_pid.get(worker["pid"])
             if held is not None and worker["state"] == "busy":
-                running.add(held.key)
-            else:
-                held = None
+                running[worker["pid"]] = held
+        with self._lock:
+            for entry in running.values():
+                if not entry.counted and entry.key in self._in_flight:
+                    entry.counted = True
+                    self._tally.started(entry.task.name)
+        return in_flight, running
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the consumer adds to the pool's ``stats()`` (see
+        :meth:`poolx.pool.process.WorkerPool.stats`): the pool's stats with
+        ``"tasks"`` counted by task name here instead of by function in the
+        engine, and ``queue``, ``in_flight``, ``running``, ``prefetched``
+        (taken and not running yet), ``queue_depth`` (tasks waiting in the
+        queue, None if it cannot be read) and ``reconnects`` (the backend's,
+        None if it does not reconnect)."""
+        stats = self._read_pool()
+        in_flight, running = self._running(stats)
+        with self._lock:
+            tasks = self._tally.snapshot()
+        taskqueue = self.broker.taskqueue
+        try:
+            depth: int | None = taskqueue.size()
+        except Exception:
+            log.debug("%s: cannot read the queue's size", self.name, exc_info=True)
+            depth = None
+        return {
+            **stats,
+            "tasks": tasks,
+            "queue": self.broker.name,
+            "in_flight": len(in_flight),
+            "running": len(running),
+            "prefetched": len(in_flight) - len(running),
+            "queue_depth": depth,
+            "reconnects": taskqueue.reconnects,
+        }
+
+    def _info(self, stats: dict[str, Any]) -> dict[str, Any]:
+        in_flight, by_worker = self._running(stats)
+        running = {entry.key for entry in by_worker.values()}
+        workers = []
+        for worker in stats.get("workers", []):
+            held = by_worker.get(worker["pid"])
             workers.append({
                 "pid": worker["pid"],
                 "state": worker["state"],

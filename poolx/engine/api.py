@@ -22,7 +22,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from poolx import checks, exceptions
 from poolx.engine import payload, pickling, wire
@@ -37,6 +37,10 @@ from poolx.engine.results import (
 )
 from poolx.engine.supervisor import Supervisor
 from poolx.exceptions import PoolNotRunning, PoolTerminated
+from poolx.tally import task_name
+
+if TYPE_CHECKING:  # the exporter itself is imported only when asked for (metrics_port)
+    from poolx.metrics import MetricsServer
 
 __all__ = ["Pool"]
 
@@ -49,7 +53,7 @@ RELEASE_ON_START = 64 * 1024  # pickled arguments this big are dropped as soon a
 MAP_PICKLED_AHEAD = 2**20  # bytes of pickled chunks map() keeps beyond the finished ones (>= 2 per worker)
 
 
-def _shutdown(supervisor: Supervisor) -> None:
+def _shutdown(supervisor: Supervisor, metrics: MetricsServer | None = None) -> None:
     """Finalizer: terminate a pool nobody closed (garbage collected, or at exit).
 
     A pool whose last job just ended is often freed on the supervisor's own
@@ -60,6 +64,8 @@ def _shutdown(supervisor: Supervisor) -> None:
     """
     if not supervisor.in_owner():
         return
+    if metrics is not None:
+        metrics.close()
     supervisor.stop_accepting()
     if supervisor.post(supervisor.terminate) and not supervisor.on_own_thread():
         supervisor.finished.wait(_AT_EXIT_WAIT)
@@ -104,6 +110,10 @@ class Pool:
         shm_threshold: bytes (or ``"1MB"``); arguments and results holding a
             buffer at least this big travel through shared memory
             (:doc:`shared-memory`); ``None`` keeps everything on the pipe.
+        metrics_port: serve Prometheus metrics (:doc:`metrics`) on this TCP
+            port (0: a free one) until the pool is terminated or joined; see
+            :attr:`metrics_server`.  Needs the ``metrics`` extra.
+        metrics_bind: the address the metrics server listens on.
     """
 
     def __init__(
@@ -134,6 +144,8 @@ class Pool:
         synack: bool = False,
         enable_timeouts: bool = False,
         shm_threshold: int | str | None = payload.DEFAULT_THRESHOLD,
+        metrics_port: int | None = None,
+        metrics_bind: str = "127.0.0.1",
     ) -> None:
         self._run_state = "INIT"
         if processes is None:
@@ -176,7 +188,20 @@ class Pool:
         self._results: dict[int, Any] = {}  # results not ready yet, by _job: see _cache
         self._supervisor = Supervisor(config)
         self._supervisor.start()
-        self._finalizer = weakref.finalize(self, _shutdown, self._supervisor)
+        self._metrics: MetricsServer | None = None
+        if metrics_port is not None:
+            try:
+                # The `metrics` extra, imported only when asked for (pyproject's
+                # engine-deps contract); it reads stats() through a weak
+                # reference, so that serving never keeps the pool alive.
+                from poolx.metrics import serve
+
+                self._metrics = serve(_weak_stats(weakref.ref(self)), port=metrics_port,
+                                      bind=metrics_bind)
+            except BaseException:
+                _shutdown(self._supervisor)
+                raise
+        self._finalizer = weakref.finalize(self, _shutdown, self._supervisor, self._metrics)
         self._run_state = RUN
 
     # ------------------------------------------------------------------ helpers
@@ -214,6 +239,7 @@ class Pool:
             soft_timeout if soft_timeout is not None else self._config.soft_timeout,
             timeout if timeout is not None else self._config.timeout,
             memory_limit if memory_limit is not None else self._config.memory_limit,
+            task_name(func),
         )
 
     def _submit(self, jobs: list[Job]) -> None:
@@ -552,7 +578,7 @@ class Pool:
         kill the workers (SIGTERM, then SIGKILL).  Returns when they are gone."""
         self._run_state = TERMINATE
         self._finalizer.detach()
-        _shutdown(self._supervisor)
+        _shutdown(self._supervisor, self._metrics)
         self._release_imap_windows()  # their feeders then find the pool stopped
 
     def _release_imap_windows(self) -> None:
@@ -572,6 +598,8 @@ class Pool:
         stopped = not self._supervisor.thread.is_alive()
         if stopped:
             self._finalizer.detach()
+            if self._metrics is not None:
+                self._metrics.close()
             self._supervisor.runner.join(timeout)
         return stopped
 
@@ -683,13 +711,33 @@ class Pool:
     def stats(self) -> dict[str, Any]:
         """A snapshot: per worker pid, state, current job, tasks done, RSS and
         uptime; pool totals (submitted, completed, failed, timed_out, lost,
-        memory_killed, restarts...)."""
+        memory_killed, restarts...); and under ``"tasks"``, per function
+        (``module.qualname``), the jobs that started, succeeded and failed (by
+        outcome) and a histogram of their run times (see
+        :meth:`poolx.tally.TaskTally.snapshot`).  :mod:`poolx.metrics`
+        serves it to Prometheus."""
         return self._supervisor.call(Supervisor.snapshot)
+
+    @property
+    def metrics_server(self) -> MetricsServer | None:
+        """The :class:`poolx.metrics.MetricsServer` that ``metrics_port``
+        started (its ``port`` and ``url``), or None."""
+        return self._metrics
 
     @property
     def broken(self) -> exceptions.BrokenPoolError | None:
         """Why the pool cannot run jobs, or None."""
         return self._supervisor.broken  # type: ignore[return-value]
+
+
+def _weak_stats(ref: weakref.ref[Pool]) -> Callable[[], dict[str, Any]]:
+    """The stats of the pool ``ref`` points to ({} once it is gone)."""
+
+    def stats() -> dict[str, Any]:
+        pool = ref()
+        return {} if pool is None else pool.stats()
+
+    return stats
 
 
 def _signal(sig: Any) -> int:

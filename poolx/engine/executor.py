@@ -500,6 +500,10 @@ class _ExecutorCore:
         with self.lock:
             pool, pending = self.pool, sum(1 for item in self.pending if item.state == PENDING)
         stats = pool.stats() if pool is not None else {}
+        # The pool runs every call as run_call, whose outcome (returned or
+        # raised) travels inside its result: its per-function tally would
+        # name run_call and count every call as a success.
+        stats.pop("tasks", None)
         stats["pending"] = pending
         return stats
 
@@ -755,8 +759,9 @@ class ProcessPoolExecutor(Executor):
         return self._core.terminate(future)
 
     def stats(self) -> dict[str, Any]:
-        """The pool's :meth:`poolx.Pool.stats` (once workers have started) and
-        ``pending``: calls waiting in the executor, not yet handed to the pool."""
+        """The pool's :meth:`poolx.Pool.stats` (once workers have started),
+        without its per-function ``tasks``, and ``pending``: calls waiting in
+        the executor, not yet handed to the pool."""
         return self._core.stats()
 
     def __repr__(self) -> str:

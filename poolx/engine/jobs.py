@@ -85,6 +85,8 @@ class Job:
         "timeout",
         "memory_limit",
         "soft_fired",
+        "name",
+        "counted",
     )
 
     def __init__(
@@ -97,6 +99,7 @@ class Job:
         soft_timeout: float | None = None,
         timeout: float | None = None,
         memory_limit: int | None = None,
+        name: str = "",
     ) -> None:
         self.seq = seq
         self.sink = sink
@@ -109,6 +112,8 @@ class Job:
         self.timeout = timeout
         self.memory_limit = memory_limit
         self.soft_fired = False
+        self.name = name  # what the task tally counts it under (poolx.tally.task_name)
+        self.counted = False  # counted as started in the tally
 
     def move(self, new: JobState) -> None:
         if not _ALLOWED[self.state.code] >> new.code & 1:

@@ -27,7 +27,8 @@ prefetch), :class:`~poolx.engine.limits.LimitKeeper` (time and memory
 limits), :class:`~poolx.engine.health.Health` (when deaths break the pool)
 and :class:`~poolx.engine.timers.TimerHeap`.  Every job ends through
 :meth:`Supervisor.finish`, which tells the job's sink
-(:class:`~poolx.engine.results.JobSink`).
+(:class:`~poolx.engine.results.JobSink`) and counts it, by function, in the
+:class:`~poolx.tally.TaskTally` that ``stats()["tasks"]`` shows.
 
 Nothing else mutates this state: the public :class:`~poolx.Pool` methods
 only append to the two deques (:meth:`Supervisor.submit`,
@@ -70,6 +71,7 @@ from poolx.exceptions import (
     PoolTerminated,
     Terminated,
 )
+from poolx.tally import TaskTally, failure_outcome, raised_outcome
 
 __all__ = ["Supervisor"]
 
@@ -113,6 +115,7 @@ class Supervisor:
         self._counters = dict.fromkeys(
             ("submitted", "completed", "failed", "timed_out", "lost", "cancelled"), 0
         )
+        self.tally = TaskTally()  # per function: the "tasks" of stats()
         # Registered through a guard object that cleanup drops, so that a
         # finished pool never closes (reused) fd numbers in later children.
         self._fork_guard: _ForkGuard | None = _ForkGuard(self)
@@ -272,21 +275,30 @@ class Supervisor:
 
     # ------------------------------------------------------------------ jobs
 
-    def finish(self, job: Job, state: JobState, value: Any) -> None:
+    def finish(self, job: Job, state: JobState, value: Any, seconds: float | None = None) -> None:
         """End ``job`` in the terminal ``state``; ``value`` is its result
-        (``DONE``) or the exception its caller gets."""
+        (``DONE``) or the exception its caller gets; ``seconds`` its run
+        time when its worker returned it (a result or an exception)."""
         handle = job.worker
         self.segments.release(job.payload)
         job.move(state)
         counters = self._counters
+        tally = self.tally
         if state is JobState.DONE:
             counters["completed"] += 1
+            tally.ended(job.name, None, seconds, job.counted)
+            outcome = None
         elif state is JobState.TIMED_OUT:
             counters["timed_out"] += 1
+            outcome = "timeout"
         elif state is JobState.CANCELLED:
             counters["cancelled"] += 1
+            outcome = failure_outcome(value)  # None: it never started
         else:
             counters["failed"] += 1
+            outcome = raised_outcome(value) if seconds is not None else failure_outcome(value)
+        if outcome is not None:
+            tally.ended(job.name, outcome, seconds, job.counted)
         if job.timed or job.memory_limit is not None:
             self.limits.job_ended(job, handle)
         job.sink.job_done(job.index, state is JobState.DONE, value)
@@ -370,7 +382,7 @@ class Supervisor:
             ok, value = False, MaybeEncodingError(exc, "<result could not be unpickled in the parent>")
         if job.timed and self.config.on_timeout_cancel is not None:
             self.runner.submit(self.config.on_timeout_cancel, job.sink)
-        self.finish(job, JobState.DONE if ok else JobState.FAILED, value)
+        self.finish(job, JobState.DONE if ok else JobState.FAILED, value, duration)
 
     def _on_worker_exit(self, handle: WorkerHandle, exitcode: int | None) -> None:
         """A worker is gone and its pipe was read to the end: settle what it held."""
@@ -565,6 +577,9 @@ class Supervisor:
         workers = []
         for handle in self.workers:
             job = handle.running_job()
+            if job is not None and not job.counted and not job.state.terminal:
+                job.counted = True
+                self.tally.started(job.name)
             workers.append({
                 "pid": handle.pid,
                 "state": handle.state(),
@@ -588,6 +603,7 @@ class Supervisor:
             "restarts": self.health.restarts,
             "workers_started": self.workers.started,
             "broken": repr(self.broken) if self.broken is not None else None,
+            "tasks": self.tally.snapshot(),
         }
 
 

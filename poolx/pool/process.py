@@ -15,6 +15,9 @@ Who does what::
     start_pools(*pools) ─▶ start each; SIGTERM/SIGINT ─▶ graceful stop of all
                                        a second signal ─▶ immediate stop
 
+* **Metrics** (``metrics_port``): a :class:`poolx.metrics.MetricsServer`
+  serves :meth:`WorkerPool.stats` from just before the pool starts until it
+  has stopped.
 * **Graceful stop** (:meth:`WorkerPool.stop`): the consumer stops taking
   tasks, the pool is closed, the tasks already running finish and their
   results are stored; workers are not killed.
@@ -57,6 +60,7 @@ from poolx.queue.urls import redact_url
 if TYPE_CHECKING:
     from poolx.consumer.adapter import BrokerConsumer
     from poolx.engine.api import Pool
+    from poolx.metrics import MetricsServer
 
 __all__ = [
     "WorkerPool",
@@ -176,7 +180,9 @@ class WorkerPool:
         (defaults for every task; a task's
         own ``timeout``, ``soft_timeout`` and ``memory_limit`` options win),
         and the :class:`~poolx.consumer.BrokerConsumer` options ``prefetch``
-        and ``status_interval``.
+        and ``status_interval``; ``metrics_port`` and ``metrics_bind`` serve
+        this worker pool's :meth:`stats` as Prometheus metrics
+        (:doc:`metrics`) while it runs (see :attr:`metrics_server`).
 
     ``init_func``, ``init_args`` and ``init_kwargs`` are read when the pool
     starts, not here: ``init_args`` holds the broker URL first, as WorQ's.
@@ -209,6 +215,12 @@ class WorkerPool:
         self.consumer_options = {
             key: pool_options.pop(key) for key in ("prefetch", "status_interval") if key in pool_options
         }
+        # Served from here (the pool's own switch would count run_task, not the tasks).
+        self.metrics_port: int | None = pool_options.pop("metrics_port", None)
+        self.metrics_bind: str = pool_options.pop("metrics_bind", "127.0.0.1")
+        self.metrics_server: MetricsServer | None = None
+        """The :class:`poolx.metrics.MetricsServer` serving this pool while
+        it runs (with ``metrics_port``), or None."""
         _check_pool_options(pool_options)
         self.pool_options = pool_options
         self.pool: Pool | None = None
@@ -254,6 +266,10 @@ class WorkerPool:
             self._running = True
             self._stopped.clear()
         try:
+            if self.metrics_port is not None:  # first: a port in use fails before any work
+                from poolx.metrics import serve
+
+                self.metrics_server = serve(self, port=self.metrics_port, bind=self.metrics_bind)
             user_up = self.pool_options.get("on_process_up")
             user_exit = self.pool_options.get("on_process_exit")
             options = dict(self.pool_options)
@@ -278,6 +294,9 @@ class WorkerPool:
             if self.pool is not None:
                 self.pool.terminate()
             self.pool = self.consumer = None
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+                self.metrics_server = None
             with self._lock:
                 self._running = False
                 self._stopped.set()
@@ -314,6 +333,20 @@ class WorkerPool:
         """Why the pool stopped taking tasks (its workers cannot start), or None."""
         consumer = self.consumer
         return None if consumer is None else consumer.broken
+
+    def stats(self) -> dict[str, Any]:
+        """The source of this worker pool's metrics: the pool's
+        :meth:`poolx.Pool.stats`, with ``"tasks"`` counted by task name (not
+        by the function the pool runs), plus ``queue``, ``queue_depth``,
+        ``in_flight``, ``running``, ``prefetched`` and ``reconnects`` (see
+        :meth:`poolx.consumer.BrokerConsumer.snapshot`).
+
+        :raises Error: if the pool has not been started.
+        """
+        consumer = self.consumer
+        if consumer is None:
+            raise Error("the WorkerPool has not been started")
+        return consumer.snapshot()
 
     def _notify(self) -> None:
         for listener in list(self._listeners):
@@ -365,6 +398,9 @@ class WorkerPool:
             if pool is not None:
                 pool.join()
         finally:
+            server, self.metrics_server = self.metrics_server, None
+            if server is not None:
+                server.close()
             log.info("%s stopped", self)
             self._stopped.set()
             self._notify()

@@ -277,6 +277,10 @@ class Connection:
         self.retry_timeout = retry_timeout
         self.connected = False
         self.closed = threading.Event()
+        self.reconnects = 0
+        """Operations that succeeded after Redis had been unreachable (each one
+        logs "reconnected"); read by the queue's ``reconnects``."""
+        self._reconnects_lock = threading.Lock()
         self._script = client.register_script(LUA_SCRIPT)
         self._retry = Retry(
             ExponentialBackoff(cap=RETRY_MAX_DELAY, base=RETRY_FIRST_DELAY / 2), -1, _RETRYABLE
@@ -294,6 +298,8 @@ class Connection:
         outage = _Outage(self, what)
         result = self._retry.call_with_retry(lambda: call(*args), outage.failed)
         if outage.failures:
+            with self._reconnects_lock:
+                self.reconnects += 1
             log.warning("reconnected to Redis at %s (%s)", self.display_url, what)
         self.connected = True
         return result

@@ -246,6 +246,13 @@ class AbstractTaskQueue:
         """The approximate number of tasks waiting to run (pending or enqueued)."""
         raise NotImplementedError("abstract method")
 
+    @property
+    def reconnects(self) -> int | None:
+        """How many operations succeeded after the backend's server had been
+        unreachable (a count that only grows), or None for a backend without
+        a server (``memory://``).  ``poolx.metrics`` exports it."""
+        return None
+
     def discard_pending(self) -> None:
         """Drop every task waiting to run (pending, scheduled or enqueued).
 

@@ -328,6 +328,12 @@ class TaskQueue(AbstractTaskQueue):
         return self._client
 
     @property
+    def reconnects(self) -> int:
+        """Operations that succeeded after Redis had been unreachable (each
+        one logged "reconnected to Redis")."""
+        return self._conn.reconnects
+
+    @property
     def retry_timeout(self) -> float:
         """Seconds an operation is retried while Redis is unreachable (also
         settable: a consumer that stops shortens it, and operations already

@@ -76,6 +76,10 @@ def test_no_command_is_a_usage_error(capsys):
         (["purge", "memory://", "--queue"], "expected one argument"),
         (["worker", "memory://", "--init", "m:f", "--workers", "two"], "not an integer: 'two'"),
         (["worker", "memory://", "--init", "m:f", "--timeout", "-1"], "must be a positive number"),
+        (["worker", "memory://", "--init", "m:f", "--metrics-port", "http"],
+         "not a port number: 'http'"),
+        (["worker", "memory://", "--init", "m:f", "--metrics-port", "65536"],
+         "not a port number (0 to 65535): '65536'"),
     ],
 )
 def test_usage_errors(capsys, argv, message):

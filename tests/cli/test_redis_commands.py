@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,43 @@ def test_worq_quick_start_with_a_process_pool(url, tmp_path):
     finally:
         pool.send_signal(signal.SIGINT)
         assert pool.wait(WAIT) == 0, log.read_text()
+
+
+def test_worker_serves_prometheus_metrics(url, workers):
+    """``poolx worker --metrics-port``: one server for every queue's pool,
+    scraped over HTTP and parsed with prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = free_port()
+    workers("metered", 1, "--queue", "default", "--queue", "other", "--metrics-port", str(port))
+    q = get_queue(url)
+    assert q.wt.add([1, 2]).wait(WAIT)
+    failed = q.wt.div(1, 0)
+    assert failed.wait(WAIT)
+    get_queue(url, name="other").wt.num("7").wait(WAIT)
+
+    def scrape() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    samples = scrape()
+    assert samples[("poolx_tasks_succeeded_total", (("queue", "default"), ("task", "wt.add")))] == 1
+    assert samples[("poolx_tasks_failed_total",
+                    (("outcome", "error"), ("queue", "default"), ("task", "wt.div")))] == 1
+    assert samples[("poolx_tasks_succeeded_total", (("queue", "other"), ("task", "wt.num")))] == 1
+    for queue in ("default", "other"):
+        assert samples[("poolx_queue_depth", (("queue", queue),))] == 0
+        assert samples[("poolx_redis_reconnects_total", (("queue", queue),))] == 0
+        assert samples[("poolx_workers", (("queue", queue), ("state", "idle")))] == 1
+
+
+def test_worker_metrics_port_in_use_exits_1(url):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = poolx("worker", url, "--init", "tests.worker.tasks:init", "--workers", "1",
+                     "--metrics-port", str(taken.getsockname()[1]))
+    assert done.returncode == 1
+    assert "cannot serve metrics on 127.0.0.1:" in done.stderr

@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -19,6 +20,7 @@ from poolx.pool.process import run_in_subprocess
 from poolx.task import TaskExpired, wait_all
 from tests.conftest import wait_until
 from tests.redis.pool_process import serve
+from tests.taskqueue.conftest import isolated_url
 from tests.taskqueue.helpers import WAIT
 from tests.worker import tasks
 from tests.worker.conftest import start_pool  # noqa: F401 - a fixture
@@ -161,3 +163,28 @@ def test_recovery_after_a_one_second_outage(private_redis, start_pool, tmp_path,
     assert running.wait(WAIT) and running.value == "r done"
     assert pool.consumer.stats["taken"] == 3, pool.consumer.stats  # nothing delivered twice
     assert recovery < 2.5, recovery
+
+
+def test_redis_reconnects_are_counted_and_exported(private_redis, start_pool):  # noqa: F811
+    """A Redis restart under a running worker pool: its metrics say it
+    reconnected, and tasks go on."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server = private_redis(persistent=True)
+    url = isolated_url(server.url)
+    broker = get_broker(url, retry_timeout=30)
+    pool = start_pool(broker, tasks.init, workers=1, metrics_port=0)
+
+    def reconnects() -> float:
+        with urllib.request.urlopen(pool.metrics_server.url, timeout=10) as response:
+            text = response.read().decode()
+        return next(s.value for family in text_string_to_metric_families(text)
+                    for s in family.samples if s.name == "poolx_redis_reconnects_total")
+
+    q = get_queue(url)
+    assert q.wt.num("1").wait(WAIT)
+    assert reconnects() == 0 == broker.taskqueue.reconnects
+    server.restart()  # kill -9: the consumer's blocking wait for a task fails mid-call
+    assert q.wt.num("2").wait(WAIT)
+    wait_until(lambda: reconnects() >= 1, WAIT)
+    assert broker.taskqueue.reconnects >= 1
