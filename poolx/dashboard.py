@@ -297,6 +297,12 @@ def serve(url: str, port: int = DEFAULT_PORT, bind: str = DEFAULT_BIND, *, token
           interval: float = 2.0, tasks: int = 10, ready: Any = None) -> None:
     """Serve the dashboard of ``url`` until KeyboardInterrupt.
 
+    :param url: The task queue URL.
+    :param port: TCP port (0 picks a free one).
+    :param bind: Address to listen on.
+    :param token: When set, every request must carry it.
+    :param interval: Seconds between two polls of the page.
+    :param tasks: How many queued tasks of each queue the page lists.
     :param ready: Called with the server once it listens (e.g. to print its
         address).
     :raises ValueError: a malformed URL.
@@ -406,7 +412,9 @@ function throughput(t) {
   const width = 600, height = 60, buckets = t.buckets, slot = width / 60;
   const top = Math.max(1, ...buckets.map(b => b.done + b.failed));
   const bars = [];
-  buckets.slice(-60).forEach((b, i) => {
+  const shown = buckets.slice(-60), first = 60 - shown.length;  // the newest at the right
+  shown.forEach((b, j) => {
+    const i = first + j;
     for (const [kind, value, base] of [["done", b.done, 0], ["failed", b.failed, b.done]]) {
       if (!value) continue;
       const r = document.createElementNS(ns, "rect");

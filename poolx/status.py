@@ -95,7 +95,10 @@ class StatusReader:
     def queued_tasks(self, queue: str, limit: int, now: float | None = None) -> list[dict[str, Any]] | None:
         """The next ``limit`` tasks waiting in ``queue``, the next one first:
         ``{"id", "name", "enqueued_at", "age"}`` each; None if the backend
-        cannot list them."""
+        cannot list them.
+
+        :param now: The time the ages are measured at (default: now).
+        """
         if limit <= 0:
             return []
         now = time.time() if now is None else now

@@ -162,6 +162,17 @@ def test_without_a_token_the_page_is_open(dashboard, url):
     assert b"poolx dashboard" in body
     assert "script-src 'sha256-" in headers["Content-Security-Policy"]
     assert headers["Cache-Control"] == "no-store"
+    assert headers["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    code, _, body = get(server, "/api/status", method="HEAD")
+    assert code == 200 and body == b""
+
+
+def test_its_log_never_shows_the_token(dashboard, url, caplog):
+    server = dashboard(url, token="s3cret")
+    with caplog.at_level("DEBUG", logger="poolx.dashboard"):
+        assert get(server, "/api/status?token=s3cret")[0] == 200
+        assert get(server, "/?token=s3cret&x")[0] == 200
+    assert "GET /api/status 200" in caplog.text and "s3cret" not in caplog.text
 
 
 def test_it_is_read_only(dashboard, url):
@@ -202,9 +213,16 @@ def test_user_data_is_never_html_in_the_page(dashboard, url):
 # -- the command ---------------------------------------------------------------
 
 
-def test_it_binds_loopback_by_default():
+def test_it_binds_loopback_by_default(monkeypatch):
+    monkeypatch.delenv("POOLX_DASHBOARD_TOKEN", raising=False)
     args = build_parser().parse_args(["dashboard", "redis://127.0.0.1:6379/0"])
     assert DEFAULT_BIND == "127.0.0.1" and args.bind == DEFAULT_BIND
+    assert args.port == 8155 and args.token is None
+
+
+def test_the_token_can_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("POOLX_DASHBOARD_TOKEN", "from-env")
+    assert build_parser().parse_args(["dashboard", "memory://"]).token == "from-env"
 
 
 @pytest.mark.redis
@@ -278,13 +296,24 @@ def test_the_page_in_headless_chromium(redis_url, two_pools, dashboard, tmp_path
     # The HTML task name is text: escaped in the serialized DOM, no <img> element.
     assert "&lt;img src=x onerror=alert(1)&gt;" in queues["default"][4]
     assert "<img" not in dom
+    assert re.search(r"^\d+s$", queues["default"][3])  # the oldest task's age
     assert re.search(r'<span id="total-done">3</span>', dom)
     assert 'class="shown"' not in dom  # no error banner
 
-    run_tasks(two_pools, 4)
-    wait_until(lambda: sum(p["tasks_done"] for p in server.reader.live_pools()) == 7, WAIT)
+    # A running task shows on its pool's row.
+    held = two_pools.queue("wt.touch_and_wait")(str(tmp_path), "x")
+    wait_until(lambda: (tmp_path / "x.started").exists(), WAIT)
+    wait_until(lambda: any(p["running"] for p in server.reader.live_pools()), WAIT)
     dom = render(chromium, server.url + "?token=tok", tmp_path)
-    assert re.search(r'<span id="total-done">7</span>', dom)
+    assert [row[0] for row in cells(dom, "pools") if f"wt.touch_and_wait [work:{held.id}]" in row[11]]
+    (tmp_path / "x.unlock").touch()
+    assert held.wait(WAIT)
+    wait_until(lambda: sum(p["tasks_done"] for p in server.reader.live_pools()) == 4, WAIT)
+
+    run_tasks(two_pools, 4)
+    wait_until(lambda: sum(p["tasks_done"] for p in server.reader.live_pools()) == 8, WAIT)
+    dom = render(chromium, server.url + "?token=tok", tmp_path)
+    assert re.search(r'<span id="total-done">8</span>', dom)
 
 
 @pytest.mark.redis
