@@ -39,8 +39,9 @@ Security model (see docs/dashboard.rst):
   as JSON and is inserted with ``textContent``, never as HTML; a
   Content-Security-Policy allows only the page's own script and style.
 
-Layer: beside the command line (which imports it lazily); it uses
-:mod:`poolx.status` and the standard library.
+Layer: beside the command line; it uses :mod:`poolx.status` (imported when
+it serves: ``poolx --help`` reads this module's defaults and should stay
+quick) and the standard library.
 """
 
 from __future__ import annotations
@@ -51,16 +52,19 @@ import hmac
 import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from poolx import __version__
-from poolx.status import StatusReader, StatusUnavailable
+
+if TYPE_CHECKING:
+    from poolx.status import StatusReader
 
 __all__ = ["DEFAULT_BIND", "DEFAULT_PORT", "DashboardServer", "Throughput", "serve"]
 
@@ -179,6 +183,8 @@ class DashboardServer(ThreadingHTTPServer):
         self.loopback_only = _is_loopback(address[0])
         self._lock = threading.Lock()
         self._cached: tuple[float, int, bytes] | None = None
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6  # e.g. --bind ::1
         super().__init__(address, _Handler)
 
     @property
@@ -193,6 +199,8 @@ class DashboardServer(ThreadingHTTPServer):
     def status_json(self) -> tuple[int, bytes]:
         """The body of ``/api/status`` and its HTTP status: read at most once
         per half interval, however many pages poll."""
+        from poolx.status import StatusUnavailable
+
         with self._lock:
             now = time.monotonic()
             if self._cached is not None and now - self._cached[0] < self.interval / 2:
@@ -308,6 +316,8 @@ def serve(url: str, port: int = DEFAULT_PORT, bind: str = DEFAULT_BIND, *, token
     :raises ValueError: a malformed URL.
     :raises OSError: the address cannot be bound.
     """
+    from poolx.status import StatusReader
+
     server = DashboardServer(StatusReader(url), (bind, port), token=token, interval=interval, tasks=tasks)
     try:
         if ready is not None:

@@ -50,9 +50,9 @@ def dashboard() -> Iterator[Callable[..., DashboardServer]]:
     serving on a thread, shut down at teardown."""
     servers: list[tuple[DashboardServer, threading.Thread]] = []
 
-    def start(url: str, **kw: Any) -> DashboardServer:
+    def start(url: str, reader: StatusReader | None = None, **kw: Any) -> DashboardServer:
         kw.setdefault("interval", 0.2)
-        server = DashboardServer(StatusReader(url), ("127.0.0.1", 0), **kw)
+        server = DashboardServer(reader or StatusReader(url), ("127.0.0.1", 0), **kw)
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         thread.start()
         servers.append((server, thread))
@@ -190,6 +190,25 @@ def test_on_loopback_it_answers_to_loopback_host_names_only(dashboard, url):
         assert get(server, "/", headers={"Host": f"{host}:{port}"})[0] == 200
 
 
+def test_it_can_listen_on_ipv6_loopback(url):
+    try:
+        server = DashboardServer(StatusReader(url), ("::1", 0))
+    except OSError as err:
+        pytest.skip(f"no IPv6 loopback here: {err}")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        assert server.url.startswith("http://[::1]:") and server.loopback_only
+        conn = http.client.HTTPConnection("::1", server.server_address[1], timeout=WAIT)
+        conn.request("GET", "/api/status")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(WAIT)
+
+
 def test_no_redis_password_is_shown(dashboard):
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0?retry_timeout=0"
     server = dashboard(url)
@@ -277,10 +296,30 @@ def cells(dom: str, tbody: str) -> list[list[str]]:
             for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body.group(1), re.S)]
 
 
+class TasksRunBetweenPolls(StatusReader):
+    """A reader that, armed, runs ``count`` tasks before its next read: the
+    page's next poll must show them."""
+
+    def __init__(self, url: str, work: Any) -> None:
+        super().__init__(url)
+        self.work = work
+        self.armed = 0
+        self.reads = 0
+
+    def read(self, *args: Any, **kw: Any) -> dict[str, Any]:
+        self.reads += 1
+        if self.reads == 2 and self.armed:
+            before = sum(p["tasks_done"] for p in self.live_pools())
+            run_tasks(self.work, self.armed)
+            wait_until(lambda: sum(p["tasks_done"] for p in self.live_pools()) == before + self.armed, WAIT)
+        return super().read(*args, **kw)
+
+
 @pytest.mark.redis
 def test_the_page_in_headless_chromium(redis_url, two_pools, dashboard, tmp_path):
     chromium = chromium_or_skip()
-    server = dashboard(redis_url, token="tok")
+    reader = TasksRunBetweenPolls(redis_url, two_pools)
+    server = dashboard(redis_url, reader=reader, token="tok")
     wait_until(lambda: len(server.reader.live_pools()) == 2, WAIT)
     run_tasks(two_pools, 3)
     wait_until(lambda: sum(p["tasks_done"] for p in server.reader.live_pools()) == 3, WAIT)
@@ -310,9 +349,11 @@ def test_the_page_in_headless_chromium(redis_url, two_pools, dashboard, tmp_path
     assert held.wait(WAIT)
     wait_until(lambda: sum(p["tasks_done"] for p in server.reader.live_pools()) == 4, WAIT)
 
-    run_tasks(two_pools, 4)
-    wait_until(lambda: sum(p["tasks_done"] for p in server.reader.live_pools()) == 8, WAIT)
+    # One page load: its first poll sees 4 tasks done, then 4 more run, and
+    # its next polls show 8 (the page refreshes by itself).
+    reader.reads, reader.armed = 0, 4
     dom = render(chromium, server.url + "?token=tok", tmp_path)
+    assert reader.reads >= 2
     assert re.search(r'<span id="total-done">8</span>', dom)
 
 
