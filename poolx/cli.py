@@ -32,11 +32,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pkgutil import resolve_name
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from poolx import __version__
 from poolx.checks import check_count, check_seconds, parse_size
 from poolx.const import DEFAULT
+
+if TYPE_CHECKING:
+    from poolx.status import StatusReader
 
 __all__ = ["main", "build_parser"]
 
@@ -350,7 +353,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _status_reader(url: str) -> Any:
+def _status_reader(url: str) -> StatusReader:
     from poolx.status import StatusReader
 
     try:
@@ -361,11 +364,11 @@ def _status_reader(url: str) -> Any:
         raise _Failure(str(err)) from None
 
 
-def _status(reader: Any, args: argparse.Namespace) -> dict[str, Any]:
+def _status(reader: StatusReader, args: argparse.Namespace) -> dict[str, Any]:
     from poolx.status import StatusUnavailable
 
     try:
-        return reader.read(args.queue or [], args.pool or [], args.tasks)  # type: ignore[no-any-return]
+        return reader.read(args.queue or [], args.pool or [], args.tasks)
     except StatusUnavailable as err:
         raise _Failure(str(err)) from None
 
@@ -427,7 +430,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
             return EXIT_OK  # CTRL+C ends --watch
 
 
-def _show_status(reader: Any, args: argparse.Namespace, clear: bool) -> None:
+def _show_status(reader: StatusReader, args: argparse.Namespace, clear: bool) -> None:
     status = _status(reader, args)
     if clear:
         sys.stdout.write("\033[H\033[J")  # home, clear the screen

@@ -25,7 +25,7 @@ from poolx.core import get_broker
 from poolx.dashboard import DEFAULT_BIND, DashboardServer, Throughput
 from poolx.status import StatusReader
 from tests.conftest import wait_until
-from tests.redis_server import ENV_REQUIRE, free_port
+from tests.redis_server import ENV_REQUIRE, RedisServer, free_port, require_redis_server
 from tests.taskqueue.conftest import delete_prefix, isolated_url
 from tests.worker.tasks import init
 
@@ -217,6 +217,19 @@ def test_no_redis_password_is_shown(dashboard):
     error = json.loads(body)["error"]
     assert error.startswith("cannot reach redis://:***@127.0.0.1:")
     assert b"hunter2" not in body and b"hunter2" not in get(server, "/")[2]
+
+
+@pytest.mark.redis
+def test_when_redis_goes_away_the_api_says_so(dashboard, tmp_path):
+    server_proc = RedisServer(require_redis_server(), tmp_path).start()
+    try:
+        server = dashboard(server_proc.url + "?retry_timeout=1")
+        assert api(server)["status"]["queues"]["default"]["waiting"] == 0
+        server_proc.kill()
+        code, _, body = wait_until(lambda: (lambda r: r if r[0] != 200 else None)(get(server, "/api/status")), WAIT)
+        assert code == 503 and json.loads(body)["error"].startswith(f"cannot reach {server_proc.url}")
+    finally:
+        server_proc.cleanup()
 
 
 def test_user_data_is_never_html_in_the_page(dashboard, url):
