@@ -278,6 +278,29 @@ def test_the_command_serves_until_ctrl_c(redis_url):
         assert proc.wait(WAIT) == 0
 
 
+def test_the_command_prints_its_address_without_the_password():
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "poolx", "dashboard", url, "--port", "0", "--token", "t"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert re.fullmatch(r"poolx dashboard of redis://:\*\*\*@127\.0\.0\.1:\d+/0 on "
+                            r"http://127\.0\.0\.1:\d+/ \(token required\); CTRL\+C stops\n", line), line
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(WAIT) == 0
+
+
+def test_the_status_reader_reuses_its_brokers(url):
+    with StatusReader(url) as reader:
+        assert reader.broker("q") is reader.broker("q") and reader.broker("q") is not reader.broker()
+        assert reader.read(tasks=1)["queues"] == {"default": {"waiting": 0, "in_flight": 0, "tasks": []}}
+    with pytest.raises(ValueError, match="unknown scheme"):
+        StatusReader("nope://x")
+
+
 # -- a real browser ------------------------------------------------------------------
 
 
