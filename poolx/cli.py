@@ -1,17 +1,18 @@
 """The ``poolx`` command line (also ``python -m poolx``).
 
-Owned here: argument parsing, output and exit codes of four commands; the
+Owned here: argument parsing, output and exit codes of five commands; the
 work itself is done by the public API:
 
 * ``poolx worker URL --init module:function`` — one
   :class:`~poolx.pool.process.WorkerPool` per ``--queue``, run by
   :func:`~poolx.pool.process.start_pools` until SIGTERM/SIGINT (graceful),
   a second signal stops at once.
-* ``poolx status URL`` — the pool registry (``live_pools``), queue sizes
-  (waiting, scheduled: ``scheduled_size``)
-  and the next tasks of each queue (``queued_tasks``).
+* ``poolx status URL`` — what :class:`poolx.status.StatusReader` reads:
+  the pool registry, queue sizes (waiting, scheduled) and the next tasks of
+  each queue.
 * ``poolx enqueue URL TASK [ARGS_JSON]`` — a task by its dotted name.
 * ``poolx purge URL`` — ``discard_pending_tasks`` after confirmation.
+* ``poolx dashboard URL`` — :func:`poolx.dashboard.serve` until CTRL+C.
 
 ``poolx --version`` prints the version.
 
@@ -30,14 +31,16 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pkgutil import resolve_name
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from poolx import __version__
 from poolx.checks import check_count, check_seconds, parse_size
 from poolx.const import DEFAULT
+
+if TYPE_CHECKING:
+    from poolx.status import StatusReader
 
 __all__ = ["main", "build_parser"]
 
@@ -207,7 +210,32 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("url", metavar="URL", help="task queue URL")
     purge.add_argument("--queue", default=DEFAULT, metavar="NAME", help=f"queue name (default {DEFAULT!r})")
     purge.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    _add_dashboard_parser(commands)
     return parser
+
+
+def _add_dashboard_parser(commands: Any) -> None:
+    from poolx.dashboard import DEFAULT_BIND, DEFAULT_PORT
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="serve a read-only web page that shows pools and queues live",
+        description="Serve a read-only web page showing the live worker pools, queues, their next "
+                    "tasks and the throughput on URL, refreshed every --interval seconds, until "
+                    "CTRL+C.  It listens on this machine only unless --bind says otherwise.",
+    )
+    dashboard.add_argument("url", metavar="URL", help="task queue URL")
+    dashboard.add_argument("--port", type=_count, default=DEFAULT_PORT, metavar="P",
+                           help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
+    dashboard.add_argument("--bind", default=DEFAULT_BIND, metavar="ADDRESS",
+                           help=f"address to listen on (default {DEFAULT_BIND}: this machine only)")
+    dashboard.add_argument("--token", default=os.environ.get("POOLX_DASHBOARD_TOKEN"), metavar="T",
+                           help="require ?token=T or 'Authorization: Bearer T' on every request "
+                                "(default: $POOLX_DASHBOARD_TOKEN, else none)")
+    dashboard.add_argument("--interval", type=_seconds, default=2.0, metavar="S",
+                           help="seconds between two refreshes of the page (default 2)")
+    dashboard.add_argument("--tasks", type=_count, default=10, metavar="N",
+                           help="list the next N tasks waiting in each queue (default 10)")
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -362,63 +390,24 @@ def _serve_metrics(pools: list[Any], port: int | None, bind: str) -> Any:
     return server
 
 
-def _queued_tasks(url: str, queue: str, limit: int, now: float) -> list[dict[str, Any]] | None:
-    """The next ``limit`` tasks of ``queue``; None if the backend cannot list them."""
-    if limit == 0:
-        return []
+def _status_reader(url: str) -> StatusReader:
+    from poolx.status import StatusReader
 
-    def listing() -> Any:
-        try:
-            return _broker(url, queue).taskqueue.queued_tasks(limit)
-        except NotImplementedError:
-            return None
-
-    tasks = _reach(url, listing)
-    if tasks is None:
-        return None
-    return [
-        {"id": task.task_id, "name": task.name, "enqueued_at": task.enqueued_at,
-         "age": None if task.enqueued_at is None else max(0.0, now - task.enqueued_at)}
-        for task in tasks
-    ]
+    try:
+        return StatusReader(url)
+    except ValueError as err:
+        raise _Usage(str(err)) from None
+    except ImportError as err:
+        raise _Failure(str(err)) from None
 
 
-def _scheduled(url: str, queue: str) -> int | None:
-    """How many tasks of ``queue`` are scheduled; None if the backend cannot
-    schedule tasks."""
+def _status(reader: StatusReader, args: argparse.Namespace) -> dict[str, Any]:
+    from poolx.status import StatusUnavailable
 
-    def count() -> Any:
-        try:
-            return _broker(url, queue).taskqueue.scheduled_size()
-        except NotImplementedError:
-            return None
-
-    return _reach(url, count)
-
-
-def _status(url: str, queues_wanted: Sequence[str], pools_wanted: Sequence[str] = (),
-            tasks: int = 0) -> dict[str, Any]:
-    from poolx.queue.urls import redact_url
-
-    now = time.time()
-    broker = _broker(url)
-    pools = _live_pools(url, broker)
-    if queues_wanted:
-        pools = [p for p in pools if str(p.get("queue", DEFAULT)) in queues_wanted]
-    if pools_wanted:
-        pools = [p for p in pools if str(p.get("name")) in pools_wanted]
-    pools.sort(key=lambda info: (str(info.get("host")), str(info.get("name")), info.get("pid") or 0))
-    if queues_wanted:
-        names = list(dict.fromkeys(queues_wanted))
-    else:
-        names = list(dict.fromkeys([DEFAULT, *(str(p.get("queue", DEFAULT)) for p in pools)]))
-    queues = {}
-    for name in names:
-        size = _reach(url, lambda name=name: len(_broker(url, name)))
-        in_flight = sum(len(p.get("in_flight") or ()) for p in pools if p.get("queue") == name)
-        queues[name] = {"waiting": size, "scheduled": _scheduled(url, name),
-                        "in_flight": in_flight, "tasks": _queued_tasks(url, name, tasks, now)}
-    return {"url": redact_url(url), "time": now, "pools": pools, "queues": queues}
+    try:
+        return reader.read(args.queue or [], args.pool or [], args.tasks)
+    except StatusUnavailable as err:
+        raise _Failure(str(err)) from None
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -460,26 +449,27 @@ def _print_status(status: dict[str, Any]) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    if not args.watch:
-        _show_status(args, clear=False)
-        return EXIT_OK
-    import threading
+    with _status_reader(args.url) as reader:
+        if not args.watch:
+            _show_status(reader, args, clear=False)
+            return EXIT_OK
+        import threading
 
-    pause = threading.Event()
-    clear = not args.json and sys.stdout.isatty()
-    try:
-        while True:
-            _show_status(args, clear)
-            sys.stdout.flush()
-            pause.wait(args.interval)
-            if not clear:
-                print()
-    except KeyboardInterrupt:
-        return EXIT_OK  # CTRL+C ends --watch
+        pause = threading.Event()
+        clear = not args.json and sys.stdout.isatty()
+        try:
+            while True:
+                _show_status(reader, args, clear)
+                sys.stdout.flush()
+                pause.wait(args.interval)
+                if not clear:
+                    print()
+        except KeyboardInterrupt:
+            return EXIT_OK  # CTRL+C ends --watch
 
 
-def _show_status(args: argparse.Namespace, clear: bool) -> None:
-    status = _status(args.url, args.queue or [], args.pool or [], args.tasks)
+def _show_status(reader: StatusReader, args: argparse.Namespace, clear: bool) -> None:
+    status = _status(reader, args)
     if clear:
         sys.stdout.write("\033[H\033[J")  # home, clear the screen
     if args.json:
@@ -488,25 +478,19 @@ def _show_status(args: argparse.Namespace, clear: bool) -> None:
         _print_status(status)
 
 
-def _live_pools(url: str, broker: Any) -> list[dict[str, Any]]:
-    pools = []
-    for text in _reach(url, broker.taskqueue.live_pools):
-        try:
-            info = json.loads(text)
-        except ValueError:
-            continue
-        if isinstance(info, dict):
-            pools.append(info)
-    return pools
-
-
 def _check_consumed_here(url: str, broker: Any) -> None:
     """A ``memory://`` queue lives inside one process: enqueuing to it from
     this command is an error unless a pool in this process consumes it (the
     task would be lost when the command exits)."""
     if not url.lower().startswith("memory:"):
         return
-    if not any(info.get("queue") == broker.name for info in _live_pools(url, broker)):
+    from poolx.status import StatusUnavailable
+
+    try:
+        pools = _status_reader(url).live_pools()
+    except StatusUnavailable as err:
+        raise _Failure(str(err)) from None
+    if not any(info.get("queue") == broker.name for info in pools):
         raise _Usage(f"a memory:// queue lives inside one process and no pool in this one "
                      f"consumes queue {broker.name!r}: the task would be lost when this command "
                      f"exits (use a shared queue, e.g. redis://)")
@@ -571,7 +555,27 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"worker": _cmd_worker, "status": _cmd_status, "enqueue": _cmd_enqueue, "purge": _cmd_purge}
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from poolx.dashboard import serve
+
+    def ready(server: Any) -> None:
+        print(f"poolx dashboard of {server.reader.display_url} on {server.url} "
+              f"({'token required' if args.token else 'no token'}); CTRL+C stops", flush=True)
+
+    try:
+        serve(args.url, args.port, args.bind, token=args.token or None, interval=args.interval,
+              tasks=args.tasks, ready=ready)
+    except ValueError as err:
+        raise _Usage(str(err)) from None
+    except (ImportError, OSError) as err:
+        raise _Failure(f"{type(err).__name__}: {err}") from None
+    except KeyboardInterrupt:
+        pass  # CTRL+C stops the server
+    return EXIT_OK
+
+
+_COMMANDS = {"worker": _cmd_worker, "status": _cmd_status, "enqueue": _cmd_enqueue, "purge": _cmd_purge,
+             "dashboard": _cmd_dashboard}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,183 @@
+"""What ``poolx status`` shows, as data: the one home of the fleet's status.
+
+Owned here: :class:`StatusReader` — reads the pool registry
+(``live_pools``, the records worker pools publish as their heartbeat), queue
+sizes and the next queued tasks of a task queue URL, and returns them as one
+JSON-ready dict (the schema of ``poolx status --json``) — and
+:class:`StatusUnavailable`, the error when the broker cannot be read.  Two
+users: the ``poolx status`` command (:mod:`poolx.cli`) and the web
+dashboard (:mod:`poolx.dashboard`), which polls it.
+
+The reader keeps one broker per queue name, so a caller that reads again
+and again (``poolx status --watch``, the dashboard) reuses its connections;
+:meth:`StatusReader.close` releases them.  Nothing here writes to the
+broker, and every URL it returns is redacted (no password).
+
+Layer: just below the command line; it uses :mod:`poolx.core` and
+:mod:`poolx.queue` only.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from poolx.const import DEFAULT
+from poolx.core import Broker, get_broker
+from poolx.queue.urls import redact_url
+
+__all__ = ["StatusReader", "StatusUnavailable"]
+
+T = TypeVar("T")
+
+
+class StatusUnavailable(Exception):
+    """The broker could not be read (unreachable, or it failed).  The
+    message names the URL without its password."""
+
+
+class StatusReader:
+    """Reads the status of the worker pools and queues of one task queue URL.
+
+    :param url: The task queue URL (``redis://...``, or ``memory://`` for the
+        pools of this process).
+    :raises ValueError: for a malformed URL or an unknown scheme.
+    :raises ImportError: when the backend's library is missing (redis-py).
+
+    Thread-safe: the dashboard's request threads share one reader.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._brokers: dict[str, Broker] = {}
+        self.broker(DEFAULT)  # a bad URL fails here, not at the first read
+
+    @property
+    def display_url(self) -> str:
+        """The URL as shown to people: any password replaced by ``***``."""
+        return redact_url(self.url)
+
+    def broker(self, queue: str = DEFAULT) -> Broker:
+        """The reader's broker for ``queue`` (made once, then reused)."""
+        with self._lock:
+            broker = self._brokers.get(queue)
+            if broker is None:
+                broker = self._brokers[queue] = get_broker(self.url, queue)
+            return broker
+
+    def _reach(self, call: Callable[[], T]) -> T:
+        """Run one broker call; any failure becomes :class:`StatusUnavailable`."""
+        try:
+            return call()
+        except Exception as err:
+            raise StatusUnavailable(
+                f"cannot reach {redact_url(self.url)}: {type(err).__name__}: {err}") from None
+
+    def live_pools(self) -> list[dict[str, Any]]:
+        """The records of every live worker pool on the URL (whatever queue
+        each consumes), as the pools published them; unreadable records are
+        skipped."""
+        pools = []
+        for text in self._reach(self.broker().taskqueue.live_pools):
+            try:
+                info = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(info, dict):
+                pools.append(info)
+        return pools
+
+    def scheduled(self, queue: str) -> int | None:
+        """How many tasks of ``queue`` wait for their due time (``delay``,
+        ``eta``, a retry's back-off); None if the backend cannot schedule."""
+        broker = self.broker(queue)
+
+        def count() -> Any:
+            try:
+                return broker.taskqueue.scheduled_size()
+            except NotImplementedError:
+                return None
+
+        return self._reach(count)
+
+    def queued_tasks(self, queue: str, limit: int, now: float | None = None) -> list[dict[str, Any]] | None:
+        """The next ``limit`` tasks waiting in ``queue``, the next one first:
+        ``{"id", "name", "enqueued_at", "age"}`` each; None if the backend
+        cannot list them.
+
+        :param now: The time the ages are measured at (default: now).
+        """
+        if limit <= 0:
+            return []
+        now = time.time() if now is None else now
+        broker = self.broker(queue)
+
+        def listing() -> Any:
+            try:
+                return broker.taskqueue.queued_tasks(limit)
+            except NotImplementedError:
+                return None
+
+        tasks = self._reach(listing)
+        if tasks is None:
+            return None
+        return [
+            {"id": task.task_id, "name": task.name, "enqueued_at": task.enqueued_at,
+             "age": None if task.enqueued_at is None else max(0.0, now - task.enqueued_at)}
+            for task in tasks
+        ]
+
+    def read(self, queues: Sequence[str] = (), pools: Sequence[str] = (), tasks: int = 0) -> dict[str, Any]:
+        """The status, as ``poolx status --json`` prints it.
+
+        :param queues: Only these queues and the pools consuming them
+            (default: ``default`` and every queue a live pool consumes).
+        :param pools: Only the pools of these names.
+        :param tasks: List the next ``tasks`` tasks of each queue.
+        :returns: ``{"url", "time", "pools": [record...], "queues": {name:
+            {"waiting", "scheduled", "in_flight", "tasks"}}}``; pools sorted by host,
+            name and pid.
+        :raises StatusUnavailable: the broker could not be read.
+        """
+        now = time.time()
+        found = self.live_pools()
+        if queues:
+            found = [p for p in found if str(p.get("queue", DEFAULT)) in queues]
+        if pools:
+            found = [p for p in found if str(p.get("name")) in pools]
+        found.sort(key=lambda info: (str(info.get("host")), str(info.get("name")), info.get("pid") or 0))
+        if queues:
+            names = list(dict.fromkeys(queues))
+        else:
+            names = list(dict.fromkeys([DEFAULT, *(str(p.get("queue", DEFAULT)) for p in found)]))
+        listed = {}
+        for name in names:
+            broker = self.broker(name)
+            size = self._reach(lambda broker=broker: len(broker))  # type: ignore[misc]
+            in_flight = sum(len(p.get("in_flight") or ()) for p in found if p.get("queue") == name)
+            listed[name] = {"waiting": size, "scheduled": self.scheduled(name), "in_flight": in_flight,
+                            "tasks": self.queued_tasks(name, tasks, now)}
+        return {"url": redact_url(self.url), "time": now, "pools": found, "queues": listed}
+
+    def close(self) -> None:
+        """Close the brokers' connections (the reader can still be used: it
+        opens new ones)."""
+        with self._lock:
+            brokers, self._brokers = list(self._brokers.values()), {}
+        for broker in brokers:
+            try:
+                broker.close()
+            except Exception:  # nothing was written: nothing to lose
+                pass
+
+    def __enter__(self) -> StatusReader:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
