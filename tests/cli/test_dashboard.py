@@ -296,7 +296,7 @@ def test_the_command_prints_its_address_without_the_password():
 def test_the_status_reader_reuses_its_brokers(url):
     with StatusReader(url) as reader:
         assert reader.broker("q") is reader.broker("q") and reader.broker("q") is not reader.broker()
-        assert reader.read(tasks=1)["queues"] == {"default": {"waiting": 0, "in_flight": 0, "tasks": []}}
+        assert reader.read(tasks=1)["queues"] == {"default": {"waiting": 0, "scheduled": 0, "in_flight": 0, "tasks": []}}
     with pytest.raises(ValueError, match="unknown scheme"):
         StatusReader("nope://x")
 
