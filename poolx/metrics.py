@@ -23,11 +23,14 @@ and (lazily, when a collector or server is made) ``prometheus_client``, the
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from poolx.tally import DURATION_BUCKETS, FAILURE_OUTCOMES
+
+log = logging.getLogger("poolx.metrics")
 
 __all__ = ["METRICS", "Metric", "MetricsServer", "StatsCollector", "serve"]
 
@@ -89,6 +92,7 @@ def _prometheus() -> Any:
     try:
         import prometheus_client
         import prometheus_client.core
+        import prometheus_client.utils
     except ImportError as err:
         raise ImportError(f"poolx metrics need prometheus_client: {EXTRA}") from err
     return prometheus_client
@@ -111,13 +115,20 @@ class StatsCollector:
     :param sources: Objects with a ``stats()`` method (:class:`poolx.Pool`,
         :class:`~poolx.pool.process.WorkerPool`) or callables returning
         such a snapshot.  A snapshot with a ``"queue"`` key (a worker
-        pool's) labels every sample with ``queue``; a source whose stats
+        pool's) labels every sample with ``queue`` (``""`` for a plain pool
+        served beside worker pools); with several sources, every sample also
+        has a ``pool`` label, the source's position (``"0"``, ``"1"``...),
+        so that no two sources give the same series.  A source whose stats
         cannot be read (a worker pool not started) is skipped.
     """
 
     def __init__(self, *sources: Any) -> None:
-        self._core = _prometheus().core
+        prometheus = _prometheus()
+        self._core = prometheus.core
+        # Bucket bounds as prometheus_client writes them ("1.0", not "1").
+        self._bounds = [*map(prometheus.utils.floatToGoString, DURATION_BUCKETS), "+Inf"]
         self._readers = [_stats_reader(source) for source in sources]
+        self._numbered = len(self._readers) > 1
 
     def describe(self) -> Iterator[Any]:
         """The metric families without samples (so that registering a
@@ -128,9 +139,10 @@ class StatsCollector:
         core = self._core
         kinds = {"counter": core.CounterMetricFamily, "gauge": core.GaugeMetricFamily,
                  "histogram": core.HistogramMetricFamily}
+        base = (("pool",) if self._numbered else ()) + (("queue",) if queue else ())
         families = {}
         for metric in METRICS:
-            labels = (("queue",) if queue else ()) + metric.labels
+            labels = base + metric.labels
             name = metric.name.removesuffix("_total") if metric.type == "counter" else metric.name
             families[metric.name] = kinds[metric.type](name, metric.help, labels=list(labels))
         return families
@@ -139,21 +151,26 @@ class StatsCollector:
         """One scrape: every source's stats as metric families (those with
         samples: a metric appears once there is something to say)."""
         snapshots = []
-        for read in self._readers:
+        for index, read in enumerate(self._readers):
             try:
                 stats = read()
             except Exception:  # not started, or stopped: nothing to say about it
+                log.debug("metrics: a source's stats cannot be read", exc_info=True)
                 continue
             if stats:
-                snapshots.append(stats)
-        queue = any("queue" in stats for stats in snapshots)
+                snapshots.append((index, stats))
+        queue = any("queue" in stats for _, stats in snapshots)
         families = self._families(queue)
-        for stats in snapshots:
-            _add_samples(families, stats, [stats["queue"]] if queue else [])
+        for index, stats in snapshots:
+            base = [str(index)] if self._numbered else []
+            if queue:
+                base.append(str(stats.get("queue", "")))
+            _add_samples(families, stats, base, self._bounds)
         return iter([family for family in families.values() if family.samples])
 
 
-def _add_samples(families: dict[str, Any], stats: dict[str, Any], base: list[str]) -> None:
+def _add_samples(families: dict[str, Any], stats: dict[str, Any], base: list[str],
+                 bounds: list[str]) -> None:
     for name, counts in sorted(stats.get("tasks", {}).items()):
         labels = [*base, name]
         families["poolx_tasks_started_total"].add_metric(labels, counts["started"])
@@ -162,7 +179,6 @@ def _add_samples(families: dict[str, Any], stats: dict[str, Any], base: list[str
             families["poolx_tasks_failed_total"].add_metric(
                 [*labels, outcome], counts["failed"][outcome])
         duration = counts["duration"]
-        bounds = [*(f"{bound:g}" for bound in DURATION_BUCKETS), "+Inf"]
         families["poolx_task_duration_seconds"].add_metric(
             labels, list(zip(bounds, duration["buckets"], strict=True)), duration["sum"])
     states = dict.fromkeys(WORKER_STATES, 0)
@@ -227,7 +243,7 @@ class MetricsServer:
             if self._closed:
                 return
             self._closed = True
-        self._server.shutdown()
+        self._server.shutdown()  # at serve_forever's next poll: up to 0.5 s
         self._server.server_close()
         self._thread.join()
 

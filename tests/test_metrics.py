@@ -350,6 +350,19 @@ def test_a_source_that_cannot_be_read_is_skipped():
 
     with metrics.serve(broken, lambda: {"workers": [], "queued": 2}) as server:
         samples = scrape(server.url)
-    assert value(samples, "poolx_jobs_queued") == 2
+    assert value(samples, "poolx_jobs_queued", pool="1") == 2
     with pytest.raises(TypeError, match="stats"):
         metrics.serve(42)
+
+
+def test_several_sources_never_give_the_same_series():
+    """Two plain pools, and a plain pool beside a worker pool, in one
+    server: a ``pool`` label (the position) tells them apart, and a plain
+    pool's ``queue`` label is empty (it failed every scrape before)."""
+    plain = {"workers": [], "queued": 1, "tasks": {}}
+    worker_pool = {"workers": [], "queued": 3, "tasks": {}, "queue": "jobs", "prefetched": 0}
+    with metrics.serve(lambda: plain, lambda: plain, lambda: worker_pool) as server:
+        samples = scrape(server.url)
+    assert samples["poolx_jobs_queued"] == {
+        (("pool", "0"), ("queue", "")): 1, (("pool", "1"), ("queue", "")): 1,
+        (("pool", "2"), ("queue", "jobs")): 3}

@@ -64,11 +64,11 @@ def _shutdown(supervisor: Supervisor, metrics: MetricsServer | None = None) -> N
     """
     if not supervisor.in_owner():
         return
-    if metrics is not None:
-        metrics.close()
     supervisor.stop_accepting()
     if supervisor.post(supervisor.terminate) and not supervisor.on_own_thread():
         supervisor.finished.wait(_AT_EXIT_WAIT)
+    if metrics is not None:  # last: its server takes up to 0.5 s to stop
+        metrics.close()
 
 
 class Pool:
