@@ -196,14 +196,17 @@ def test_worker_serves_prometheus_metrics(url, workers):
                 for family in text_string_to_metric_families(text) for s in family.samples}
 
     samples = scrape()
-    assert samples[("poolx_tasks_succeeded_total", (("queue", "default"), ("task", "wt.add")))] == 1
+    # one pool per --queue, in their order: pool "0" and "1"
+    assert samples[("poolx_tasks_succeeded_total",
+                    (("pool", "0"), ("queue", "default"), ("task", "wt.add")))] == 1
     assert samples[("poolx_tasks_failed_total",
-                    (("outcome", "error"), ("queue", "default"), ("task", "wt.div")))] == 1
-    assert samples[("poolx_tasks_succeeded_total", (("queue", "other"), ("task", "wt.num")))] == 1
-    for queue in ("default", "other"):
-        assert samples[("poolx_queue_depth", (("queue", queue),))] == 0
-        assert samples[("poolx_redis_reconnects_total", (("queue", queue),))] == 0
-        assert samples[("poolx_workers", (("queue", queue), ("state", "idle")))] == 1
+                    (("outcome", "error"), ("pool", "0"), ("queue", "default"), ("task", "wt.div")))] == 1
+    assert samples[("poolx_tasks_succeeded_total",
+                    (("pool", "1"), ("queue", "other"), ("task", "wt.num")))] == 1
+    for pool, queue in (("0", "default"), ("1", "other")):
+        assert samples[("poolx_queue_depth", (("pool", pool), ("queue", queue)))] == 0
+        assert samples[("poolx_redis_reconnects_total", (("pool", pool), ("queue", queue)))] == 0
+        assert samples[("poolx_workers", (("pool", pool), ("queue", queue), ("state", "idle")))] == 1
 
 
 def test_worker_metrics_port_in_use_exits_1(url):
