@@ -591,8 +591,7 @@ def _final(task: FunctionTask, failure: TaskFailure) -> TaskFailure:
     how many attempts ran (and :attr:`~poolx.task.TaskFailure.attempts`)."""
     attempts = task.attempt
     word = "attempt" if attempts == 1 else "attempts"
-    final = type(failure)(failure.task_name, failure.queue, failure.task_id,
-                          f"{failure.error} ({attempts} {word})")
+    final = failure.replace(error=f"{failure.error} ({attempts} {word})")
     final.attempts = attempts
     return final
 

@@ -354,8 +354,8 @@ def judge_failure(task: FunctionTask, failure: TaskFailure, error: BaseException
     consumer that hears of a time limit — since only its type decides, and
     the failure may cross a process boundary before the broker sees it."""
     retry = task.retry
-    if retry is not None and retry.covers(error):
-        failure.retryable = True
+    if retry is not None and task.attempt <= retry.max and retry.covers(error):
+        failure.retryable = True  # not on the last attempt: that failure is final, logged as such
     return failure
 
 
@@ -1017,6 +1017,14 @@ class TaskFailure(Exception):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self}>"
+
+    def replace(self, *, queue: str | None = None, error: str | None = None) -> TaskFailure:
+        """A copy of this failure (same type, same :attr:`attempts` and
+        :attr:`retryable`) with another queue name or error text."""
+        copy = type(self)(self.task_name, self.queue if queue is None else queue, self.task_id,
+                          self.error if error is None else error)
+        copy.__dict__.update(self.__dict__)
+        return copy
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TaskFailure) and repr(self) == repr(other)

@@ -84,7 +84,7 @@ def from_worker(task: FunctionTask, queue_name: str, value: Any) -> Store:
     """A worker returned ``value`` (the task's result or its failure)."""
     if isinstance(value, TaskFailure) and value.task_id == task.id and value.queue != queue_name:
         # the worker's broker may serve another queue name: say which one ran it
-        value = type(value)(value.task_name, queue_name, task.id, value.error)
+        value = value.replace(queue=queue_name)  # keeps retryable: a retry still happens
     return Store(value)
 
 
@@ -95,9 +95,18 @@ def from_pool_error(task: FunctionTask, queue_name: str, error: BaseException) -
     :class:`~poolx.task.Retry` policy covers ``error`` (time and memory
     limits and lost workers only with ``on_timeout=True``)."""
     outcome = _from_pool_error(task, queue_name, error)
-    if isinstance(outcome, Store) and isinstance(outcome.value, TaskFailure):
+    if isinstance(outcome, Store) and isinstance(outcome.value, TaskFailure) and _judged(error):
         judge_failure(task, outcome.value, error)
     return outcome
+
+
+def _judged(error: BaseException) -> bool:
+    """Is ``error`` one a Retry policy may retry: a time or memory limit or
+    a lost worker (with ``on_timeout``)?  Never anything else the pool
+    reports — above all a result the worker could not send back: the task
+    ran to its end, and running it again would repeat its side effects."""
+    return isinstance(error, (TimeLimitExceeded, SoftTimeLimitExceeded, MemoryLimitExceeded,
+                              WorkerLostError))
 
 
 def _from_pool_error(task: FunctionTask, queue_name: str, error: BaseException) -> Outcome:

@@ -403,7 +403,7 @@ elseif cmd == 'fetch' then
         if f[8] and tonumber(f[8]) > 0 then arguments(key, out) else out[#out + 1] = 0 end
       end
     end
-    return out
+    if #out > 3 then return out end  -- none still held: an ordinary fetch
   end
   local now = now_ms()
   promote(now, tonumber(ARGV[6] or '1000'))

@@ -166,6 +166,13 @@ def modules():
 
 
 @ts.task
+def count_then_unpicklable(directory):
+    """Count this call in ``directory``, then return what cannot be sent back."""
+    Path(directory, str(len(os.listdir(directory)) + 1)).touch()
+    return threading.Lock()
+
+
+@ts.task
 def fail_times(directory, failures):
     """Count this call in ``directory`` (a file per attempt; attempts run one
     after another); raise ConnectionError for the first ``failures`` calls,
