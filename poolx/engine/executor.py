@@ -49,6 +49,7 @@ unpickled), poolx fails only the future concerned — with
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import pickle
@@ -74,7 +75,9 @@ from poolx.engine.executor_worker import (
     run_call,
     run_chunk,
 )
+from poolx.engine.progress import Tracker, open_tracker
 from poolx.exceptions import Terminated
+from poolx.progress import ProgressOption
 
 __all__ = ["ProcessPoolExecutor"]
 
@@ -531,8 +534,32 @@ def _chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[tuple[A
         yield chunk
 
 
-def _map_results(futures: list[Future], end_time: float | None) -> Iterator[Any]:
-    """Yield every chunk's results in order; cancel what is left on the way out."""
+def _count_items(futures: list[Future], sizes: list[int], tracker: Tracker) -> None:
+    """Count each chunk's items on ``tracker`` as its future completes (on
+    the delivery thread, or here for one done already); finish the tracker
+    once every future is done.  A cancelled chunk counts as not run."""
+    lock = threading.Lock()  # two threads may complete futures: the counts must add up
+    left = [len(futures)]
+
+    def done(items: int, future: Future) -> None:
+        with lock:
+            if not future.cancelled():
+                tracker.count(items, items if future.exception() is not None else 0)
+            left[0] -= 1
+            over = not left[0]
+        if over:
+            tracker.finish()
+
+    if not futures:
+        tracker.finish()
+    for future, items in zip(futures, sizes, strict=True):
+        future.add_done_callback(functools.partial(done, items))
+
+
+def _map_results(futures: list[Future], end_time: float | None,
+                 tracker: Tracker | None = None) -> Iterator[Any]:
+    """Yield every chunk's results in order; cancel what is left on the way
+    out, and close the progress bar."""
     futures.reverse()
     try:
         while futures:
@@ -551,6 +578,8 @@ def _map_results(futures: list[Future], end_time: float | None) -> Iterator[Any]
     finally:
         for future in futures:
             future.cancel()
+        if tracker is not None:
+            tracker.close()
 
 
 class ProcessPoolExecutor(Executor):
@@ -682,7 +711,7 @@ class ProcessPoolExecutor(Executor):
         return self._core.submit(fn, args, kwargs, None)
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int = 1) -> Iterator[Any]:
+            chunksize: int = 1, progress_bar: ProgressOption = False) -> Iterator[Any]:
         """``map(fn, *iterables)`` in parallel; an iterator of results in order.
 
         As the standard library: the input is read and submitted at once;
@@ -690,14 +719,33 @@ class ProcessPoolExecutor(Executor):
         ``TimeoutError``; the first failing call's exception is raised at its
         position; ``chunksize`` items travel as one call (the executor's
         time and memory limits then apply per chunk).
+
+        ``progress_bar`` (poolx): ``True``, or a dict of tqdm options, shows
+        a bar counting the items as they finish (:doc:`observing`); it closes
+        when the iterator ends (exhausted, an error, the timeout, or closed)
+        or, if nobody iterates, once every call is done.
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
         fn = pickling.portable(fn)
         submit = self._core.submit
-        futures = [submit(run_chunk, (fn, chunk), {}, None) for chunk in _chunks(iterables, chunksize)]
-        return _map_results(futures, end_time)
+        if progress_bar is False:
+            futures = [submit(run_chunk, (fn, chunk), {}, None) for chunk in _chunks(iterables, chunksize)]
+            return _map_results(futures, end_time)
+        chunks = list(_chunks(iterables, chunksize))
+        sizes = [len(chunk) for chunk in chunks]
+        tracker = open_tracker(progress_bar, sum(sizes), "progress_bar")
+        if tracker is None:
+            return _map_results([submit(run_chunk, (fn, chunk), {}, None) for chunk in chunks], end_time)
+        try:
+            futures = [submit(run_chunk, (fn, chunk), {}, None) for chunk in chunks]
+        except BaseException:
+            tracker.close()
+            raise
+        del chunks
+        _count_items(futures, sizes, tracker)
+        return _map_results(futures, end_time, tracker)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
                  kill_workers: bool = False) -> None:
