@@ -21,6 +21,8 @@ this module, and only it, to import tqdm (pyproject.toml).
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -38,7 +40,9 @@ DEFAULT_INTERVAL = 0.1
 
 class ProgressBar(Protocol):
     """What a front end reports to.  Counts are totals so far, never deltas,
-    so a report may be skipped or repeated without harm."""
+    so a report may be skipped or repeated without harm.  Neither method
+    raises: a bar that cannot be drawn is logged once and goes quiet, so
+    progress is never a reason for a call to fail."""
 
     def show(self, items: int, failed: int) -> None:
         """``items`` items have finished so far, ``failed`` of them failed.
@@ -91,23 +95,98 @@ def open_bar(options: Mapping[str, Any], total: int | None, what: str = "progres
 
 class _TqdmBar:
     """:class:`ProgressBar` on a tqdm bar: the count is the bar's position,
-    failures its postfix (``failed=N``, shown once there is one)."""
+    failures its postfix (``failed=N``, shown once there is one).
+
+    tqdm writes while holding its process-wide lock and does not release it
+    if the write raises (a closed pipe, a full disk): every later bar of
+    the process would then hang.  So the file tqdm gets is a
+    :class:`_GuardedFile`, which keeps its first error; the bar then logs
+    it and goes quiet.
+    """
 
     def __init__(self, tqdm: Any, options: Mapping[str, Any], total: int | None) -> None:
-        kwargs = {"total": total, "unit": "item", "mininterval": DEFAULT_INTERVAL}
+        kwargs: dict[str, Any] = {"total": total, "unit": "item", "mininterval": DEFAULT_INTERVAL}
         kwargs.update(options)
+        file = kwargs.get("file")
+        self._file = _GuardedFile(sys.stderr if file is None else file)
+        kwargs["file"] = self._file
+        if kwargs.get("ncols") is None:
+            # tqdm sizes a bar to the terminal only for sys.stderr/stdout
+            # themselves, which it no longer sees behind the guard
+            columns = _columns(self._file.wrapped)
+            if columns:
+                kwargs["ncols"] = columns
         self._bar = tqdm(**kwargs)
         self._failed = 0
+        self._quiet = False
+        self._check()
 
     def show(self, items: int, failed: int) -> None:
+        if self._quiet:
+            return
         bar = self._bar
-        if failed != self._failed:
-            self._failed = failed
-            bar.set_postfix(failed=failed, refresh=False)
-        if items != bar.n:
-            bar.update(items - bar.n)  # tqdm redraws at most every mininterval
-        else:
-            bar.refresh()  # nothing finished: the elapsed time still moves
+        try:
+            if failed != self._failed:
+                self._failed = failed
+                bar.set_postfix(failed=failed, refresh=False)
+            if items != bar.n:
+                bar.update(items - bar.n)  # tqdm redraws at most every mininterval
+            else:
+                bar.refresh()  # nothing finished: the elapsed time still moves
+        except Exception as err:
+            self._give_up(err)
+        self._check()
 
     def close(self) -> None:
-        self._bar.close()
+        try:
+            self._bar.close()
+        except Exception as err:
+            self._give_up(err)
+        self._check()
+
+    def _check(self) -> None:
+        if self._file.error is not None and not self._quiet:
+            self._give_up(self._file.error)
+
+    def _give_up(self, error: Exception) -> None:
+        self._quiet = True
+        self._file.error = error  # nothing more is written
+        import logging
+
+        logging.getLogger("poolx").error("poolx: the progress bar cannot be drawn (%s: %s); "
+                                         "it is no longer updated", type(error).__name__, error)
+
+
+class _GuardedFile:
+    """A bar's file: the first error of ``write``/``flush`` is kept, not
+    raised (see :class:`_TqdmBar`), and nothing is written after it."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self.wrapped = wrapped
+        self.error: Exception | None = None
+
+    def write(self, text: str) -> int:
+        if self.error is None:
+            try:
+                return int(self.wrapped.write(text) or 0)
+            except Exception as err:
+                self.error = err
+        return 0
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.wrapped.flush()
+            except Exception as err:
+                self.error = err
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding...
+        return getattr(self.wrapped, name)
+
+
+def _columns(file: Any) -> int:
+    """The width of the terminal ``file`` writes to, or 0."""
+    try:
+        return os.get_terminal_size(file.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0

@@ -49,7 +49,6 @@ unpickled), poolx fails only the future concerned — with
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import pickle
@@ -534,26 +533,40 @@ def _chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[tuple[A
         yield chunk
 
 
-def _count_items(futures: list[Future], sizes: list[int], tracker: Tracker) -> None:
-    """Count each chunk's items on ``tracker`` as its future completes (on
-    the delivery thread, or here for one done already); finish the tracker
-    once every future is done.  A cancelled chunk counts as not run."""
-    lock = threading.Lock()  # two threads may complete futures: the counts must add up
-    left = [len(futures)]
+class _ItemCounter:
+    """``poll`` of a map's :class:`~poolx.engine.progress.Tracker`: on the
+    tracker's thread, counts the chunks whose futures are done, in order,
+    from the first one not counted yet; finishes the tracker once all are.
+    The threads that complete futures pay nothing for the bar.  A chunk
+    done out of order is counted once those before it are; a cancelled
+    one counts as not run."""
 
-    def done(items: int, future: Future) -> None:
-        with lock:
+    def __init__(self, sizes: list[int]) -> None:
+        self._futures: list[Future | None] | None = None  # until every chunk is submitted
+        self._sizes = sizes
+        self._next = 0
+
+    def watch(self, futures: list[Future]) -> None:
+        """Every chunk is submitted: count them from now on."""
+        self._futures = list(futures)
+
+    def __call__(self, tracker: Tracker) -> None:
+        futures, sizes, i = self._futures, self._sizes, self._next
+        if futures is None:
+            return
+        while i < len(futures):
+            future = futures[i]
+            assert future is not None
+            if not future.done():
+                break
             if not future.cancelled():
-                tracker.count(items, items if future.exception() is not None else 0)
-            left[0] -= 1
-            over = not left[0]
-        if over:
+                failed = future.exception() is not None
+                tracker.count(sizes[i], sizes[i] if failed else 0)
+            futures[i] = None  # the counter keeps no result alive
+            i += 1
+        self._next = i
+        if i == len(futures):
             tracker.finish()
-
-    if not futures:
-        tracker.finish()
-    for future, items in zip(futures, sizes, strict=True):
-        future.add_done_callback(functools.partial(done, items))
 
 
 def _map_results(futures: list[Future], end_time: float | None,
@@ -735,7 +748,8 @@ class ProcessPoolExecutor(Executor):
             return _map_results(futures, end_time)
         chunks = list(_chunks(iterables, chunksize))
         sizes = [len(chunk) for chunk in chunks]
-        tracker = open_tracker(progress_bar, sum(sizes), "progress_bar")
+        counter = _ItemCounter(sizes)
+        tracker = open_tracker(progress_bar, sum(sizes), "progress_bar", counter)
         if tracker is None:
             return _map_results([submit(run_chunk, (fn, chunk), {}, None) for chunk in chunks], end_time)
         try:
@@ -744,7 +758,7 @@ class ProcessPoolExecutor(Executor):
             tracker.close()
             raise
         del chunks
-        _count_items(futures, sizes, tracker)
+        counter.watch(futures)
         return _map_results(futures, end_time, tracker)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,

@@ -12,42 +12,52 @@ caller waiting for the call (``get()``, the end of iteration) closes it
 itself with :meth:`Tracker.close`, which returns only once the bar shows its
 last counts, so output printed after the call never interleaves with it.
 
-A bar that raises (a closed file...) is logged once and dropped: progress
-is never a reason for a call, or the pool, to fail.
+A bar never raises (see :class:`poolx.progress.ProgressBar`): progress is
+never a reason for a call, or the pool, to fail.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from poolx import progress
-from poolx.engine import log
 
 __all__ = ["Tracker", "open_tracker"]
 
 
-def open_tracker(option: Any, total: int | None, what: str) -> Tracker | None:
+def open_tracker(option: Any, total: int | None, what: str,
+                 poll: Callable[[Tracker], None] | None = None) -> Tracker | None:
     """A started :class:`Tracker` for ``progress_bar=option``, or None for
     no bar.  Errors (a bad option, tqdm missing) are raised here, in the
-    caller's thread, before anything is submitted."""
+    caller's thread, before anything is submitted.  ``poll``: see
+    :class:`Tracker`."""
     options = progress.check_option(option)
     if options is None:
         return None
     interval = progress.refresh_interval(options)
-    return Tracker(progress.open_bar(options, total, what), interval)
+    return Tracker(progress.open_bar(options, total, what), interval, poll)
 
 
 class Tracker:
-    """Counts items finished and failed; a thread of its own shows them."""
+    """Counts items finished and failed; a thread of its own shows them.
 
-    def __init__(self, bar: progress.ProgressBar, interval: float) -> None:
+    ``poll(tracker)``, if given, runs on the tracker's thread before each
+    refresh (and once more when the bar closes): a front end whose results
+    are cheaper to look at than to be told about (futures) counts there,
+    costing the threads that complete them nothing.
+    """
+
+    def __init__(self, bar: progress.ProgressBar, interval: float,
+                 poll: Callable[[Tracker], None] | None = None) -> None:
         # Written by one completing thread at a time (see the module's
         # docstring), read by the tracker's thread: plain ints suffice.
         self.items = 0
         self.failed = 0
         self._bar: progress.ProgressBar | None = bar
         self._interval = interval
+        self._poll = poll
         self._over = threading.Event()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -82,14 +92,10 @@ class Tracker:
         self._close_bar()
 
     def _show(self) -> None:
-        bar = self._bar
-        if bar is None:
-            return
-        try:
-            bar.show(self.items, self.failed)
-        except Exception:
-            self._bar = None
-            log.logger().exception("poolx: the progress bar failed; it is no longer updated")
+        if self._poll is not None:
+            self._poll(self)
+        if self._bar is not None:
+            self._bar.show(self.items, self.failed)  # never raises (ProgressBar)
 
     def _close_bar(self) -> None:
         with self._close_lock:
@@ -98,8 +104,5 @@ class Tracker:
             self._show()
             bar, self._bar = self._bar, None
             if bar is not None:
-                try:
-                    bar.close()
-                except Exception:
-                    log.logger().exception("poolx: the progress bar failed to close")
+                bar.close()
             self._closed = True

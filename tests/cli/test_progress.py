@@ -20,14 +20,13 @@ import pytest
 
 from poolx.cli import main
 from poolx.core import get_broker
-from tests.cli.conftest import start_pool, url  # noqa: F401
 from tests.worker import tasks
 
 WAIT = "20"
 
 
 @pytest.fixture
-def pool(url, start_pool):  # noqa: F811
+def pool(url, start_pool):
     return start_pool(get_broker(url), tasks.init, name="cli-progress-pool")
 
 

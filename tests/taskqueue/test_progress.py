@@ -74,3 +74,17 @@ def test_without_tqdm_the_error_names_the_extra(broker, monkeypatch):
 def test_a_bad_option_is_a_type_error(broker):
     with pytest.raises(TypeError, match="progress_bar must be a bool or a dict"):
         wait_all([], 0, progress_bar="yes")
+
+
+class BrokenFile(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError("the reader went away")
+
+
+def test_a_bar_that_cannot_be_drawn_does_not_fail_the_wait(broker, caplog):
+    q = broker.queue()
+    with thread_worker(broker):
+        results = [q._invert(i + 1) for i in range(3)]
+        assert wait_all(results, WAIT, progress_bar={"file": BrokenFile()})
+    assert [r.value for r in results] == [1.0, 0.5, 1 / 3]
+    assert "the progress bar cannot be drawn (BrokenPipeError" in caplog.text
