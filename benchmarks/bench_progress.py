@@ -3,8 +3,9 @@
 Run: ``python3 dev.py bench benchmarks/bench_progress.py`` (or directly with
 the venv's python; tqdm is the ``progress`` extra).  Each scenario runs
 without and with a bar in the same process, interleaved round by round, so
-machine noise hits both alike; the table shows the median rates and their
-ratio (with bar / without: 1.00 is free, 0.97 is 3 % slower).
+machine noise hits both alike; the table shows the median rates and the
+median of each round's ratio (with bar / without, both on the same pool:
+1.00 is free, 0.97 is 3 % slower), with its range.
 
 The bars write to ``os.devnull`` through a real file object (a terminal
 would cost the same writes: tqdm redraws at most every ``mininterval``).
@@ -12,9 +13,10 @@ The first bar of a process imports tqdm; that one-time cost is printed
 apart (measured in fresh interpreters), and tqdm is imported before the
 rounds.
 
-Scenarios (2 workers, fork, no-op tasks):
+Scenarios (2 workers, fork, no-op tasks; each round makes one pool per
+scenario and runs it without and with a bar on that pool):
 
-* map: 200,000 items, default chunksize, ``progress_bar`` on the map;
+* map: 1,000,000 items, default chunksize, ``progress_bar`` on the map;
 * imap_unordered: 20,000 items, ``chunksize=1`` (one count per item: the
   worst case for the counting path), ``progress_bar`` on it;
 * executor map: 20,000 items, ``chunksize=1``, on ``ProcessPoolExecutor.map``;
@@ -53,34 +55,28 @@ def _bar(devnull: Any) -> dict[str, Any]:
     return {"file": devnull}
 
 
-def run_map(bar: Any, n: int = 200_000) -> float:
+def run_map(pool: Any, bar: Any, n: int = 1_000_000) -> float:
     items = list(range(n))
-    with poolx.Pool(WORKERS, context=CTX) as pool:
-        pool.apply(noop, (0,))
-        t = time.perf_counter()
-        pool.map(noop, items, progress_bar=bar)
-        return n / (time.perf_counter() - t)
+    t = time.perf_counter()
+    pool.map(noop, items, progress_bar=bar)
+    return n / (time.perf_counter() - t)
 
 
-def run_imap_unordered(bar: Any, n: int = 20_000) -> float:
-    with poolx.Pool(WORKERS, context=CTX) as pool:
-        pool.apply(noop, (0,))
-        t = time.perf_counter()
-        for _ in pool.imap_unordered(noop, range(n), chunksize=1, progress_bar=bar):
-            pass
-        return n / (time.perf_counter() - t)
+def run_imap_unordered(pool: Any, bar: Any, n: int = 20_000) -> float:
+    t = time.perf_counter()
+    for _ in pool.imap_unordered(noop, range(n), chunksize=1, progress_bar=bar):
+        pass
+    return n / (time.perf_counter() - t)
 
 
-def run_executor_map(bar: Any, n: int = 20_000) -> float:
-    with poolx.ProcessPoolExecutor(WORKERS, mp_context=CTX) as executor:
-        executor.submit(noop, 0).result()
-        t = time.perf_counter()
-        for _ in executor.map(noop, range(n), chunksize=1, progress_bar=bar):
-            pass
-        return n / (time.perf_counter() - t)
+def run_executor_map(executor: Any, bar: Any, n: int = 20_000) -> float:
+    t = time.perf_counter()
+    for _ in executor.map(noop, range(n), chunksize=1, progress_bar=bar):
+        pass
+    return n / (time.perf_counter() - t)
 
 
-def run_apply_async(bar: Any, n: int = 20_000) -> float:
+def run_apply_async(pool: Any, bar: Any, n: int = 20_000) -> float:
     """apply_async throughput while an imap's bar (if any) is on screen: its
     input blocks (on the feeder thread) until the measurement is over, so it
     holds no worker, but its tracker refreshes the bar all along."""
@@ -90,24 +86,34 @@ def run_apply_async(bar: Any, n: int = 20_000) -> float:
         yield 0
         release.wait()
 
-    with poolx.Pool(WORKERS, context=CTX) as pool:
-        shown = pool.imap(noop, held(), progress_bar=bar)
-        pool.apply(noop, (0,))
-        t = time.perf_counter()
-        results = [pool.apply_async(noop, (i,)) for i in range(n)]
-        for result in results:
-            result.get()
-        rate = n / (time.perf_counter() - t)
-        release.set()
-        assert list(shown) == [0]
-        return rate
+    shown = pool.imap(noop, held(), progress_bar=bar)
+    t = time.perf_counter()
+    results = [pool.apply_async(noop, (i,)) for i in range(n)]
+    for result in results:
+        result.get()
+    rate = n / (time.perf_counter() - t)
+    release.set()
+    assert list(shown) == [0]
+    return rate
 
 
-SCENARIOS: dict[str, Callable[[Any], float]] = {
-    "map (200k items)": run_map,
-    "imap_unordered (20k, chunksize=1)": run_imap_unordered,
-    "executor map (20k, chunksize=1)": run_executor_map,
-    "apply_async (20k) with a bar on": run_apply_async,
+def _pool() -> Any:
+    pool = poolx.Pool(WORKERS, context=CTX)
+    pool.apply(noop, (0,))
+    return pool
+
+
+def _executor() -> Any:
+    executor = poolx.ProcessPoolExecutor(WORKERS, mp_context=CTX)
+    executor.submit(noop, 0).result()
+    return executor
+
+
+SCENARIOS: dict[str, tuple[Callable[[], Any], Callable[[Any, Any], float]]] = {
+    "map (1M items)": (_pool, run_map),
+    "imap_unordered (20k, chunksize=1)": (_pool, run_imap_unordered),
+    "executor map (20k, chunksize=1)": (_executor, run_executor_map),
+    "apply_async (20k) with a bar on": (_pool, run_apply_async),
 }
 
 
@@ -125,18 +131,23 @@ def main() -> None:
     with open(os.devnull, "w") as devnull:
         for round_no in range(args.rounds):
             print(f"round {round_no + 1}/{args.rounds}", file=sys.stderr, flush=True)
-            for name, scenario in SCENARIOS.items():
-                # alternate which goes first, so neither always runs on a warmer machine
-                for with_bar in ((False, True) if round_no % 2 == 0 else (True, False)):
-                    rate = scenario(_bar(devnull) if with_bar else False)
-                    rates.setdefault((name, with_bar), []).append(rate)
+            for name, (make, scenario) in SCENARIOS.items():
+                # one pool (executor) per scenario and round, both runs on it;
+                # alternate which goes first, so neither always runs warmer
+                with make() as runner:
+                    for with_bar in ((False, True) if round_no % 2 == 0 else (True, False)):
+                        rate = scenario(runner, _bar(devnull) if with_bar else False)
+                        rates.setdefault((name, with_bar), []).append(rate)
     print(f"\nthe first bar of a process imports tqdm: {statistics.median(imports) * 1000:.0f} ms, once")
-    print(f"\n{args.rounds} rounds, {WORKERS} workers, medians (items/s)\n")
-    print(f"{'scenario':<38} {'no bar':>12} {'bar':>12} {'ratio':>7}")
+    print(f"\n{args.rounds} rounds, {WORKERS} workers, medians (items/s); ratio: the median of")
+    print("each round's with/without ratio (both runs on the same pool, back to back), and")
+    print("its range over the rounds\n")
+    print(f"{'scenario':<38} {'no bar':>12} {'bar':>12} {'ratio':>7}  range")
     for name in SCENARIOS:
-        off = statistics.median(rates[(name, False)])
-        on = statistics.median(rates[(name, True)])
-        print(f"{name:<38} {off:>12,.0f} {on:>12,.0f} {on / off:>7.3f}")
+        off, on = rates[(name, False)], rates[(name, True)]
+        ratios = [b / a for a, b in zip(off, on, strict=True)]
+        print(f"{name:<38} {statistics.median(off):>12,.0f} {statistics.median(on):>12,.0f} "
+              f"{statistics.median(ratios):>7.3f}  {min(ratios):.2f}-{max(ratios):.2f}")
 
 
 if __name__ == "__main__":

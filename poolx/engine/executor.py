@@ -58,7 +58,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import CancelledError, Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from types import FunctionType
 from typing import Any
@@ -559,8 +559,11 @@ class _ItemCounter:
             assert future is not None
             if not future.done():
                 break
-            if not future.cancelled():
+            try:
                 failed = future.exception() is not None
+            except CancelledError:
+                pass  # not run: not counted
+            else:
                 tracker.count(sizes[i], sizes[i] if failed else 0)
             futures[i] = None  # the counter keeps no result alive
             i += 1

@@ -11,6 +11,11 @@ They behave as the standard library's: same methods, return values,
 exceptions and callback timing (a result is ready only after its callback
 returned).
 
+A map or imap called with ``progress_bar`` carries a
+:class:`~poolx.engine.progress.Tracker`: ``job_done`` adds the chunk's items
+to it (two integer additions), the result's completion finishes it, and the
+caller's ``get()``/``wait()`` or the end of iteration closes its bar.
+
 Compatibility: each class subclasses its ``multiprocessing.pool``
 counterpart, so ``isinstance`` checks against the standard library's classes
 hold, and carries the private fields that code polls for progress, read-only
