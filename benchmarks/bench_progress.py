@@ -5,7 +5,10 @@ the venv's python; tqdm is the ``progress`` extra).  Each scenario runs
 without and with a bar in the same process, interleaved round by round, so
 machine noise hits both alike; the table shows the median rates and the
 median of each round's ratio (with bar / without, both on the same pool:
-1.00 is free, 0.97 is 3 % slower), with its range.
+1.00 is free, 0.97 is 3 % slower), with its range.  On a busy machine
+the wall-clock ratios scatter widely; the parent process's CPU time per
+call (what the bar adds to the caller, supervisor and tracker threads;
+workers are untouched) is the steadier measure of its cost.
 
 The bars write to ``os.devnull`` through a real file object (a terminal
 would cost the same writes: tqdm redraws at most every ``mininterval``).
@@ -55,28 +58,28 @@ def _bar(devnull: Any) -> dict[str, Any]:
     return {"file": devnull}
 
 
-def run_map(pool: Any, bar: Any, n: int = 1_000_000) -> float:
+def run_map(pool: Any, bar: Any, n: int = 1_000_000) -> tuple[float, float]:
     items = list(range(n))
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     pool.map(noop, items, progress_bar=bar)
-    return n / (time.perf_counter() - t)
+    return n / (time.perf_counter() - t), time.process_time() - cpu
 
 
-def run_imap_unordered(pool: Any, bar: Any, n: int = 20_000) -> float:
-    t = time.perf_counter()
+def run_imap_unordered(pool: Any, bar: Any, n: int = 20_000) -> tuple[float, float]:
+    t, cpu = time.perf_counter(), time.process_time()
     for _ in pool.imap_unordered(noop, range(n), chunksize=1, progress_bar=bar):
         pass
-    return n / (time.perf_counter() - t)
+    return n / (time.perf_counter() - t), time.process_time() - cpu
 
 
-def run_executor_map(executor: Any, bar: Any, n: int = 20_000) -> float:
-    t = time.perf_counter()
+def run_executor_map(executor: Any, bar: Any, n: int = 20_000) -> tuple[float, float]:
+    t, cpu = time.perf_counter(), time.process_time()
     for _ in executor.map(noop, range(n), chunksize=1, progress_bar=bar):
         pass
-    return n / (time.perf_counter() - t)
+    return n / (time.perf_counter() - t), time.process_time() - cpu
 
 
-def run_apply_async(pool: Any, bar: Any, n: int = 20_000) -> float:
+def run_apply_async(pool: Any, bar: Any, n: int = 20_000) -> tuple[float, float]:
     """apply_async throughput while an imap's bar (if any) is on screen: its
     input blocks (on the feeder thread) until the measurement is over, so it
     holds no worker, but its tracker refreshes the bar all along."""
@@ -87,14 +90,49 @@ def run_apply_async(pool: Any, bar: Any, n: int = 20_000) -> float:
         release.wait()
 
     shown = pool.imap(noop, held(), progress_bar=bar)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     results = [pool.apply_async(noop, (i,)) for i in range(n)]
     for result in results:
         result.get()
-    rate = n / (time.perf_counter() - t)
+    rate = n / (time.perf_counter() - t), time.process_time() - cpu
     release.set()
     assert list(shown) == [0]
     return rate
+
+
+class _NoBar:
+    def show(self, items: int, failed: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def counting_cost(n: int = 100_000) -> tuple[float, float]:
+    """Seconds per ``job_done`` of an imap_unordered iterator without and
+    with a tracker: what the supervisor thread pays per finished chunk for
+    a bar (no processes involved, so it barely depends on the machine's load)."""
+    from poolx.engine.progress import Tracker
+    from poolx.engine.results import IMapUnorderedIterator
+
+    def run(tracked: bool) -> float:
+        tracker = Tracker(_NoBar(), 0.1) if tracked else None
+        sink = IMapUnorderedIterator(None, None, tracker, 1)
+        value = [1]
+        job_done = sink.job_done
+        t = time.perf_counter()
+        for i in range(n):
+            job_done(i, True, value)
+        t = time.perf_counter() - t
+        if tracker is not None:
+            tracker.close()
+        return t / n
+
+    costs: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(5):
+        for tracked in (False, True):
+            costs[tracked].append(run(tracked))
+    return min(costs[False]), min(costs[True])
 
 
 def _pool() -> Any:
@@ -109,7 +147,7 @@ def _executor() -> Any:
     return executor
 
 
-SCENARIOS: dict[str, tuple[Callable[[], Any], Callable[[Any, Any], float]]] = {
+SCENARIOS: dict[str, tuple[Callable[[], Any], Callable[[Any, Any], tuple[float, float]]]] = {
     "map (1M items)": (_pool, run_map),
     "imap_unordered (20k, chunksize=1)": (_pool, run_imap_unordered),
     "executor map (20k, chunksize=1)": (_executor, run_executor_map),
@@ -122,6 +160,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     rates: dict[tuple[str, bool], list[float]] = {}
+    cpus: dict[tuple[str, bool], list[float]] = {}
     # The first bar of a process imports tqdm: a one-time cost, measured
     # apart (in a fresh interpreter), not in the rounds.
     code = "import time; t = time.perf_counter(); import tqdm.auto; print(time.perf_counter() - t)"
@@ -136,18 +175,28 @@ def main() -> None:
                 # alternate which goes first, so neither always runs warmer
                 with make() as runner:
                     for with_bar in ((False, True) if round_no % 2 == 0 else (True, False)):
-                        rate = scenario(runner, _bar(devnull) if with_bar else False)
+                        rate, cpu = scenario(runner, _bar(devnull) if with_bar else False)
                         rates.setdefault((name, with_bar), []).append(rate)
+                        cpus.setdefault((name, with_bar), []).append(cpu)
     print(f"\nthe first bar of a process imports tqdm: {statistics.median(imports) * 1000:.0f} ms, once")
-    print(f"\n{args.rounds} rounds, {WORKERS} workers, medians (items/s); ratio: the median of")
-    print("each round's with/without ratio (both runs on the same pool, back to back), and")
-    print("its range over the rounds\n")
-    print(f"{'scenario':<38} {'no bar':>12} {'bar':>12} {'ratio':>7}  range")
+    plain, counted = counting_cost()
+    per_item = 1 / statistics.median(rates[("imap_unordered (20k, chunksize=1)", False)])
+    print(f"counting, per finished chunk on the supervisor thread: {plain * 1e9:.0f} ns without a "
+          f"tracker, {counted * 1e9:.0f} ns with: +{(counted - plain) * 1e9:.0f} ns, "
+          f"{(counted - plain) / per_item:.2%} of an item's cost in imap_unordered(chunksize=1)")
+    print(f"\n{args.rounds} rounds, {WORKERS} workers.  Throughput: medians (items/s), and the")
+    print("median of each round's with/without ratio (both runs on the same pool, back to")
+    print("back) with its range.  Parent CPU: the CPU time of this process (caller,")
+    print("supervisor, feeder, tracker threads) per call, medians, with/without ratio.\n")
+    print(f"{'scenario':<36} {'no bar':>10} {'bar':>10} {'ratio':>6} {'range':>10}"
+          f"  {'CPU s':>6} {'CPU s':>6} {'ratio':>6}")
     for name in SCENARIOS:
         off, on = rates[(name, False)], rates[(name, True)]
         ratios = [b / a for a, b in zip(off, on, strict=True)]
-        print(f"{name:<38} {statistics.median(off):>12,.0f} {statistics.median(on):>12,.0f} "
-              f"{statistics.median(ratios):>7.3f}  {min(ratios):.2f}-{max(ratios):.2f}")
+        cpu_off, cpu_on = statistics.median(cpus[(name, False)]), statistics.median(cpus[(name, True)])
+        print(f"{name:<36} {statistics.median(off):>10,.0f} {statistics.median(on):>10,.0f} "
+              f"{statistics.median(ratios):>6.3f} {min(ratios):>4.2f}-{max(ratios):<4.2f}"
+              f"  {cpu_off:>6.3f} {cpu_on:>6.3f} {cpu_on / cpu_off:>6.3f}")
 
 
 if __name__ == "__main__":

@@ -350,3 +350,9 @@ def test_the_example_shows_its_bars_on_stderr():
     assert "| 200/200 [" in done.stderr  # items, not the 20 chunks
     assert "lines: 1000line [" in done.stderr  # a generator: no total; the unit option won
     assert "checks: 100%" in done.stderr and "100/100" in done.stderr and "failed=4]" in done.stderr
+
+
+def test_tqdms_disable_none_draws_nothing_off_a_terminal(pool):
+    out = io.StringIO()  # not a terminal
+    assert pool.map(helpers.square, range(5), progress_bar={"file": out, "disable": None}) == [0, 1, 4, 9, 16]
+    assert out.getvalue() == ""
