@@ -26,9 +26,11 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from poolx import checks
 from poolx.exceptions import ExtraNotInstalled
 
-__all__ = ["ProgressBar", "ProgressOption", "check_option", "open_bar", "DEFAULT_INTERVAL"]
+__all__ = ["ProgressBar", "ProgressOption", "check_option", "refresh_interval", "open_bar",
+           "DEFAULT_INTERVAL"]
 
 ProgressOption = bool | Mapping[str, Any]
 """What ``progress_bar=`` accepts: ``False`` (no bar), ``True`` (a bar with
@@ -71,11 +73,12 @@ def check_option(option: Any) -> dict[str, Any] | None:
 
 
 def refresh_interval(options: Mapping[str, Any]) -> float:
-    """How often (s) counts are pushed to a bar: its ``mininterval``."""
-    interval = options.get("mininterval", DEFAULT_INTERVAL)
-    if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval < 0:
-        raise ValueError(f"mininterval must be a number of seconds >= 0, not {interval!r}")
-    return max(float(interval), 0.01)
+    """How often (s) counts are pushed to a bar: its ``mininterval``
+    (TypeError or ValueError, as poolx's other seconds, for a bad one)."""
+    interval = checks.check_seconds("mininterval", options.get("mininterval", DEFAULT_INTERVAL),
+                                    allow_none=False, allow_zero=True)
+    assert interval is not None
+    return max(interval, 0.01)
 
 
 def open_bar(options: Mapping[str, Any], total: int | None, what: str = "progress_bar") -> ProgressBar:

@@ -356,3 +356,10 @@ def test_tqdms_disable_none_draws_nothing_off_a_terminal(pool):
     out = io.StringIO()  # not a terminal
     assert pool.map(helpers.square, range(5), progress_bar={"file": out, "disable": None}) == [0, 1, 4, 9, 16]
     assert out.getvalue() == ""
+
+
+@pytest.mark.parametrize("interval, error", [("1", TypeError), (-1, ValueError), (True, TypeError)])
+def test_a_bad_mininterval_is_checked_as_other_seconds(fork_ctx, interval, error):
+    with poolx.Pool(1, context=fork_ctx) as pool:
+        with pytest.raises(error, match="mininterval must be a number of seconds"):
+            pool.map(abs, [1], progress_bar={"mininterval": interval})
