@@ -10,7 +10,8 @@ work itself is done by the public API:
 * ``poolx status URL`` — what :class:`poolx.status.StatusReader` reads:
   the pool registry, queue sizes (waiting, scheduled) and the next tasks of
   each queue.
-* ``poolx enqueue URL TASK [ARGS_JSON]`` — a task by its dotted name.
+* ``poolx enqueue URL TASK [ARGS_JSON]`` — a task by its dotted name
+  (``--wait``: on a terminal, a spinner on stderr while it waits).
 * ``poolx purge URL`` — ``discard_pending_tasks`` after confirmation.
 * ``poolx dashboard URL`` — :func:`poolx.dashboard.serve` until CTRL+C.
 
@@ -31,6 +32,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pkgutil import resolve_name
 from typing import TYPE_CHECKING, Any
@@ -196,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--queue", default=DEFAULT, metavar="NAME", help=f"queue name (default {DEFAULT!r})")
     enqueue.add_argument("--wait", type=_seconds, metavar="SECONDS",
                          help="wait up to SECONDS for the result and print it as JSON "
-                              "(exit code 1 if the task failed or did not finish in time)")
+                              "(exit code 1 if the task failed or did not finish in time); "
+                              "on a terminal, a spinner shows the time waited")
     enqueue.add_argument("--timeout", type=_seconds, metavar="S", help="the task's hard time limit")
     enqueue.add_argument("--soft-timeout", type=_seconds, metavar="S", help="the task's soft time limit")
     enqueue.add_argument("--memory-limit", type=_size, metavar="SIZE", help="the task's memory limit")
@@ -524,7 +527,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     print(deferred.id, flush=True)
     if args.wait is None:
         return EXIT_OK
-    if not _reach(args.url, lambda: deferred.wait(args.wait)):
+    if not _reach(args.url, lambda: _wait_showing_spinner(deferred, args.wait)):
         status = _reach(args.url, lambda: deferred.status)
         raise _Failure(f"no result within {args.wait:g} s (task {deferred.id} is {status or 'unknown'})")
     try:
@@ -533,6 +536,38 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
         raise _Failure(f"task failed: {failure}") from None
     print(_json_text(value))
     return EXIT_OK
+
+
+SPINNER_REFRESH = 0.25
+"""Seconds between two refreshes of ``enqueue --wait``'s spinner."""
+
+
+def _wait_showing_spinner(deferred: Any, seconds: float) -> bool:
+    """``deferred.wait(seconds)``; on a terminal (stdout and stderr are TTYs)
+    a spinner on stderr shows the time waited, and is erased once the wait
+    ends.  Piped or redirected output, or no tqdm (the ``progress`` extra),
+    shows nothing."""
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        return deferred.wait(seconds)
+    from poolx.progress import open_bar
+
+    try:
+        spinner = open_bar({"desc": f"waiting for {deferred.task.name} [{deferred.id}]",
+                            "bar_format": "{desc} {elapsed}", "leave": False,
+                            "file": sys.stderr, "mininterval": SPINNER_REFRESH}, 1)
+    except ImportError:
+        return deferred.wait(seconds)
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if deferred.wait(max(0.0, min(left, SPINNER_REFRESH))):
+                return True
+            if left <= SPINNER_REFRESH:
+                return False
+            spinner.show(0, 0)
+    finally:
+        spinner.close()
 
 
 def _cmd_purge(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ __all__ = [
     "RestartFreqExceeded",
     "MemoryLimitExceeded",
     "BrokenPoolError",
+    "ExtraNotInstalled",
 ]
 
 
@@ -129,6 +130,24 @@ class MemoryLimitExceeded(PoolError):
             f"worker {self.pid} used {self.rss / 2**20:.1f} MiB, "
             f"over the job's memory limit of {self.limit / 2**20:.1f} MiB"
         )
+
+
+class ExtraNotInstalled(ImportError):
+    """A feature needs an optional dependency (a poolx "extra") that is not installed.
+
+    An ``ImportError``, so ``except ImportError`` catches it as it catches
+    any missing optional package; ``extra`` is the extra to install
+    (``pip install 'poolx[EXTRA]'``), ``name`` the missing package.
+    """
+
+    def __init__(self, feature: str, package: str, extra: str) -> None:
+        super().__init__(f"{feature} needs {package}, which is not installed: "
+                         f"pip install 'poolx[{extra}]'", name=package)
+        self.feature = feature
+        self.extra = extra
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return type(self), (self.feature, self.name, self.extra)
 
 
 # -- the two classes that are also concurrent.futures' BrokenProcessPool ------------

@@ -30,7 +30,7 @@ Owned here (WorQ's ``worq.task`` under poolx's name):
   a failure (:func:`error_text`).
 
 Layer L2: this module imports only L0 (:mod:`poolx.const`,
-:mod:`poolx.checks`).  Nothing here touches storage directly: every read and
+:mod:`poolx.checks`) and :mod:`poolx.progress` (the bar of :func:`wait_all`).  Nothing here touches storage directly: every read and
 write goes through the broker the queue was made from, which this module
 knows only as the :class:`TaskBroker` protocol (:class:`poolx.core.Broker`
 implements it).  A :class:`Deferred` read from bytes finds its broker
@@ -50,9 +50,11 @@ from datetime import datetime
 from typing import Any, Protocol
 from uuid import uuid4
 
+from poolx import progress
 from poolx.checks import check_count, check_seconds, parse_size
 from poolx.const import HOUR
 from poolx.exceptions import PoolError, SoftTimeLimitExceeded, Terminated
+from poolx.progress import ProgressOption
 
 __all__ = [
     "Queue",
@@ -882,7 +884,8 @@ restore_deferred = _restore_deferred
 serializer calls it with the arguments of :meth:`Deferred.__reduce__`)."""
 
 
-def wait_all(results: Iterable[Deferred], timeout: float | None = None) -> bool:
+def wait_all(results: Iterable[Deferred], timeout: float | None = None, *,
+             progress_bar: ProgressOption = False) -> bool:
     """Wait until every Deferred in ``results`` has its value.
 
     Same outcome as calling :meth:`Deferred.wait` on each, but the results
@@ -890,16 +893,51 @@ def wait_all(results: Iterable[Deferred], timeout: float | None = None) -> bool:
     (``redis://`` reads every result that is ready in one round trip).
 
     :param timeout: Seconds to wait in all; ``None`` waits indefinitely.
+    :param progress_bar: ``True``, or a dict of tqdm options, shows a bar
+        (on stderr by default) counting the results as they arrive, with
+        the failed ones as ``failed=N``; it is closed before this returns.
+        The results are then collected in batches (about a hundred for the
+        whole bar), so the bar moves as the results come.  Needs the
+        ``progress`` extra (:class:`~poolx.exceptions.ExtraNotInstalled`
+        otherwise).
     :returns: True if every value arrived in time.
     """
     if timeout is not None and timeout < 0:
         raise ValueError("negative timeout not supported")
+    options = progress.check_option(progress_bar)
     deadline = None if timeout is None else time.monotonic() + timeout
 
     def remaining() -> float | None:
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
-    todo = [result for result in results if result._value is _MISSING]
+    if options is None:
+        return all(_collect([result for result in results if result._value is _MISSING], remaining))
+    results = list(results)
+    bar = progress.open_bar(options, len(results), "progress_bar")
+    try:
+        todo = [result for result in results if result._value is _MISSING]
+        items = len(results) - len(todo)
+        failed = sum(isinstance(result._value, TaskFailure) for result in results)
+        bar.show(items, failed)
+        batch = min(max(1, len(todo) // 100), 256)
+        arrived = True
+        for start in range(0, len(todo), batch):
+            part = todo[start : start + batch]
+            for result, ok in zip(part, _collect(part, remaining), strict=True):
+                if ok:
+                    items += 1
+                    failed += isinstance(result._value, TaskFailure)
+                else:
+                    arrived = False
+            bar.show(items, failed)
+        return arrived
+    finally:
+        bar.close()
+
+
+def _collect(todo: list[Deferred], remaining: Callable[[], float | None]) -> list[bool]:
+    """:func:`wait_all`'s work for Deferreds without their value yet: whether
+    each one's value arrived within ``remaining()`` seconds."""
     # Collect in bulk what nobody else is waiting for: group by broker, each
     # Deferred's lock held while its result is popped.
     locked: list[Deferred] = []
@@ -923,7 +961,7 @@ def wait_all(results: Iterable[Deferred], timeout: float | None = None) -> bool:
         for result in locked:
             result._lock.release()
     # The rest (timed out, followed, or waited on elsewhere) one by one.
-    return all([result.wait(remaining()) for result in todo])
+    return [result.wait(remaining()) for result in todo]
 
 
 class TaskSpace:

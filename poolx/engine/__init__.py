@@ -15,6 +15,8 @@ Modules, one job each (the parent side runs on one supervisor thread):
 * :mod:`poolx.engine.results` — ``ApplyResult``, ``MapResult``, ``IMapIterator``
   and the ``JobSink`` interface the supervisor writes them through;
 * :mod:`poolx.engine.callbacks` — the thread that runs user callbacks;
+* :mod:`poolx.engine.progress` — counting a call's items for its progress
+  bar (``progress_bar=``), shown from a thread of its own;
 * :mod:`poolx.engine.worker` — the loop each worker process runs;
 * :mod:`poolx.engine.wire` — framing and codecs on each worker's pipe;
 * :mod:`poolx.engine.pickling` — how calls, functions and values are pickled;

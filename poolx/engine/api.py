@@ -28,6 +28,7 @@ from poolx import checks, exceptions
 from poolx.engine import payload, pickling, wire
 from poolx.engine.config import PoolConfig
 from poolx.engine.jobs import Job
+from poolx.engine.progress import open_tracker
 from poolx.engine.results import (
     ApplyResult,
     IMapIterator,
@@ -37,6 +38,7 @@ from poolx.engine.results import (
 )
 from poolx.engine.supervisor import Supervisor
 from poolx.exceptions import PoolNotRunning, PoolTerminated
+from poolx.progress import ProgressOption
 from poolx.tally import task_name
 
 if TYPE_CHECKING:  # the exporter itself is imported only when asked for (metrics_port)
@@ -352,40 +354,47 @@ class Pool:
     # ------------------------------------------------------------------ map
 
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None,
-            **limits: Any) -> list[Any]:
-        """Apply ``func`` to every item, in parallel; return the results in order."""
+            *, progress_bar: ProgressOption = False, **limits: Any) -> list[Any]:
+        """Apply ``func`` to every item, in parallel; return the results in order.
+
+        ``progress_bar`` (a poolx extension): ``True``, or a dict of tqdm
+        options, shows a bar counting the items (:doc:`observing`).
+        """
         return self._map_async(func, iterable, chunksize, None, None, wire.MAP, limits, "map",
-                               bounded=True).get()
+                               progress_bar, bounded=True).get()
 
     def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None,
                   callback: Callable[[Any], Any] | None = None,
                   error_callback: Callable[[BaseException], Any] | None = None,
-                  **limits: Any) -> MapResult:
+                  *, progress_bar: ProgressOption = False, **limits: Any) -> MapResult:
         """Asynchronous :meth:`map`; returns a :class:`MapResult`.
 
         ``soft_timeout``, ``timeout`` and ``memory_limit`` (keyword-only)
         apply to each *chunk*; pass ``chunksize=1`` for per-item limits.
+        ``progress_bar`` as in :meth:`map`: the bar closes when the result
+        is ready (at the latest when ``get()`` or ``wait()`` returns it).
         """
         return self._map_async(func, iterable, chunksize, callback, error_callback, wire.MAP, limits,
-                               "map_async")
+                               "map_async", progress_bar)
 
     def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
-                chunksize: int | None = None, **limits: Any) -> list[Any]:
+                chunksize: int | None = None, *, progress_bar: ProgressOption = False,
+                **limits: Any) -> list[Any]:
         """Like :meth:`map`, but each item is unpacked: ``func(*item)``."""
         return self._map_async(func, iterable, chunksize, None, None, wire.STARMAP, limits, "starmap",
-                               bounded=True).get()
+                               progress_bar, bounded=True).get()
 
     def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                       chunksize: int | None = None, callback: Callable[[Any], Any] | None = None,
                       error_callback: Callable[[BaseException], Any] | None = None,
-                      **limits: Any) -> MapResult:
+                      *, progress_bar: ProgressOption = False, **limits: Any) -> MapResult:
         """Asynchronous :meth:`starmap`."""
         return self._map_async(func, iterable, chunksize, callback, error_callback, wire.STARMAP, limits,
-                               "starmap_async")
+                               "starmap_async", progress_bar)
 
     def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: Any,
                    callback: Any, error_callback: Any, mode: int, limits: dict[str, Any],
-                   method: str, bounded: bool = False) -> MapResult:
+                   method: str, progress_bar: Any = False, bounded: bool = False) -> MapResult:
         """Cut, pickle and submit the chunks.  ``bounded`` (``map``/``starmap``,
         whose caller waits anyway): pickle at most ``MAP_PICKLED_AHEAD`` bytes
         (and at least 2 chunks per worker) beyond the finished chunks, so the
@@ -408,11 +417,25 @@ class Pool:
         lengths = [size] * count
         if count:
             lengths[-1] = length - size * (count - 1)
+        tracker = open_tracker(progress_bar, length, "progress_bar")
         result = MapResult(self._supervisor.runner, lengths, callback, error_callback, size, self._results,
-                           pool=self)
+                           pool=self, tracker=tracker)
         del lengths
         if not count:
             return result
+        try:
+            self._submit_chunks(result, func, iterable, length, size, count, mode,
+                                (soft_timeout, timeout, memory_limit), bounded)
+        except BaseException:
+            if tracker is not None:
+                tracker.close()
+            raise
+        return result
+
+    def _submit_chunks(self, result: MapResult, func: Callable[..., Any], iterable: Any, length: int,
+                       size: int, count: int, mode: int, limits: tuple[Any, Any, Any],
+                       bounded: bool) -> None:
+        soft_timeout, timeout, memory_limit = limits
         func = pickling.portable(func)
         if isinstance(iterable, (list, tuple)):
             sequence = iterable
@@ -450,12 +473,12 @@ class Pool:
                 group_size = min(group_size * 2, 64)
         if group:
             self._submit(group)
-        return result
 
     # ------------------------------------------------------------------ imap
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *,
-             window: int | None = None, **limits: Any) -> IMapIterator:
+             window: int | None = None, progress_bar: ProgressOption = False,
+             **limits: Any) -> IMapIterator:
         """Lazy :meth:`map`: an iterator of results in input order.
 
         ``next(timeout)`` raises :class:`poolx.TimeoutError` when no result
@@ -463,17 +486,22 @@ class Pool:
         ``chunksize=1``).  At most ``window`` chunks (default 256, or 4 per
         worker if more) are read and submitted beyond those whose results the
         caller has taken: a slow consumer pauses the feeder, then the workers.
+        ``progress_bar`` as in :meth:`map`; its total is unknown (the bar
+        counts up) when the input has no ``len()`` and no ``total`` option
+        is given.
         """
-        return self._imap(IMapIterator(self._results, self), func, iterable, chunksize, window, limits, "imap")
+        return self._imap(IMapIterator, func, iterable, chunksize, window, limits, "imap", progress_bar)
 
     def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *,
-                       window: int | None = None, **limits: Any) -> IMapIterator:
+                       window: int | None = None, progress_bar: ProgressOption = False,
+                       **limits: Any) -> IMapIterator:
         """Like :meth:`imap`, but results come in completion order."""
-        return self._imap(IMapUnorderedIterator(self._results, self), func, iterable, chunksize, window, limits,
-                          "imap_unordered")
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, window, limits,
+                          "imap_unordered", progress_bar)
 
-    def _imap(self, sink: IMapIterator, func: Callable[..., Any], iterable: Iterable[Any],
-              chunksize: Any, window: Any, limits: dict[str, Any], method: str) -> IMapIterator:
+    def _imap(self, kind: type[IMapIterator], func: Callable[..., Any], iterable: Iterable[Any],
+              chunksize: Any, window: Any, limits: dict[str, Any], method: str,
+              progress_bar: Any) -> IMapIterator:
         self._check_running()
         _check_chunksize(chunksize)
         if window is None:
@@ -481,6 +509,9 @@ class Pool:
         else:
             checks.check_count("window", window, 1)
         limit_values = self._limits(**_limit_kwargs(limits, method))
+        func = pickling.portable(func)
+        tracker = open_tracker(progress_bar, _length_hint(iterable), "progress_bar")
+        sink = kind(self._results, self, tracker, chunksize)
         # An input already in memory (it has a length) is fed in groups of
         # jobs; a lazy one (a generator, a socket...) job by job, so that no
         # item waits for the next one to be produced.
@@ -488,7 +519,7 @@ class Pool:
         self._supervisor.feeder_started()
         feeder = threading.Thread(
             target=self._feed,
-            args=(sink, pickling.portable(func), iterable, chunksize, limit_values, group_size, window),
+            args=(sink, func, iterable, chunksize, limit_values, group_size, window),
             name="poolx-feeder", daemon=True,
         )
         feeder.start()
@@ -509,6 +540,7 @@ class Pool:
             try:
                 iterator = iter(iterable)
             except Exception as exc:  # not iterable: raised by next(), as the standard library does
+                sink.set_chunk_items(0, 1)
                 sink.job_done(0, False, exc)
                 sink.set_length(1)
                 return
@@ -549,6 +581,7 @@ class Pool:
                 chunk = list(itertools.islice(iterator, chunksize))
             except Exception as exc:  # the input raised: that is the last "item"
                 if flush():
+                    sink.set_chunk_items(index, 1)
                     sink.job_done(index, False, exc)
                     sink.set_length(index + 1)
                 return
@@ -556,6 +589,8 @@ class Pool:
                 if flush():
                     sink.set_length(index)
                 return
+            if len(chunk) < chunksize:  # the last chunk
+                sink.set_chunk_items(index, len(chunk))
             try:
                 group.append(self._job(sink, index, func, chunk, None, wire.MAP, *limits))
             except Exception as exc:  # an unpicklable item fails its own position
@@ -751,6 +786,14 @@ def _signal(sig: Any) -> int:
         return int(signal_module.Signals(sig))
     except ValueError:
         raise ValueError(f"invalid signal number: {sig}") from None
+
+
+def _length_hint(iterable: Any) -> int | None:
+    """The number of items of an input that has a ``len()``, else None."""
+    try:
+        return len(iterable)
+    except Exception:
+        return None
 
 
 def _limit_kwargs(limits: dict[str, Any], method: str) -> dict[str, Any]:

@@ -58,7 +58,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import CancelledError, Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from types import FunctionType
 from typing import Any
@@ -74,7 +74,9 @@ from poolx.engine.executor_worker import (
     run_call,
     run_chunk,
 )
+from poolx.engine.progress import Tracker, open_tracker
 from poolx.exceptions import Terminated
+from poolx.progress import ProgressOption
 
 __all__ = ["ProcessPoolExecutor"]
 
@@ -538,8 +540,49 @@ def _chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[tuple[A
         yield chunk
 
 
-def _map_results(futures: list[Future], end_time: float | None) -> Iterator[Any]:
-    """Yield every chunk's results in order; cancel what is left on the way out."""
+class _ItemCounter:
+    """``poll`` of a map's :class:`~poolx.engine.progress.Tracker`: on the
+    tracker's thread, counts the chunks whose futures are done, in order,
+    from the first one not counted yet; finishes the tracker once all are.
+    The threads that complete futures pay nothing for the bar.  A chunk
+    done out of order is counted once those before it are; a cancelled
+    one counts as not run."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        self._futures: list[Future | None] | None = None  # until every chunk is submitted
+        self._sizes = sizes
+        self._next = 0
+
+    def watch(self, futures: list[Future]) -> None:
+        """Every chunk is submitted: count them from now on."""
+        self._futures = list(futures)
+
+    def __call__(self, tracker: Tracker) -> None:
+        futures, sizes, i = self._futures, self._sizes, self._next
+        if futures is None:
+            return
+        while i < len(futures):
+            future = futures[i]
+            assert future is not None
+            if not future.done():
+                break
+            try:
+                failed = future.exception() is not None
+            except CancelledError:
+                pass  # not run: not counted
+            else:
+                tracker.count(sizes[i], sizes[i] if failed else 0)
+            futures[i] = None  # the counter keeps no result alive
+            i += 1
+        self._next = i
+        if i == len(futures):
+            tracker.finish()
+
+
+def _map_results(futures: list[Future], end_time: float | None,
+                 tracker: Tracker | None = None) -> Iterator[Any]:
+    """Yield every chunk's results in order; cancel what is left on the way
+    out, and close the progress bar."""
     futures.reverse()
     try:
         while futures:
@@ -558,6 +601,8 @@ def _map_results(futures: list[Future], end_time: float | None) -> Iterator[Any]
     finally:
         for future in futures:
             future.cancel()
+        if tracker is not None:
+            tracker.close()
 
 
 class ProcessPoolExecutor(Executor):
@@ -689,7 +734,7 @@ class ProcessPoolExecutor(Executor):
         return self._core.submit(fn, args, kwargs, None)
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int = 1) -> Iterator[Any]:
+            chunksize: int = 1, progress_bar: ProgressOption = False) -> Iterator[Any]:
         """``map(fn, *iterables)`` in parallel; an iterator of results in order.
 
         As the standard library: the input is read and submitted at once;
@@ -697,14 +742,34 @@ class ProcessPoolExecutor(Executor):
         ``TimeoutError``; the first failing call's exception is raised at its
         position; ``chunksize`` items travel as one call (the executor's
         time and memory limits then apply per chunk).
+
+        ``progress_bar`` (poolx): ``True``, or a dict of tqdm options, shows
+        a bar counting the items as they finish (:doc:`observing`); it closes
+        when the iterator ends (exhausted, an error, the timeout, or closed)
+        or, if nobody iterates, once every call is done.
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
         fn = pickling.portable(fn)
         submit = self._core.submit
-        futures = [submit(run_chunk, (fn, chunk), {}, None) for chunk in _chunks(iterables, chunksize)]
-        return _map_results(futures, end_time)
+        if progress_bar is False:
+            futures = [submit(run_chunk, (fn, chunk), {}, None) for chunk in _chunks(iterables, chunksize)]
+            return _map_results(futures, end_time)
+        chunks = list(_chunks(iterables, chunksize))
+        sizes = [len(chunk) for chunk in chunks]
+        counter = _ItemCounter(sizes)
+        tracker = open_tracker(progress_bar, sum(sizes), "progress_bar", counter)
+        if tracker is None:
+            return _map_results([submit(run_chunk, (fn, chunk), {}, None) for chunk in chunks], end_time)
+        try:
+            futures = [submit(run_chunk, (fn, chunk), {}, None) for chunk in chunks]
+        except BaseException:
+            tracker.close()
+            raise
+        del chunks
+        counter.watch(futures)
+        return _map_results(futures, end_time, tracker)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
                  kill_workers: bool = False) -> None:

@@ -11,6 +11,11 @@ They behave as the standard library's: same methods, return values,
 exceptions and callback timing (a result is ready only after its callback
 returned).
 
+A map or imap called with ``progress_bar`` carries a
+:class:`~poolx.engine.progress.Tracker`: ``job_done`` adds the chunk's items
+to it (two integer additions), the result's completion finishes it, and the
+caller's ``get()``/``wait()`` or the end of iteration closes its bar.
+
 Compatibility: each class subclasses its ``multiprocessing.pool``
 counterpart, so ``isinstance`` checks against the standard library's classes
 hold, and carries the private fields that code polls for progress, read-only
@@ -32,6 +37,7 @@ from typing import Any, Protocol
 
 from poolx.engine import log
 from poolx.engine.callbacks import CallbackRunner
+from poolx.engine.progress import Tracker
 from poolx.exceptions import TimeoutError
 
 __all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator", "IMapUnorderedIterator"]
@@ -221,6 +227,7 @@ class MapResult(ApplyResult, mp_pool.MapResult):  # type: ignore[type-arg]
         chunksize: int = 0,
         cache: dict[int, Any] | None = None,
         pool: Any = None,
+        tracker: Tracker | None = None,
     ) -> None:
         super().__init__(runner, callback, error_callback, cache=cache, pool=pool)
         self._chunksize = chunksize if chunks else 0  # the standard library's fields
@@ -228,26 +235,41 @@ class MapResult(ApplyResult, mp_pool.MapResult):  # type: ignore[type-arg]
         self._offsets = [0] * len(chunks)
         for i in range(1, len(chunks)):
             self._offsets[i] = self._offsets[i - 1] + chunks[i - 1]
-        self._values: list[Any] = [None] * sum(chunks)
+        self._length = sum(chunks)
+        self._values: list[Any] = [None] * self._length
         self._failed = False
         self._progress: threading.Condition | None = None  # see wait_chunks
+        self._tracker = tracker  # the progress bar's counts, if one was asked for
         if not chunks:  # the standard library completes at once, without callback
             self._success, self._value = True, []
             self._set_done()
+            if tracker is not None:
+                tracker.close()
 
     def job_done(self, index: int, ok: bool, value: Any) -> None:
         self._number_left -= 1
+        tracker = self._tracker
+        if tracker is not None:
+            if ok:
+                tracker.count(len(value))
+            else:
+                end = self._offsets[index + 1] if index + 1 < len(self._offsets) else self._length
+                tracker.count(end - self._offsets[index], end - self._offsets[index])
         if not self._failed:
             if not ok:
                 self._failed = True
                 self._values = []
                 self._complete(False, value)
+                if tracker is not None:
+                    tracker.finish()
             else:
                 start = self._offsets[index]
                 self._values[start : start + len(value)] = value  # C-speed, like the stdlib
                 if self._number_left == 0:
                     values, self._values = self._values, []
                     self._complete(True, values)
+                    if tracker is not None:
+                        tracker.finish()
         progress = self._progress
         if progress is not None:
             with progress:
@@ -268,6 +290,12 @@ class MapResult(ApplyResult, mp_pool.MapResult):  # type: ignore[type-arg]
             progress.wait_for(lambda: self._failed or total - self._number_left >= count)
         return not self._failed
 
+    def _wait(self, timeout: float | None) -> bool:
+        done = super()._wait(timeout)
+        if done and self._tracker is not None:
+            self._tracker.close()  # the bar shows its last counts before get() returns
+        return done
+
 
 class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
     """The iterator returned by :meth:`poolx.Pool.imap`: results in input order.
@@ -276,8 +304,14 @@ class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
     position, and iteration goes on with the next chunk.
     """
 
-    def __init__(self, cache: dict[int, Any] | None = None, pool: Any = None) -> None:
+    def __init__(self, cache: dict[int, Any] | None = None, pool: Any = None,
+                 tracker: Tracker | None = None, chunksize: int = 1) -> None:
         self._pool = pool  # kept alive while this iterator is (see ApplyResult)
+        # The progress bar's counts, if one was asked for: a chunk has
+        # ``chunksize`` items but those listed in _chunk_items (the last one).
+        self._tracker = tracker
+        self._chunksize = chunksize
+        self._chunk_items: dict[int, int] = {}
         self._job = next(_job_counter)
         self._cache = cache
         if cache is not None:
@@ -303,18 +337,23 @@ class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
         with self._cond:
             if not self._items and not self._exhausted():
                 self._cond.wait_for(lambda: self._items or self._exhausted(), timeout)
-            if not self._items:
-                if self._exhausted():
-                    raise StopIteration
+            if self._items:
+                ok, value = self._items.popleft()
+                self._taken += 1
+                ends = self._ends
+                while ends and ends[0] <= self._taken:
+                    ends.popleft()
+                    self._consumed += 1
+                    if self._feeder_waits:
+                        self._cond.notify_all()
+            elif not self._exhausted():
                 raise TimeoutError
-            ok, value = self._items.popleft()
-            self._taken += 1
-            ends = self._ends
-            while ends and ends[0] <= self._taken:
-                ends.popleft()
-                self._consumed += 1
-                if self._feeder_waits:
-                    self._cond.notify_all()
+            else:
+                ok = None
+        if ok is None:
+            if self._tracker is not None:
+                self._tracker.close()  # the bar shows its last counts before iteration ends
+            raise StopIteration
         if ok:
             return value
         raise value
@@ -326,9 +365,12 @@ class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
 
     def _notify(self) -> None:  # with the lock held, after a change
         self._cond.notify_all()
-        if self._cache is not None and self._exhausted():  # every result is in
-            self._cache.pop(self._job, None)
-            self._cache = None
+        if self._exhausted():  # every result is in
+            if self._cache is not None:
+                self._cache.pop(self._job, None)
+                self._cache = None
+            if self._tracker is not None:
+                self._tracker.finish()
 
     def _push(self, ok: bool, value: Any) -> None:
         if ok:
@@ -344,6 +386,8 @@ class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
 
     def job_done(self, index: int, ok: bool, value: Any) -> None:
         with self._cond:
+            if self._tracker is not None:
+                self._count(index, ok, value)
             if index == self._next_chunk:
                 self._push(ok, value)
                 while self._next_chunk in self._unsorted:
@@ -360,6 +404,20 @@ class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
 
     def job_timed_out(self, soft: bool, timeout: float) -> None:
         pass
+
+    def _count(self, index: int, ok: bool, value: Any) -> None:  # with the lock held
+        assert self._tracker is not None
+        if ok:
+            self._tracker.count(len(value))
+        else:  # a failed chunk: every item in it failed
+            items = self._chunk_items.get(index, self._chunksize)
+            self._tracker.count(items, items)
+
+    def set_chunk_items(self, index: int, items: int) -> None:
+        """The feeder: chunk ``index`` holds ``items`` items, not ``chunksize``
+        (the last one; or 1 for the input's own error).  Call before its
+        :meth:`job_done`."""
+        self._chunk_items[index] = items
 
     def completed(self) -> int:
         """How many chunks have completed (read without the lock: a hint)."""
@@ -407,5 +465,7 @@ class IMapUnorderedIterator(IMapIterator, mp_pool.IMapUnorderedIterator):  # typ
 
     def job_done(self, index: int, ok: bool, value: Any) -> None:
         with self._cond:
+            if self._tracker is not None:
+                self._count(index, ok, value)
             self._push(ok, value)
             self._notify()

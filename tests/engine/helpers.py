@@ -346,3 +346,10 @@ def boom_or_wait(arg):
     if arg == "boom":
         raise ValueError(arg)
     return wait_for_file(arg)
+
+
+def square_but_13(x):
+    """``x * x``; ValueError for 13 (a failing item among good ones)."""
+    if x == 13:
+        raise ValueError("13")
+    return x * x
