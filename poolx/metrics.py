@@ -28,13 +28,13 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
+from poolx.exceptions import ExtraNotInstalled
 from poolx.tally import DURATION_BUCKETS, FAILURE_OUTCOMES
 
 log = logging.getLogger("poolx.metrics")
 
 __all__ = ["METRICS", "Metric", "MetricsServer", "StatsCollector", "serve"]
 
-EXTRA = "pip install 'poolx[metrics]'"
 
 WORKER_STATES = ("busy", "idle", "starting", "retiring")
 """The ``state`` label values of ``poolx_workers`` (always all present)."""
@@ -94,7 +94,7 @@ def _prometheus() -> Any:
         import prometheus_client.core
         import prometheus_client.utils
     except ImportError as err:
-        raise ImportError(f"poolx metrics need prometheus_client: {EXTRA}") from err
+        raise ExtraNotInstalled("poolx metrics", "prometheus_client", "metrics") from err
     return prometheus_client
 
 
