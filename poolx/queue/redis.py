@@ -402,7 +402,9 @@ class TaskQueue(AbstractTaskQueue):
         if buffer is not None:
             if result.id in buffer:
                 return False
-            buffer[result.id] = (result.task.name, message, ignore, lease, deliveries, delay_ms)
+            # the clock starts at this call, not at the flush
+            buffer[result.id] = (result.task.name, message, ignore, lease, deliveries, delay_ms,
+                                 time.monotonic())
             if len(buffer) >= BATCH_SIZE:
                 self._flush()
             return True
@@ -453,9 +455,12 @@ class TaskQueue(AbstractTaskQueue):
         dups: list[str] = []
         for start in range(0, len(items), BATCH_SIZE):
             args: list[Any] = [os.urandom(8), b"", 0]
-            for task_id, (name, message, ignore, lease, deliveries, delay_ms) in items[
+            now = time.monotonic()
+            for task_id, (name, message, ignore, lease, deliveries, delay_ms, called) in items[
                 start : start + BATCH_SIZE
             ]:
+                if delay_ms:  # what is left of the delay (at least 1 ms: still scheduled)
+                    delay_ms = max(1, delay_ms - int((now - called) * 1000))
                 args += (task_id, message, ignore, lease, deliveries, name, delay_ms)
             dups += [_text(dup) for dup in self._call("enqueue", *args)]
         if dups:

@@ -121,3 +121,19 @@ def test_the_example_prints_the_same_on_redis(url):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == shown
+
+
+def test_a_delay_inside_a_batch_counts_from_the_call_not_the_flush(url):
+    """A producer busy for a while inside ``batch()``: the delay it asked
+    for started at its call (it started at the flush, so the task ran that
+    much later than asked)."""
+    import threading
+
+    q = get_queue(url)
+    taskqueue = get_broker(url).taskqueue
+    with batch(q):
+        res = Task(q.rt.clock, delay=1.0)("late")
+        threading.Event().wait(1.2)  # the producer's own work, not a synchronization
+    due_ms = taskqueue.client.zscore(taskqueue._key + "sched", "t" + res.id)
+    seconds, micros = taskqueue.client.time()
+    assert due_ms is not None and due_ms - (seconds * 1000 + micros // 1000) < 500
