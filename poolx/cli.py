@@ -411,6 +411,8 @@ def _status(reader: StatusReader, args: argparse.Namespace) -> dict[str, Any]:
         return reader.read(args.queue or [], args.pool or [], args.tasks)
     except StatusUnavailable as err:
         raise _Failure(str(err)) from None
+    except ValueError as err:  # a --queue name the backend cannot have
+        raise _Usage(str(err)) from None
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -490,7 +492,8 @@ def _check_consumed_here(url: str, broker: Any) -> None:
     from poolx.status import StatusUnavailable
 
     try:
-        pools = _status_reader(url).live_pools()
+        with _status_reader(url) as reader:
+            pools = reader.live_pools()
     except StatusUnavailable as err:
         raise _Failure(str(err)) from None
     if not any(info.get("queue") == broker.name for info in pools):
@@ -596,6 +599,10 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     def ready(server: Any) -> None:
         print(f"poolx dashboard of {server.reader.display_url} on {server.url} "
               f"({'token required' if args.token else 'no token'}); CTRL+C stops", flush=True)
+        if not server.loopback_only and not args.token:
+            print(f"poolx dashboard: warning: {server.url} is reachable from other machines "
+                  f"and asks for no token: anyone there sees your pools and task names "
+                  f"(--token T, or --bind 127.0.0.1)", file=sys.stderr, flush=True)
 
     try:
         serve(args.url, args.port, args.bind, token=args.token or None, interval=args.interval,

@@ -199,6 +199,7 @@ class DashboardServer(ThreadingHTTPServer):
     def status_json(self) -> tuple[int, bytes]:
         """The body of ``/api/status`` and its HTTP status: read at most once
         per half interval, however many pages poll."""
+        from poolx.queue.urls import redact_url
         from poolx.status import StatusUnavailable
 
         with self._lock:
@@ -210,13 +211,19 @@ class DashboardServer(ThreadingHTTPServer):
                 status = self.reader.read(tasks=self.tasks)
             except StatusUnavailable as err:
                 code, body = HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(err)}
+            except Exception as err:  # the page shows it; the server goes on
+                log.exception("dashboard: reading the status failed")
+                code, body = HTTPStatus.INTERNAL_SERVER_ERROR, {
+                    "error": f"reading the status failed: {type(err).__name__}: {redact_url(str(err))}"}
             else:
                 self.throughput.add(status["time"], status["pools"])
                 code, body = HTTPStatus.OK, {
                     "version": __version__, "interval": self.interval, "status": status,
                     "throughput": self.throughput.summary(status["time"]),
                 }
-            self._cached = (now, int(code), json.dumps(body, default=str).encode())
+            # Stamped when the read ended: requests that queued behind a slow
+            # read get its answer instead of each reading again.
+            self._cached = (time.monotonic(), int(code), json.dumps(body, default=str).encode())
             return self._cached[1:]
 
     def allows(self, token: str | None) -> bool:
@@ -238,6 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: DashboardServer
     server_version = "poolx-dashboard"
     sys_version = ""
+    timeout = 30  # an idle connection does not hold a server thread for ever
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
         self._serve(body=True)

@@ -63,11 +63,23 @@ class StatusReader:
         return redact_url(self.url)
 
     def broker(self, queue: str = DEFAULT) -> Broker:
-        """The reader's broker for ``queue`` (made once, then reused)."""
+        """The reader's broker for ``queue`` (made once, then reused).
+
+        :raises ValueError: for a queue name the backend cannot have.
+        :raises StatusUnavailable: when making it needs the server (a
+            cluster client connects at once) and the server is unreachable.
+        """
         with self._lock:
             broker = self._brokers.get(queue)
             if broker is None:
-                broker = self._brokers[queue] = get_broker(self.url, queue)
+                try:
+                    broker = get_broker(self.url, queue)
+                except (ValueError, ImportError):
+                    raise
+                except Exception as err:
+                    raise StatusUnavailable(
+                        f"cannot reach {redact_url(self.url)}: {type(err).__name__}: {err}") from None
+                self._brokers[queue] = broker
             return broker
 
     def _reach(self, call: Callable[[], T]) -> T:
@@ -143,6 +155,7 @@ class StatusReader:
             {"waiting", "scheduled", "in_flight", "tasks"}}}``; pools sorted by host,
             name and pid.
         :raises StatusUnavailable: the broker could not be read.
+        :raises ValueError: a queue in ``queues`` is not a valid name.
         """
         now = time.time()
         found = self.live_pools()
@@ -157,7 +170,12 @@ class StatusReader:
             names = list(dict.fromkeys([DEFAULT, *(str(p.get("queue", DEFAULT)) for p in found)]))
         listed = {}
         for name in names:
-            broker = self.broker(name)
+            try:
+                broker = self.broker(name)
+            except ValueError:
+                if name in queues:
+                    raise  # asked for by name: the caller's mistake
+                continue  # a pool record names a queue this backend cannot have: skip it
             size = self._reach(lambda broker=broker: len(broker))  # type: ignore[misc]
             in_flight = sum(len(p.get("in_flight") or ()) for p in found if p.get("queue") == name)
             listed[name] = {"waiting": size, "scheduled": self.scheduled(name), "in_flight": in_flight,

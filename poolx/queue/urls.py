@@ -29,6 +29,8 @@ def redact_url(url: Any) -> str:
         'redis://user:***@host:6379/0'
         >>> redact_url("redis://:pw@host")
         'redis://:***@host'
+        >>> redact_url("redis://host/0?password=pw&db=1")
+        'redis://host/0?password=***&db=1'
         >>> redact_url("memory://")
         'memory://'
     """
@@ -44,9 +46,9 @@ def redact_url(url: Any) -> str:
         found = rest.find(stop)
         if found != -1:
             end = min(end, found)
-    authority, tail = rest[:end], rest[end:]
+    authority, tail = rest[:end], _redact_query(rest[end:])
     if "@" not in authority:
-        return url
+        return f"{scheme}://{authority}{tail}"
     userinfo, _, host = authority.rpartition("@")
     user, colon, _password = userinfo.partition(":")
     if not colon:
@@ -54,3 +56,23 @@ def redact_url(url: Any) -> str:
         # but people often put a password there; hide it either way.
         return f"{scheme}://{REDACTED}@{host}{tail}"
     return f"{scheme}://{user}:{REDACTED}@{host}{tail}"
+
+
+def _redact_query(tail: str) -> str:
+    """The path, query and fragment with the value of every query option
+    whose name says it is a secret (``?password=``, ``ssl_password=``...:
+    redis-py takes them from the query too) replaced by ``***``."""
+    path, question, rest = tail.partition("?")
+    if not question:
+        return tail
+    query, hash_, fragment = rest.partition("#")
+    options = []
+    for option in query.split("&"):
+        name, equals, _value = option.partition("=")
+        if equals and any(word in name.lower() for word in _SECRET_WORDS):
+            option = f"{name}={REDACTED}"
+        options.append(option)
+    return f"{path}?{'&'.join(options)}{hash_}{fragment}"
+
+
+_SECRET_WORDS = ("pass", "secret", "token", "key")

@@ -217,3 +217,11 @@ def test_worker_metrics_port_in_use_exits_1(url):
                      "--metrics-port", str(taken.getsockname()[1]))
     assert done.returncode == 1
     assert "cannot serve metrics on 127.0.0.1:" in done.stderr
+
+
+def test_status_of_a_queue_name_redis_cannot_have_is_a_usage_error(url):
+    """Exit 2 naming the name (a traceback and exit 1 once the status moved
+    into poolx.status)."""
+    done = poolx("status", url, "--queue", "")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("poolx status: error: ") and "Traceback" not in done.stderr

@@ -154,3 +154,19 @@ def test_redis_down_at_start_is_a_clear_error_naming_the_url():
     assert PASSWORD not in text and isinstance(info.value, ConnectionError)
     with pytest.raises(RedisUnavailable):
         broker.taskqueue.ping()
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://:pw@host:6379/0", "redis://:***@host:6379/0"),
+    ("redis://host/0?password=pw&db=1", "redis://host/0?password=***&db=1"),
+    ("redis://u:pw@host/0?ssl_password=x&prefix=p#frag", "redis://u:***@host/0?ssl_password=***&prefix=p#frag"),
+    ("redis+cluster://a:1,b:2/?prefix=p", "redis+cluster://a:1,b:2/?prefix=p"),
+    ("memory://", "memory://"),
+])
+def test_a_password_in_the_query_is_redacted_too(url, shown):
+    """redis-py takes ``?password=`` (and ``username=``...) from the query:
+    the dashboard and ``poolx status`` showed it (review of the dashboard)."""
+    from poolx.queue.urls import redact_url
+
+    assert redact_url(url) == shown
+    assert "pw" not in redact_url(url).replace("prefix", "")
