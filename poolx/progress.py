@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -35,6 +36,10 @@ __all__ = ["ProgressBar", "ProgressOption", "check_option", "refresh_interval", 
 ProgressOption = bool | Mapping[str, Any]
 """What ``progress_bar=`` accepts: ``False`` (no bar), ``True`` (a bar with
 poolx's defaults) or a mapping of ``tqdm`` keyword arguments."""
+
+IDLE_REFRESH = 1.0
+"""Seconds between two redraws of a bar on a terminal when no item finished
+(only its elapsed time moves); a bar written to a file is not redrawn then."""
 
 DEFAULT_INTERVAL = 0.1
 """Seconds between two refreshes of a bar (tqdm's ``mininterval`` default)."""
@@ -120,6 +125,8 @@ class _TqdmBar:
             if columns:
                 kwargs["ncols"] = columns
         self._bar = tqdm(**kwargs)
+        self._tty = _isatty(self._file.wrapped)  # a log file gets no frames of an unchanged bar
+        self._refreshed = time.monotonic()
         self._failed = 0
         self._quiet = False
         self._check()
@@ -134,8 +141,9 @@ class _TqdmBar:
                 bar.set_postfix(failed=failed, refresh=False)
             if items != bar.n:
                 bar.update(items - bar.n)  # tqdm redraws at most every mininterval
-            else:
-                bar.refresh()  # nothing finished: the elapsed time still moves
+            elif self._tty and time.monotonic() - self._refreshed >= IDLE_REFRESH:
+                bar.refresh()  # nothing finished: on a terminal the elapsed time still moves
+                self._refreshed = time.monotonic()
         except Exception as err:
             self._give_up(err)
         self._check()
@@ -185,6 +193,21 @@ class _GuardedFile:
 
     def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding...
         return getattr(self.wrapped, name)
+
+    # tqdm.write() and logging_redirect_tqdm find the bars to clear by their
+    # file (``bar.fp == sys.stderr``): the guard must compare as its file.
+    def __eq__(self, other: object) -> bool:
+        return bool(self.wrapped == getattr(other, "wrapped", other))
+
+    def __hash__(self) -> int:
+        return hash(self.wrapped)
+
+
+def _isatty(file: Any) -> bool:
+    try:
+        return bool(file.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _columns(file: Any) -> int:

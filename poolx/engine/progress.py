@@ -24,7 +24,10 @@ from typing import Any
 
 from poolx import progress
 
-__all__ = ["Tracker", "open_tracker"]
+__all__ = ["Tracker", "open_tracker", "CLOSE_WAIT"]
+
+CLOSE_WAIT = 2.0
+"""Seconds :meth:`Tracker.close` waits for the bar's last output at most."""
 
 
 def open_tracker(option: Any, total: int | None, what: str,
@@ -75,11 +78,15 @@ class Tracker:
         self._over.set()
 
     def close(self) -> None:
-        """Show the last counts and close the bar; return once done."""
+        """Show the last counts and close the bar; return once done (or
+        after :data:`CLOSE_WAIT` seconds if the bar's output is stuck: a
+        pipe nobody reads must not hold up the caller's ``get()``)."""
         self._over.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-        self._close_bar()
+        if self._thread is threading.current_thread():
+            return  # (a finalizer run on the tracker's thread): _run closes the bar itself
+        self._thread.join(CLOSE_WAIT)
+        if not self._thread.is_alive():
+            self._close_bar()
 
     @property
     def closed(self) -> bool:

@@ -291,7 +291,12 @@ class MapResult(ApplyResult, mp_pool.MapResult):  # type: ignore[type-arg]
         return not self._failed
 
     def _wait(self, timeout: float | None) -> bool:
-        done = super()._wait(timeout)
+        try:
+            done = super()._wait(timeout)
+        except BaseException:  # CTRL+C in get(): the bar must not draw over the traceback
+            if self._tracker is not None:
+                self._tracker.close()
+            raise
         if done and self._tracker is not None:
             self._tracker.close()  # the bar shows its last counts before get() returns
         return done

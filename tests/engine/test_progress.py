@@ -363,3 +363,40 @@ def test_a_bad_mininterval_is_checked_as_other_seconds(fork_ctx, interval, error
     with poolx.Pool(1, context=fork_ctx) as pool:
         with pytest.raises(error, match="mininterval must be a number of seconds"):
             pool.map(abs, [1], progress_bar={"mininterval": interval})
+
+
+def test_tqdm_write_clears_the_bar_before_its_line(fork_ctx):
+    """tqdm.write() (and logging_redirect_tqdm) clear the bars drawn on the
+    file they write to: poolx's bar compares as that file (the message
+    landed at the end of the bar's line)."""
+    from tqdm import tqdm
+
+    buf = io.StringIO()
+    with poolx.Pool(1, context=fork_ctx) as pool:
+        it = pool.imap(helpers.square, range(3), progress_bar={"file": buf, "mininterval": 0})
+        assert next(it) == 0
+        tqdm.write("hello", file=buf)
+        assert list(it) == [1, 4]
+    text = buf.getvalue()
+    assert "hello\n" in text and "]hello" not in text, text
+
+
+def test_ctrl_c_in_map_closes_its_bar(fork_ctx):
+    """KeyboardInterrupt while map() waits: the bar closes (it went on
+    drawing over the traceback until the map finished)."""
+    buf = io.StringIO()
+    with poolx.Pool(1, context=fork_ctx) as pool:
+        result = pool.map_async(helpers.sleep, [30], progress_bar={"file": buf, "mininterval": 0.01})
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # even if ignored
+        timer = threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                result.get(60)
+        finally:
+            timer.cancel()
+            signal.signal(signal.SIGINT, previous)
+        drawn = buf.getvalue()
+        assert result._tracker is None or result._tracker.closed
+        pool.terminate()
+    assert buf.getvalue() == drawn  # nothing more was drawn
