@@ -180,7 +180,22 @@ class StatusReader:
             in_flight = sum(len(p.get("in_flight") or ()) for p in found if p.get("queue") == name)
             listed[name] = {"waiting": size, "scheduled": self.scheduled(name), "in_flight": in_flight,
                             "tasks": self.queued_tasks(name, tasks, now)}
+        if not queues:
+            self._forget_except(names)
         return {"url": redact_url(self.url), "time": now, "pools": found, "queues": listed}
+
+    def _forget_except(self, names: Sequence[str]) -> None:
+        """Close the brokers of queues no live pool consumes any more: a
+        long-running reader (the dashboard) keeps one connection per queue it
+        shows, not per queue it ever showed."""
+        keep = {DEFAULT, *names}
+        with self._lock:
+            gone = [self._brokers.pop(name) for name in list(self._brokers) if name not in keep]
+        for broker in gone:
+            try:
+                broker.close()
+            except Exception:  # nothing was written: nothing to lose
+                pass
 
     def close(self) -> None:
         """Close the brokers' connections (the reader can still be used: it

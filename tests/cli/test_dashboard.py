@@ -319,6 +319,20 @@ def test_the_status_reader_reuses_its_brokers(url):
         StatusReader("nope://x")
 
 
+def test_the_reader_forgets_the_brokers_of_queues_nobody_consumes(redis_url):
+    """A long-running reader keeps a broker (a connection) per queue it
+    shows, not per queue it ever showed (50 short-lived pools left 50)."""
+    taskqueue = get_broker(redis_url).taskqueue
+    taskqueue.register_pool("short", json.dumps({"name": "short", "queue": "job-1"}), 60)
+    with StatusReader(redis_url) as reader:
+        assert "job-1" in reader.read()["queues"]
+        first = reader.broker("job-1")
+        assert reader.broker("job-1") is first  # kept while a pool consumes it
+        taskqueue.unregister_pool("short")
+        assert "job-1" not in reader.read()["queues"]
+        assert reader.broker("job-1") is not first  # closed and forgotten: made afresh
+
+
 def test_a_pool_record_naming_an_impossible_queue_is_skipped(redis_url):
     """A record whose queue Redis cannot have (an empty hash tag): the read
     goes on without that queue (it raised, and the dashboard's request
