@@ -533,10 +533,13 @@ class Task:
         return self.broker.enqueue(task)
 
     def with_options(self, options: dict[str, Any]) -> Task:
-        """A copy of this task with a new set of options (replacing the old)."""
+        """A copy of this task with a new set of options (replacing the old);
+        its ``delay`` or ``eta`` carries over unless ``options`` gives one."""
         options = dict(options)
         if isinstance(options.get("retry"), dict):  # as stored in self.options
             options["retry"] = Retry.from_dict(options["retry"])
+        if "delay" not in options and "eta" not in options:
+            options.update(delay=self.delay, eta=self.eta)
         return Task(self.queue, **options)
 
     @property

@@ -355,6 +355,9 @@ def test_retry_travels_as_plain_data(url):
     assert task.retry == policy == Retry.from_dict(policy.to_dict())
     assert task.with_options(task.options).retry == policy
     assert Task(_queue(url).rd.stamp).retry is None
+    delayed = Task(_queue(url).rd.stamp, delay=2.5, retry=policy)
+    assert delayed.with_options(delayed.options).delay == 2.5  # delay carries over (it was dropped)
+    assert delayed.with_options({"delay": 1}).delay == 1
     assert "ConnectionError" in repr(policy)
 
 
