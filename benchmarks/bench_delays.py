@@ -28,18 +28,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import uuid4
+
+from bench_queue import Server  # one private redis-server helper for the benchmarks
 
 from poolx import Task, TaskSpace, get_broker
 from poolx.core import batch
@@ -49,44 +47,9 @@ CONSUMERS = 2
 TAKE = 256
 
 
-class Server:
-    """A private redis-server on a free loopback port (killed by ``stop``)."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            sys.exit("bench_delays: needs a redis-server binary (apt-get install redis-server)")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.dir = tempfile.mkdtemp(prefix="poolx-bench-redis-")
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )
-        import redis
-
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise
-                threading.Event().wait(0.01)  # bounded poll: the server gives no signal
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def fresh_url(self) -> str:
-        """A URL with a key prefix of its own (a queue nobody else touched)."""
-        return f"{self.url}?prefix=bench-{uuid4().hex[:12]}"
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+def fresh_url(server: Server) -> str:
+    """A URL on ``server`` with a key prefix of its own (a queue nobody else touched)."""
+    return f"{server.url}?prefix=bench-{uuid4().hex[:12]}"
 
 
 def take_all(url: str, n: int, start: threading.Event) -> float:
@@ -121,7 +84,7 @@ def take_all(url: str, n: int, start: threading.Event) -> float:
 
 def dispatch_due(server: Server, n: int, margin: float = 0.0) -> float:
     """Tasks/s from the common due time to the last task taken."""
-    url = server.fresh_url()
+    url = fresh_url(server)
     broker = get_broker(url)
     q = broker.queue()
     margin = margin or 2 + n / 10_000  # enough to schedule them all before they are due
@@ -143,7 +106,7 @@ def dispatch_due(server: Server, n: int, margin: float = 0.0) -> float:
 
 def dispatch_ready(server: Server, n: int) -> float:
     """Tasks/s taking ``n`` ordinary (ready) tasks."""
-    url = server.fresh_url()
+    url = fresh_url(server)
     q = get_broker(url).queue()
     with batch(q):
         for i in range(n):
@@ -163,7 +126,7 @@ def dispatch_ready(server: Server, n: int) -> float:
 def enqueue_rate(server: Server, m: int, scheduled: int, batched: bool) -> float:
     """Tasks/s enqueueing ``m`` ready tasks into a queue holding ``scheduled``
     far-future tasks."""
-    url = server.fresh_url()
+    url = fresh_url(server)
     broker = get_broker(url)
     q = broker.queue()
     if scheduled:
@@ -264,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         if 3 in parts:
             print(f"3. lateness of a delay=0.2 task on an idle pool ({args.lateness} runs)",
                   flush=True)
-            for url in ("memory://bench-delays", server.fresh_url()):
+            for url in ("memory://bench-delays", fresh_url(server)):
                 late = lateness(url, args.lateness)
                 print(f"   {url.split('?')[0]:<32} median {statistics.median(late) * 1000:6.1f}"
                       f" ms   max {max(late) * 1000:6.1f} ms   min {min(late) * 1000:6.1f} ms"
