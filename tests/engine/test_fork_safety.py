@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import threading
 
 import poolx
 from tests.conftest import wait_until
@@ -47,55 +48,57 @@ def test_a_forked_childs_copy_of_the_pool_refuses_jobs():
         pool.join()
 
 
+def _collected_in_a_child_while_held(holder: list[object], lock: threading.Lock) -> int | None:
+    """Make the one object in ``holder`` (nothing else may refer to it)
+    garbage only the collector can free, fork a child while ``lock`` is held
+    (as a parent thread held it at the fork) and let the child collect its
+    copy; the child's exit code (None: it hung)."""
+    ctx = multiprocessing.get_context("fork")
+    cycle: list[object] = [holder.pop()]
+    cycle.append(cycle)
+    del cycle
+    with lock:
+        child = ctx.Process(target=gc.collect)
+        child.start()
+    child.join(30)
+    if child.exitcode is None:
+        child.kill()
+        child.join()
+        return None
+    return child.exitcode
+
+
 def test_a_finished_pools_copy_collected_in_a_forked_child_takes_no_lock():
     """A pool closed without join, forked while its finishing supervisor held
     its lock (the last step of its cleanup): the child that garbage-collects
     its copy of the pool must not wait for that lock.  Workers of the next
     pool did, for ever, once in a few hundred rounds of test_fork_soak.py."""
-    ctx = multiprocessing.get_context("fork")
-    child = None
     gc.disable()  # the pool stays uncollected garbage until the child collects it
     try:
-        pool = poolx.Pool(1, context=ctx)
+        pool = poolx.Pool(1, context=multiprocessing.get_context("fork"))
         pool.close()
         supervisor = pool._supervisor
         wait_until(supervisor.finished.is_set, timeout=30)
-        cycle: list[object] = [pool]
-        cycle.append(cycle)
-        del pool, cycle
-        with supervisor.lock:  # as the finishing supervisor thread held it at the fork
-            child = ctx.Process(target=gc.collect)
-            child.start()
-        child.join(30)
-        assert child.exitcode == 0, "the child waited for a lock the fork copied"
+        holder: list[object] = [pool]
+        del pool
+        exitcode = _collected_in_a_child_while_held(holder, supervisor.lock)
+        assert exitcode == 0, "the child waited for a lock the fork copied"
     finally:
         gc.enable()
-        if child is not None and child.exitcode is None:
-            child.kill()
-            child.join()
 
 
 def test_an_executors_copy_collected_in_a_forked_child_takes_no_lock():
     """The same for a ``ProcessPoolExecutor`` collected in a forked child
     while a parent thread held its lock."""
-    ctx = multiprocessing.get_context("fork")
-    child = None
     gc.disable()
     try:
-        executor = poolx.ProcessPoolExecutor(1, mp_context=ctx)
+        executor = poolx.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
         assert executor.submit(helpers.square, 4).result(30) == 16
         core = executor._core
-        cycle: list[object] = [executor]
-        cycle.append(cycle)
-        del executor, cycle
-        with core.lock:
-            child = ctx.Process(target=gc.collect)
-            child.start()
-        child.join(30)
-        assert child.exitcode == 0, "the child waited for a lock the fork copied"
+        holder: list[object] = [executor]
+        del executor
+        exitcode = _collected_in_a_child_while_held(holder, core.lock)
+        assert exitcode == 0, "the child waited for a lock the fork copied"
     finally:
         gc.enable()
         gc.collect()  # the parent's executor: its finalizer lets it finish
-        if child is not None and child.exitcode is None:
-            child.kill()
-            child.join()
