@@ -510,7 +510,8 @@ class Pool:
             checks.check_count("window", window, 1)
         limit_values = self._limits(**_limit_kwargs(limits, method))
         func = pickling.portable(func)
-        tracker = open_tracker(progress_bar, _length_hint(iterable), "progress_bar")
+        tracker = (open_tracker(progress_bar, _length_hint(iterable), "progress_bar")
+                   if progress_bar is not False else None)  # no bar: the input's len() is not asked
         sink = kind(self._results, self, tracker, chunksize)
         # An input already in memory (it has a length) is fed in groups of
         # jobs; a lazy one (a generator, a socket...) job by job, so that no
