@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import weakref
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -135,6 +136,12 @@ class Broker:
         if secret and not isinstance(chosen, SignedSerializer):
             chosen = SignedSerializer(chosen, secret=secret)
         self.serializer: Serializer = chosen
+        # What a task with a Retry policy was delivered with (its message's
+        # envelope and its Deferred arguments' stored results), so that the
+        # next attempt gets the arguments as delivered, not as the attempt
+        # left them (a thread pool's attempt runs on the very objects).
+        self._delivered: weakref.WeakKeyDictionary[FunctionTask, tuple[dict[str, Any], dict[str, Any]]] = \
+            weakref.WeakKeyDictionary()
 
     @property
     def url(self) -> str:
@@ -438,10 +445,12 @@ class Broker:
             return False
         delay = retry.countdown(task.attempt - 1)
         options = dict(task.options, attempt=task.attempt + 1)
-        again = FunctionTask(task.name, task.args, task.kw, dict(options, id=task.id))
         try:
-            message, args = self._task_message(again)
-            if args:
+            delivered = self._delivered.pop(task, None)
+            args, kw = (task.args, task.kw) if delivered is None else self._arguments(*delivered)[:2]
+            again = FunctionTask(task.name, args, kw, dict(options, id=task.id))
+            message, pending = self._task_message(again)
+            if pending:
                 raise ValueError("its arguments hold Deferred results")
         except Exception as err:
             log.error("cannot retry %s [%s:%s]: %s", task.name, self.name, task.id,
@@ -557,10 +566,24 @@ class Broker:
 
     def _load_task(self, task_id: str, envelope: dict[str, Any]) -> FunctionTask | None:
         task = _stub_task(envelope["name"], task_id, envelope["options"])
+        stored = self._taskqueue.get_arguments(task_id) if envelope["args"] else {}
+        task.args, task.kw, failures = self._arguments(envelope, stored)
+        if task.retry is not None:
+            self._delivered[task] = (envelope, stored)
+        if failures and not task.on_error_pass:
+            log.debug("%s failed: argument %s", task, failures[0])
+            self.set_result(task, failures[0])
+            return None
+        return task
+
+    def _arguments(self, envelope: dict[str, Any],
+                   stored: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any], list[TaskFailure]]:
+        """A task's ``(args, kw)``, freshly unpickled from its message, its
+        Deferred arguments replaced by their stored results; and the
+        failures among those results."""
         failures: list[TaskFailure] = []
         persistent_load = None
         if envelope["args"]:
-            stored = self._taskqueue.get_arguments(task_id)
             values: dict[str, Any] = {}
             for arg_id, arg_name in envelope["args"].items():
                 msg = stored.get(arg_id, TASK_EXPIRED)
@@ -573,12 +596,8 @@ class Broker:
                     failures.append(value)
                 values[arg_id] = value
             persistent_load = values.__getitem__
-        task.args, task.kw = self.serializer.loads(envelope["payload"], persistent_load)
-        if failures and not task.on_error_pass:
-            log.debug("%s failed: argument %s", task, failures[0])
-            self.set_result(task, failures[0])
-            return None
-        return task
+        args, kw = self.serializer.loads(envelope["payload"], persistent_load)
+        return args, kw, failures
 
 
 def _extends(store: AbstractTaskQueue, method: str) -> bool:

@@ -39,6 +39,8 @@ class Runs:
         self.space.task(self.stamp)
         self.space.task(self.flaky)
         self.space.task(self.join)
+        self.space.task(self.grab)
+        self.seen: dict[str, list[list[int]]] = {}
 
     def _record(self, key: str) -> int:
         with self._cond:
@@ -58,6 +60,17 @@ class Runs:
 
     def join(self, *values: object) -> str:
         return "+".join(map(str, values))
+
+    def grab(self, key: str, items: list[int]) -> list[int]:
+        """Record what this attempt got, then take an item and fail (the
+        first two calls): each attempt must get the list as delivered."""
+        got = list(items)
+        with self._cond:
+            self.seen.setdefault(key, []).append(got)
+        if self._record(key) <= 2:
+            items.pop()
+            raise ConnectionError(key)
+        return got
 
     def wait_for(self, key: str, count: int) -> list[float]:
         with self._cond:
@@ -92,6 +105,15 @@ def _worker_blocked(store) -> bool:
 
 def _queue(url):
     return get_broker(url).queue()
+
+
+def test_every_attempt_gets_the_arguments_as_delivered(url, runs):
+    """An attempt that changes its arguments (a thread pool runs it on the
+    very objects) does not pass the change on to the next attempt (they saw
+    [1, 2, 3], [1, 2], [1])."""
+    res = Task(_queue(url).rd.grab, retry=Retry(max=2, delay=0.01))("g", [1, 2, 3])
+    assert res.wait(WAIT) and res.value == [1, 2, 3]
+    assert runs.seen["g"] == [[1, 2, 3], [1, 2, 3], [1, 2, 3]]
 
 
 # -- delayed tasks --------------------------------------------------------------
