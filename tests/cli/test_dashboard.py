@@ -405,7 +405,10 @@ class TasksRunBetweenPolls(StatusReader):
 def test_the_page_in_headless_chromium(redis_url, two_pools, dashboard, tmp_path):
     chromium = chromium_or_skip()
     reader = TasksRunBetweenPolls(redis_url, two_pools)
-    server = dashboard(redis_url, reader=reader, token="tok")
+    # A status read is reused for half an interval: the page's polls come
+    # milliseconds apart in real time (virtual time skips the waits), so a
+    # tiny interval makes each poll read (the page still polls every 0.5 s).
+    server = dashboard(redis_url, reader=reader, token="tok", interval=0.002)
     wait_until(lambda: len(server.reader.live_pools()) == 2, WAIT)
     run_tasks(two_pools, 3)
     wait_until(lambda: sum(p["tasks_done"] for p in server.reader.live_pools()) == 3, WAIT)
