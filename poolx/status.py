@@ -191,22 +191,14 @@ class StatusReader:
         keep = {DEFAULT, *names}
         with self._lock:
             gone = [self._brokers.pop(name) for name in list(self._brokers) if name not in keep]
-        for broker in gone:
-            try:
-                broker.close()
-            except Exception:  # nothing was written: nothing to lose
-                pass
+        _close_all(gone)
 
     def close(self) -> None:
         """Close the brokers' connections (the reader can still be used: it
         opens new ones)."""
         with self._lock:
             brokers, self._brokers = list(self._brokers.values()), {}
-        for broker in brokers:
-            try:
-                broker.close()
-            except Exception:  # nothing was written: nothing to lose
-                pass
+        _close_all(brokers)
 
     def __enter__(self) -> StatusReader:
         return self
@@ -214,3 +206,13 @@ class StatusReader:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _close_all(brokers: list[Broker]) -> None:
+    """Close each broker's connections; a reader wrote nothing, so a failure
+    to close loses nothing."""
+    for broker in brokers:
+        try:
+            broker.close()
+        except Exception:  # noqa: BLE001 - best effort, see above
+            pass
