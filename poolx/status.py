@@ -2,7 +2,7 @@
 
 Owned here: :class:`StatusReader` — reads the pool registry
 (``live_pools``, the records worker pools publish as their heartbeat), queue
-sizes and the next queued tasks of a task queue URL, and returns them as one
+sizes, the next queued tasks and the periodic entries of a task queue URL, and returns them as one
 JSON-ready dict (the schema of ``poolx status --json``) — and
 :class:`StatusUnavailable`, the error when the broker cannot be read.  Two
 users: the ``poolx status`` command (:mod:`poolx.cli`) and the web
@@ -144,6 +144,30 @@ class StatusReader:
             for task in tasks
         ]
 
+    def periodic(self, queue: str, now: float | None = None) -> list[dict[str, Any]] | None:
+        """The periodic entries of ``queue``, the next to run first:
+        ``{"name", "task", "schedule", "next_run", "due_in"}`` each
+        (``next_run`` in seconds since the epoch by the backend's clock,
+        ``due_in`` seconds from ``now``, negative when a tick is late);
+        None if the backend cannot store periodic tasks."""
+        now = time.time() if now is None else now
+        store = self.broker(queue).taskqueue
+
+        def listing() -> Any:
+            try:
+                return store.periodic_entries()[1]
+            except NotImplementedError:
+                return None
+
+        entries = self._reach(listing)
+        if entries is None:
+            return None
+        return [
+            {"name": entry.name, "task": entry.task, "schedule": entry.schedule,
+             "next_run": entry.next_run, "due_in": entry.next_run - now}
+            for entry in entries
+        ]
+
     def read(self, queues: Sequence[str] = (), pools: Sequence[str] = (), tasks: int = 0) -> dict[str, Any]:
         """The status, as ``poolx status --json`` prints it.
 
@@ -152,8 +176,9 @@ class StatusReader:
         :param pools: Only the pools of these names.
         :param tasks: List the next ``tasks`` tasks of each queue.
         :returns: ``{"url", "time", "pools": [record...], "queues": {name:
-            {"waiting", "scheduled", "in_flight", "tasks"}}}``; pools sorted by host,
-            name and pid.
+            {"waiting", "scheduled", "in_flight", "tasks", "periodic"}}}``;
+            pools sorted by host, name and pid; ``periodic`` as
+            :meth:`periodic` returns it.
         :raises StatusUnavailable: the broker could not be read.
         :raises ValueError: a queue in ``queues`` is not a valid name.
         """
@@ -179,7 +204,8 @@ class StatusReader:
             size = self._reach(lambda broker=broker: len(broker))  # type: ignore[misc]
             in_flight = sum(len(p.get("in_flight") or ()) for p in found if p.get("queue") == name)
             listed[name] = {"waiting": size, "scheduled": self.scheduled(name), "in_flight": in_flight,
-                            "tasks": self.queued_tasks(name, tasks, now)}
+                            "tasks": self.queued_tasks(name, tasks, now),
+                            "periodic": self.periodic(name, now)}
         if not queues:
             self._forget_except(names)
         return {"url": redact_url(self.url), "time": now, "pools": found, "queues": listed}
