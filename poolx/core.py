@@ -671,7 +671,7 @@ class Broker:
             task = self.queue(task)
         if isinstance(task, Queue):
             owner = queue_broker(task)
-            if owner is not self and (owner.url, owner.name) != (self.url, self.name):
+            if (owner.url, owner.name) != (self.url, self.name):
                 raise ValueError(f"{task!r} belongs to {redact_url(owner.url)} [{owner.name}], "
                                  "not this queue")
             base: dict[str, Any] = {}

@@ -39,9 +39,16 @@ def _croniter() -> Any:
     return croniter
 
 
+def _whole_ms(seconds: float) -> float:
+    """``seconds`` rounded up to a whole millisecond (float noise such as
+    0.30000000000000004 is not rounded up)."""
+    return math.ceil(round(seconds * 1000, 3)) / 1000
+
+
 class Schedule:
     """When a periodic task runs: every ``every`` seconds, or at the times a
-    cron expression names (five fields, UTC).
+    cron expression names (croniter's syntax: five fields, or six with
+    seconds last; in UTC).
 
     :param every: The period in seconds (> 0).
     :param cron: A cron expression such as ``"*/5 * * * *"``.
@@ -69,8 +76,8 @@ class Schedule:
         """The schedule as stored with the entry (``"every 60"``,
         ``"cron */5 * * * *"``); :meth:`from_text` reads it back."""
         if self.every is not None:
-            return f"{_EVERY}{self.every:g}" if self.every == float(f"{self.every:g}") \
-                else f"{_EVERY}{self.every!r}"
+            every = int(self.every) if self.every.is_integer() else self.every
+            return f"{_EVERY}{every!r}"
         return f"{_CRON}{self.cron}"
 
     @classmethod
@@ -87,9 +94,10 @@ class Schedule:
 
     def first(self, now: float) -> float:
         """The first tick of an entry registered at ``now`` (epoch seconds):
-        ``every`` seconds later, or the expression's next time."""
+        ``every`` seconds later (rounded up to a whole millisecond, the
+        resolution backends store), or the expression's next time."""
         if self.every is not None:
-            return now + self.every
+            return _whole_ms(now + self.every)
         return self._cron_next(now)
 
     def next_after(self, due: float, now: float) -> float:
@@ -98,9 +106,9 @@ class Schedule:
         ticks missed meanwhile are skipped, not replayed."""
         if self.every is not None:
             periods = math.floor((now - due) / self.every) + 1
-            following = due + max(1, periods) * self.every
+            following = _whole_ms(due + max(1, periods) * self.every)
             while following <= now:  # floating-point edge
-                following += self.every
+                following = _whole_ms(following + self.every)
             return following
         return self._cron_next(max(due, now))
 

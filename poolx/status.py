@@ -90,6 +90,18 @@ class StatusReader:
             raise StatusUnavailable(
                 f"cannot reach {redact_url(self.url)}: {type(err).__name__}: {err}") from None
 
+    def _optional(self, call: Callable[[], T]) -> T | None:
+        """:meth:`_reach` for an optional backend method: None if the
+        backend does not have it (NotImplementedError)."""
+
+        def attempt() -> T | None:
+            try:
+                return call()
+            except NotImplementedError:
+                return None
+
+        return self._reach(attempt)
+
     def live_pools(self) -> list[dict[str, Any]]:
         """The records of every live worker pool on the URL (whatever queue
         each consumes), as the pools published them; unreadable records are
@@ -107,15 +119,7 @@ class StatusReader:
     def scheduled(self, queue: str) -> int | None:
         """How many tasks of ``queue`` wait for their due time (``delay``,
         ``eta``, a retry's back-off); None if the backend cannot schedule."""
-        broker = self.broker(queue)
-
-        def count() -> Any:
-            try:
-                return broker.taskqueue.scheduled_size()
-            except NotImplementedError:
-                return None
-
-        return self._reach(count)
+        return self._optional(self.broker(queue).taskqueue.scheduled_size)
 
     def queued_tasks(self, queue: str, limit: int, now: float | None = None) -> list[dict[str, Any]] | None:
         """The next ``limit`` tasks waiting in ``queue``, the next one first:
@@ -127,15 +131,8 @@ class StatusReader:
         if limit <= 0:
             return []
         now = time.time() if now is None else now
-        broker = self.broker(queue)
-
-        def listing() -> Any:
-            try:
-                return broker.taskqueue.queued_tasks(limit)
-            except NotImplementedError:
-                return None
-
-        tasks = self._reach(listing)
+        store = self.broker(queue).taskqueue
+        tasks = self._optional(lambda: store.queued_tasks(limit))
         if tasks is None:
             return None
         return [
@@ -152,14 +149,7 @@ class StatusReader:
         None if the backend cannot store periodic tasks."""
         now = time.time() if now is None else now
         store = self.broker(queue).taskqueue
-
-        def listing() -> Any:
-            try:
-                return store.periodic_entries()[1]
-            except NotImplementedError:
-                return None
-
-        entries = self._reach(listing)
+        entries = self._optional(lambda: store.periodic_entries()[1])
         if entries is None:
             return None
         return [

@@ -73,7 +73,10 @@ class Scheduler:
         self._thread.start()
 
     def stop(self, join: bool = True) -> None:
-        """Stop enqueueing ticks (a tick being claimed is finished)."""
+        """Stop enqueueing ticks (a tick being claimed is finished).
+
+        :param join: Wait until the thread has ended.
+        """
         self._stop.set()
         try:
             self.broker.taskqueue.wake_periodic(self.id)
@@ -83,7 +86,11 @@ class Scheduler:
             self.join()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until the thread ended; whether it did within ``timeout``."""
+        """Wait until the thread ended.
+
+        :param timeout: Seconds to wait at most (None: as long as it takes).
+        :returns: Whether it ended within ``timeout``.
+        """
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
@@ -92,6 +99,7 @@ class Scheduler:
 
     @property
     def running(self) -> bool:
+        """True while the thread runs and has not been asked to stop."""
         thread = self._thread
         return thread is not None and thread.is_alive() and not self._stop.is_set()
 

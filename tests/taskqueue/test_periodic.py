@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -23,9 +24,11 @@ import pytest
 from poolx import Retry, Task, TaskSpace, get_broker
 from poolx.core import register_backend
 from poolx.exceptions import ExtraNotInstalled
+from poolx.periodic import Schedule
 from poolx.pool.thread import WorkerPool
 from poolx.queue.base import AbstractTaskQueue
 from poolx.queue.registry import registry
+from poolx.task import TaskExpired
 from tests.conftest import wait_until
 
 from .helpers import WAIT
@@ -63,10 +66,11 @@ class Ticks:
         real = broker.invoke
 
         def invoke(task: Any, **kw: Any) -> Any:
-            entry, _, due_ms = task.id.rpartition("@")
-            with self._cond:
-                self.runs.append((entry, int(due_ms) / 1000, time.time(), task.args, task.kw))
-                self._cond.notify_all()
+            entry, at, due_ms = task.id.rpartition("@")
+            if at:  # not the pool's stop sentinels
+                with self._cond:
+                    self.runs.append((entry, int(due_ms) / 1000, time.time(), task.args, task.kw))
+                    self._cond.notify_all()
             return real(task, **kw)
 
         broker.invoke = invoke
@@ -104,10 +108,10 @@ def assert_on_grid(runs: list[Any], period: float) -> None:
     dues = [due for _, due, _, _, _ in runs]
     assert len(set(dues)) == len(dues), f"a tick ran twice: {dues}"
     dues.sort()
-    for before, after in zip(dues, dues[1:]):
+    for before, after in pairwise(dues):
         assert after - before == pytest.approx(period, abs=0.0015), dues
     for _, due, ran, _, _ in runs:
-        assert due - 0.002 <= ran < due + LATE
+        assert due <= ran < due + LATE
 
 
 @pytest.fixture
@@ -239,17 +243,16 @@ def test_runs_ignore_their_results_unless_asked(url, ticks):
     broker = _broker(url, ticks)
     q = broker.queue()
     broker.periodic(q.pt.tick, every=PERIOD, name="kept", ignore_result=False)
+    broker.periodic(q.pt.tick, every=PERIOD, name="timed", result_timeout=60)
     broker.periodic(q.pt.tick, every=PERIOD, name="ignored")
     with scheduling(broker):
-        kept = ticks.wait_for("kept", 1)[0]
-        ignored = ticks.wait_for("ignored", 1)[0]
-        stub = [type("Run", (), {"id": f"{name}@{round(due * 1000)}", "name": "pt.tick"})
-                for name, due in (("kept", kept[1]), ("ignored", ignored[1]))]
-        assert broker.pop_result(stub[0], timeout=WAIT) is None  # stored, and read
-    from poolx.task import TaskExpired
-
+        runs = {name: ticks.wait_for(name, 1)[0] for name in ("kept", "timed", "ignored")}
+        stub = {name: type("Run", (), {"id": f"{name}@{round(run[1] * 1000)}", "name": "pt.tick"})
+                for name, run in runs.items()}
+        for name in ("kept", "timed"):
+            assert broker.pop_result(stub[name], timeout=WAIT) is None  # stored, and read
     with pytest.raises(TaskExpired):
-        broker.pop_result(stub[1], timeout=0)  # never stored
+        broker.pop_result(stub["ignored"], timeout=0)  # never stored
 
 
 @pytest.mark.parametrize(
@@ -302,6 +305,8 @@ def test_cron_entries_run_at_the_expressions_times(url, ticks):
         runs = ticks.wait_for("cron", 2)
     assert_on_grid(runs, 1.0)
     assert all(due == int(due) for _, due, _, _, _ in runs)  # on whole seconds
+    for _, due, ran, _, _ in runs:
+        assert ran >= due  # never before its tick (entry ids carry the due time exactly)
 
 
 def test_stopping_a_pool_wakes_its_idle_scheduler(url):
@@ -312,6 +317,61 @@ def test_stopping_a_pool_wakes_its_idle_scheduler(url):
         start = time.monotonic()
     assert time.monotonic() - start < 1.0  # not the 60 s (memory) or 5 s (redis) wait
     assert not scheduler.running and scheduler.join(0)
+
+
+def test_an_entry_that_cannot_run_is_skipped_and_the_others_go_on(url, ticks, caplog):
+    """Its arguments were signed with another secret: logged once, skipped."""
+    foreign = get_broker(url, secret="another secret")
+    foreign.periodic(foreign.queue().pt.tick, every=PERIOD, name="foreign")
+    broker = ticks.watch(get_broker(url, secret="ours"))
+    broker.expose(space, replace=True)
+    broker.periodic(broker.queue().pt.tick, every=PERIOD, name="ours")
+    with scheduling(broker):
+        ticks.wait_for("ours", 4)
+    assert ticks.of("foreign") == []
+    skipped = [r for r in caplog.records if "'foreign' cannot run" in r.getMessage()]
+    assert len(skipped) == 1
+    # Registered again (with this secret): it runs.
+    broker.periodic(broker.queue().pt.tick, every=PERIOD, name="foreign")
+    with scheduling(broker):
+        ticks.wait_for("foreign", 1)
+
+
+# -- the schedules ------------------------------------------------------------------------
+
+
+def test_every_skips_missed_ticks_and_stays_on_its_grid():
+    schedule = Schedule(every=10)
+    assert schedule.first(100.0) == 110.0
+    assert Schedule(every=0.1).first(100.0004) == 100.101  # a whole ms, never earlier
+    assert Schedule(every=0.1).next_after(100.1, 100.15) == 100.2  # not 100.20000000000002
+    assert schedule.next_after(110.0, 110.0) == 120.0  # on time
+    assert schedule.next_after(110.0, 115.5) == 120.0  # late within the period
+    assert schedule.next_after(110.0, 175.0) == 180.0  # six ticks missed: not replayed
+    assert schedule.next_after(110.0, 180.0) == 190.0  # never a tick at or before now
+    assert Schedule.from_text(schedule.text) == schedule and schedule.text == "every 10"
+    assert Schedule(every=0.25).text == "every 0.25"
+
+
+def test_cron_next_runs_are_croniters_in_utc():
+    croniter = pytest.importorskip("croniter").croniter
+    from datetime import datetime, timezone
+
+    schedule = Schedule(cron="  0 3  * * 1-5 ")  # spaces do not matter
+    assert schedule.text == "cron 0 3 * * 1-5"
+    start = datetime(2026, 12, 3, 18, 7, tzinfo=timezone.utc).timestamp()
+    expected = croniter("0 3 * * 1-5", datetime.fromtimestamp(start, timezone.utc))
+    first = schedule.first(start)
+    assert first == expected.get_next(float)
+    assert datetime.fromtimestamp(first, timezone.utc) == datetime(2026, 12, 4, 3, 0,
+                                                                   tzinfo=timezone.utc)
+    # Claimed late (on Saturday): the next is Monday's, the missed Friday one is not replayed.
+    saturday = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc).timestamp()
+    assert datetime.fromtimestamp(schedule.next_after(first, saturday), timezone.utc) == \
+        datetime(2026, 12, 7, 3, 0, tzinfo=timezone.utc)
+    assert Schedule.from_text(schedule.text) == schedule
+    with pytest.raises(ValueError, match="not a periodic schedule"):
+        Schedule.from_text("sometimes")
 
 
 class _Plain(AbstractTaskQueue):
