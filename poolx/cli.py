@@ -8,8 +8,8 @@ work itself is done by the public API:
   :func:`~poolx.pool.process.start_pools` until SIGTERM/SIGINT (graceful),
   a second signal stops at once.
 * ``poolx status URL`` — what :class:`poolx.status.StatusReader` reads:
-  the pool registry, queue sizes (waiting, scheduled) and the next tasks of
-  each queue.
+  the pool registry, queue sizes (waiting, scheduled), the next tasks and
+  the periodic entries of each queue.
 * ``poolx enqueue URL TASK [ARGS_JSON]`` — a task by its dotted name
   (``--wait``: on a terminal, a spinner on stderr while it waits).
 * ``poolx purge URL`` — ``discard_pending_tasks`` after confirmation.
@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "only for a free worker (default: adapts to each task name's run time, "
                              "none for slow or unknown tasks)")
     worker.add_argument("--name", metavar="NAME", help="pool name shown in logs and `poolx status`")
+    worker.add_argument("--scheduler", action="store_true",
+                        help="also enqueue the ticks of each queue's periodic tasks (any number of "
+                             "workers may: each tick is enqueued once)")
     worker.add_argument("--status-interval", type=_seconds, default=5.0, metavar="S",
                         help="seconds between two status heartbeats for `poolx status` (default 5); "
                              "a pool silent for three intervals disappears from it")
@@ -310,6 +313,13 @@ def _duration(seconds: Any) -> str:
     return f"{seconds // 86400:.0f}d{seconds % 86400 // 3600:02.0f}h"
 
 
+def _utc(timestamp: float) -> str:
+    """An epoch time as ``2026-12-03 18:05:00 UTC``."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _mib(value: Any) -> str:
     return f"{value / 2**20:.1f} MiB" if isinstance(value, (int, float)) else "? MiB"
 
@@ -363,7 +373,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             name = f"{name}-{queue}"
         pools.append(WorkerPool(broker, worker_init, (init, args.log_level), workers=args.workers,
                                 max_worker_tasks=args.max_worker_tasks,
-                                name=name, status_interval=args.status_interval, **options))
+                                name=name, status_interval=args.status_interval,
+                                scheduler=args.scheduler, **options))
     logging.getLogger("poolx.cli").info(
         "poolx worker on %s, queue(s) %s", redact_url(args.url), ", ".join(queues))
     metrics = _serve_metrics(pools, args.metrics_port, args.metrics_bind)
@@ -451,6 +462,11 @@ def _print_status(status: dict[str, Any]) -> None:
             print(f"    {task['id']}  {task['name'] or '?'}  waiting {_duration(task['age'])}")
         if listed and sizes["waiting"] > len(listed):
             print(f"    ... {sizes['waiting'] - len(listed)} more")
+        for entry in sizes.get("periodic") or ():
+            due = entry["due_in"]
+            when = f"in {_duration(due)}" if due >= 0 else f"{_duration(-due)} late"
+            print(f"    periodic {entry['name']}: {entry['task']} {entry['schedule']}, "
+                  f"next run {_utc(entry['next_run'])} ({when})")
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

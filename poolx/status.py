@@ -2,7 +2,7 @@
 
 Owned here: :class:`StatusReader` — reads the pool registry
 (``live_pools``, the records worker pools publish as their heartbeat), queue
-sizes and the next queued tasks of a task queue URL, and returns them as one
+sizes, the next queued tasks and the periodic entries of a task queue URL, and returns them as one
 JSON-ready dict (the schema of ``poolx status --json``) — and
 :class:`StatusUnavailable`, the error when the broker cannot be read.  Two
 users: the ``poolx status`` command (:mod:`poolx.cli`) and the web
@@ -90,6 +90,18 @@ class StatusReader:
             raise StatusUnavailable(
                 f"cannot reach {redact_url(self.url)}: {type(err).__name__}: {err}") from None
 
+    def _optional(self, call: Callable[[], T]) -> T | None:
+        """:meth:`_reach` for an optional backend method: None if the
+        backend does not have it (NotImplementedError)."""
+
+        def attempt() -> T | None:
+            try:
+                return call()
+            except NotImplementedError:
+                return None
+
+        return self._reach(attempt)
+
     def live_pools(self) -> list[dict[str, Any]]:
         """The records of every live worker pool on the URL (whatever queue
         each consumes), as the pools published them; unreadable records are
@@ -107,15 +119,7 @@ class StatusReader:
     def scheduled(self, queue: str) -> int | None:
         """How many tasks of ``queue`` wait for their due time (``delay``,
         ``eta``, a retry's back-off); None if the backend cannot schedule."""
-        broker = self.broker(queue)
-
-        def count() -> Any:
-            try:
-                return broker.taskqueue.scheduled_size()
-            except NotImplementedError:
-                return None
-
-        return self._reach(count)
+        return self._optional(self.broker(queue).taskqueue.scheduled_size)
 
     def queued_tasks(self, queue: str, limit: int, now: float | None = None) -> list[dict[str, Any]] | None:
         """The next ``limit`` tasks waiting in ``queue``, the next one first:
@@ -127,21 +131,31 @@ class StatusReader:
         if limit <= 0:
             return []
         now = time.time() if now is None else now
-        broker = self.broker(queue)
-
-        def listing() -> Any:
-            try:
-                return broker.taskqueue.queued_tasks(limit)
-            except NotImplementedError:
-                return None
-
-        tasks = self._reach(listing)
+        store = self.broker(queue).taskqueue
+        tasks = self._optional(lambda: store.queued_tasks(limit))
         if tasks is None:
             return None
         return [
             {"id": task.task_id, "name": task.name, "enqueued_at": task.enqueued_at,
              "age": None if task.enqueued_at is None else max(0.0, now - task.enqueued_at)}
             for task in tasks
+        ]
+
+    def periodic(self, queue: str, now: float | None = None) -> list[dict[str, Any]] | None:
+        """The periodic entries of ``queue``, the next to run first:
+        ``{"name", "task", "schedule", "next_run", "due_in"}`` each
+        (``next_run`` in seconds since the epoch by the backend's clock,
+        ``due_in`` seconds from ``now``, negative when a tick is late);
+        None if the backend cannot store periodic tasks."""
+        now = time.time() if now is None else now
+        store = self.broker(queue).taskqueue
+        entries = self._optional(lambda: store.periodic_entries()[1])
+        if entries is None:
+            return None
+        return [
+            {"name": entry.name, "task": entry.task, "schedule": entry.schedule,
+             "next_run": entry.next_run, "due_in": entry.next_run - now}
+            for entry in entries
         ]
 
     def read(self, queues: Sequence[str] = (), pools: Sequence[str] = (), tasks: int = 0) -> dict[str, Any]:
@@ -152,8 +166,9 @@ class StatusReader:
         :param pools: Only the pools of these names.
         :param tasks: List the next ``tasks`` tasks of each queue.
         :returns: ``{"url", "time", "pools": [record...], "queues": {name:
-            {"waiting", "scheduled", "in_flight", "tasks"}}}``; pools sorted by host,
-            name and pid.
+            {"waiting", "scheduled", "in_flight", "tasks", "periodic"}}}``;
+            pools sorted by host, name and pid; ``periodic`` as
+            :meth:`periodic` returns it.
         :raises StatusUnavailable: the broker could not be read.
         :raises ValueError: a queue in ``queues`` is not a valid name.
         """
@@ -179,7 +194,8 @@ class StatusReader:
             size = self._reach(lambda broker=broker: len(broker))  # type: ignore[misc]
             in_flight = sum(len(p.get("in_flight") or ()) for p in found if p.get("queue") == name)
             listed[name] = {"waiting": size, "scheduled": self.scheduled(name), "in_flight": in_flight,
-                            "tasks": self.queued_tasks(name, tasks, now)}
+                            "tasks": self.queued_tasks(name, tasks, now),
+                            "periodic": self.periodic(name, now)}
         if not queues:
             self._forget_except(names)
         return {"url": redact_url(self.url), "time": now, "pools": found, "queues": listed}

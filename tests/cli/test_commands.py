@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -161,7 +163,7 @@ def test_status_of_a_backend_that_cannot_list_its_tasks(capsys):
         registry.unregister("unlisted")
     assert code == 0 and out.endswith("  default: 2 waiting, 0 in flight\n")
     assert status["queues"]["default"] == {"waiting": 2, "scheduled": None, "in_flight": 0,
-                                           "tasks": None}
+                                           "tasks": None, "periodic": None}
 
 
 def test_status_shows_scheduled_tasks(capsys, url):
@@ -173,6 +175,31 @@ def test_status_shows_scheduled_tasks(capsys, url):
     assert code == 0 and out.endswith("  other: 1 waiting, 2 scheduled, 0 in flight\n")
     status = json.loads(run(capsys, "status", url, "--queue", "other", "--json")[1])
     assert status["queues"]["other"]["scheduled"] == 2
+
+
+def test_status_lists_periodic_entries_with_their_next_run(capsys, url):
+    broker = get_broker(url, "other")
+    broker.periodic(broker.queue().wt.num, every=90, args=(1,), name="cleanup")
+    broker.periodic(broker.queue().wt.num, cron="0 0 1 1 *", name="yearly")
+    [first, second] = broker.periodic_entries()
+    code, out, _ = run(capsys, "status", url, "--queue", "other")
+    assert code == 0
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(first.next_run))
+    yearly = time.strftime("%Y-01-01 00:00:00 UTC", time.gmtime(second.next_run))
+    lines = out.splitlines()
+    assert lines[-3] == "  other: 0 waiting, 0 in flight"
+    assert re.fullmatch(rf"    periodic cleanup: wt\.num every 90, next run {when} \(in 1m(29|30)s\)",
+                        lines[-2]), lines[-2]
+    assert re.fullmatch(rf"    periodic yearly: wt\.num cron 0 0 1 1 \*, next run {yearly} "
+                        r"\(in [0-9dhms]+\)", lines[-1]), lines[-1]
+    status = json.loads(run(capsys, "status", url, "--queue", "other", "--json")[1])
+    listed = status["queues"]["other"]["periodic"]
+    assert [entry["name"] for entry in listed] == ["cleanup", "yearly"]
+    assert listed[0]["schedule"] == "every 90" and listed[0]["task"] == "wt.num"
+    assert listed[0]["next_run"] == first.next_run and 85 < listed[0]["due_in"] <= 90
+    assert broker.unperiodic("cleanup") and broker.unperiodic("yearly")
+    status = json.loads(run(capsys, "status", url, "--queue", "other", "--json")[1])
+    assert status["queues"]["other"]["periodic"] == []
 
 
 def test_status_json(capsys, url, pool, tmp_path):

@@ -314,7 +314,8 @@ def test_serving_other_machines_without_a_token_is_warned_about(redis_url):
 def test_the_status_reader_reuses_its_brokers(url):
     with StatusReader(url) as reader:
         assert reader.broker("q") is reader.broker("q") and reader.broker("q") is not reader.broker()
-        assert reader.read(tasks=1)["queues"] == {"default": {"waiting": 0, "scheduled": 0, "in_flight": 0, "tasks": []}}
+        assert reader.read(tasks=1)["queues"] == {"default": {"waiting": 0, "scheduled": 0, "in_flight": 0,
+                                                              "tasks": [], "periodic": []}}
     with pytest.raises(ValueError, match="unknown scheme"):
         StatusReader("nope://x")
 
