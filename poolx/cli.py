@@ -8,8 +8,8 @@ work itself is done by the public API:
   :func:`~poolx.pool.process.start_pools` until SIGTERM/SIGINT (graceful),
   a second signal stops at once.
 * ``poolx status URL`` — what :class:`poolx.status.StatusReader` reads:
-  the pool registry, queue sizes (waiting, scheduled) and the next tasks of
-  each queue.
+  the pool registry, queue sizes (waiting, scheduled), the next tasks of
+  each queue and the tasks that failed recently.
 * ``poolx enqueue URL TASK [ARGS_JSON]`` — a task by its dotted name
   (``--wait``: on a terminal, a spinner on stderr while it waits).
 * ``poolx purge URL`` — ``discard_pending_tasks`` after confirmation.
@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--tasks", type=_count, default=10, metavar="N",
                         help="list the next N tasks waiting in each queue: id, name, age "
                              "(default 10; 0 lists none)")
+    status.add_argument("--failed", type=_count, default=10, metavar="N",
+                        help="list the last N tasks that failed in the pools shown: time, name, "
+                             "id, pool, worker, error (default 10; 0 lists none)")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     enqueue = commands.add_parser(
@@ -408,7 +411,7 @@ def _status(reader: StatusReader, args: argparse.Namespace) -> dict[str, Any]:
     from poolx.status import StatusUnavailable
 
     try:
-        return reader.read(args.queue or [], args.pool or [], args.tasks)
+        return reader.read(args.queue or [], args.pool or [], args.tasks, failed=args.failed)
     except StatusUnavailable as err:
         raise _Failure(str(err)) from None
     except ValueError as err:  # a --queue name the backend cannot have
@@ -451,6 +454,19 @@ def _print_status(status: dict[str, Any]) -> None:
             print(f"    {task['id']}  {task['name'] or '?'}  waiting {_duration(task['age'])}")
         if listed and sizes["waiting"] > len(listed):
             print(f"    ... {sizes['waiting'] - len(listed)} more")
+    _print_failed(status.get("failed") or [])
+
+
+def _print_failed(failed: list[dict[str, Any]]) -> None:
+    """The recently failed tasks of ``poolx status`` (newest first)."""
+    if not failed:
+        return
+    print()
+    print("recently failed:")
+    for task in failed:
+        print(f"  {_duration(task['age'])} ago  {task['task']} [{task['queue']}:{task['id']}]  "
+              f"{task['pool']} on {task['host']} (worker {task['worker'] or '-'})")
+        print(f"    {task['error']}")
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

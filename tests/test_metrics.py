@@ -302,6 +302,27 @@ def test_worker_pool_counts_by_task_name(queue_url):
         urllib.request.urlopen(url, timeout=5)
 
 
+def test_worker_pool_times_tasks_that_exceeded_their_soft_limit(queue_url):
+    """A task that did not catch its soft time limit raised in its worker:
+    its run time is in the histogram, as for a poolx.Pool (a hard limit's
+    kill is not)."""
+    pool = WorkerPool(get_broker(queue_url), tasks.init, workers=1, context=CONTEXT, metrics_port=0)
+    pool.start(timeout=0.2, handle_sigterm=False)
+    try:
+        queue = poolx.get_queue(queue_url)
+        soft = poolx.Task(queue.wt.sleep, soft_timeout=0.3)(30)
+        assert soft.wait(30)
+        samples = scrape(pool.metrics_server.url)
+        base = {"queue": pool.broker.name, "task": "wt.sleep"}
+        assert value(samples, "poolx_tasks_failed_total", outcome="timeout", **base) == 1
+        assert value(samples, "poolx_task_duration_seconds_count", **base) == 1
+        assert 0.3 <= value(samples, "poolx_task_duration_seconds_sum", **base) < 10
+        assert value(samples, "poolx_task_duration_seconds_bucket", le="0.25", **base) == 0
+        assert value(samples, "poolx_task_duration_seconds_bucket", le="+Inf", **base) == 1
+    finally:
+        pool.terminate()
+
+
 def test_worker_pool_port_in_use_fails_its_start(queue_url):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
