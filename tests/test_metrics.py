@@ -323,6 +323,31 @@ def test_worker_pool_times_tasks_that_exceeded_their_soft_limit(queue_url):
         pool.terminate()
 
 
+def test_worker_pool_counts_a_task_started_once_its_worker_runs_it(queue_url):
+    """A task sent to a worker that has not started it (the worker is
+    stopped here) is prefetched, not running, and not counted as started: a
+    pool terminated then would leave it counted as started and never ended."""
+    pool = WorkerPool(get_broker(queue_url), tasks.init, workers=1, context=CONTEXT)
+    pool.start(timeout=0.2, handle_sigterm=False)
+    try:
+        [pid] = wait_until(lambda: [w["pid"] for w in pool.stats()["workers"] if w["state"] == "idle"], 30)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            result = poolx.get_queue(queue_url).wt.num("7")
+            stats = wait_until(lambda: (lambda s: s if s["workers"][0]["state"] == "busy" else None)(
+                pool.stats()), 30)  # sent to the worker
+            assert stats["workers"][0]["job"] is None  # not started
+            assert (stats["running"], stats["prefetched"]) == (0, 1)
+            assert "wt.num" not in pool.stats()["tasks"]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert result.wait(30) and result.value == 7
+        counts = pool.stats()["tasks"]["wt.num"]
+        assert (counts["started"], counts["succeeded"]) == (1, 1)
+    finally:
+        pool.terminate()
+
+
 def test_worker_pool_port_in_use_fails_its_start(queue_url):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

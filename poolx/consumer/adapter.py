@@ -667,8 +667,15 @@ class BrokerConsumer:
 
     def _running(self, stats: dict[str, Any]) -> tuple[list[InFlight], dict[int, InFlight]]:
         """The tasks in flight (oldest first) and, by worker pid, the one each
-        busy worker of the pool's ``stats`` runs; those are counted as started
-        in the task tally (once)."""
+        worker of the pool's ``stats`` runs; those are counted as started in
+        the task tally (once).
+
+        A worker runs the tasks sent to it in order, so the one it runs is
+        the oldest task in flight that was sent to it — if it runs one at
+        all: ``stats`` says so (a worker's ``job``, read from the slot the
+        worker sets when it starts a job, as the pool's own tally does), not
+        just that tasks were sent to it (``busy``).  A task sent and not
+        started yet is not running (nor counted as started)."""
         with self._lock:
             in_flight = sorted(self._in_flight.values(), key=lambda entry: entry.key)
         by_pid: dict[int, InFlight] = {}
@@ -679,7 +686,7 @@ class BrokerConsumer:
         running: dict[int, InFlight] = {}
         for worker in stats.get("workers", []):
             held = by_pid.get(worker["pid"])
-            if held is not None and worker["state"] == "busy":
+            if held is not None and worker["state"] == "busy" and worker.get("job") is not None:
                 running[worker["pid"]] = held
         with self._lock:
             for entry in running.values():
