@@ -85,27 +85,37 @@ def published(url: str) -> list[dict]:
 
 
 def test_a_worker_pool_lists_its_final_failures(url, start_pool, tmp_path):
-    """A task that raised, a task nobody knows and a soft time limit are
-    listed with their error text (and the worker that ran them); a success
-    and a failure its Retry policy retries are not; StatusReader shows them
-    newest first and takes them out of the pool's record."""
+    """A task that raised, a task nobody knows, soft and hard time limits
+    and the last of a Retry policy's attempts are listed with their error
+    text (and the worker that ran them); a success and an attempt its Retry
+    policy runs again are not; StatusReader shows them newest first and
+    takes them out of the pool's record."""
     pool = start_pool(get_broker(url), tasks.init, name="p", workers=1, status_interval=0.05)
     queue = get_queue(url)
-    results = [queue.wt.fail("boom"), queue.wt.num(1), queue.nosuch(),
-               Task(queue.wt.fail_times, retry=Retry(max=2, delay=0))(str(tmp_path), 1),
-               Task(queue.wt.sleep, soft_timeout=0.2)(30)]
-    for result in results:
-        assert result.wait(WAIT)
+    (tmp_path / "once").mkdir()
+    (tmp_path / "always").mkdir()
+    retried = Task(queue.wt.fail_times, retry=Retry(max=2, delay=0))
+    submits = [lambda: queue.wt.fail("boom"), lambda: queue.wt.num(1), lambda: queue.nosuch(),
+               lambda: retried(str(tmp_path / "once"), 1), lambda: retried(str(tmp_path / "always"), 9),
+               lambda: Task(queue.wt.sleep, soft_timeout=0.2)(30),
+               lambda: Task(queue.wt.sleep, timeout=0.2)(30)]
+    results = []
+    for submit in submits:  # one after the other: their order is known
+        results.append(submit())
+        assert results[-1].wait(WAIT)
     assert results[3].value == 2  # it failed once, then succeeded: never listed
-    ids = [results[i].id for i in (4, 2, 0)]
-    record = wait_until(lambda: next((p for p in published(url) if len(p["failed"]) == 3), None), WAIT)
+    ids = [results[i].id for i in (6, 5, 4, 2, 0)]
+    record = wait_until(lambda: next((p for p in published(url) if len(p["failed"]) == 5), None), WAIT)
     assert [f["id"] for f in record["failed"]] == ids
-    soft, unknown, boom = record["failed"]
+    hard, soft, exhausted, unknown, boom = record["failed"]
     assert boom["task"] == "wt.fail" and boom["error"] == "ValueError: boom" and boom["queue"] == "default"
     assert unknown["task"] == "nosuch" and unknown["error"] == "no such task"
+    assert exhausted["error"] == "ConnectionError: attempt 3 fails"  # the last attempt, once
     assert soft["error"].startswith("SoftTimeLimitExceeded")
-    pids = {w["pid"] for w in record["workers"]}
-    assert boom["worker"] in pids and soft["worker"] in pids
+    assert hard["error"].startswith("TimeLimitExceeded")
+    # One worker ran them all; the hard limit killed it (it was replaced).
+    assert isinstance(boom["worker"], int) and boom["worker"] == soft["worker"] == hard["worker"]
+    assert hard["worker"] not in {w["pid"] for w in record["workers"]}
     with StatusReader(url) as reader:
         status = reader.read(failed=2)
     assert [f["id"] for f in status["failed"]] == ids[:2]
