@@ -458,15 +458,25 @@ def _print_status(status: dict[str, Any]) -> None:
 
 
 def _print_failed(failed: list[dict[str, Any]]) -> None:
-    """The recently failed tasks of ``poolx status`` (newest first)."""
+    """The recently failed tasks of ``poolx status`` (newest first), two
+    lines each: control characters in their texts (a newline, a terminal
+    escape in an error message) are shown escaped, as ``\\n``."""
     if not failed:
         return
     print()
     print("recently failed:")
     for task in failed:
-        print(f"  {_duration(task['age'])} ago  {task['task']} [{task['queue']}:{task['id']}]  "
+        name, queue, task_id, error = (_escaped(task[key]) for key in ("task", "queue", "id", "error"))
+        print(f"  {_duration(task['age'])} ago  {name} [{queue}:{task_id}]  "
               f"{task['pool']} on {task['host']} (worker {task['worker'] or '-'})")
-        print(f"    {task['error']}")
+        print(f"    {error}")
+
+
+def _escaped(text: str) -> str:
+    """``text`` with its control characters written as Python escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
