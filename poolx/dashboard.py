@@ -349,6 +349,7 @@ th { background: #f3f3f3; } td.n { text-align: right; font-variant-numeric: tabu
 #error.shown { display: block; }
 code { font-size: 12px; } svg { background: #fafafa; border: 1px solid #ddd; }
 rect.done { fill: #4c8bf5; } rect.failed { fill: #e0475b; }
+#failed td:not(:last-child) { white-space: nowrap; }
 """
 
 _SCRIPT = """
