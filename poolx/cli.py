@@ -9,7 +9,7 @@ work itself is done by the public API:
   a second signal stops at once.
 * ``poolx status URL`` — what :class:`poolx.status.StatusReader` reads:
   the pool registry, queue sizes (waiting, scheduled), the next tasks and
-  the periodic entries of each queue.
+  the periodic entries of each queue, and the tasks that failed recently.
 * ``poolx enqueue URL TASK [ARGS_JSON]`` — a task by its dotted name
   (``--wait``: on a terminal, a spinner on stderr while it waits).
 * ``poolx purge URL`` — ``discard_pending_tasks`` after confirmation.
@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--tasks", type=_count, default=10, metavar="N",
                         help="list the next N tasks waiting in each queue: id, name, age "
                              "(default 10; 0 lists none)")
+    status.add_argument("--failed", type=_count, default=10, metavar="N",
+                        help="list the last N tasks that failed in the pools shown: time, name, "
+                             "id, pool, worker, error (default 10; 0 lists none)")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     enqueue = commands.add_parser(
@@ -419,7 +422,7 @@ def _status(reader: StatusReader, args: argparse.Namespace) -> dict[str, Any]:
     from poolx.status import StatusUnavailable
 
     try:
-        return reader.read(args.queue or [], args.pool or [], args.tasks)
+        return reader.read(args.queue or [], args.pool or [], args.tasks, failed=args.failed)
     except StatusUnavailable as err:
         raise _Failure(str(err)) from None
     except ValueError as err:  # a --queue name the backend cannot have
@@ -467,6 +470,29 @@ def _print_status(status: dict[str, Any]) -> None:
             when = f"in {_duration(due)}" if due >= 0 else f"{_duration(-due)} late"
             print(f"    periodic {entry['name']}: {entry['task']} {entry['schedule']}, "
                   f"next run {_utc(entry['next_run'])} ({when})")
+    _print_failed(status.get("failed") or [])
+
+
+def _print_failed(failed: list[dict[str, Any]]) -> None:
+    """The recently failed tasks of ``poolx status`` (newest first), two
+    lines each: control characters in their texts (a newline, a terminal
+    escape in an error message) are shown escaped, as ``\\n``."""
+    if not failed:
+        return
+    print()
+    print("recently failed:")
+    for task in failed:
+        name, queue, task_id, error = (_escaped(task[key]) for key in ("task", "queue", "id", "error"))
+        print(f"  {_duration(task['age'])} ago  {name} [{queue}:{task_id}]  "
+              f"{task['pool']} on {task['host']} (worker {task['worker'] or '-'})")
+        print(f"    {error}")
+
+
+def _escaped(text: str) -> str:
+    """``text`` with its control characters written as Python escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 Owned here: :class:`StatusReader` — reads the pool registry
 (``live_pools``, the records worker pools publish as their heartbeat), queue
 sizes, the next queued tasks and the periodic entries of a task queue URL, and returns them as one
-JSON-ready dict (the schema of ``poolx status --json``) — and
+JSON-ready dict (the schema of ``poolx status --json``) — with the recent
+failures of every pool merged into one list (:func:`merge_failures`) — and
 :class:`StatusUnavailable`, the error when the broker cannot be read.  Two
 users: the ``poolx status`` command (:mod:`poolx.cli`) and the web
 dashboard (:mod:`poolx.dashboard`), which polls it.
@@ -30,7 +31,7 @@ from poolx.const import DEFAULT
 from poolx.core import Broker, get_broker
 from poolx.queue.urls import redact_url
 
-__all__ = ["StatusReader", "StatusUnavailable"]
+__all__ = ["StatusReader", "StatusUnavailable", "merge_failures"]
 
 T = TypeVar("T")
 
@@ -158,17 +159,21 @@ class StatusReader:
             for entry in entries
         ]
 
-    def read(self, queues: Sequence[str] = (), pools: Sequence[str] = (), tasks: int = 0) -> dict[str, Any]:
+    def read(self, queues: Sequence[str] = (), pools: Sequence[str] = (), tasks: int = 0,
+             failed: int = 0) -> dict[str, Any]:
         """The status, as ``poolx status --json`` prints it.
 
         :param queues: Only these queues and the pools consuming them
             (default: ``default`` and every queue a live pool consumes).
         :param pools: Only the pools of these names.
         :param tasks: List the next ``tasks`` tasks of each queue.
+        :param failed: List the last ``failed`` tasks that failed in the
+            pools shown (see :func:`merge_failures`).
         :returns: ``{"url", "time", "pools": [record...], "queues": {name:
-            {"waiting", "scheduled", "in_flight", "tasks", "periodic"}}}``;
-            pools sorted by host, name and pid; ``periodic`` as
-            :meth:`periodic` returns it.
+            {"waiting", "scheduled", "in_flight", "tasks", "periodic"}},
+            "failed": [failure...]}``; pools sorted by host, name and pid,
+            without the ``"failed"`` list each publishes (merged into
+            ``"failed"``); ``periodic`` as :meth:`periodic` returns it.
         :raises StatusUnavailable: the broker could not be read.
         :raises ValueError: a queue in ``queues`` is not a valid name.
         """
@@ -198,7 +203,11 @@ class StatusReader:
                             "periodic": self.periodic(name, now)}
         if not queues:
             self._forget_except(names)
-        return {"url": redact_url(self.url), "time": now, "pools": found, "queues": listed}
+        recent = merge_failures(found, failed, now)
+        for info in found:
+            info.pop("failed", None)
+        return {"url": redact_url(self.url), "time": now, "pools": found, "queues": listed,
+                "failed": recent}
 
     def _forget_except(self, names: Sequence[str]) -> None:
         """Close the brokers of queues no live pool consumes any more: a
@@ -222,6 +231,34 @@ class StatusReader:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def merge_failures(pools: Sequence[dict[str, Any]], limit: int, now: float) -> list[dict[str, Any]]:
+    """The last ``limit`` failures of all ``pools`` (their status records),
+    newest first: each ``{"task", "id", "queue", "error", "worker", "time",
+    "age", "pool", "host"}`` — a record as the pool published it
+    (:class:`poolx.consumer.failures.RecentFailures`), its age at ``now``, and
+    the name and host of its pool.  Malformed records are skipped."""
+    if limit <= 0:
+        return []
+    merged = []
+    for info in pools:
+        records = info.get("failed")
+        if not isinstance(records, list):
+            continue
+        for record in records:
+            if not isinstance(record, dict) or not isinstance(record.get("time"), (int, float)):
+                continue
+            worker = record.get("worker")
+            merged.append({
+                "task": str(record.get("task")), "id": str(record.get("id")),
+                "queue": str(record.get("queue")), "error": str(record.get("error")),
+                "worker": worker if isinstance(worker, int) and not isinstance(worker, bool) else None,
+                "time": record["time"], "age": max(0.0, now - record["time"]),
+                "pool": str(info.get("name")), "host": str(info.get("host")),
+            })
+    merged.sort(key=lambda record: -record["time"])
+    return merged[:limit]
 
 
 def _close_all(brokers: list[Broker]) -> None:

@@ -43,7 +43,8 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
         (["worker"], ["--init", "--queue", "--workers", "--max-worker-tasks", "--timeout",
                       "--soft-timeout", "--memory-limit", "--name", "--log-level", "--prefetch",
                       "SIGTERM"]),
-        (["status"], ["--json", "URL", "--queue", "--pool", "--watch", "--interval", "--tasks"]),
+        (["status"], ["--json", "URL", "--queue", "--pool", "--watch", "--interval", "--tasks",
+                      "--failed"]),
         (["enqueue"], ["TASK", "ARGS_JSON", "--queue", "--wait"]),
         (["purge"], ["--queue", "--yes"]),
     ],
@@ -139,9 +140,38 @@ def test_status_lists_the_next_queued_tasks(capsys, url):
 
 
 @pytest.mark.parametrize("value", ["-1", "x"])
-def test_status_tasks_must_be_a_count(capsys, url, value):
-    code, _, err = run(capsys, "status", url, "--tasks", value)
-    assert code == 2 and "argument --tasks: " in err
+@pytest.mark.parametrize("option", ["--tasks", "--failed"])
+def test_status_tasks_must_be_a_count(capsys, url, option, value):
+    code, _, err = run(capsys, "status", url, option, value)
+    assert code == 2 and f"argument {option}: " in err
+
+
+def test_status_lists_the_tasks_that_failed_recently(capsys, url, start_pool):
+    """Newest first, two lines each; a newline or a terminal escape in an
+    error text is printed escaped (JSON keeps the text as it is)."""
+    start_pool(get_broker(url), tasks.init, name="failing-pool", workers=1, status_interval=0.05)
+    failing = []
+    for message in ("first", "second", "third\n\x1b[31mred"):
+        failing.append(get_queue(url).wt.fail(message))
+        assert failing[-1].wait(float(WAIT))
+    wait_until(lambda: len(json.loads(run(capsys, "status", url, "--json")[1])["failed"]) == 3, float(WAIT))
+    code, out, _ = run(capsys, "status", url, "--failed", "2")
+    assert code == 0
+    lines = out.splitlines()
+    at = lines.index("recently failed:")
+    assert len(lines) == at + 5  # the last section: two failures, two lines each
+    for failure, message, (head, error) in zip(failing[2:0:-1], ("third\\n\\x1b[31mred", "second"),
+                                               (lines[at + 1:at + 3], lines[at + 3:at + 5]), strict=True):
+        assert re.fullmatch(rf"  \d+s ago  wt\.fail \[default:{failure.id}\]  failing-pool on \S+ "
+                            rf"\(worker \d+\)", head), head
+        assert error == f"    ValueError: {message}"
+    _, out, _ = run(capsys, "status", url, "--failed", "0")
+    assert "recently failed" not in out and "ValueError" not in out
+    status = json.loads(run(capsys, "status", url, "--json", "--failed", "1")[1])
+    [last] = status["failed"]
+    assert (last["id"], last["task"], last["queue"], last["pool"], last["error"]) == (
+        failing[2].id, "wt.fail", "default", "failing-pool", "ValueError: third\n\x1b[31mred")
+    assert isinstance(last["worker"], int) and 0 <= last["age"] < 60
 
 
 class _Unlisted(AbstractTaskQueue):
