@@ -82,10 +82,13 @@ class Throughput:
 
     Derived from the cumulative counters every pool publishes in its status
     record (``tasks_done``, ``tasks_failed``, per pool ``id``): each
-    :meth:`add` counts what grew since the previous one.  A pool seen for
-    the first time counts from then on; a pool that disappeared takes its
-    last increase with it.  So the figures cover the time since the
-    dashboard started, at the resolution of its polls.
+    :meth:`add` counts what grew since the pool was last seen.  A pool seen
+    for the first time counts from then on; a pool missing from a read (its
+    record expired for a moment, or it stopped) is remembered for the
+    window, so what it did meanwhile is counted when it shows again; a pool
+    that is gone for good takes its last increase with it.  So the figures
+    cover the time since the dashboard started, at the resolution of its
+    polls.
 
     :param window: Seconds of history kept.
     :param bucket: Seconds per bucket.
@@ -95,7 +98,7 @@ class Throughput:
         self.window = window
         self.bucket = bucket
         self._lock = threading.Lock()
-        self._counters: dict[str, tuple[int, int]] = {}
+        self._counters: dict[str, tuple[int, int, float]] = {}  # id -> done, failed, last seen
         self._since: float | None = None
         self._buckets: dict[int, list[int]] = {}
 
@@ -115,7 +118,9 @@ class Throughput:
                 if before is not None:
                     gained_done += max(0, done - before[0])
                     gained_failed += max(0, failed - before[1])
-            self._counters = counters
+                self._counters[pool_id] = (done, failed, now)
+            for pool_id in [key for key, seen in self._counters.items() if seen[2] < now - self.window]:
+                del self._counters[pool_id]
             if gained_done or gained_failed:
                 counts = self._buckets.setdefault(int(now // self.bucket), [0, 0])
                 counts[0] += gained_done

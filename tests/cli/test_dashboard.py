@@ -145,6 +145,18 @@ def test_throughput_counts_what_the_counters_gained():
     assert later["last_minute"]["done"] == 0 and later["last_5_minutes"]["done"] == 7
 
 
+def test_throughput_counts_what_a_pool_did_while_missing_from_a_read():
+    meter = Throughput(window=600, bucket=10)
+    meter.add(1000.0, [{"id": "a", "tasks_done": 5, "tasks_failed": 0}])
+    meter.add(1001.0, [])  # a's record expired for a moment
+    meter.add(1002.0, [{"id": "a", "tasks_done": 9, "tasks_failed": 1}])
+    assert meter.summary(1002.0)["last_minute"]["done"] == 4
+    assert meter.summary(1002.0)["last_minute"]["failed"] == 1
+    meter.add(1700.0, [])  # gone longer than the window: forgotten
+    meter.add(1701.0, [{"id": "a", "tasks_done": 20, "tasks_failed": 1}])
+    assert meter.summary(1701.0)["last_minute"]["done"] == 0  # counted from then on
+
+
 def test_the_token_is_required_on_every_request(dashboard, url):
     server = dashboard(url, token="s3cret")
     for path in ("/", "/api/status", "/nowhere"):
