@@ -280,7 +280,8 @@ class Supervisor:
         (``DONE``) or the exception its caller gets; ``seconds`` its run
         time when its worker returned it (a result or an exception)."""
         handle = job.worker
-        self.segments.release(job.payload)
+        if self.segments.release(job.payload):  # kept for the next big argument a while
+            self.timers.schedule(time.monotonic() + payload.FREE_SECONDS, self.segments.trim)
         job.move(state)
         counters = self._counters
         tally = self.tally
