@@ -554,12 +554,12 @@ class Segments:
                 while free and (len(free) >= FREE_SEGMENTS
                                 or sum(entry[1] for entry in free) + reusable[1] > FREE_BYTES):
                     _unlink(free.pop(0)[0])  # the oldest goes
-                name = f"{spec.prefix}f{next(self._names)}"
+                kept = f"{spec.prefix}f{next(self._names)}"
                 try:
-                    os.rename(os.path.join(SHM_DIR, reusable[0]), os.path.join(SHM_DIR, name))
+                    os.rename(os.path.join(SHM_DIR, reusable[0]), os.path.join(SHM_DIR, kept))
                 except OSError:
                     return False
-                free.append((name, reusable[1], time.monotonic()))
+                free.append((kept, reusable[1], time.monotonic()))
                 return True
         name = segment_name(payload)
         if name is not None:
