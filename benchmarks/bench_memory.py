@@ -13,6 +13,12 @@ and the poolx/stdlib ratio.
 * ``imap slow consumer``: ``imap`` over a lazy 10M-item input, the caller
   taking ~5,000 results/s for ``--seconds`` s; the parent's RSS growth from
   the first result to the end.  Target: flat (poolx < 15 MB in 10 s).
+* ``apply_async burst``: 100k ``apply_async`` calls passing one shared
+  10 KB ``bytes``, submitted while both workers are busy, then every result
+  read; the parent's
+  peak RSS growth.  The standard library pickles as its pipe drains (the
+  queue holds references); poolx pickles in the caller's thread until 32 MiB
+  of pickles wait to be sent, then at dispatch.  Target: poolx <= 1.1x.
 * ``retained after 100k apply_async``: the RSS kept once every result has
   been read and collected, without and with ``timeout=3600`` (a timer per
   job).  Target: the same with and without a limit.
@@ -112,7 +118,37 @@ def scenario_retained(impl: str, n: int, seconds: float, timeout: bool) -> float
     return grown
 
 
+def length(x: Any) -> int:
+    return len(x)
+
+
+def wait_for(path: str) -> None:
+    while not os.path.exists(path):
+        time.sleep(0.01)
+
+
+def scenario_burst(impl: str, n: int, seconds: float) -> float:
+    import tempfile
+
+    pool = make_pool(impl)
+    pool.map(noop, range(1000))
+    arg = b"x" * 10_000  # one argument, shared by every call
+    gate = os.path.join(tempfile.mkdtemp(), "gate")
+    gc.collect()
+    before = rss()
+    busy = [pool.apply_async(wait_for, (gate,)) for _ in range(2)]  # the workers are busy meanwhile
+    results = [pool.apply_async(length, (arg,)) for _ in range(n)]
+    open(gate, "w").close()
+    for r in busy + results:
+        r.get()
+    grown = peak() - before
+    pool.terminate()
+    os.unlink(gate)
+    return grown
+
+
 SCENARIOS = {
+    "burst": scenario_burst,
     "map": scenario_map,
     "imap": scenario_imap,
     "retained": lambda impl, n, seconds: scenario_retained(impl, n, seconds, False),
@@ -200,6 +236,7 @@ def main() -> None:
         rows += [("map peak, 5M items", "map", 5_000_000), ("map peak, 10M items", "map", 10_000_000)]
     rows += [
         (f"imap slow consumer, growth over {seconds:g} s", "imap", 0),
+        ("apply_async burst, 100k x one 10 KB arg, peak", "burst", 20_000 if args.quick else 100_000),
         ("retained after 100k apply_async", "retained", 20_000 if args.quick else 100_000),
         ("... with timeout=3600 (poolx only)", "retained_timeout", 20_000 if args.quick else 100_000),
     ]

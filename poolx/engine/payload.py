@@ -67,13 +67,14 @@ import time
 from typing import Any
 
 from poolx.engine.pickling import PROTOCOL, unpickle
-from poolx.engine.wire import APPLY, STARMAP
+from poolx.engine.wire import APPLY, FLAG_ACK, STARMAP
 
 __all__ = ["DEFAULT_THRESHOLD", "FREE_BYTES", "FREE_SECONDS", "FREE_SEGMENTS", "MAGIC", "Segments", "Spec", "dumps", "loads", "split", "write_segment"]
 
 SHM_DIR = "/dev/shm"
 DEFAULT_THRESHOLD = 1 << 20  # bytes; see benchmarks/bench_payload.py
 DEFAULT_MAX_SEGMENTS = 64
+RELEASE_ON_START = 64 * 1024  # pickled arguments this big are dropped as soon as the job starts
 FREE_SEGMENTS = 2
 """Released argument segments a pool keeps for reuse, at most."""
 FREE_BYTES = 1 << 30
@@ -527,6 +528,16 @@ class Segments:
             if isinstance(exc, OSError):  # /dev/shm full: the pipe still works
                 return pickle.dumps(call, PROTOCOL)
             raise
+
+    def job_payload(self, func: Any, args: Any, kwds: Any, mode: int) -> tuple[bytes, int]:
+        """:meth:`dumps_job`, and the flags the job's payload needs:
+        ``FLAG_ACK`` for a big pipe payload, which the supervisor drops once
+        the job started.  (One that names a segment is small, and the
+        segment must live until the job ends: the worker reads it.)"""
+        data = self.dumps_job(func, args, kwds, mode)
+        if len(data) >= RELEASE_ON_START and segment_name(data) is None:
+            return data, FLAG_ACK
+        return data, 0
 
     def _take_free(self, size: int) -> str | None:
         """(With the lock.)  The free segment to write ``size`` bytes into:
