@@ -76,7 +76,7 @@ from poolx.tally import TaskTally, failure_outcome, raised_outcome
 __all__ = ["Supervisor"]
 
 TERMINATE_GRACE = 0.5  # seconds between SIGTERM and SIGKILL in terminate()
-EAGER_BYTES = 32 << 20
+EAGER_BYTES = 8 << 20
 """Pickled arguments waiting to be sent (bytes) beyond which ``apply_async``
 keeps a job's call unpickled until its dispatch (see
 :attr:`Supervisor.waiting_bytes`)."""
