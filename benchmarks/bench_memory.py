@@ -13,9 +13,21 @@ and the poolx/stdlib ratio.
 * ``imap slow consumer``: ``imap`` over a lazy 10M-item input, the caller
   taking ~5,000 results/s for ``--seconds`` s; the parent's RSS growth from
   the first result to the end.  Target: flat (poolx < 15 MB in 10 s).
+* ``apply_async burst``: 100k ``apply_async`` calls passing one shared
+  10 KB ``bytes``, submitted while both workers are busy, then every result
+  read; the parent's
+  peak RSS growth.  The standard library pickles as its pipe drains (the
+  queue holds references); poolx pickles in the caller's thread until 8 MiB
+  of pickles wait to be sent, then at dispatch.  Target: poolx <= 1.1x.
 * ``retained after 100k apply_async``: the RSS kept once every result has
   been read and collected, without and with ``timeout=3600`` (a timer per
   job).  Target: the same with and without a limit.
+* ``processes of 2 workers``: ``poolx worker memory:// --workers 2`` beside
+  a standard-library ``Pool(2)`` with the ``forkserver`` start method (each
+  in its own interpreter, once its workers run): how many processes, and
+  their unique memory (USS) summed (no ratio: the command's process also
+  runs a consumer and a broker).  Target: poolx runs N + 2 processes (the
+  stdlib N + 3: its forkserver starts a resource tracker too).
 """
 
 from __future__ import annotations
@@ -106,12 +118,92 @@ def scenario_retained(impl: str, n: int, seconds: float, timeout: bool) -> float
     return grown
 
 
+def length(x: Any) -> int:
+    return len(x)
+
+
+def wait_for(path: str) -> None:
+    while not os.path.exists(path):
+        time.sleep(0.01)
+
+
+def scenario_burst(impl: str, n: int, seconds: float) -> float:
+    import tempfile
+
+    pool = make_pool(impl)
+    pool.map(noop, range(1000))
+    arg = b"x" * 10_000  # one argument, shared by every call
+    gate = os.path.join(tempfile.mkdtemp(), "gate")
+    gc.collect()
+    before = rss()
+    busy = [pool.apply_async(wait_for, (gate,)) for _ in range(2)]  # the workers are busy meanwhile
+    results = [pool.apply_async(length, (arg,)) for _ in range(n)]
+    open(gate, "w").close()
+    for r in busy + results:
+        r.get()
+    grown = peak() - before
+    pool.terminate()
+    os.unlink(gate)
+    return grown
+
+
 SCENARIOS = {
+    "burst": scenario_burst,
     "map": scenario_map,
     "imap": scenario_imap,
     "retained": lambda impl, n, seconds: scenario_retained(impl, n, seconds, False),
     "retained_timeout": lambda impl, n, seconds: scenario_retained(impl, n, seconds, True),
 }
+
+
+def _tree(root: Any) -> tuple[int, float]:
+    """Processes in ``root``'s tree and their summed USS."""
+    procs = [root, *root.children(recursive=True)]
+    return len(procs), float(sum(proc.memory_full_info().uss for proc in procs))
+
+
+def stdlib_forkserver_pool() -> None:
+    """A stdlib Pool(2) under forkserver, its workers running; waits on stdin."""
+    import multiprocessing
+
+    pool = multiprocessing.get_context("forkserver").Pool(2)
+    pool.map(noop, range(10))
+    print("ready", flush=True)
+    sys.stdin.read()
+    pool.terminate()
+
+
+def measure_processes(impl: str) -> tuple[int, float]:
+    """Processes and total USS of 2 workers (see the module docstring)."""
+    import psutil
+
+    root_dir = os.path.dirname(HERE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root_dir, os.environ.get("PYTHONPATH")]))}
+    if impl == "poolx":
+        cmd = [sys.executable, "-m", "poolx", "worker", "memory://", "--init", "benchmarks.bench_idle:init",
+               "--workers", "2", "--name", "bench"]
+        proc = subprocess.Popen(cmd, cwd=root_dir, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        started = 0
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the command logs each worker's start
+            started += "bench: worker" in line and "started" in line
+            if started == 2:
+                break
+    else:
+        proc = subprocess.Popen([sys.executable, __file__, "--stdlib-pool"], cwd=root_dir, env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        proc.stdout.readline()
+    try:
+        time.sleep(1.0)  # let the workers finish importing
+        return _tree(psutil.Process(proc.pid))
+    finally:
+        if impl == "poolx":
+            proc.terminate()
+        else:
+            proc.communicate("")
+        proc.wait(60)
 
 
 def run_child(scenario: str, impl: str, n: int, seconds: float) -> float:
@@ -128,7 +220,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0, help="imap slow-consumer duration")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--stdlib-pool", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.stdlib_pool:
+        stdlib_forkserver_pool()
+        return
     if args.child:
         scenario, impl, n, seconds = args.child
         print(json.dumps(SCENARIOS[scenario](impl, int(n), float(seconds))))
@@ -140,6 +236,7 @@ def main() -> None:
         rows += [("map peak, 5M items", "map", 5_000_000), ("map peak, 10M items", "map", 10_000_000)]
     rows += [
         (f"imap slow consumer, growth over {seconds:g} s", "imap", 0),
+        ("apply_async burst, 100k x one 10 KB arg, peak", "burst", 20_000 if args.quick else 100_000),
         ("retained after 100k apply_async", "retained", 20_000 if args.quick else 100_000),
         ("... with timeout=3600 (poolx only)", "retained_timeout", 20_000 if args.quick else 100_000),
     ]
@@ -157,6 +254,18 @@ def main() -> None:
         else:
             ratio = figures["poolx"] / std if std > 0 else float("nan")
             print(f"{label:44} {px:9.1f} {std / 2**20:10.1f} {ratio:6.2f}")
+    counts: dict[str, list[int]] = {"poolx": [], "stdlib": []}
+    uss: dict[str, list[float]] = {"poolx": [], "stdlib": []}
+    for _ in range(repeat):  # interleaved rounds
+        for impl in counts:
+            count, total = measure_processes(impl)
+            counts[impl].append(count)
+            uss[impl].append(total)
+    px_uss, std_uss = (statistics.median(uss[impl]) for impl in ("poolx", "stdlib"))
+    print(f"{'processes of 2 workers (poolx worker / Pool)':44} {max(counts['poolx']):9d} "
+          f"{max(counts['stdlib']):10d} {'-':>6}")
+    # No ratio: the command's process also runs a consumer and a broker.
+    print(f"{'... their unique memory (USS) summed':44} {px_uss / 2**20:9.1f} {std_uss / 2**20:10.1f} {'-':>6}")
 
 
 if __name__ == "__main__":

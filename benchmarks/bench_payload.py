@@ -7,7 +7,7 @@ payload kind (``bytes``, and numpy arrays when numpy is installed) and size
 (*send*: the worker returns its length) and one receives it (*recv*: the
 worker returns a payload it built before the timing).  2 workers; every
 library runs in the same process, interleaved round by round; the table shows
-the best rate of the rounds in GB/s, its ratio to the standard library, and
+the best rate of the rounds (``--median``: their median) in GB/s, its ratio to the standard library, and
 its share of the single-copy rate of this machine (``bytearray(payload)``),
 the limit of any transport that copies once.  Peers that are not installed
 are skipped (``pip install loky mpire numpy``: the ``bench`` extra).
@@ -22,6 +22,7 @@ import argparse
 import multiprocessing
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -200,6 +201,8 @@ def main() -> None:
     parser.add_argument("--libs", default="stdlib,poolx,poolx-pipe,loky,mpire")
     parser.add_argument("--rss-child", nargs=3, metavar=("LIB", "BYTES", "KIND"))
     parser.add_argument("--no-rss", action="store_true")
+    parser.add_argument("--median", action="store_true",
+                        help="the median of the rounds instead of the best (a loaded machine)")
     args = parser.parse_args()
     if args.rss_child:
         lib, n, kind = args.rss_child
@@ -219,7 +222,8 @@ def main() -> None:
     libs = _available(args.libs.split(","))
     copy = memcpy_rate()
     print(f"single-copy rate of this machine (bytearray of 50 MB): {copy:.2f} GB/s")
-    print(f"{WORKERS} workers, fork, best of {args.rounds} rounds; libraries: {', '.join(libs)}\n")
+    stat = "median" if args.median else "best"
+    print(f"{WORKERS} workers, fork, {stat} of {args.rounds} rounds; libraries: {', '.join(libs)}\n")
     runners = {lib: Runner(lib) for lib in libs}
     try:
         print(f"{'payload':<16}{'dir':<6}" + "".join(f"{lib:>22}" for lib in libs))
@@ -228,7 +232,7 @@ def main() -> None:
                 payload = me.build(n, kind)
                 for lib in libs:
                     runners[lib].warm(n, kind)
-                best: dict[tuple[str, str], float] = {}
+                rates: dict[tuple[str, str], list[float]] = {}
                 rounds = args.rounds if n < 256 * UNITS["MB"] else max(1, args.rounds - 1)
                 for _ in range(rounds):
                     for lib in libs:
@@ -242,8 +246,9 @@ def main() -> None:
                         assert len(back) == len(payload)
                         del back
                         for direction, seconds in (("send", send), ("recv", recv)):
-                            key = (lib, direction)
-                            best[key] = max(best.get(key, 0.0), n / seconds / 1e9)
+                            rates.setdefault((lib, direction), []).append(n / seconds / 1e9)
+                best = {key: statistics.median(values) if args.median else max(values)
+                        for key, values in rates.items()}
                 del payload
                 for direction in ("send", "recv"):
                     base = best[("stdlib", direction)] if "stdlib" in libs else None

@@ -36,7 +36,7 @@ from poolx.engine.results import (
     JobSink,
     MapResult,
 )
-from poolx.engine.supervisor import Supervisor
+from poolx.engine.supervisor import EAGER_BYTES, Supervisor
 from poolx.exceptions import PoolNotRunning, PoolTerminated
 from poolx.progress import ProgressOption
 from poolx.tally import task_name
@@ -51,7 +51,6 @@ _AT_EXIT_WAIT = 2.0
 IMAP_WINDOW = 256  # default: chunks an imap feeder may submit beyond the ones the caller took
 IMAP_AHEAD = 256  # once the window is released (close()): chunks beyond the completed ones
 IMAP_GROUP = 32  # jobs per submission when imap's input is already in memory
-RELEASE_ON_START = 64 * 1024  # pickled arguments this big are dropped as soon as the job starts
 MAP_PICKLED_AHEAD = 2**20  # bytes of pickled chunks map() keeps beyond the finished ones (>= 2 per worker)
 
 
@@ -225,15 +224,19 @@ class Pool:
         memory_limit: int | None,
         flags: int = 0,
         seq: int | None = None,
+        late: bool = False,
     ) -> Job:
-        data = self._supervisor.segments.dumps_job(func, args, kwds, mode)
-        if len(data) >= RELEASE_ON_START and payload.segment_name(data) is None:
-            # A big pipe payload: the supervisor drops it once the job started.
-            # (One that names a shared-memory segment is small, and the
-            # segment must live until the job ends: the worker reads it.)
-            flags |= wire.FLAG_ACK
-        return Job(
-            self._supervisor.next_seq() if seq is None else seq,
+        """A job for ``func(*args, **kwds)``, its call pickled now — or, with
+        ``late`` and many pickled arguments waiting to be sent
+        (:data:`~poolx.engine.supervisor.EAGER_BYTES`), when it is
+        dispatched (an argument that cannot be pickled then fails the job)."""
+        supervisor = self._supervisor
+        data: bytes | None = None
+        if not late or supervisor.waiting_bytes < EAGER_BYTES:
+            data, extra = supervisor.segments.job_payload(func, args, kwds, mode)
+            flags |= extra
+        job = Job(
+            supervisor.next_seq() if seq is None else seq,
             sink,
             index,
             data,
@@ -243,6 +246,9 @@ class Pool:
             memory_limit if memory_limit is not None else self._config.memory_limit,
             task_name(func),
         )
+        if data is None:
+            job.call = (func, args, kwds, mode)
+        return job
 
     def _submit(self, jobs: list[Job]) -> None:
         try:
@@ -315,7 +321,7 @@ class Pool:
         try:
             job = self._job(result, 0, pickling.portable(func), *_call_arguments(func, args, kwds), wire.APPLY,
                             soft_timeout, timeout, memory_limit,
-                            wire.FLAG_ACK if accept_callback is not None else 0, seq)
+                            wire.FLAG_ACK if accept_callback is not None else 0, seq, late=True)
         except Exception as exc:  # unpicklable arguments fail this call only
             result.job_done(0, False, exc)
             return result

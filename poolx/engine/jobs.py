@@ -87,6 +87,8 @@ class Job:
         "soft_fired",
         "name",
         "counted",
+        "call",
+        "waiting_bytes",
     )
 
     def __init__(
@@ -94,7 +96,7 @@ class Job:
         seq: int,
         sink: JobSink,
         index: int,
-        payload: bytes,
+        payload: bytes | None,
         flags: int = 0,
         soft_timeout: float | None = None,
         timeout: float | None = None,
@@ -114,6 +116,11 @@ class Job:
         self.soft_fired = False
         self.name = name  # what the task tally counts it under (poolx.tally.task_name)
         self.counted = False  # counted as started in the tally
+        # A job submitted while many pickled arguments wait to be sent keeps
+        # its call (func, args, kwds, mode) unpickled until it is dispatched
+        # (payload None until then); see Supervisor.waiting_bytes.
+        self.call: tuple[Any, Any, Any, int] | None = None
+        self.waiting_bytes = 0  # its pickled size while it counts in Supervisor.waiting_bytes
 
     def move(self, new: JobState) -> None:
         if not _ALLOWED[self.state.code] >> new.code & 1:
@@ -121,6 +128,7 @@ class Job:
         self.state = new
         if new.terminal:
             self.payload = None  # drop the arguments as soon as the job is over
+            self.call = None
             self.worker = None
 
     @property

@@ -22,10 +22,18 @@ Who owns what — the pool's process owns every segment, since a worker may die
 at any moment:
 
 * Argument segments (``<prefix>a<n>``) are created by the parent in the
-  caller's thread (:meth:`Segments.dumps_job`) and unlinked by the supervisor
+  caller's thread (:meth:`Segments.dumps_job`) and released by the supervisor
   when their job ends, whatever the ending (:meth:`Segments.release`, called
   from ``Supervisor.finish``).  A job re-queued after its worker died keeps
-  its segment for the next worker.
+  its segment for the next worker.  A released segment is unlinked — or, if
+  the worker only copied out of it (every buffer read-only: ``bytes``, a
+  pickled call), renamed ``<prefix>f<n>`` and kept for the next argument
+  (:data:`FREE_SEGMENTS`, :data:`FREE_BYTES`): writing into pages that
+  already exist costs about two thirds of faulting in fresh ones.  A free
+  segment is unlinked when the supervisor trims it (:meth:`Segments.trim`,
+  :data:`FREE_SECONDS` after its release) or the pool finishes.  A segment
+  a worker mapped (a writable buffer, such as a numpy array, which may
+  outlive its job) is never reused.
 * Result segments (``<prefix>r<worker pid>-<n>``) are created by a worker
   (:func:`dumps` with the pool's :class:`Spec`) and unlinked by the parent
   as soon as it has opened them (:meth:`Segments.loads`), or without reading
@@ -55,16 +63,24 @@ import os
 import pickle
 import struct
 import threading
+import time
 from typing import Any
 
 from poolx.engine.pickling import PROTOCOL, unpickle
-from poolx.engine.wire import APPLY, STARMAP
+from poolx.engine.wire import APPLY, FLAG_ACK, STARMAP
 
-__all__ = ["DEFAULT_THRESHOLD", "MAGIC", "Segments", "Spec", "dumps", "loads", "split", "write_segment"]
+__all__ = ["DEFAULT_THRESHOLD", "FREE_BYTES", "FREE_SECONDS", "FREE_SEGMENTS", "MAGIC", "Segments", "Spec", "dumps", "loads", "split", "write_segment"]
 
 SHM_DIR = "/dev/shm"
 DEFAULT_THRESHOLD = 1 << 20  # bytes; see benchmarks/bench_payload.py
 DEFAULT_MAX_SEGMENTS = 64
+RELEASE_ON_START = 64 * 1024  # pickled arguments this big are dropped as soon as the job starts
+FREE_SEGMENTS = 2
+"""Released argument segments a pool keeps for reuse, at most."""
+FREE_BYTES = 1 << 30
+"""Their size in all, at most (bytes)."""
+FREE_SECONDS = 1.0
+"""A free segment not reused within this many seconds is unlinked."""
 MAGIC = 0x00  # first byte of a segment payload (a pickle starts with 0x80)
 _WRAP_DEPTH = 4  # levels of tuples/lists/dicts searched for big bytes objects
 
@@ -267,8 +283,9 @@ def dumps(obj: Any, spec: Spec | None) -> bytes:
         return pickle.dumps(obj, PROTOCOL)
 
 
-def write_segment(name: str, data: bytes, buffers: list[pickle.PickleBuffer]) -> bytes:
-    """Write ``buffers`` into a new segment ``name``; return the payload that
+def write_segment(name: str, data: bytes, buffers: list[pickle.PickleBuffer], reuse: bool = False) -> bytes:
+    """Write ``buffers`` into a new segment ``name`` (with ``reuse``: into the
+    existing file ``name``, cut to their size); return the payload that
     refers to it.  OSError (the segment is then gone) if ``/dev/shm`` is full."""
     views = [buffer.raw() for buffer in buffers]
     entries = []
@@ -277,10 +294,13 @@ def write_segment(name: str, data: bytes, buffers: list[pickle.PickleBuffer]) ->
         entries.append(_ENTRY.pack(offset, view.nbytes, view.readonly))
         offset += view.nbytes
     path = os.path.join(SHM_DIR, name)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_RDWR if reuse else os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
+        at = 0
         for view in views:
-            _write_all(fd, view)
+            at = _write_all(fd, view, at)
+        if reuse and os.fstat(fd).st_size > at:
+            os.ftruncate(fd, at)
     except BaseException:
         _unlink(name)
         raise
@@ -290,11 +310,28 @@ def write_segment(name: str, data: bytes, buffers: list[pickle.PickleBuffer]) ->
     return b"".join((_HEAD.pack(MAGIC, len(encoded), len(views)), encoded, *entries, data))
 
 
-def _write_all(fd: int, view: memoryview) -> None:
+def _write_all(fd: int, view: memoryview, at: int) -> int:
+    """Write ``view`` at offset ``at``; return the offset after it."""
     view = view.cast("B")
     while view:
-        written = os.write(fd, view)
+        written = os.pwrite(fd, view, at)
         view = view[written:]
+        at += written
+    return at
+
+
+def _reusable(payload: bytes) -> tuple[str, int] | None:
+    """The name and size of the segment of an argument payload whose
+    buffers a worker only copied out (every one read-only); else None."""
+    _, size, count = _HEAD.unpack_from(payload, 0)
+    start = _HEAD.size + size
+    total = 0
+    for i in range(count):
+        offset, length, readonly = _ENTRY.unpack_from(payload, start + i * _ENTRY.size)
+        if not readonly:
+            return None
+        total = max(total, offset + length)
+    return bytes(payload[_HEAD.size:start]).decode(), total
 
 
 def segment_name(payload: bytes | memoryview) -> str | None:
@@ -431,6 +468,8 @@ class Segments:
         self._lock = threading.Lock()
         self._pinned = 0
         self._names = itertools.count(1)
+        self._free: list[tuple[str, int, float]] = []  # (name, size, released at): reusable segments
+        self._closed = False
         if threshold is None or not available():
             return
         global _atexit_registered
@@ -474,8 +513,15 @@ class Segments:
             if self._pinned >= self.max_segments:
                 return pickle.dumps(call, PROTOCOL)
             self._pinned += 1
+            free = self._take_free(sum(_nbytes(buffer) for buffer in big))
+        name = f"{spec.prefix}a{next(self._names)}"
         try:
-            return write_segment(f"{spec.prefix}a{next(self._names)}", data, big)
+            if free is not None:
+                try:
+                    os.rename(os.path.join(SHM_DIR, free), os.path.join(SHM_DIR, name))
+                except OSError:  # gone meanwhile (a sweep): write a new one
+                    free = None
+            return write_segment(name, data, big, reuse=free is not None)
         except BaseException as exc:
             with self._lock:
                 self._pinned -= 1
@@ -483,14 +529,69 @@ class Segments:
                 return pickle.dumps(call, PROTOCOL)
             raise
 
-    def release(self, payload: bytes | None) -> None:
-        """A job ended: unlink its argument segment, if it has one."""
-        if payload and payload[0] == MAGIC:
-            name = segment_name(payload)
-            if name is not None:
-                _unlink(name)
-            with self._lock:
-                self._pinned = max(0, self._pinned - 1)
+    def job_payload(self, func: Any, args: Any, kwds: Any, mode: int) -> tuple[bytes, int]:
+        """:meth:`dumps_job`, and the flags the job's payload needs:
+        ``FLAG_ACK`` for a big pipe payload, which the supervisor drops once
+        the job started.  (One that names a segment is small, and the
+        segment must live until the job ends: the worker reads it.)"""
+        data = self.dumps_job(func, args, kwds, mode)
+        if len(data) >= RELEASE_ON_START and segment_name(data) is None:
+            return data, FLAG_ACK
+        return data, 0
+
+    def _take_free(self, size: int) -> str | None:
+        """(With the lock.)  The free segment to write ``size`` bytes into:
+        the smallest that holds them, else the largest; None if none."""
+        free = self._free
+        if not free:
+            return None
+        fits = [entry for entry in free if entry[1] >= size]
+        entry = min(fits, key=lambda e: e[1]) if fits else max(free, key=lambda e: e[1])
+        free.remove(entry)
+        return entry[0]
+
+    def release(self, payload: bytes | None) -> bool:
+        """A job ended: unlink its argument segment, if it has one, or keep
+        it for reuse (see the module docstring).  True if it was kept: the
+        caller then calls :meth:`trim` :data:`FREE_SECONDS` later."""
+        if not payload or payload[0] != MAGIC:
+            return False
+        reusable = _reusable(payload)
+        with self._lock:
+            self._pinned = max(0, self._pinned - 1)
+            spec = self.spec
+            if reusable is not None and spec is not None and not self._closed and reusable[1] <= FREE_BYTES:
+                free = self._free
+                while free and (len(free) >= FREE_SEGMENTS
+                                or sum(entry[1] for entry in free) + reusable[1] > FREE_BYTES):
+                    _unlink(free.pop(0)[0])  # the oldest goes
+                kept = f"{spec.prefix}f{next(self._names)}"
+                try:
+                    os.rename(os.path.join(SHM_DIR, reusable[0]), os.path.join(SHM_DIR, kept))
+                except OSError:
+                    return False
+                free.append((kept, reusable[1], time.monotonic()))
+                return True
+        name = segment_name(payload)
+        if name is not None:
+            _unlink(name)
+        return False
+
+    def trim(self, now: float | None = None) -> None:
+        """Unlink the free segments released :data:`FREE_SECONDS` or more
+        before ``now`` (default: now)."""
+        if now is None:
+            now = time.monotonic()
+        with self._lock:
+            old = [entry for entry in self._free if now - entry[2] >= FREE_SECONDS]
+            for entry in old:
+                self._free.remove(entry)
+                _unlink(entry[0])
+
+    @property
+    def free(self) -> int:
+        """Free segments kept for reuse now."""
+        return len(self._free)
 
     def loads(self, payload: bytes | memoryview) -> Any:
         """Unpickle a result and unlink its segment."""
@@ -510,8 +611,11 @@ class Segments:
     def close(self) -> None:
         """The pool is finished: unlink every segment it still has."""
         spec = self.spec
+        with self._lock:
+            self._closed = True  # a job released from now on is unlinked
         if spec is not None and spec.prefix in _open_prefixes:
             _sweep(spec.prefix)
             _unlock(spec.prefix)
             with self._lock:
                 self._pinned = 0
+                self._free.clear()

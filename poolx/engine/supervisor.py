@@ -76,6 +76,10 @@ from poolx.tally import TaskTally, failure_outcome, raised_outcome
 __all__ = ["Supervisor"]
 
 TERMINATE_GRACE = 0.5  # seconds between SIGTERM and SIGKILL in terminate()
+EAGER_BYTES = 8 << 20
+"""Pickled arguments waiting to be sent (bytes) beyond which ``apply_async``
+keeps a job's call unpickled until its dispatch (see
+:attr:`Supervisor.waiting_bytes`)."""
 
 
 class Supervisor:
@@ -96,6 +100,10 @@ class Supervisor:
         self._wake_pending = False
         self.accepting = True
         self.feeders = 0  # imap feeders still reading their input
+        # Pickled arguments submitted (under self.lock) and ended before they
+        # were sent (supervisor thread): see waiting_bytes.
+        self._bytes_in = 0
+        self._bytes_ended = 0
         self._stopped = False
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
@@ -106,7 +114,7 @@ class Supervisor:
         self.workers = WorkerSet(config, self._selector, self.timers, self.runner,
                                  self._on_message, self._on_worker_exit, self.segments.spec)
         self.limits = LimitKeeper(self, self.timers, config, self.runner)
-        self.dispatcher = Dispatcher(self.workers, self.limits, config.maxtasksperchild)
+        self.dispatcher = Dispatcher(self.workers, self.limits, config.maxtasksperchild, self._pickle_late)
         self.health = Health(config.max_restarts, config.max_restart_freq)
         self.target = config.processes
         self.closing = False
@@ -147,8 +155,37 @@ class Supervisor:
                 for job in jobs:
                     self.segments.release(job.payload)
                 raise PoolNotRunning()
+            for job in jobs:
+                if job.payload is not None:
+                    job.waiting_bytes = size = len(job.payload)
+                    self._bytes_in += size
             self._incoming.extend(jobs)
             self._wake()
+
+    @property
+    def waiting_bytes(self) -> int:
+        """Pickled arguments submitted and not yet sent to a worker (any
+        thread; a snapshot).  Beyond :data:`EAGER_BYTES`, ``apply_async``
+        stops pickling in the caller's thread: a burst of submissions would
+        otherwise hold a pickle per job (100k jobs of one 10 KB argument:
+        1 GB) where the standard library, which pickles as its pipe drains,
+        holds references.  Such a job is pickled when it is dispatched
+        (:meth:`_pickle_late`)."""
+        return self._bytes_in - self._bytes_ended - self.dispatcher.sent_bytes
+
+    def _pickle_late(self, job: Job) -> bool:
+        """(Supervisor thread, at dispatch.)  Pickle a job submitted with its
+        call unpickled; False if that failed: the job then fails with the
+        exception, as the standard library fails a job it cannot send."""
+        call, job.call = job.call, None
+        assert call is not None
+        try:
+            job.payload, flags = self.segments.job_payload(*call)
+        except BaseException as exc:  # SystemExit from a __reduce__ too: never the supervisor's end
+            self.finish(job, JobState.FAILED, exc)
+            return False
+        job.flags |= flags
+        return True
 
     def post(self, command: Callable[..., Any], *args: Any) -> bool:
         """Run ``command(*args)`` on the supervisor thread soon; False if the
@@ -280,7 +317,11 @@ class Supervisor:
         (``DONE``) or the exception its caller gets; ``seconds`` its run
         time when its worker returned it (a result or an exception)."""
         handle = job.worker
-        self.segments.release(job.payload)
+        if job.waiting_bytes:  # it ends before it was sent
+            self._bytes_ended += job.waiting_bytes
+            job.waiting_bytes = 0
+        if self.segments.release(job.payload):  # kept for the next big argument a while
+            self.timers.schedule(time.monotonic() + payload.FREE_SECONDS, self.segments.trim)
         job.move(state)
         counters = self._counters
         tally = self.tally

@@ -71,6 +71,7 @@ __all__ = [
     "PopenProcess",
     "WORKER_POLL_INTERVAL",
     "default_context",
+    "skip_resource_tracker",
 ]
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,37 @@ def default_context() -> Any:
     """
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def skip_resource_tracker() -> bool:
+    """Keep multiprocessing's ``resource_tracker`` process from starting in
+    this process (and in the workers it starts); True if it was not running.
+
+    Python's ``forkserver`` (and ``spawn``) start the tracker, a process of
+    its own, before the first worker, whether or not anything will ever
+    register a resource with it.  Nothing a ``poolx worker`` runs does:
+    the engine talks through pipes, and poolx's shared-memory segments are
+    plain files it cleans up itself (:mod:`poolx.engine.payload`).  Only a
+    process that owns its whole program may call this (``poolx worker``
+    does, before its pools start): the process then behaves as the child of
+    a process whose tracker is already running — a state the standard
+    library handles everywhere — except that the tracker's pipe is
+    ``/dev/null``, so a ``multiprocessing.shared_memory`` segment or a named
+    semaphore a *task* creates is not unlinked for it if it crashes (it
+    must unlink what it creates, which it must anyway under ``fork``).
+
+    The standard library offers no public switch for this: it sets the
+    tracker's descriptor as its own children do (the same attribute under
+    Python 3.10 to 3.13).  Where that attribute is missing, or a tracker is
+    already running, it does nothing and returns False.
+    """
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    if tracker is None or getattr(tracker, "_fd", 0) is not None or getattr(tracker, "_pid", 0) is not None:
+        return False
+    tracker._fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    return True
 
 
 class WorkerPool:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from poolx.pool.process import DUPLICATE_SIGNAL_WINDOW
@@ -126,6 +127,22 @@ def test_process_group_signal_lets_running_tasks_finish(worker, tmp_path, signum
     text = log.read_text()
     assert "WorkerLostError" not in text and "exited (signal" not in text, text
     assert "KeyboardInterrupt" not in text, text
+
+
+def test_worker_runs_n_plus_2_processes(worker):
+    """Issue 18: ``--workers 2`` ran 5 processes: the command's, 2 workers,
+    the forkserver and a multiprocessing resource tracker nothing in
+    ``poolx worker`` needs.  Now: the command's, the forkserver, 2 workers."""
+    start, log = worker
+    proc = start("--init", "tests.worker.tasks:init", "--workers", "2", "--name", "count")
+    wait_until(lambda: len(re.findall(r"count: worker \d+ started", log.read_text())) == 2, WAIT)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    commands = [" ".join(child.cmdline()) for child in children]
+    assert len(children) == 3, commands
+    assert not [command for command in commands if "resource_tracker import" in command], commands
+    assert len([child for child in children if child.ppid() == proc.pid]) == 1, commands  # the forkserver
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(WAIT) == 0, log.read_text()
 
 
 def test_debug_log_level_shows_tracebacks(worker, tmp_path):

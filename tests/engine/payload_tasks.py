@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -12,9 +13,16 @@ def segments(prefix):
     return sorted(name for name in os.listdir("/dev/shm") if name.startswith(prefix))
 
 
+def busy(prefix):
+    """:func:`segments` but the free ones a pool keeps for reuse
+    (``<prefix><pool>-f<n>``)."""
+    return [name for name in segments(prefix) if not re.fullmatch(r"\d+-f\d+", name[len(prefix):])]
+
+
 def seen(prefix, *args, **kwds):
-    """How many segments exist while this job runs (its arguments' included)."""
-    return len(segments(prefix))
+    """How many segments exist while this job runs (its arguments' included,
+    free ones not)."""
+    return len(busy(prefix))
 
 
 def size(data):
@@ -42,7 +50,7 @@ def die_while_writing_result(n):
     """Die (SIGKILL) while the worker writes this job's result segment."""
     from poolx.engine import payload
 
-    def die(fd, view):
+    def die(*args):
         os.kill(os.getpid(), signal.SIGKILL)
 
     payload._write_all = die

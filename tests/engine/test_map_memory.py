@@ -11,7 +11,7 @@ import threading
 import pytest
 
 import poolx
-from poolx.engine import api
+from poolx.engine import api, payload
 from tests.conftest import wait_until
 from tests.engine import helpers
 
@@ -64,7 +64,7 @@ def test_map_results_unchanged(pool):
 
 def test_large_arguments_are_dropped_once_the_job_started(pool, tmp_path):
     gate = str(tmp_path / "gate")
-    big = pool.apply_async(helpers.gated_len, (gate, b"x" * api.RELEASE_ON_START))
+    big = pool.apply_async(helpers.gated_len, (gate, b"x" * payload.RELEASE_ON_START))
     small = pool.apply_async(helpers.gated_len, (gate, b"x"))
 
     def payloads(sup):
@@ -74,4 +74,45 @@ def test_large_arguments_are_dropped_once_the_job_started(pool, tmp_path):
     wait_until(timeout=30, predicate=lambda: pool._supervisor.call(payloads) == [(False, "sent"), (True, "accepted")])
     with open(gate, "w"):
         pass
-    assert (big.get(30), small.get(30)) == (api.RELEASE_ON_START, 1)
+    assert (big.get(30), small.get(30)) == (payload.RELEASE_ON_START, 1)
+
+
+def test_apply_async_pickles_late_beyond_the_waiting_window(fork_ctx, tmp_path, monkeypatch):
+    """Issue 18: a burst of apply_async held one pickle per job (100k jobs of
+    one shared 10 KB argument: 1 GB); beyond EAGER_BYTES of pickled
+    arguments waiting to be sent, a job keeps its call until it is dispatched."""
+    monkeypatch.setattr(api, "EAGER_BYTES", 50_000)
+    gate = str(tmp_path / "gate")
+    arg = b"a" * 10_000
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=None) as pool:
+        first = pool.apply_async(helpers.gated_len, (gate, b"x"))
+        results = [pool.apply_async(helpers.gated_len, (gate, arg)) for _ in range(200)]
+        waiting = pool._supervisor.call(lambda sup: sup.waiting_bytes)
+        assert 50_000 <= waiting < 50_000 + 64 * 10_200  # at most a prefetch beyond the window, not 2 MB
+        with open(gate, "w"):
+            pass
+        assert first.get(60) == 1 and [r.get(60) for r in results] == [10_000] * 200
+        assert pool._supervisor.call(lambda sup: sup.waiting_bytes) == 0
+
+
+def test_an_argument_pickled_late_fails_its_job_as_the_standard_library_does(fork_ctx, tmp_path, monkeypatch):
+    """The standard library pickles in its task thread: an unpicklable
+    argument fails that job (get() raises what pickle raised, the
+    error_callback gets it) and the pool goes on; so does a late pickle."""
+    monkeypatch.setattr(api, "EAGER_BYTES", 0)  # every call is pickled at its dispatch
+    gate = str(tmp_path / "gate")
+    errors: list = []
+    with poolx.Pool(1, context=fork_ctx) as pool:
+        first = pool.apply_async(helpers.gated_len, (gate, b"x"))
+        bad = pool.apply_async(helpers.gated_len, (gate, threading.Lock()), error_callback=errors.append)
+        after = pool.apply_async(helpers.gated_len, (gate, b"yy"))
+        with open(gate, "w"):
+            pass
+        with pytest.raises(TypeError, match="pickle"):
+            bad.get(60)
+        assert (first.get(60), after.get(60)) == (1, 2)
+        assert len(errors) == 1 and isinstance(errors[0], TypeError)
+        assert pool._supervisor.call(lambda sup: sup.snapshot()["failed"]) == 1  # it failed there, not here
+    with multiprocessing.get_context("fork").Pool(1) as std:  # the same error, from the same place
+        with pytest.raises(TypeError, match="pickle"):
+            std.apply_async(len, (threading.Lock(),)).get(60)

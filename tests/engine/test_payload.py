@@ -34,6 +34,11 @@ def ours() -> list[str]:
     return tasks.segments(prefix())
 
 
+def busy() -> list[str]:
+    """Our segments but the free ones a pool keeps for reuse."""
+    return tasks.busy(prefix())
+
+
 @pytest.fixture
 def shm_pool(ctx):
     """A pool with a small threshold, so that tests stay cheap."""
@@ -47,10 +52,10 @@ def shm_pool(ctx):
 def test_big_argument_travels_through_a_segment_released_with_its_result(shm_pool):
     big = b"a" * (256 * 1024)
     assert shm_pool.apply(tasks.seen, (prefix(), big)) == 1
-    assert ours() == []
+    assert busy() == []
     assert shm_pool.apply(tasks.seen, (prefix(), b"small")) == 0  # the pipe, as before
     assert shm_pool.apply(tasks.seen, (prefix(),), {"data": bytearray(big)}) == 1
-    assert ours() == []
+    assert busy() == []
 
 
 def test_values_come_back_equal_and_of_their_type(shm_pool):
@@ -64,7 +69,7 @@ def test_values_come_back_equal_and_of_their_type(shm_pool):
     assert type(result) is bytearray and result == bytearray(b"r" * n)
     result.extend(b"more")  # a private, writable copy
     assert shm_pool.apply(tasks.make_many, (n, 3)) == [b"%d" % i * n for i in range(3)]
-    assert ours() == []
+    assert busy() == []
 
 
 def test_map_imap_and_starmap_chunks(shm_pool):
@@ -74,20 +79,20 @@ def test_map_imap_and_starmap_chunks(shm_pool):
         ("bytes", 100 * 1024, bytes([i]) * 3) for i in range(8)]
     assert sorted(shm_pool.imap_unordered(tasks.make, [70 * 1024] * 4)) == [b"r" * 70 * 1024] * 4
     assert shm_pool.starmap(tasks.seen, [(prefix(), item) for item in items[:2]], chunksize=2) == [1, 1]
-    assert ours() == []
+    assert busy() == []
 
 
 def test_worker_killed_while_holding_big_arguments(shm_pool):
     with pytest.raises(WorkerLostError):
         shm_pool.apply(tasks.kill_self, (b"k" * (200 * 1024),))
-    assert ours() == []
+    assert busy() == []
     assert shm_pool.apply(tasks.size, (b"k" * (200 * 1024),)) == 200 * 1024
 
 
 def test_worker_killed_while_writing_a_big_result(shm_pool):
     with pytest.raises(WorkerLostError):
         shm_pool.apply(tasks.die_while_writing_result, (200 * 1024,))
-    assert ours() == []
+    assert busy() == []
     assert shm_pool.apply(tasks.make, (200 * 1024,)) == b"r" * 200 * 1024
 
 
@@ -95,11 +100,11 @@ def test_time_limit_releases_arguments_and_result(shm_pool):
     result = shm_pool.apply_async(tasks.sleep_then_make, (30, 200 * 1024), timeout=0.3)
     with pytest.raises(TimeLimitExceeded):
         result.get(timeout=30)
-    assert ours() == []
+    assert busy() == []
     # A job whose big arguments are pinned while it runs past its limit.
     result = shm_pool.apply_async(tasks.seen, (prefix(), b"t" * (200 * 1024)), timeout=30)
     assert result.get(timeout=30) == 1
-    assert ours() == []
+    assert busy() == []
 
 
 def test_terminate_releases_everything(ctx):
@@ -211,7 +216,7 @@ def test_numpy_arrays_travel_out_of_band(shm_pool):
     readonly = np.ones(100_000)
     readonly.flags.writeable = False
     assert shm_pool.apply(tasks.numpy_sum, (readonly,)) == 100_000.0
-    assert ours() == []
+    assert busy() == []
 
 
 def test_executor_calls_and_results_travel_through_segments(ctx):
@@ -220,7 +225,7 @@ def test_executor_calls_and_results_travel_through_segments(ctx):
         assert ex.submit(tasks.seen, prefix(), b"e").result(timeout=60) == 0
         assert ex.submit(tasks.make, 200 * 1024).result(timeout=60) == b"r" * 200 * 1024
         assert list(ex.map(tasks.size, [b"m" * (100 * 1024)] * 3)) == [100 * 1024] * 3
-        assert ours() == []
+        assert busy() == []
     with poolx.ProcessPoolExecutor(1, mp_context=ctx, shm_threshold=None) as ex:
         assert ex.submit(tasks.seen, prefix(), b"e" * (200 * 1024)).result(timeout=60) == 0
     assert ours() == []
@@ -268,7 +273,7 @@ def test_no_shared_memory_without_a_writable_dev_shm(monkeypatch):
 
 
 def test_a_full_dev_shm_falls_back_to_the_pipe(monkeypatch):
-    def full(fd, view):
+    def full(*args):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(payload, "_write_all", full)
@@ -297,7 +302,7 @@ def test_map_chunks_of_big_bytes_and_starmap_tuples(shm_pool):
     assert shm_pool.map(tasks.size, [b"small", *big], chunksize=5) == [5] + [100 * 1024] * 4
     assert shm_pool.starmap(tasks.seen, [(prefix(), b) for b in big], chunksize=4) == [1] * 4
     assert shm_pool.starmap(tasks.seen, [[prefix(), b] for b in big], chunksize=4) == [1] * 4
-    assert ours() == []
+    assert busy() == []
 
 
 def test_shared_references_and_cycles_keep_their_identity_in_process():
@@ -327,7 +332,7 @@ def test_shared_references_and_cycles_keep_their_identity(shm_pool):
     assert shm_pool.apply(tasks.is_cyclic, (cyclic,)) is True
     first, second = shm_pool.apply(tasks.make_shared, (256 * 1024,))
     assert first is second
-    assert ours() == []
+    assert busy() == []
 
 
 def test_a_big_payload_without_big_bytes_is_not_walked(monkeypatch):
@@ -417,3 +422,38 @@ def test_a_kept_array_pins_its_whole_segment_until_it_is_dropped():
     assert mapped()  # the small array keeps the whole segment
     small = small.copy()  # what the docs advise: keep a copy
     assert not mapped() and small[5] == 5
+
+
+def free() -> list[str]:
+    return sorted(set(ours()) - set(busy()))
+
+
+def test_a_released_read_only_segment_is_kept_and_reused(fork_ctx):
+    """A segment the worker only copied out of is renamed free when its job
+    ends, and the next big argument is written into it (no fresh pages)."""
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=64 * 1024) as p:
+        assert p.apply(tasks.describe, (b"a" * (200 * 1024),)) == ("bytes", 200 * 1024, b"aaa")
+        assert busy() == [] and len(free()) == 1
+        inode = os.stat(f"/dev/shm/{free()[0]}").st_ino
+        for n, byte in ((100 * 1024, b"b"), (300 * 1024, b"c")):  # cut to size, then grown
+            assert p.apply(tasks.seen, (prefix(), byte * n)) == 1  # the free one is in use
+            assert p.apply(tasks.describe, (byte * n,)) == ("bytes", n, byte * 3)
+            [name] = free()
+            assert os.stat(f"/dev/shm/{name}").st_ino == inode and os.path.getsize(f"/dev/shm/{name}") == n
+    assert ours() == []
+
+
+def test_free_segments_are_bounded_and_trimmed(fork_ctx):
+    with poolx.Pool(2, context=fork_ctx, shm_threshold=64 * 1024) as p:
+        results = [p.apply_async(tasks.sleep_with, (0.2, bytes([i]) * (100 * 1024))) for i in range(6)]
+        assert [r.get(timeout=60) for r in results] == [100 * 1024] * 6
+        assert busy() == [] and 1 <= len(free()) <= payload.FREE_SEGMENTS
+        wait_until(lambda: ours() == [], timeout=payload.FREE_SECONDS + 30)  # unused: unlinked
+
+
+def test_a_segment_a_worker_mapped_is_never_reused(fork_ctx):
+    """A writable buffer (a numpy array, a PickleBuffer of a bytearray) is
+    mapped by the worker, which may keep it after its job: its segment goes."""
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=64 * 1024) as p:
+        assert p.apply(tasks.describe, (pickle.PickleBuffer(bytearray(b"m" * (200 * 1024))),))[1] == 200 * 1024
+        assert ours() == []

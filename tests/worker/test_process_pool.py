@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -307,3 +309,37 @@ def test_workers_import_only_what_they_run(url, start_pool):
     pool_side = {"poolx.consumer.adapter", "poolx.consumer.intake", "poolx.engine.api",
                  "poolx.engine.supervisor", "cloudpickle"}
     assert not loaded & pool_side
+
+
+_SKIP_TRACKER = """
+import multiprocessing, sys
+import psutil
+from poolx.pool.process import skip_resource_tracker
+
+def children():
+    return [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
+
+if __name__ == "__main__":
+    if sys.argv[1] == "skip":
+        assert skip_resource_tracker() is True
+    with multiprocessing.get_context("forkserver").Pool(1) as pool:
+        assert pool.apply(abs, (-1,)) == 1
+        running = children()
+    print(sum("resource_tracker import main" in c for c in running), len(running))
+    print(skip_resource_tracker())
+"""
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_skip_resource_tracker(tmp_path, skip):
+    """Without it a forkserver pool starts a resource tracker; with it, none
+    runs; once a tracker runs, it does nothing (False)."""
+    script = tmp_path / "skip_tracker.py"
+    script.write_text(_SKIP_TRACKER)
+    out = subprocess.run([sys.executable, str(script), "skip" if skip else "keep"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    counts, again = out.stdout.split("\n")[:2]
+    trackers, processes = map(int, counts.split())
+    assert (trackers, processes) == ((0, 2) if skip else (1, 3)), out.stdout  # forkserver + worker (+ tracker)
+    assert again == "False"
