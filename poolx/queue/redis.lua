@@ -38,6 +38,10 @@
 --     P seq        STRING counter for detached records
 --     P fetched:<nonce>  LIST  refs a ``fetch`` call took (so a retried call,
 --                         its reply lost, gets the same tasks again)
+--     P cx:<ref>   STRING a processing task was cancelled: the owner of the
+--                         delivery that must stop (expires with its lease)
+--     P cn:<consumer>  LIST  cancel notices for a consumer (refs): its
+--                         watcher blocks on it while it runs tasks
 --
 -- A *ref* names a record: t<id> is P t:<id>, f<seq> is P f:<seq>.
 --
@@ -466,7 +470,8 @@ elseif cmd == 'fetch' then
   return out
 
 elseif cmd == 'renew' then
-  -- lease ms, then (ref, owner or '') pairs -> 1/0 per pair: still leased
+  -- lease ms, then (ref, owner or '') pairs -> per pair 1 still leased,
+  -- 2 cancelled, 0 lost
   local deadline = now_ms() + tonumber(ARGV[2])
   local out = {}
   for i = 3, #ARGV, 2 do
@@ -474,7 +479,13 @@ elseif cmd == 'renew' then
     local held = redis.call('ZSCORE', LEASES, ref)
     if held and owner ~= '' and redis.call('HGET', rkey(ref), 'o') ~= owner then held = false end
     if held then redis.call('ZADD', LEASES, deadline, ref) end
-    out[#out + 1] = held and 1 or 0
+    if held then
+      out[#out + 1] = 1
+    elseif redis.call('EXISTS', P .. 'cx:' .. ref) == 1 then
+      out[#out + 1] = 2  -- cancelled (see cancel): not a lost lease
+    else
+      out[#out + 1] = 0
+    end
   end
   return out
 
@@ -704,6 +715,68 @@ elseif cmd == 'plive' then
   chunked('HDEL', P .. 'info', dead)
   local alive = redis.call('ZRANGEBYSCORE', P .. 'expiry', '(' .. now, '+inf')
   return chunked('HMGET', P .. 'info', alive)
+end
+
+if cmd == 'cancel' then
+  -- id, cancelled token, ttl ms -> 0 not cancelled (completed, read or
+  -- unknown), 1 cancelled while waiting (it never runs), 2 cancelled while
+  -- processing (its consumer is told: a marker, and a notice that wakes
+  -- its watcher).  The outcome is the token, stored as store() would: a
+  -- result arriving later is dropped, a retry or requeue finds the task no
+  -- longer processing.
+  local id, token, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
+  local key, ref = P .. 't:' .. id, 't' .. id
+  local f = redis.call('HMGET', key, 's', 'p', 'o', 'ls', 'ir')
+  local status = f[1]
+  if not status or f[2] or status == 'completed' then return 0 end
+  local code = 1
+  if status == 'enqueued' then
+    redis.call('LREM', READY, 1, ref)
+  elseif status == 'scheduled' then
+    redis.call('ZREM', SCHED, ref)
+  elseif status == 'processing' then
+    redis.call('ZREM', LEASES, ref)
+    local owner = f[3] or ''
+    local consumer = string.match(owner, '^(.*)#%d+$')
+    if consumer then
+      local keep = math.max(tonumber(f[4]) or 0, 60000)
+      redis.call('SET', P .. 'cx:' .. ref, owner, 'PX', keep)
+      local notices = P .. 'cn:' .. consumer
+      redis.call('LPUSH', notices, ref)
+      redis.call('PEXPIRE', notices, keep)
+    end
+    code = 2
+  end
+  redis.call('SREM', DEFERRED, id)
+  if f[5] == '1' then  -- nobody reads its outcome: the id is free at once
+    redis.call('DEL', key)
+    return code
+  end
+  local drop = {'m'}
+  for _, field in ipairs(redis.call('HKEYS', key)) do
+    if string.sub(field, 1, 2) == 'a:' then drop[#drop + 1] = field end
+  end
+  chunked('HDEL', key, drop)
+  redis.call('HSET', key, 's', 'completed', 'r', token)
+  redis.call('PEXPIRE', key, ttl)
+  wake(id, key)
+  deliver(id, key, token)
+  return code
+
+elseif cmd == 'cxcheck' then
+  -- consumer, then (ref, owner) pairs of the tasks it holds -> the refs
+  -- among them that were cancelled (their markers dropped).  The
+  -- consumer's notices are dropped too: this call looked at all it holds.
+  redis.call('DEL', P .. 'cn:' .. ARGV[2])
+  local out = {}
+  for i = 3, #ARGV, 2 do
+    local mark = P .. 'cx:' .. ARGV[i]
+    if redis.call('GET', mark) == ARGV[i + 1] then
+      redis.call('DEL', mark)
+      out[#out + 1] = ARGV[i]
+    end
+  end
+  return out
 end
 
 return redis.error_reply('poolx: unknown script command ' .. tostring(cmd))
