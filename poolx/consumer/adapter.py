@@ -8,7 +8,8 @@ counts (a :class:`~poolx.tally.TaskTally`) that :meth:`BrokerConsumer.snapshot`
 gives the metrics (:mod:`poolx.metrics`).  Its helpers, each in
 its own module: the intake thread (:mod:`poolx.consumer.intake`), the
 heartbeat thread (:mod:`poolx.consumer.heartbeats`, which also publishes the
-status every ``status_interval`` seconds), and what runs in the workers
+status every ``status_interval`` seconds), the watcher of cancelled tasks
+(:mod:`poolx.consumer.cancels`), and what runs in the workers
 (:mod:`poolx.consumer.inworker`).
 
 It talks to the engine only through the pool's public API (``apply_async``
@@ -17,7 +18,8 @@ through the broker (and its backend's ``requeue_task`` and pool registry).
 
 Threads: the intake thread takes tasks (:meth:`BrokerConsumer.track`); the
 pool's callback thread answers them (:meth:`BrokerConsumer.settle`); the
-heartbeat thread renews leases and publishes the status; the caller's
+heartbeat thread renews leases and publishes the status; the watcher
+stops cancelled tasks (:meth:`BrokerConsumer.stop_cancelled`); the caller's
 thread starts and stops.  One lock guards the in-flight table and the flags.
 """
 
@@ -27,6 +29,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -44,13 +47,14 @@ from poolx.consumer import (
     log_failure,
     outcomes,
 )
+from poolx.consumer.cancels import CancelWatch
 from poolx.consumer.heartbeats import Heartbeats
 from poolx.consumer.intake import Intake
 from poolx.consumer.inworker import run_task
 from poolx.exceptions import PoolNotRunning
 from poolx.queue.urls import redact_url
 from poolx.tally import TaskTally, failure_outcome
-from poolx.task import FunctionTask, TaskFailure, error_text
+from poolx.task import FunctionTask, TaskCancelled, TaskFailure, error_text
 
 __all__ = ["BrokerConsumer", "InFlight"]
 
@@ -66,7 +70,7 @@ class InFlight:
     consumer (prefetched, ``result`` is None) or handed to the pool."""
 
     __slots__ = ("consumer", "key", "task", "func", "result", "in_pool", "beat", "taken", "slow",
-                 "counted")
+                 "counted", "cancelled")
 
     def __init__(self, consumer: BrokerConsumer, key: int, task: FunctionTask, func: Any,
                  beat: int, slow: bool) -> None:
@@ -80,6 +84,7 @@ class InFlight:
         self.taken = time.monotonic()
         self.slow = slow  # its name's run time is unknown or long: never held ahead
         self.counted = False  # counted as started in the consumer's task tally
+        self.cancelled = False  # cancelled (Broker.cancel): whatever the pool says is dropped
 
     def done(self, value: tuple[Any, float]) -> None:
         """Pool callback: the worker returned ``(outcome, seconds)``."""
@@ -200,6 +205,7 @@ class BrokerConsumer:
                                       tick_interval=self.status_interval)
         self._heartbeat_thread: threading.Thread | None = None
         self._intake = Intake(self, self.timeout)
+        self._cancels = CancelWatch(self)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -217,6 +223,7 @@ class BrokerConsumer:
         self._heartbeat_thread = threading.Thread(target=self._heartbeats.run,
                                                   name="poolx-consumer-heartbeat", daemon=True)
         self._heartbeat_thread.start()
+        self._cancels.start()
         self._intake.start()
 
     def stop(self, join: bool = True) -> None:
@@ -278,6 +285,7 @@ class BrokerConsumer:
             first = not self._closed
             self._closed = True
         self._heartbeats.close()
+        self._cancels.close()
         thread = self._heartbeat_thread
         if thread is not None:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -383,6 +391,7 @@ class BrokerConsumer:
             self._heartbeats.discard(entry.beat)
             self.give_back(task, "the consumer is stopping")
             return
+        self._cancels.poke()
         self.pump()
 
     def pump(self) -> None:
@@ -491,6 +500,8 @@ class BrokerConsumer:
         :param outcome: What to do: store a value, or give the task back.
         """
         task = entry.task
+        if entry.cancelled and isinstance(outcome, outcomes.Store):
+            outcome = outcomes.cancelled(task, self.broker.name)
         if isinstance(outcome, outcomes.GiveBack):
             self.give_back(task, outcome.why)
         else:
@@ -507,7 +518,9 @@ class BrokerConsumer:
         """
         failed = isinstance(value, TaskFailure)
         self.count("failed" if failed else "done")
-        if failed and not value.retryable:  # a retryable one: the broker logs the retry
+        if isinstance(value, TaskCancelled):
+            log.info("stopped: %s", value)
+        elif failed and not value.retryable:  # a retryable one: the broker logs the retry
             log.error("task failed: %s", value)
         try:
             self.broker.set_result(task, value)
@@ -584,6 +597,54 @@ class BrokerConsumer:
         broken = self.pool.broken
         if broken is not None:
             self._set_broken(broken)
+
+    # -- cancelled tasks (on the watcher thread) ---------------------------------
+
+    def in_flight_ids(self) -> list[str]:
+        """The ids of the tasks in flight that are not known to be cancelled."""
+        with self._lock:
+            return [entry.task.id for entry in self._in_flight.values() if not entry.cancelled]
+
+    def stop_cancelled(self, task_id: str) -> None:
+        """The task ``task_id`` was cancelled (its outcome is stored): drop it
+        if it is held ahead, or kill its worker if it is in the pool.
+
+        :param task_id: The id of a task in flight.
+        """
+        with self._lock:
+            entries = [entry for entry in self._in_flight.values()
+                       if entry.task.id == task_id and not entry.cancelled]
+            held = []
+            for entry in entries:
+                entry.cancelled = True
+                if not entry.in_pool and self._held.pop(entry.key, None) is not None:
+                    self._held_slow -= entry.slow
+                    held.append(entry)
+        for entry in held:  # never started
+            self.settle(entry, outcomes.cancelled(entry.task, self.broker.name))
+        for entry in entries:
+            if entry not in held:
+                log.info("%s: cancelled while running: %s; its worker is killed", self.name,
+                         entry.describe())
+                self._kill(entry)
+
+    def kill_pending(self) -> bool:
+        """Kill again the workers of cancelled tasks still in the pool (a job
+        that had not started could not be killed); True if there are any."""
+        with self._lock:
+            pending = [entry for entry in self._in_flight.values()
+                       if entry.cancelled and entry.in_pool]
+        for entry in pending:
+            self._kill(entry)
+        return bool(pending)
+
+    @staticmethod
+    def _kill(entry: InFlight) -> None:
+        result = entry.result
+        if result is not None and not result.ready():
+            # SIGKILL: a worker of ``poolx worker`` ignores SIGTERM, and a
+            # task must not be able to catch its cancel.
+            result.terminate(signal.SIGKILL)
 
     # -- heartbeats and status (on the heartbeat thread) ------------------------
 

@@ -1,0 +1,94 @@
+"""Cancel on Redis across processes and machines' roles: the canceller is
+neither the producer nor the consumer (a broker of its own, or another
+process), the pool's process learns of the cancel from Redis at once (a
+notice it blocks on, not its heartbeat), a cancel racing with completion
+has one outcome, and the example runs unchanged on Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from poolx import get_queue
+from poolx.core import get_broker
+from poolx.task import TaskCancelled
+from tests.conftest import wait_until
+from tests.redis.test_process_pool import pool_process  # noqa: F401 - a fixture
+from tests.test_docs import ENV, ROOT, included_examples
+from tests.worker import tasks
+from tests.worker.conftest import start_pool  # noqa: F401 - a fixture
+from tests.worker.test_cancel_running import WAIT, cancelled, started_pid
+
+NOTICE_BOUND = 10.0
+"""How long the pool's process may take to kill a cancelled task's worker
+here: the notice wakes it at once (milliseconds); a rare race (the cancel
+lands while the task is being fetched) waits for the watcher's next look,
+at most 5 s.  The heartbeat (every 30 s by default) is not involved."""
+
+
+def test_a_separate_broker_cancels_a_task_running_in_this_process(url, start_pool,  # noqa: F811
+                                                                 tmp_path):
+    start_pool(get_broker(url), tasks.init, workers=1)
+    q = get_queue(url)
+    res = q.wt.touch_and_wait(str(tmp_path), "a", 60)
+    pid = started_pid(tmp_path, "a")
+    with get_broker(url) as canceller:
+        start = time.monotonic()
+        assert canceller.cancel(res.id) is True
+        cancelled(res)
+        wait_until(lambda: not psutil.pid_exists(pid), WAIT)
+        assert time.monotonic() - start < NOTICE_BOUND
+        assert canceller.cancel(res.id) is False
+    after = q.wt.getpid()
+    assert after.wait(WAIT) and after.value != pid
+
+
+def test_a_pool_in_another_process_kills_the_cancelled_task(url, pool_process,  # noqa: F811
+                                                           tmp_path):
+    pool_process(workers=1)
+    q = get_queue(url)
+    res = q.wt.touch_and_wait(str(tmp_path), "b", 60)
+    pid = started_pid(tmp_path, "b")
+    with get_broker(url) as canceller:
+        start = time.monotonic()
+        assert canceller.cancel(res.id) is True
+        wait_until(lambda: not psutil.pid_exists(pid), WAIT)
+        assert time.monotonic() - start < NOTICE_BOUND
+    cancelled(res)
+    after = q.wt.getpid()
+    assert after.wait(WAIT) and after.value != pid
+    assert not (tmp_path / "b.out").exists()
+
+
+def test_cancel_racing_with_completion_in_a_process_pool(url, start_pool):  # noqa: F811
+    """Exactly one outcome each time: True with the cancel as the outcome,
+    False with the result; the pool keeps working throughout."""
+    start_pool(get_broker(url), tasks.init, workers=2)
+    q = get_queue(url)
+    with get_broker(url) as canceller:
+        for i in range(40):
+            res = q.wt.sleep(0.002 * (i % 4))
+            if i % 2:
+                wait_until(lambda: canceller.taskqueue.get_status(res.id) != "enqueued",
+                           WAIT, interval=0.001)
+            was_cancelled = canceller.cancel(res.id)
+            assert res.wait(WAIT)
+            if was_cancelled:
+                with pytest.raises(TaskCancelled):
+                    _ = res.value
+            else:
+                assert res.value == 0.002 * (i % 4)
+    last = q.wt.getpid()
+    assert last.wait(WAIT)
+
+
+def test_the_example_runs_on_redis(url):
+    [(script, output)] = included_examples(ROOT / "docs" / "cancel.rst")
+    done = subprocess.run([sys.executable, script, url], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == output
