@@ -628,15 +628,20 @@ class BrokerConsumer:
                          entry.describe())
                 self._kill(entry)
 
-    def kill_pending(self) -> bool:
-        """Kill again the workers of cancelled tasks still in the pool (a job
-        that had not started could not be killed); True if there are any."""
+    def _cancelled_in_pool(self) -> list[InFlight]:
         with self._lock:
-            pending = [entry for entry in self._in_flight.values()
-                       if entry.cancelled and entry.in_pool]
-        for entry in pending:
+            return [entry for entry in self._in_flight.values()
+                    if entry.cancelled and entry.in_pool]
+
+    def killing(self) -> bool:
+        """Are cancelled tasks still in the pool (their jobs not answered)?"""
+        return bool(self._cancelled_in_pool())
+
+    def kill_pending(self) -> None:
+        """Kill again the workers of cancelled tasks still in the pool (a job
+        that had not started when it was cancelled could not be killed)."""
+        for entry in self._cancelled_in_pool():
             self._kill(entry)
-        return bool(pending)
 
     @staticmethod
     def _kill(entry: InFlight) -> None:

@@ -63,7 +63,9 @@ class CancelOwner(Protocol):
 
     def stop_cancelled(self, task_id: str) -> None: ...
 
-    def kill_pending(self) -> bool: ...
+    def killing(self) -> bool: ...
+
+    def kill_pending(self) -> None: ...
 
 
 class CancelWatch:
@@ -105,14 +107,24 @@ class CancelWatch:
         while True:
             with self._cond:
                 self._idle = True
-                while not self._closing and not (ids := owner.in_flight_ids()):
+                while not self._closing:
+                    ids, killing = owner.in_flight_ids(), owner.killing()
+                    if ids or killing:
+                        break
                     self._cond.wait()
                 self._idle = False
                 if self._closing:
                     return
-            killing = owner.kill_pending()
+            if killing:
+                owner.kill_pending()
+            wait = retry if killing else WATCH_TIMEOUT
+            retry = min(retry * 2, KILL_RETRY_MAX) if killing else KILL_RETRY_FIRST
+            if not ids:  # only kills to repeat: no backend call
+                with self._cond:
+                    self._cond.wait_for(lambda: self._closing, wait)
+                continue
             try:
-                found = owner.broker.cancelled_tasks(ids, retry if killing else WATCH_TIMEOUT)
+                found = owner.broker.cancelled_tasks(ids, wait)
             except NotImplementedError:
                 log.debug("%s: this backend cannot cancel tasks; not watching", owner.name)
                 return
@@ -129,4 +141,3 @@ class CancelWatch:
             failures = 0
             for task_id in found:
                 owner.stop_cancelled(task_id)
-            retry = min(retry * 2, KILL_RETRY_MAX) if killing else KILL_RETRY_FIRST

@@ -39,7 +39,8 @@
 --     P fetched:<nonce>  LIST  refs a ``fetch`` call took (so a retried call,
 --                         its reply lost, gets the same tasks again)
 --     P cx:<ref>   STRING a processing task was cancelled: the owner of the
---                         delivery that must stop (expires with its lease)
+--                         delivery that must stop (expires like a lease; the
+--                         task's heartbeats renew it)
 --     P cn:<consumer>  LIST  cancel notices for a consumer (refs): its
 --                         watcher blocks on it while it runs tasks
 --
@@ -481,8 +482,8 @@ elseif cmd == 'renew' then
     if held then redis.call('ZADD', LEASES, deadline, ref) end
     if held then
       out[#out + 1] = 1
-    elseif redis.call('EXISTS', P .. 'cx:' .. ref) == 1 then
-      out[#out + 1] = 2  -- cancelled (see cancel): not a lost lease
+    elseif redis.call('PEXPIRE', P .. 'cx:' .. ref, tonumber(ARGV[2])) == 1 then
+      out[#out + 1] = 2  -- cancelled (see cancel), still running: not a lost lease
     else
       out[#out + 1] = 0
     end
@@ -765,14 +766,13 @@ if cmd == 'cancel' then
 
 elseif cmd == 'cxcheck' then
   -- consumer, then (ref, owner) pairs of the tasks it holds -> the refs
-  -- among them that were cancelled (their markers dropped).  The
-  -- consumer's notices are dropped too: this call looked at all it holds.
+  -- among them that were cancelled.  The consumer's notices are dropped:
+  -- this call looked at all it holds.  The markers stay (renew keeps them
+  -- while the task's heartbeats come) until they expire.
   redis.call('DEL', P .. 'cn:' .. ARGV[2])
   local out = {}
   for i = 3, #ARGV, 2 do
-    local mark = P .. 'cx:' .. ARGV[i]
-    if redis.call('GET', mark) == ARGV[i + 1] then
-      redis.call('DEL', mark)
+    if redis.call('GET', P .. 'cx:' .. ARGV[i]) == ARGV[i + 1] then
       out[#out + 1] = ARGV[i]
     end
   end

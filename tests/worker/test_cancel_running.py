@@ -7,10 +7,13 @@ from __future__ import annotations
 import psutil
 import pytest
 
+import poolx
 from poolx import Task, get_broker, get_queue
+from poolx.consumer import BrokerConsumer
 from poolx.task import CANCELLED_ERROR, Retry, TaskCancelled
 from tests.conftest import wait_until
 from tests.worker import tasks
+from tests.worker.conftest import CONTEXT
 
 WAIT = 20
 
@@ -62,3 +65,33 @@ def test_a_cancelled_retrying_task_runs_no_further_attempt(url, start_pool, tmp_
     marker = q.wt.getpid()  # a retry would have been due long before this ran
     assert marker.wait(WAIT)
     assert not (tmp_path / "r.started").exists()
+
+
+
+def test_a_cancelled_job_that_waits_in_the_pool_is_killed_when_it_starts(url, tmp_path):
+    """The consumer handed the task to the pool, whose one worker is busy
+    with a job of its own: cancelled then, it cannot be killed yet (the
+    engine kills running jobs only); it is killed once it starts, although
+    it is the consumer's only task (it would wait 60 s)."""
+    broker = get_broker(url)
+    broker.expose(tasks.ts)
+    pool = poolx.Pool(1, context=CONTEXT)
+    consumer = BrokerConsumer(pool, broker, timeout=0.1)
+    try:
+        blocker = pool.apply_async(tasks.touch_and_wait, (str(tmp_path), "blocker", 60))
+        started_pid(tmp_path, "blocker")
+        consumer.start()
+        res = get_queue(url).wt.touch_and_wait(str(tmp_path), "queued", 60)
+        wait_until(lambda: consumer.in_flight == 1 and consumer.held == 0, WAIT)
+        assert res.cancel() is True
+        cancelled(res)
+        (tmp_path / "blocker.unlock").write_text("")
+        assert blocker.get(WAIT) == "blocker done"
+        pid = started_pid(tmp_path, "queued")
+        wait_until(lambda: not psutil.pid_exists(pid), WAIT)
+        wait_until(lambda: consumer.in_flight == 0, WAIT)
+        assert not (tmp_path / "queued.out").exists()
+    finally:
+        consumer.stop(join=False)
+        pool.terminate()
+        assert consumer.join(WAIT)
