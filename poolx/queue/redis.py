@@ -266,6 +266,7 @@ class TaskQueue(AbstractTaskQueue):
         self._held: dict[str, tuple[str, str, int]] = {}
         self._args: dict[str, dict[str, bytes]] = {}
         self._cancelled: set[str] = set()  # held tasks found cancelled, not reported yet
+        self._reported: set[str] = set()  # held tasks reported cancelled (markers stay)
         # The fetcher protocol among threads blocked in get().
         self._cond = threading.Condition()
         self._idle = 0
@@ -789,16 +790,20 @@ class TaskQueue(AbstractTaskQueue):
             args = [item for pair in held for item in pair]
             refs = self._call("cxcheck", self.consumer_id, *args)
             with self._lock:
-                self._cancelled.update(ids[_text(ref)] for ref in refs if _text(ref) in ids)
+                found = {ids[_text(ref)] for ref in refs if _text(ref) in ids}
+                self._cancelled.update(found - self._reported)
         return self._report_cancelled(task_ids)
 
     def _report_cancelled(self, task_ids: list[str]) -> list[str]:
-        """The ids among ``task_ids`` found cancelled, now reported."""
+        """The ids among ``task_ids`` found cancelled, now reported (once:
+        Redis keeps the markers while the tasks run)."""
         with self._lock:
-            cancelled = self._cancelled
+            cancelled, reported = self._cancelled, self._reported
             cancelled.intersection_update(self._held)  # answered meanwhile: nothing to stop
+            reported.intersection_update(self._held)
             found = [task_id for task_id in task_ids if task_id in cancelled]
             cancelled.difference_update(found)
+            reported.update(found)
         return found
 
     # -- results ------------------------------------------------------------------

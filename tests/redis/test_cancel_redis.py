@@ -73,7 +73,7 @@ def test_cancel_racing_with_completion_in_a_process_pool(url, start_pool):  # no
         for i in range(40):
             res = q.wt.sleep(0.002 * (i % 4))
             if i % 2:
-                wait_until(lambda: canceller.taskqueue.get_status(res.id) != "enqueued",
+                wait_until(lambda res=res: canceller.taskqueue.get_status(res.id) != "enqueued",
                            WAIT, interval=0.001)
             was_cancelled = canceller.cancel(res.id)
             assert res.wait(WAIT)
@@ -92,3 +92,39 @@ def test_the_example_runs_on_redis(url):
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == output
+
+
+def test_the_heartbeat_of_a_cancelled_task_is_not_a_lost_lease(url, caplog):
+    """The consumer's view: a task it took is cancelled by another broker;
+    its heartbeat does not warn of a lost lease, and cancelled_tasks reports
+    it once (a task whose lease is really gone still warns)."""
+    broker = get_broker(url)
+    res, other = get_queue(url).wt.echo(1), get_queue(url).wt.echo(2)
+    taken = broker.next_task(timeout=WAIT)
+    assert taken is not None and taken.id == res.id
+    with get_broker(url) as canceller:
+        assert canceller.cancel(res.id) is True
+    with caplog.at_level("WARNING"):
+        broker.heartbeat(taken)
+        assert "lost its lease" not in caplog.text
+        assert broker.cancelled_tasks([taken.id], timeout=WAIT) == [taken.id]
+        assert broker.cancelled_tasks([taken.id], timeout=0) == []
+        broker.set_result(taken, "late")  # dropped: the cancel is the outcome
+        assert "lost its lease" not in caplog.text
+        answered = broker.next_task(timeout=WAIT)
+        assert answered is not None and answered.id == other.id
+        broker.set_result(answered, 2)
+        broker.taskqueue.flush()  # results are committed by the writer thread
+        broker.heartbeat(answered)  # answered, not cancelled: its lease is gone
+        assert "lost its lease" in caplog.text
+    cancelled(res)
+    assert other.wait(WAIT) and other.value == 2
+
+
+def test_a_cancel_inside_a_batch_sees_the_batched_task(url):
+    broker = get_broker(url)
+    q = broker.queue()
+    with broker.batch():
+        res = q.wt.echo(1)
+        assert res.cancel() is True
+    cancelled(res)

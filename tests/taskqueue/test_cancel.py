@@ -265,7 +265,7 @@ def test_cancel_racing_with_completion_has_exactly_one_outcome(url, calls):
         for i in range(60):
             res = q.cx.echo(i)
             if i % 3:  # let some of them start first
-                wait_until(lambda: broker.status(res) != ENQUEUED, WAIT, interval=0.0005)
+                wait_until(lambda res=res: broker.status(res) != ENQUEUED, WAIT, interval=0.0005)
             cancelled = res.cancel()
             assert res.wait(WAIT)
             if cancelled:

@@ -4,6 +4,8 @@ as cancelled at once, and the pool goes on."""
 
 from __future__ import annotations
 
+import threading
+
 import psutil
 import pytest
 
@@ -87,10 +89,43 @@ def test_a_cancelled_job_that_waits_in_the_pool_is_killed_when_it_starts(url, tm
         cancelled(res)
         (tmp_path / "blocker.unlock").write_text("")
         assert blocker.get(WAIT) == "blocker done"
-        pid = started_pid(tmp_path, "queued")
-        wait_until(lambda: not psutil.pid_exists(pid), WAIT)
-        wait_until(lambda: consumer.in_flight == 0, WAIT)
+        wait_until(lambda: consumer.in_flight == 0, WAIT)  # its job was answered: killed
+        started = tmp_path / "queued.started"  # (it may be killed before it wrote this)
+        if started.exists():
+            pid = int(started.read_text())
+            wait_until(lambda: not psutil.pid_exists(pid), WAIT)
         assert not (tmp_path / "queued.out").exists()
+    finally:
+        consumer.stop(join=False)
+        pool.terminate()
+        assert consumer.join(WAIT)
+
+
+def test_an_idle_consumer_does_not_watch_the_backend(url, tmp_path, monkeypatch):
+    """With nothing in flight the watcher waits in its own process: no
+    cancelled_tasks call at all, however short its backend waits are."""
+    monkeypatch.setattr("poolx.consumer.cancels.WATCH_TIMEOUT", 0.01)
+    broker = get_broker(url)
+    broker.expose(tasks.ts)
+    calls: list[float] = []
+    real = broker.cancelled_tasks
+
+    def counted(task_ids, timeout):
+        calls.append(timeout)
+        return real(task_ids, timeout)
+
+    broker.cancelled_tasks = counted
+    pool = poolx.Pool(1, context=CONTEXT)
+    consumer = BrokerConsumer(pool, broker, timeout=0.1)
+    try:
+        consumer.start()
+        res = get_queue(url).wt.sleep(0.3)
+        assert res.wait(WAIT)
+        wait_until(lambda: consumer.in_flight == 0, WAIT)
+        assert calls  # it watched while the task ran
+        before = len(calls)
+        assert not threading.Event().wait(0.5)  # idle for 50 of its backend waits
+        assert len(calls) - before <= 1  # at most the look that ended with the task
     finally:
         consumer.stop(join=False)
         pool.terminate()
