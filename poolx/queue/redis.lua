@@ -722,9 +722,9 @@ if cmd == 'cancel' then
   -- id, cancelled token, ttl ms -> 0 not cancelled (completed, read or
   -- unknown), 1 cancelled while waiting (it never runs), 2 cancelled while
   -- processing (its consumer is told: a marker, and a notice that wakes
-  -- its watcher).  The outcome is the token, stored as store() would: a
-  -- result arriving later is dropped, a retry or requeue finds the task no
-  -- longer processing.
+  -- its watcher).  The outcome is the token, stored by store(): a result
+  -- arriving later is dropped, a retry or requeue finds the task no longer
+  -- processing.
   local id, token, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
   local key, ref = P .. 't:' .. id, 't' .. id
   local f = redis.call('HMGET', key, 's', 'p', 'o', 'ls', 'ir')
@@ -736,7 +736,6 @@ if cmd == 'cancel' then
   elseif status == 'scheduled' then
     redis.call('ZREM', SCHED, ref)
   elseif status == 'processing' then
-    redis.call('ZREM', LEASES, ref)
     local owner = f[3] or ''
     local consumer = string.match(owner, '^(.*)#%d+$')
     if consumer then
@@ -748,20 +747,12 @@ if cmd == 'cancel' then
     end
     code = 2
   end
-  redis.call('SREM', DEFERRED, id)
   if f[5] == '1' then  -- nobody reads its outcome: the id is free at once
+    redis.call('SREM', DEFERRED, id)
     redis.call('DEL', key)
     return code
   end
-  local drop = {'m'}
-  for _, field in ipairs(redis.call('HKEYS', key)) do
-    if string.sub(field, 1, 2) == 'a:' then drop[#drop + 1] = field end
-  end
-  chunked('HDEL', key, drop)
-  redis.call('HSET', key, 's', 'completed', 'r', token)
-  redis.call('PEXPIRE', key, ttl)
-  wake(id, key)
-  deliver(id, key, token)
+  store(id, token, ttl)  -- (a scheduled task leaves the schedule there)
   return code
 
 elseif cmd == 'cxcheck' then

@@ -30,36 +30,36 @@ lands while the task is being fetched) waits for the watcher's next look,
 at most 5 s.  The heartbeat (every 30 s by default) is not involved."""
 
 
-def test_a_separate_broker_cancels_a_task_running_in_this_process(url, start_pool,  # noqa: F811
-                                                                 tmp_path):
-    start_pool(get_broker(url), tasks.init, workers=1)
-    q = get_queue(url)
-    res = q.wt.touch_and_wait(str(tmp_path), "a", 60)
-    pid = started_pid(tmp_path, "a")
+def cancel_running(url, tmp_path, name):
+    """Run a task that waits 60 s, cancel it from a broker of its own (not
+    the producer's, not the consumer's) and see its worker die within
+    NOTICE_BOUND; return the task's Deferred and its worker's pid."""
+    res = get_queue(url).wt.touch_and_wait(str(tmp_path), name, 60)
+    pid = started_pid(tmp_path, name)
     with get_broker(url) as canceller:
         start = time.monotonic()
         assert canceller.cancel(res.id) is True
-        cancelled(res)
         wait_until(lambda: not psutil.pid_exists(pid), WAIT)
         assert time.monotonic() - start < NOTICE_BOUND
         assert canceller.cancel(res.id) is False
-    after = q.wt.getpid()
+    return res, pid
+
+
+def test_a_separate_broker_cancels_a_task_running_in_this_process(url, start_pool,  # noqa: F811
+                                                                 tmp_path):
+    start_pool(get_broker(url), tasks.init, workers=1)
+    res, pid = cancel_running(url, tmp_path, "a")
+    cancelled(res)
+    after = get_queue(url).wt.getpid()
     assert after.wait(WAIT) and after.value != pid
 
 
 def test_a_pool_in_another_process_kills_the_cancelled_task(url, pool_process,  # noqa: F811
                                                            tmp_path):
     pool_process(workers=1)
-    q = get_queue(url)
-    res = q.wt.touch_and_wait(str(tmp_path), "b", 60)
-    pid = started_pid(tmp_path, "b")
-    with get_broker(url) as canceller:
-        start = time.monotonic()
-        assert canceller.cancel(res.id) is True
-        wait_until(lambda: not psutil.pid_exists(pid), WAIT)
-        assert time.monotonic() - start < NOTICE_BOUND
+    res, pid = cancel_running(url, tmp_path, "b")
     cancelled(res)
-    after = q.wt.getpid()
+    after = get_queue(url).wt.getpid()
     assert after.wait(WAIT) and after.value != pid
     assert not (tmp_path / "b.out").exists()
 

@@ -5,8 +5,9 @@ running (a thread WorkerPool: the thread runs on, its late result is
 dropped) and finished tasks, dependents following ``on_error``, and the
 race of a cancel with the task's completion (exactly one outcome).
 
-The process pool (a running task's worker is terminated) is tested in
-``tests/worker/test_cancel_running.py``.
+A process pool (a running task's worker is killed) once per backend here;
+more of it in ``tests/worker/test_cancel_running.py`` and
+``tests/redis/test_cancel_redis.py``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,18 @@ from __future__ import annotations
 import pickle
 import threading
 
+import psutil
 import pytest
 
+import poolx
 from poolx import Task, TaskSpace, get_broker
 from poolx.const import COMPLETED, ENQUEUED, PENDING, PROCESSING, SCHEDULED
+from poolx.consumer import BrokerConsumer
 from poolx.task import CANCELLED_ERROR, Retry, TaskCancelled, TaskFailure
 from tests.conftest import wait_until
+from tests.worker import tasks as worker_tasks
+from tests.worker.conftest import CONTEXT
+from tests.worker.test_cancel_running import started_pid
 
 from .helpers import WAIT, thread_worker, value_of
 
@@ -277,3 +284,30 @@ def test_cancel_racing_with_completion_has_exactly_one_outcome(url, calls):
             assert res.cancel() is False
     assert sum(outcomes.values()) == 60
 
+
+
+# -- running tasks in a process pool (every backend, Redis Cluster included) ------------------
+
+
+def test_a_running_task_in_a_process_pool_is_killed(url, tmp_path):
+    """The consumer's watcher hears of the cancel from the backend (on a
+    cluster, from the node of the queue's slot) and kills the worker; the
+    pool's one worker is free again (the task would wait 60 s)."""
+    broker = get_broker(url)
+    broker.expose(worker_tasks.ts)
+    pool = poolx.Pool(1, context=CONTEXT)
+    consumer = BrokerConsumer(pool, broker, timeout=0.1)
+    try:
+        consumer.start()
+        q = broker.queue()
+        res = q.wt.touch_and_wait(str(tmp_path), "run", 60)
+        pid = started_pid(tmp_path, "run")
+        assert get_broker(url).cancel(res.id) is True
+        _cancelled(res)
+        wait_until(lambda: not psutil.pid_exists(pid), WAIT)
+        after = q.wt.getpid()
+        assert after.wait(WAIT) and after.value != pid
+    finally:
+        consumer.stop(join=False)
+        pool.terminate()
+        assert consumer.join(WAIT)
