@@ -862,6 +862,8 @@ class Deferred:
         process can cancel (see :meth:`Broker.cancel
         <poolx.core.Broker.cancel>`).  If the task returned a Deferred,
         that task is cancelled.
+
+        :raises NotImplementedError: if the backend cannot cancel tasks.
         """
         if self._value is not _MISSING:
             return False

@@ -790,8 +790,8 @@ class TaskQueue(AbstractTaskQueue):
             args = [item for pair in held for item in pair]
             refs = self._call("cxcheck", self.consumer_id, *args)
             with self._lock:
-                found = {ids[_text(ref)] for ref in refs if _text(ref) in ids}
-                self._cancelled.update(found - self._reported)
+                marked = {ids[_text(ref)] for ref in refs if _text(ref) in ids}
+                self._cancelled.update(marked - self._reported)
         return self._report_cancelled(task_ids)
 
     def _report_cancelled(self, task_ids: list[str]) -> list[str]:

@@ -40,7 +40,8 @@ class Calls:
         self.release = threading.Event()
         self._lock = threading.Lock()
         self.space = TaskSpace("cx")
-        for func in (self.echo, self.hold, self.fail, self.join):
+        self.queue = None  # set by the fixture: where relay enqueues
+        for func in (self.echo, self.hold, self.fail, self.join, self.relay):
             self.space.task(func)
 
     def _record(self, name: str, value: object) -> None:
@@ -65,6 +66,11 @@ class Calls:
         self._record("join", values)
         return "+".join(map(str, values))
 
+    def relay(self, value: object) -> object:
+        """Return the Deferred of an echo scheduled a minute from now."""
+        self._record("relay", value)
+        return Task(self.queue.cx.echo, delay=60)(value)
+
     def ran(self, name: str) -> list[object]:
         with self._lock:
             return [value for called, value in self.calls if called == name]
@@ -74,6 +80,7 @@ class Calls:
 def calls(url):
     broker = get_broker(url)
     calls = Calls()
+    calls.queue = broker.queue()
     broker.expose(calls.space)
     yield broker, calls
     calls.release.set()
@@ -196,6 +203,22 @@ def test_a_finished_task_is_not_cancelled(url, calls):
         assert res.value == "done"
         assert res.cancel() is False  # read
         assert broker.cancel(res.id) is False
+
+
+def test_a_deferred_that_follows_another_cancels_that_task(url, calls):
+    """relay returned the Deferred of a scheduled echo: relay's task is
+    finished, so cancelling its Deferred cancels the echo it follows."""
+    broker, recorded = calls
+    res = broker.queue().cx.relay("later")
+    with thread_worker(broker):
+        wait_until(lambda: not res.wait(0) and res.status == SCHEDULED, WAIT)
+        assert broker.cancel(res.id) is False  # relay itself has finished
+        assert res.cancel() is True
+        assert res.wait(WAIT)
+    with pytest.raises(TaskCancelled) as info:
+        value_of(res)
+    assert info.value.task_id != res.id and info.value.task_name == "cx.echo"
+    assert recorded.ran("echo") == []
 
 
 def test_unknown_ids_and_second_cancels_return_false(url, calls):
