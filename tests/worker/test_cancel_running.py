@@ -4,6 +4,7 @@ as cancelled at once, and the pool goes on."""
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import psutil
@@ -130,3 +131,59 @@ def test_an_idle_consumer_does_not_watch_the_backend(url, tmp_path, monkeypatch)
         consumer.stop(join=False)
         pool.terminate()
         assert consumer.join(WAIT)
+
+
+class _StubResult:
+    def __init__(self) -> None:
+        self.signals: list[int | None] = []
+
+    def ready(self) -> bool:
+        return False
+
+    def terminate(self, signum=None) -> None:
+        self.signals.append(signum)
+
+    def worker_pids(self) -> list[int]:
+        return []
+
+
+class _StubPool:
+    """One worker that never finishes anything: records what it was given."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[str, _StubResult]] = []
+
+    def stats(self) -> dict:
+        return {"processes": 1, "workers": []}
+
+    def apply_async(self, func, args, **kw) -> _StubResult:
+        result = _StubResult()
+        self.submitted.append((args[0].id, result))
+        return result
+
+
+def test_the_consumer_drops_a_held_task_and_kills_a_running_one(url):
+    """stop_cancelled, as the watcher calls it: a task held ahead (no
+    worker free) is never handed to the pool; the one in the pool is
+    killed with SIGKILL (a worker of ``poolx worker`` ignores SIGTERM)."""
+    broker = get_broker(url)
+    q = get_queue(url)
+    first, second = q.wt.sleep(60), q.wt.sleep(60)
+    pool = _StubPool()
+    consumer = BrokerConsumer(pool, broker, register=False)
+    for _ in range(2):
+        consumer.track(broker.next_task(timeout=0), func=tasks.sleep)
+    assert [task_id for task_id, _ in pool.submitted] == [first.id]
+    assert (consumer.in_flight, consumer.held) == (2, 1)
+    assert second.cancel() is True
+    consumer.stop_cancelled(second.id)
+    assert (consumer.in_flight, consumer.held) == (1, 0)
+    assert first.cancel() is True
+    consumer.stop_cancelled(first.id)
+    [(_, result)] = pool.submitted
+    assert result.signals == [signal.SIGKILL]
+    assert consumer.killing()  # until the pool answers
+    consumer.kill_pending()
+    assert result.signals == [signal.SIGKILL, signal.SIGKILL]
+    cancelled(first)
+    cancelled(second)
