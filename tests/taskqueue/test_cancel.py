@@ -263,6 +263,16 @@ def test_an_ignore_result_task_is_cancelled_by_id_and_its_id_is_free(url, calls)
     assert sorted(map(str, recorded.ran("echo"))) == ["after", "y"]
 
 
+def test_a_running_ignore_result_task_is_unknown(url, calls):
+    """It left the queue when a worker took it: nothing to cancel."""
+    broker, recorded = calls
+    Task(broker.queue().cx.hold, id="fire", ignore_result=True)("x")
+    with thread_worker(broker):
+        assert recorded.started.wait(WAIT)
+        assert broker.cancel("fire") is False
+        recorded.release.set()
+
+
 # -- running tasks in a thread pool ----------------------------------------------------------
 
 
