@@ -8,8 +8,8 @@ work itself is done by the public API:
   :func:`~poolx.pool.process.start_pools` until SIGTERM/SIGINT (graceful),
   a second signal stops at once.
 * ``poolx status URL`` — what :class:`poolx.status.StatusReader` reads:
-  the pool registry, queue sizes (waiting, scheduled) and the next tasks of
-  each queue.
+  the pool registry, queue sizes (waiting, scheduled), the next tasks and
+  the periodic entries of each queue, and the tasks that failed recently.
 * ``poolx enqueue URL TASK [ARGS_JSON]`` — a task by its dotted name
   (``--wait``: on a terminal, a spinner on stderr while it waits).
 * ``poolx purge URL`` — ``discard_pending_tasks`` after confirmation.
@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "only for a free worker (default: adapts to each task name's run time, "
                              "none for slow or unknown tasks)")
     worker.add_argument("--name", metavar="NAME", help="pool name shown in logs and `poolx status`")
+    worker.add_argument("--scheduler", action="store_true",
+                        help="also enqueue the ticks of each queue's periodic tasks (any number of "
+                             "workers may: each tick is enqueued once)")
     worker.add_argument("--status-interval", type=_seconds, default=5.0, metavar="S",
                         help="seconds between two status heartbeats for `poolx status` (default 5); "
                              "a pool silent for three intervals disappears from it")
@@ -185,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--tasks", type=_count, default=10, metavar="N",
                         help="list the next N tasks waiting in each queue: id, name, age "
                              "(default 10; 0 lists none)")
+    status.add_argument("--failed", type=_count, default=10, metavar="N",
+                        help="list the last N tasks that failed in the pools shown: time, name, "
+                             "id, pool, worker, error (default 10; 0 lists none)")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     enqueue = commands.add_parser(
@@ -327,6 +333,13 @@ def _duration(seconds: Any) -> str:
     return f"{seconds // 86400:.0f}d{seconds % 86400 // 3600:02.0f}h"
 
 
+def _utc(timestamp: float) -> str:
+    """An epoch time as ``2026-12-03 18:05:00 UTC``."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _mib(value: Any) -> str:
     return f"{value / 2**20:.1f} MiB" if isinstance(value, (int, float)) else "? MiB"
 
@@ -380,7 +393,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             name = f"{name}-{queue}"
         pools.append(WorkerPool(broker, worker_init, (init, args.log_level), workers=args.workers,
                                 max_worker_tasks=args.max_worker_tasks,
-                                name=name, status_interval=args.status_interval, **options))
+                                name=name, status_interval=args.status_interval,
+                                scheduler=args.scheduler, **options))
     logging.getLogger("poolx.cli").info(
         "poolx worker on %s, queue(s) %s", redact_url(args.url), ", ".join(queues))
     metrics = _serve_metrics(pools, args.metrics_port, args.metrics_bind)
@@ -425,7 +439,7 @@ def _status(reader: StatusReader, args: argparse.Namespace) -> dict[str, Any]:
     from poolx.status import StatusUnavailable
 
     try:
-        return reader.read(args.queue or [], args.pool or [], args.tasks)
+        return reader.read(args.queue or [], args.pool or [], args.tasks, failed=args.failed)
     except StatusUnavailable as err:
         raise _Failure(str(err)) from None
     except ValueError as err:  # a --queue name the backend cannot have
@@ -468,6 +482,34 @@ def _print_status(status: dict[str, Any]) -> None:
             print(f"    {task['id']}  {task['name'] or '?'}  waiting {_duration(task['age'])}")
         if listed and sizes["waiting"] > len(listed):
             print(f"    ... {sizes['waiting'] - len(listed)} more")
+        for entry in sizes.get("periodic") or ():
+            due = entry["due_in"]
+            when = f"in {_duration(due)}" if due >= 0 else f"{_duration(-due)} late"
+            print(f"    periodic {entry['name']}: {entry['task']} {entry['schedule']}, "
+                  f"next run {_utc(entry['next_run'])} ({when})")
+    _print_failed(status.get("failed") or [])
+
+
+def _print_failed(failed: list[dict[str, Any]]) -> None:
+    """The recently failed tasks of ``poolx status`` (newest first), two
+    lines each: control characters in their texts (a newline, a terminal
+    escape in an error message) are shown escaped, as ``\\n``."""
+    if not failed:
+        return
+    print()
+    print("recently failed:")
+    for task in failed:
+        name, queue, task_id, error = (_escaped(task[key]) for key in ("task", "queue", "id", "error"))
+        print(f"  {_duration(task['age'])} ago  {name} [{queue}:{task_id}]  "
+              f"{task['pool']} on {task['host']} (worker {task['worker'] or '-'})")
+        print(f"    {error}")
+
+
+def _escaped(text: str) -> str:
+    """``text`` with its control characters written as Python escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -41,13 +41,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from poolx.const import DEFAULT, STATUS_VALUES, TASK_CANCELLED, TASK_EXPIRED
-from poolx.queue.base import AbstractTaskQueue
+from poolx.periodic import Schedule
+from poolx.queue.base import AbstractTaskQueue, PeriodicEntry
 from poolx.queue.registry import registry
 from poolx.queue.urls import redact_url
 from poolx.serialization import (
@@ -62,6 +64,7 @@ from poolx.task import (
     DuplicateTask,
     FunctionTask,
     Queue,
+    Retry,
     Task,
     TaskCancelled,
     TaskExpired,
@@ -654,6 +657,138 @@ class Broker:
             persistent_load = values.__getitem__
         args, kw = self.serializer.loads(envelope["payload"], persistent_load)
         return args, kw, failures
+
+    # -- periodic tasks -----------------------------------------------------
+
+    def periodic(
+        self,
+        task: Queue | Task | str,
+        every: float | None = None,
+        cron: str | None = None,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> str:
+        """Enqueue ``task(*args, **kwargs)`` at every tick of a schedule, for
+        as long as the entry is stored (see :doc:`periodic`).
+
+        The entry is stored in the backend (``redis://``: under the queue's
+        keys, so it survives restarts and every machine sees it); worker
+        pools started with ``scheduler=True`` (``poolx worker
+        --scheduler``) enqueue its ticks, each exactly once however many
+        schedulers run.  Registering a name again replaces the entry; if its
+        schedule is unchanged, its next run is kept.
+
+        :param task: The task: ``q.tasks.f`` (a :class:`~poolx.task.Queue`
+            attribute of this broker), a :class:`~poolx.task.Task` (its
+            options are kept) or a dotted task name.
+        :param every: Run every ``every`` seconds; the first run is one
+            period after the entry is first stored.
+        :param cron: Or run at the times of a cron expression (UTC; needs
+            the ``cron`` extra, croniter).
+        :param args: Positional arguments of every run (no Deferred).
+        :param kwargs: Keyword arguments of every run.
+        :param name: The entry's name (default: the task's name).
+        :param options: :class:`~poolx.task.Task` options of every run
+            (``timeout``, ``retry``, ``max_retries``...; not ``id``,
+            ``delay`` or ``eta``).  Runs ignore their results unless
+            ``ignore_result=False`` or a ``result_timeout`` is given.
+        :returns: The entry's name.
+        :raises ValueError: for an invalid schedule, option or name.
+        :raises SerializationError: if the arguments cannot be serialized.
+        :raises NotImplementedError: if the backend cannot store periodic
+            tasks.
+        :raises poolx.exceptions.ExtraNotInstalled: for ``cron`` without
+            croniter.
+        """
+        store = self._taskqueue
+        if not _extends(store, "set_periodic"):
+            raise NotImplementedError(
+                f"the {type(store).__module__} backend cannot store periodic tasks")
+        schedule = Schedule(every=every, cron=cron)
+        template = self._periodic_task(task, options)
+        entry = template.name if name is None else name
+        if not isinstance(entry, str) or not entry:
+            raise ValueError(f"invalid periodic entry name: {entry!r}")
+        run = FunctionTask(template.name, tuple(args), dict(kwargs or {}), template.options)
+        _message, pending = self._task_message(run)  # fails here, not at the first tick
+        if pending:
+            raise ValueError(f"periodic task {template.name}: its arguments hold Deferred results")
+        spec = self.serializer.dumps(
+            {"args": run.args, "kwargs": run.kw, "options": template.options})
+        store.set_periodic(entry, template.name, schedule.text, spec, schedule.first(time.time()))
+        log.debug("periodic %s: %s %s [%s]", entry, template.name, schedule.text, self.name)
+        return entry
+
+    def _periodic_task(self, task: Queue | Task | str, options: dict[str, Any]) -> Task:
+        """The :class:`~poolx.task.Task` every run of a periodic entry is."""
+        if isinstance(task, str):
+            task = self.queue(task)
+        if isinstance(task, Queue):
+            owner = queue_broker(task)
+            if (owner.url, owner.name) != (self.url, self.name):
+                raise ValueError(f"{task!r} belongs to {redact_url(owner.url)} [{owner.name}], "
+                                 "not this queue")
+            base: dict[str, Any] = {}
+            queue = task
+        elif isinstance(task, Task):
+            if task.delay is not None or task.eta is not None:
+                raise ValueError("a periodic task takes no delay or eta")
+            base = {key: value for key, value in task.options.items() if key != "id"}
+            if isinstance(base.get("retry"), dict):
+                base["retry"] = Retry.from_dict(base["retry"])
+            queue = task.queue
+        else:
+            raise ValueError(f"invalid periodic task: {task!r} (a queue attribute, a Task or a name)")
+        for refused in ("id", "delay", "eta"):
+            if refused in options:
+                raise ValueError(f"a periodic task takes no {refused} (each run gets its own id)")
+        merged = dict(base, **options)
+        merged.setdefault("ignore_result", "result_timeout" not in merged)
+        try:
+            return Task(queue, **merged)
+        except TypeError as err:
+            raise ValueError(f"invalid task options {options!r}: {err}") from None
+
+    def unperiodic(self, name: str) -> bool:
+        """Remove the periodic entry ``name``: no tick of it is enqueued
+        after this returns (runs already enqueued still run).
+
+        :returns: Whether the entry existed.
+        """
+        store = self._taskqueue
+        if not _extends(store, "remove_periodic"):
+            return False
+        return store.remove_periodic(name)
+
+    def periodic_entries(self) -> list[PeriodicEntry]:
+        """The stored periodic entries, the next to run first (``[]`` on a
+        backend without periodic tasks)."""
+        store = self._taskqueue
+        if not _extends(store, "periodic_entries"):
+            return []
+        return store.periodic_entries()[1]
+
+    def run_periodic(self, entry: PeriodicEntry, now: float) -> bool:
+        """Enqueue the tick of ``entry`` due at its ``next_run``, if no other
+        scheduler did (a scheduler's call; ``now`` is the backend's time).
+        The run's task id is ``<entry name>@<due time in ms>``.
+
+        :returns: True if this call enqueued it.
+        :raises Exception: if the entry cannot be read (a different secret,
+            a damaged spec): the caller logs it and skips that version.
+        """
+        schedule = Schedule.from_text(entry.schedule)
+        spec = self.serializer.loads(entry.spec)
+        options = dict(spec["options"], id=f"{entry.name}@{round(entry.next_run * 1000)}")
+        run = FunctionTask(entry.task, tuple(spec["args"]), dict(spec["kwargs"]), options)
+        message, _pending = self._task_message(run)
+        claimed = self._taskqueue.claim_periodic(
+            entry, schedule.next_after(entry.next_run, now), Deferred(self, run), message)
+        if claimed:
+            log.debug("periodic %s: enqueued %s [%s:%s]", entry.name, run.name, self.name, run.id)
+        return claimed
 
 
 def _extends(store: AbstractTaskQueue, method: str) -> bool:

@@ -167,18 +167,21 @@ class DashboardServer(ThreadingHTTPServer):
     :param token: When set, every request must carry it.
     :param interval: Seconds between two polls of the page.
     :param tasks: How many queued tasks of each queue the page lists.
+    :param failed: How many recently failed tasks the page lists.
     """
 
     daemon_threads = True
 
     def __init__(self, reader: StatusReader, address: tuple[str, int] = (DEFAULT_BIND, DEFAULT_PORT), *,
-                 token: str | None = None, interval: float = 2.0, tasks: int = 10) -> None:
+                 token: str | None = None, interval: float = 2.0, tasks: int = 10,
+                 failed: int = 20) -> None:
         if token is not None and not token:
             raise ValueError("the token must not be empty")
         self.reader = reader
         self.token = token
         self.interval = interval
         self.tasks = tasks
+        self.failed = failed
         self.throughput = Throughput()
         self.loopback_only = _is_loopback(address[0])
         self._lock = threading.Lock()
@@ -208,7 +211,7 @@ class DashboardServer(ThreadingHTTPServer):
                 return self._cached[1:]
             body: dict[str, Any]
             try:
-                status = self.reader.read(tasks=self.tasks)
+                status = self.reader.read(tasks=self.tasks, failed=self.failed)
             except StatusUnavailable as err:
                 code, body = HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(err)}
             except Exception as err:  # the page shows it; the server goes on
@@ -346,6 +349,7 @@ th { background: #f3f3f3; } td.n { text-align: right; font-variant-numeric: tabu
 #error.shown { display: block; }
 code { font-size: 12px; } svg { background: #fafafa; border: 1px solid #ddd; }
 rect.done { fill: #4c8bf5; } rect.failed { fill: #e0475b; }
+#failed td:not(:last-child) { white-space: nowrap; }
 """
 
 _SCRIPT = """
@@ -422,6 +426,17 @@ function queues(status) {
   }
   body.replaceChildren(...rows);
 }
+function failed(status) {
+  const body = document.getElementById("failed"), rows = [];
+  for (const f of status.failed || []) {
+    const tr = row([dur(f.age) + " ago", f.task, el("code", f.id), f.queue,
+      f.pool + " on " + f.host, f.worker === null ? "-" : f.worker, el("code", f.error)]);
+    tr.dataset.failed = String(f.id);
+    rows.push(tr);
+  }
+  if (!rows.length) rows.push(row([el("span", "no failed task in the live pools", "muted")]));
+  body.replaceChildren(...rows);
+}
 function throughput(t) {
   const text = (w) => w.done + " done, " + w.failed + " failed in the last " + dur(w.seconds);
   document.getElementById("last-minute").textContent = text(t.last_minute);
@@ -459,7 +474,7 @@ async function refresh() {
     document.getElementById("url").textContent = s.url;
     document.getElementById("version").textContent = data.version;
     document.getElementById("updated").textContent = new Date(s.time * 1000).toLocaleTimeString();
-    pools(s); queues(s); throughput(data.throughput);
+    pools(s); queues(s); failed(s); throughput(data.throughput);
     banner.className = ""; banner.textContent = "";
   } catch (err) {
     banner.className = "shown";
@@ -495,6 +510,12 @@ PAGE = f"""<!DOCTYPE html>
 <table>
 <thead><tr><th>queue</th><th>waiting</th><th>in flight</th><th>oldest task</th><th>next tasks</th></tr></thead>
 <tbody id="queues"></tbody>
+</table>
+<h2>Recently failed tasks <span class="muted">(newest first)</span></h2>
+<table>
+<thead><tr><th>when</th><th>task</th><th>id</th><th>queue</th><th>pool</th><th>worker</th>
+<th>error</th></tr></thead>
+<tbody id="failed"></tbody>
 </table>
 <h2>Throughput <span class="muted">(since this dashboard started)</span></h2>
 <div id="last-minute">-</div>

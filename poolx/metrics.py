@@ -113,7 +113,8 @@ class StatsCollector:
     at every scrape.
 
     :param sources: Objects with a ``stats()`` method (:class:`poolx.Pool`,
-        :class:`~poolx.pool.process.WorkerPool`) or callables returning
+        :class:`~poolx.pool.process.WorkerPool`,
+        :class:`poolx.ProcessPoolExecutor`) or callables returning
         such a snapshot.  A snapshot with a ``"queue"`` key (a worker
         pool's) labels every sample with ``queue`` (``""`` for a plain pool
         served beside worker pools); with several sources, every sample also

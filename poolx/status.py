@@ -2,8 +2,9 @@
 
 Owned here: :class:`StatusReader` — reads the pool registry
 (``live_pools``, the records worker pools publish as their heartbeat), queue
-sizes and the next queued tasks of a task queue URL, and returns them as one
-JSON-ready dict (the schema of ``poolx status --json``) — and
+sizes, the next queued tasks and the periodic entries of a task queue URL, and returns them as one
+JSON-ready dict (the schema of ``poolx status --json``) — with the recent
+failures of every pool merged into one list (:func:`merge_failures`) — and
 :class:`StatusUnavailable`, the error when the broker cannot be read.  Two
 users: the ``poolx status`` command (:mod:`poolx.cli`) and the web
 dashboard (:mod:`poolx.dashboard`), which polls it.
@@ -30,7 +31,7 @@ from poolx.const import DEFAULT
 from poolx.core import Broker, get_broker
 from poolx.queue.urls import redact_url
 
-__all__ = ["StatusReader", "StatusUnavailable"]
+__all__ = ["StatusReader", "StatusUnavailable", "merge_failures"]
 
 T = TypeVar("T")
 
@@ -90,6 +91,18 @@ class StatusReader:
             raise StatusUnavailable(
                 f"cannot reach {redact_url(self.url)}: {type(err).__name__}: {err}") from None
 
+    def _optional(self, call: Callable[[], T]) -> T | None:
+        """:meth:`_reach` for an optional backend method: None if the
+        backend does not have it (NotImplementedError)."""
+
+        def attempt() -> T | None:
+            try:
+                return call()
+            except NotImplementedError:
+                return None
+
+        return self._reach(attempt)
+
     def live_pools(self) -> list[dict[str, Any]]:
         """The records of every live worker pool on the URL (whatever queue
         each consumes), as the pools published them; unreadable records are
@@ -107,15 +120,7 @@ class StatusReader:
     def scheduled(self, queue: str) -> int | None:
         """How many tasks of ``queue`` wait for their due time (``delay``,
         ``eta``, a retry's back-off); None if the backend cannot schedule."""
-        broker = self.broker(queue)
-
-        def count() -> Any:
-            try:
-                return broker.taskqueue.scheduled_size()
-            except NotImplementedError:
-                return None
-
-        return self._reach(count)
+        return self._optional(self.broker(queue).taskqueue.scheduled_size)
 
     def queued_tasks(self, queue: str, limit: int, now: float | None = None) -> list[dict[str, Any]] | None:
         """The next ``limit`` tasks waiting in ``queue``, the next one first:
@@ -127,15 +132,8 @@ class StatusReader:
         if limit <= 0:
             return []
         now = time.time() if now is None else now
-        broker = self.broker(queue)
-
-        def listing() -> Any:
-            try:
-                return broker.taskqueue.queued_tasks(limit)
-            except NotImplementedError:
-                return None
-
-        tasks = self._reach(listing)
+        store = self.broker(queue).taskqueue
+        tasks = self._optional(lambda: store.queued_tasks(limit))
         if tasks is None:
             return None
         return [
@@ -144,16 +142,38 @@ class StatusReader:
             for task in tasks
         ]
 
-    def read(self, queues: Sequence[str] = (), pools: Sequence[str] = (), tasks: int = 0) -> dict[str, Any]:
+    def periodic(self, queue: str, now: float | None = None) -> list[dict[str, Any]] | None:
+        """The periodic entries of ``queue``, the next to run first:
+        ``{"name", "task", "schedule", "next_run", "due_in"}`` each
+        (``next_run`` in seconds since the epoch by the backend's clock,
+        ``due_in`` seconds from ``now``, negative when a tick is late);
+        None if the backend cannot store periodic tasks."""
+        now = time.time() if now is None else now
+        store = self.broker(queue).taskqueue
+        entries = self._optional(lambda: store.periodic_entries()[1])
+        if entries is None:
+            return None
+        return [
+            {"name": entry.name, "task": entry.task, "schedule": entry.schedule,
+             "next_run": entry.next_run, "due_in": entry.next_run - now}
+            for entry in entries
+        ]
+
+    def read(self, queues: Sequence[str] = (), pools: Sequence[str] = (), tasks: int = 0,
+             failed: int = 0) -> dict[str, Any]:
         """The status, as ``poolx status --json`` prints it.
 
         :param queues: Only these queues and the pools consuming them
             (default: ``default`` and every queue a live pool consumes).
         :param pools: Only the pools of these names.
         :param tasks: List the next ``tasks`` tasks of each queue.
+        :param failed: List the last ``failed`` tasks that failed in the
+            pools shown (see :func:`merge_failures`).
         :returns: ``{"url", "time", "pools": [record...], "queues": {name:
-            {"waiting", "scheduled", "in_flight", "tasks"}}}``; pools sorted by host,
-            name and pid.
+            {"waiting", "scheduled", "in_flight", "tasks", "periodic"}},
+            "failed": [failure...]}``; pools sorted by host, name and pid,
+            without the ``"failed"`` list each publishes (merged into
+            ``"failed"``); ``periodic`` as :meth:`periodic` returns it.
         :raises StatusUnavailable: the broker could not be read.
         :raises ValueError: a queue in ``queues`` is not a valid name.
         """
@@ -179,10 +199,15 @@ class StatusReader:
             size = self._reach(lambda broker=broker: len(broker))  # type: ignore[misc]
             in_flight = sum(len(p.get("in_flight") or ()) for p in found if p.get("queue") == name)
             listed[name] = {"waiting": size, "scheduled": self.scheduled(name), "in_flight": in_flight,
-                            "tasks": self.queued_tasks(name, tasks, now)}
+                            "tasks": self.queued_tasks(name, tasks, now),
+                            "periodic": self.periodic(name, now)}
         if not queues:
             self._forget_except(names)
-        return {"url": redact_url(self.url), "time": now, "pools": found, "queues": listed}
+        recent = merge_failures(found, failed, now)
+        for info in found:
+            info.pop("failed", None)
+        return {"url": redact_url(self.url), "time": now, "pools": found, "queues": listed,
+                "failed": recent}
 
     def _forget_except(self, names: Sequence[str]) -> None:
         """Close the brokers of queues no live pool consumes any more: a
@@ -206,6 +231,34 @@ class StatusReader:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def merge_failures(pools: Sequence[dict[str, Any]], limit: int, now: float) -> list[dict[str, Any]]:
+    """The last ``limit`` failures of all ``pools`` (their status records),
+    newest first: each ``{"task", "id", "queue", "error", "worker", "time",
+    "age", "pool", "host"}`` — a record as the pool published it
+    (:class:`poolx.consumer.failures.RecentFailures`), its age at ``now``, and
+    the name and host of its pool.  Malformed records are skipped."""
+    if limit <= 0:
+        return []
+    merged = []
+    for info in pools:
+        records = info.get("failed")
+        if not isinstance(records, list):
+            continue
+        for record in records:
+            if not isinstance(record, dict) or not isinstance(record.get("time"), (int, float)):
+                continue
+            worker = record.get("worker")
+            merged.append({
+                "task": str(record.get("task")), "id": str(record.get("id")),
+                "queue": str(record.get("queue")), "error": str(record.get("error")),
+                "worker": worker if isinstance(worker, int) and not isinstance(worker, bool) else None,
+                "time": record["time"], "age": max(0.0, now - record["time"]),
+                "pool": str(info.get("name")), "host": str(info.get("host")),
+            })
+    merged.sort(key=lambda record: -record["time"])
+    return merged[:limit]
 
 
 def _close_all(brokers: list[Broker]) -> None:

@@ -4,13 +4,16 @@ Who owns what: a :class:`TaskTally` belongs to exactly one owner, which
 calls it from one thread at a time (it has no lock of its own): the
 engine's supervisor keeps one for ``poolx.Pool`` (tasks named after their
 function, on the supervisor thread), the consumer keeps one for a worker
-pool (tasks named as the broker names them, under the consumer's lock).
+pool (tasks named as the broker names them, under the consumer's lock),
+and ``poolx.ProcessPoolExecutor`` keeps one (calls named after the
+submitted function, under its core's lock, without run times).
 Their ``stats()`` publish :meth:`TaskTally.snapshot` under ``"tasks"``;
 :mod:`poolx.metrics` turns that snapshot into Prometheus metrics at scrape
 time, so nothing is counted twice.
 
-*Started* is counted once per task, when its owner first sees it running
-(a stats snapshot) or when it ends after having started, whichever comes
+*Started* is counted once per task, when its owner first sees its worker
+running it (a stats snapshot: the engine's worker slot, not merely a job
+sent to the worker) or when it ends after having started, whichever comes
 first: no extra message per task, and the count never goes down.  A task
 that never started (cancelled while queued, given back to its queue, or
 failed because the pool is broken) counts nowhere here.

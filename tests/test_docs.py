@@ -86,6 +86,16 @@ def test_a_shown_program_prints_what_its_page_says(page, script, output):
     assert done.stdout == output, f"{page} shows other output for {script}:\n{done.stdout}"
 
 
+def assert_example_prints_the_same_on(page: str, url: str) -> None:
+    """The program ``page`` shows, run with ``url`` as its argument (a Redis
+    URL), prints what the page shows it printing on memory://."""
+    [(script, shown)] = included_examples(DOCS / page)
+    done = subprocess.run([sys.executable, script, url], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == shown
+
+
 def shell_commands(page: Path) -> list[list[str]]:
     """The commands of the page's ``sh`` blocks, split, without comments."""
     commands = []

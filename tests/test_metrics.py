@@ -24,7 +24,13 @@ from prometheus_client.parser import text_string_to_metric_families
 import poolx
 from poolx import metrics, tally
 from poolx.core import get_broker
-from poolx.exceptions import MemoryLimitExceeded, Terminated, TimeLimitExceeded, WorkerLostError
+from poolx.exceptions import (
+    MemoryLimitExceeded,
+    SoftTimeLimitExceeded,
+    Terminated,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
 from poolx.pool.process import Error, WorkerPool
 from tests.conftest import wait_until
 from tests.engine import helpers
@@ -162,12 +168,55 @@ def test_map_chunks_are_counted_under_the_function():
     assert value(samples, "poolx_task_duration_seconds_count", task=name) == 4
 
 
-def test_the_executor_shows_no_task_tally():
-    """Its jobs all run its own run_call, whose outcome the pool cannot see."""
-    with poolx.ProcessPoolExecutor(1, mp_context=FORK) as executor:
+def test_the_executor_counts_calls_by_the_submitted_function():
+    """Not under its own run_call (whose outcome the pool cannot see): by
+    the function submitted, with the outcome the future got; a map's chunks
+    under the mapped function; run times are not measured."""
+    with poolx.ProcessPoolExecutor(2, mp_context=FORK) as executor:
         assert executor.submit(ok, 3).result(30) == 3
-        stats = executor.stats()
-    assert "tasks" not in stats and stats["completed"] == 1
+        with pytest.raises(ValueError):
+            executor.submit(fail, 1).result(30)
+        with pytest.raises(TimeLimitExceeded):
+            executor.schedule(helpers.sleep, (30,), timeout=0.3).result(30)
+        assert list(executor.map(helpers.square, range(6), chunksize=2)) == [i * i for i in range(6)]
+        running = executor.submit(helpers.sleep, 30)
+        wait_until(lambda: executor.stats()["tasks"].get(tally.task_name(helpers.sleep), {})
+                   .get("started") == 2)  # seen running: counted before it ends
+        assert executor.terminate(running)
+        with pytest.raises(Terminated):
+            running.result(30)
+        tasks = executor.stats()["tasks"]
+        with metrics.serve(executor) as server:  # served as a pool's are
+            samples = scrape(server.url)
+    ok_name, fail_name, sleep_name, square_name = (
+        tally.task_name(f) for f in (ok, fail, helpers.sleep, helpers.square))
+    assert "run_call" not in " ".join(tasks)
+    assert sorted(tasks) == sorted([ok_name, fail_name, sleep_name, square_name])
+    counts = {name: (c["started"], c["succeeded"], {k: v for k, v in c["failed"].items() if v})
+              for name, c in tasks.items()}
+    assert counts == {ok_name: (1, 1, {}), fail_name: (1, 0, {"error": 1}),
+                      sleep_name: (2, 0, {"timeout": 1, "terminated": 1}), square_name: (3, 3, {})}
+    assert all(c["duration"]["count"] == 0 for c in tasks.values())
+    assert value(samples, "poolx_tasks_succeeded_total", task=square_name) == 3
+    assert value(samples, "poolx_tasks_failed_total", task=sleep_name, outcome="terminated") == 1
+
+
+def test_the_executor_does_not_count_a_call_that_never_started():
+    """Calls terminated or cancelled before they started count nowhere."""
+    with poolx.ProcessPoolExecutor(1, mp_context=FORK) as executor:
+        blocker = executor.submit(helpers.sleep, 30)
+        queued = [executor.submit(ok, i) for i in range(3)]  # behind the blocker
+        wait_until(lambda: executor.stats()["tasks"].get(tally.task_name(helpers.sleep), {})
+                   .get("started") == 1)
+        for future in queued:
+            assert executor.terminate(future)
+        assert executor.terminate(blocker)
+        for future in [blocker, *queued]:
+            with pytest.raises(Terminated):
+                future.result(30)
+        tasks = executor.stats()["tasks"]
+    assert tally.task_name(ok) not in tasks
+    assert tasks[tally.task_name(helpers.sleep)]["failed"]["terminated"] == 1
 
 
 def test_the_server_stops_with_the_pool():
@@ -300,6 +349,62 @@ def test_worker_pool_counts_by_task_name(queue_url):
     assert pool.metrics_server is None
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=5)
+
+
+@pytest.mark.parametrize("kind", ["Pool", "WorkerPool"])
+def test_tasks_that_exceeded_their_soft_limit_are_timed(queue_url, kind):
+    """A task that did not catch its soft time limit raised in its worker:
+    it failed with outcome timeout, and its run time is in the histogram (a
+    hard limit's kill is not: see test_pool_counts_tasks_by_name_and_outcome)."""
+    if kind == "Pool":
+        with poolx.Pool(1, context=FORK, metrics_port=0) as plain:
+            with pytest.raises(SoftTimeLimitExceeded):
+                plain.apply(helpers.sleep, (30,), soft_timeout=0.3)
+            samples = scrape(plain.metrics_server.url)
+        check_soft_limit_timed(samples, {"task": tally.task_name(helpers.sleep)})
+        return
+    pool = WorkerPool(get_broker(queue_url), tasks.init, workers=1, context=CONTEXT, metrics_port=0)
+    pool.start(timeout=0.2, handle_sigterm=False)
+    try:
+        queue = poolx.get_queue(queue_url)
+        soft = poolx.Task(queue.wt.sleep, soft_timeout=0.3)(30)
+        assert soft.wait(30)
+        check_soft_limit_timed(scrape(pool.metrics_server.url), {"queue": pool.broker.name, "task": "wt.sleep"})
+    finally:
+        pool.terminate()
+
+
+def check_soft_limit_timed(samples, base: dict[str, str]) -> None:
+    assert value(samples, "poolx_tasks_failed_total", outcome="timeout", **base) == 1
+    assert value(samples, "poolx_task_duration_seconds_count", **base) == 1
+    assert 0.3 <= value(samples, "poolx_task_duration_seconds_sum", **base) < 10
+    assert value(samples, "poolx_task_duration_seconds_bucket", le="0.25", **base) == 0
+    assert value(samples, "poolx_task_duration_seconds_bucket", le="+Inf", **base) == 1
+
+
+def test_worker_pool_counts_a_task_started_once_its_worker_runs_it(queue_url):
+    """A task sent to a worker that has not started it (the worker is
+    stopped here) is prefetched, not running, and not counted as started: a
+    pool terminated then would leave it counted as started and never ended."""
+    pool = WorkerPool(get_broker(queue_url), tasks.init, workers=1, context=CONTEXT)
+    pool.start(timeout=0.2, handle_sigterm=False)
+    try:
+        [pid] = wait_until(lambda: [w["pid"] for w in pool.stats()["workers"] if w["state"] == "idle"], 30)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            result = poolx.get_queue(queue_url).wt.num("7")
+            stats = wait_until(lambda: (lambda s: s if s["workers"][0]["state"] == "busy" else None)(
+                pool.stats()), 30)  # sent to the worker
+            assert stats["workers"][0]["job"] is None  # not started
+            assert (stats["running"], stats["prefetched"]) == (0, 1)
+            assert "wt.num" not in pool.stats()["tasks"]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert result.wait(30) and result.value == 7
+        counts = pool.stats()["tasks"]["wt.num"]
+        assert (counts["started"], counts["succeeded"]) == (1, 1)
+    finally:
+        pool.terminate()
 
 
 def test_worker_pool_port_in_use_fails_its_start(queue_url):

@@ -26,6 +26,8 @@ Modules, one job each:
   backoff, handing tasks to the pool with their limits);
 * :mod:`poolx.consumer.outcomes` — pure functions from the pool's answer
   (a value, or an exception *type*) to the task's outcome;
+* :mod:`poolx.consumer.failures` — the bounded list of recent failures a
+  pool publishes with its status;
 * :mod:`poolx.consumer.heartbeats` — heartbeats of running tasks, shared
   with :class:`poolx.pool.thread.WorkerPool`;
 * :mod:`poolx.consumer.inworker` — :func:`init_worker` and :func:`run_task`,

@@ -3,7 +3,8 @@
 Owned here: :class:`BrokerConsumer` — its state (the tasks it has *taken*
 from the queue and not yet answered, whether it is running, stopping or
 broken), carrying out what :mod:`poolx.consumer.outcomes` decides for each
-answer, the pool's status for ``poolx status``, and the per-task-name
+answer, the pool's status for ``poolx status`` (with its recent failures, a
+:class:`~poolx.consumer.failures.RecentFailures`), and the per-task-name
 counts (a :class:`~poolx.tally.TaskTally`) that :meth:`BrokerConsumer.snapshot`
 gives the metrics (:mod:`poolx.metrics`).  Its helpers, each in
 its own module: the intake thread (:mod:`poolx.consumer.intake`), the
@@ -48,9 +49,10 @@ from poolx.consumer import (
     outcomes,
 )
 from poolx.consumer.cancels import CancelWatch
+from poolx.consumer.failures import RecentFailures
 from poolx.consumer.heartbeats import Heartbeats
 from poolx.consumer.intake import Intake
-from poolx.consumer.inworker import run_task
+from poolx.consumer.inworker import SECONDS, run_task
 from poolx.exceptions import PoolNotRunning
 from poolx.queue.urls import redact_url
 from poolx.tally import TaskTally, failure_outcome
@@ -70,7 +72,7 @@ class InFlight:
     consumer (prefetched, ``result`` is None) or handed to the pool."""
 
     __slots__ = ("consumer", "key", "task", "func", "result", "in_pool", "beat", "taken", "slow",
-                 "counted", "cancelled")
+                 "counted", "cancelled", "pid")
 
     def __init__(self, consumer: BrokerConsumer, key: int, task: FunctionTask, func: Any,
                  beat: int, slow: bool) -> None:
@@ -85,9 +87,11 @@ class InFlight:
         self.slow = slow  # its name's run time is unknown or long: never held ahead
         self.counted = False  # counted as started in the consumer's task tally
         self.cancelled = False  # cancelled (Broker.cancel): whatever the pool says is dropped
+        self.pid: int | None = None  # the worker that ran it, once it said so (see done)
 
-    def done(self, value: tuple[Any, float]) -> None:
-        """Pool callback: the worker returned ``(outcome, seconds)``."""
+    def done(self, value: tuple[Any, float, int]) -> None:
+        """Pool callback: the worker returned ``(outcome, seconds, its pid)``."""
+        self.pid = value[2]  # (self.result may not be set yet: the callback can come first)
         self.consumer.finished(self, value[0], value[1])
 
     def failed(self, error: BaseException) -> None:
@@ -95,10 +99,15 @@ class InFlight:
         consumer = self.consumer
         outcome = failure_outcome(error)
         if outcome is not None:  # (None: it never started, and goes back to the queue)
-            consumer.tally_ended(self, outcome, None)
+            # A soft time limit the task did not catch says how long it ran.
+            seconds = getattr(error, SECONDS, None)
+            consumer.tally_ended(self, outcome, seconds if isinstance(seconds, float) else None)
         consumer.settle(self, outcomes.from_pool_error(self.task, consumer.broker.name, error))
 
     def worker_pid(self) -> int | None:
+        """The pid of the worker the task was sent to (or ran on), if known."""
+        if self.pid is not None:
+            return self.pid
         pids = self.result.worker_pids() if self.result is not None else []
         return pids[0] if pids else None
 
@@ -183,6 +192,7 @@ class BrokerConsumer:
         self.started_at: float | None = None
         self.stats: dict[str, int] = dict.fromkeys(("taken", "done", "failed", "requeued"), 0)
         self._tally = TaskTally()  # by task name, under self._lock: see snapshot()
+        self._failures = RecentFailures()  # the last final failures, under self._lock: see _info()
 
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # intake waits for room, join for the drain
@@ -505,23 +515,27 @@ class BrokerConsumer:
         if isinstance(outcome, outcomes.GiveBack):
             self.give_back(task, outcome.why)
         else:
-            self.store(task, outcome.value)
+            self.store(task, outcome.value, entry.worker_pid())
         self._untrack(entry)
         if isinstance(outcome, outcomes.GiveBack) and outcome.broken is not None:
             self._set_broken(outcome.broken)
 
-    def store(self, task: FunctionTask, value: Any) -> None:
+    def store(self, task: FunctionTask, value: Any, worker: int | None = None) -> None:
         """Store a task's result (or failure) through this process's broker.
 
         :param task: The task.
         :param value: Its result, or a TaskFailure.
+        :param worker: The pid of the worker that ran it, if one did: a
+            final failure is listed with it in the pool's status.
         """
         failed = isinstance(value, TaskFailure)
-        self.count("failed" if failed else "done")
-        if isinstance(value, TaskCancelled):
+        if isinstance(value, TaskCancelled):  # on request: not listed as a failure
             log.info("stopped: %s", value)
         elif failed and not value.retryable:  # a retryable one: the broker logs the retry
             log.error("task failed: %s", value)
+            with self._lock:
+                self._failures.add(value, worker, time.time())
+        self.count("failed" if failed else "done")
         try:
             self.broker.set_result(task, value)
         except Exception:
@@ -719,8 +733,15 @@ class BrokerConsumer:
 
     def _running(self, stats: dict[str, Any]) -> tuple[list[InFlight], dict[int, InFlight]]:
         """The tasks in flight (oldest first) and, by worker pid, the one each
-        busy worker of the pool's ``stats`` runs; those are counted as started
-        in the task tally (once)."""
+        worker of the pool's ``stats`` runs; those are counted as started in
+        the task tally (once).
+
+        A worker runs the tasks sent to it in order, so the one it runs is
+        the oldest task in flight that was sent to it — if it runs one at
+        all: ``stats`` says so (a worker's ``job``, read from the slot the
+        worker sets when it starts a job, as the pool's own tally does), not
+        just that tasks were sent to it (``busy``).  A task sent and not
+        started yet is not running (nor counted as started)."""
         with self._lock:
             in_flight = sorted(self._in_flight.values(), key=lambda entry: entry.key)
         by_pid: dict[int, InFlight] = {}
@@ -731,7 +752,7 @@ class BrokerConsumer:
         running: dict[int, InFlight] = {}
         for worker in stats.get("workers", []):
             held = by_pid.get(worker["pid"])
-            if held is not None and worker["state"] == "busy":
+            if held is not None and worker["state"] == "busy" and worker.get("job") is not None:
                 running[worker["pid"]] = held
         with self._lock:
             for entry in running.values():
@@ -784,6 +805,8 @@ class BrokerConsumer:
                 "uptime": worker.get("uptime"),
             })
         broken = self.broken if self.broken is not None else stats.get("broken")
+        with self._lock:
+            failed = self._failures.records()
         return {
             "id": self.pool_id,
             "name": self.name,
@@ -802,6 +825,7 @@ class BrokerConsumer:
             "in_flight": [entry.describe() for entry in in_flight],
             "running": [entry.describe() for entry in in_flight if entry.key in running],
             "prefetched": [entry.describe() for entry in in_flight if entry.key not in running],
+            "failed": failed,
         }
 
     def __repr__(self) -> str:

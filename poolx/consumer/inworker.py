@@ -9,11 +9,14 @@ of the consumer's parent-side machinery.
 The soft time limit crosses back to the pool's process as its type:
 :func:`run_task` lets :class:`~poolx.exceptions.SoftTimeLimitExceeded`
 propagate out of the task instead of recording it, so the pool reports it as
-that exception and :mod:`poolx.consumer.outcomes` maps it by type.
+that exception and :mod:`poolx.consumer.outcomes` maps it by type.  It
+carries the seconds the task ran as its :data:`SECONDS` attribute (kept by
+pickling), for the run-time histogram.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,12 +24,16 @@ from typing import Any
 from poolx.exceptions import SoftTimeLimitExceeded
 from poolx.task import FunctionTask
 
-__all__ = ["init_worker", "run_task"]
+__all__ = ["SECONDS", "init_worker", "run_task"]
 
 _worker_broker: Any = None
 """The broker :func:`init_worker` built in *this* worker process (worker-local)."""
 
 _REPORTED_BY_TYPE = (SoftTimeLimitExceeded,)
+
+SECONDS = "poolx_seconds"
+"""The attribute of a :class:`~poolx.exceptions.SoftTimeLimitExceeded`
+raised out of :func:`run_task` that holds how long the task ran."""
 
 
 def init_worker(init_func: Callable[..., Any], init_args: tuple = (), init_kwargs: dict | None = None) -> None:
@@ -57,23 +64,30 @@ class _OneTask:
         self.tasks = {name: func}
 
 
-def run_task(task: FunctionTask, func: Callable[..., Any] | None, queue_name: str) -> tuple[Any, float]:
-    """Run one task in a worker; return ``(outcome, seconds it ran)``.
+def run_task(task: FunctionTask, func: Callable[..., Any] | None,
+             queue_name: str) -> tuple[Any, float, int]:
+    """Run one task in a worker; return ``(outcome, seconds it ran, this
+    worker's pid)``.
 
     The outcome is the task's value, or a :class:`~poolx.task.TaskFailure`
     (an exception in the task, an unknown task name); a
     :class:`~poolx.exceptions.SoftTimeLimitExceeded` the task did not catch
-    is raised to the pool.  With ``func`` None the task is invoked on the
+    is raised to the pool (with the seconds the task ran as its
+    :data:`SECONDS` attribute).  With ``func`` None the task is invoked on the
     broker :func:`init_worker` built; otherwise ``func`` is the callable the
     consumer's broker exposes under that name.
     """
     started = time.perf_counter()
-    if func is None:
-        broker = _worker_broker
-        if broker is None:
-            raise RuntimeError("no worker broker: the pool's initializer must be poolx.consumer.init_worker")
-        outcome = broker.invoke(task, return_result=True, reraise=_REPORTED_BY_TYPE)
-    else:
-        outcome = task.invoke(_OneTask(queue_name, task.name, func), return_result=True,  # type: ignore[arg-type]
-                              reraise=_REPORTED_BY_TYPE)
-    return outcome, time.perf_counter() - started
+    try:
+        if func is None:
+            broker = _worker_broker
+            if broker is None:
+                raise RuntimeError("no worker broker: the pool's initializer must be poolx.consumer.init_worker")
+            outcome = broker.invoke(task, return_result=True, reraise=_REPORTED_BY_TYPE)
+        else:
+            outcome = task.invoke(_OneTask(queue_name, task.name, func), return_result=True,  # type: ignore[arg-type]
+                                  reraise=_REPORTED_BY_TYPE)
+    except SoftTimeLimitExceeded as err:
+        setattr(err, SECONDS, time.perf_counter() - started)
+        raise
+    return outcome, time.perf_counter() - started, os.getpid()

@@ -77,6 +77,7 @@ from poolx.engine.executor_worker import (
 from poolx.engine.progress import Tracker, open_tracker
 from poolx.exceptions import Terminated
 from poolx.progress import ProgressOption
+from poolx.tally import TaskTally, failure_outcome, raised_outcome, task_name
 
 __all__ = ["ProcessPoolExecutor"]
 
@@ -103,10 +104,10 @@ class _WorkItem:
     """
 
     __slots__ = ("core", "future", "payload", "limits", "token", "slot", "state", "seq", "pid",
-                 "terminating")
+                 "terminating", "name", "counted")
 
     def __init__(self, core: _ExecutorCore, future: Future, payload: bytes,
-                 limits: tuple[Any, Any, Any] | None, token: int) -> None:
+                 limits: tuple[Any, Any, Any] | None, token: int, name: str) -> None:
         self.core = core
         self.future = future
         self.payload: bytes | None = payload
@@ -117,6 +118,8 @@ class _WorkItem:
         self.seq = 0  # the engine's job id, once launched
         self.pid: int | None = None  # the worker it was sent to
         self.terminating = False  # terminate() was called: a second call does nothing
+        self.name = name  # what the task tally counts it under: the submitted function's name
+        self.counted = False  # counted as started in the core's tally
 
     # -- JobSink: called on the supervisor thread; quick, never raising --------
     def job_sent(self, pid: int) -> None:
@@ -195,6 +198,24 @@ def _outcome(ok: bool, value: Any) -> tuple[bool, Any]:
     return False, value
 
 
+_NOT_RUN = ""
+"""The tally outcome of a call that never started (it counts nowhere)."""
+
+
+def _tally_outcome(ok: bool, is_result: bool, value: Any) -> str | None:
+    """How a call :func:`_outcome` reported ends in the task tally: None
+    (it returned), one of :data:`poolx.tally.FAILURE_OUTCOMES`, or
+    :data:`_NOT_RUN`."""
+    if is_result:
+        return None
+    if not ok:  # the engine's verdict (time or memory limit, lost, terminated...)
+        outcome = failure_outcome(value)
+        return _NOT_RUN if outcome is None else outcome
+    if isinstance(value, Terminated) and getattr(value, "started", None) is False:
+        return _NOT_RUN  # stopped by its stop slot before it started (NOT_STARTED)
+    return raised_outcome(value)  # it raised (or could not be sent back)
+
+
 def _settle_future(future: Future, is_result: bool, value: Any) -> None:
     """Complete a future; the delivery thread must survive anything (a future
     that someone else completed, a done callback that raises is logged by
@@ -232,6 +253,7 @@ class _ExecutorCore:
         self.pool: Pool | None = None
         self.pending: deque[_WorkItem] = deque()
         self.items: dict[Future, _WorkItem] = {}  # unsettled calls, for terminate()
+        self.tally = TaskTally()  # per submitted function, under the lock: see stats()
         self.tokens = itertools.count(1)
         self.min_window = 2 * max_workers + 1
         self.max_window = max(MAX_WINDOW, self.min_window)
@@ -274,6 +296,7 @@ class _ExecutorCore:
                limits: tuple[Any, Any, Any] | None) -> Future:
         future: Future = Future()
         failure: BaseException | None = None
+        name = task_name(args[0] if fn is run_chunk else fn)  # a map's chunk: its function
         try:
             payload = _dumps_call(fn, args, kwargs)
             error = None
@@ -290,7 +313,7 @@ class _ExecutorCore:
             if error is None:
                 if pool is None:
                     self._start_pool()
-                item = _WorkItem(self, future, payload, limits, next(self.tokens))
+                item = _WorkItem(self, future, payload, limits, next(self.tokens), name)
                 self.items[future] = item
                 if self.pending or self.inflight >= self.window:
                     self.pending.append(item)
@@ -378,8 +401,16 @@ class _ExecutorCore:
             else:
                 self.last_done = None
             failures = self._refill()
+        outcomes = []
         for item, ok, value in ours:
             is_result, value = _outcome(ok, value)
+            outcomes.append((item, is_result, value, _tally_outcome(ok, is_result, value)))
+        with self.lock:
+            tally = self.tally
+            for item, _, _, ended in outcomes:
+                if ended != _NOT_RUN:
+                    tally.ended(item.name, ended, None, item.counted)
+        for item, is_result, value, _ in outcomes:
             _settle_future(item.future, is_result, value)
         for future, error in failures:
             _settle_future(future, False, error)
@@ -503,9 +534,19 @@ class _ExecutorCore:
             pool, pending = self.pool, sum(1 for item in self.pending if item.state == PENDING)
         stats = pool.stats() if pool is not None else {}
         # The pool runs every call as run_call, whose outcome (returned or
-        # raised) travels inside its result: its per-function tally would
-        # name run_call and count every call as a success.
-        stats.pop("tasks", None)
+        # raised) travels inside its result: its own tally names run_call and
+        # counts every call as a success.  The core's names the submitted
+        # functions; a call counts as started once a worker runs its job.
+        if pool is not None:
+            running = {worker["job"] for worker in stats.get("workers", ()) if worker.get("job")}
+            with self.lock:
+                tally = self.tally
+                if running:
+                    for item in self.items.values():
+                        if item.seq in running and not item.counted and item.state == LAUNCHED:
+                            item.counted = True
+                            tally.started(item.name)
+                stats["tasks"] = tally.snapshot()
         stats["pending"] = pending
         return stats
 
@@ -825,8 +866,10 @@ class ProcessPoolExecutor(Executor):
 
     def stats(self) -> dict[str, Any]:
         """The pool's :meth:`poolx.Pool.stats` (once workers have started),
-        without its per-function ``tasks``, and ``pending``: calls waiting in
-        the executor, not yet handed to the pool."""
+        and ``pending``: calls waiting in the executor, not yet handed to the
+        pool.  Its ``tasks`` count the calls per submitted function (a
+        ``map``'s chunks under the mapped function), as the pool's do per
+        job, but without run times (see :doc:`metrics`)."""
         return self._core.stats()
 
     def __repr__(self) -> str:

@@ -59,6 +59,7 @@ from poolx.queue.urls import redact_url
 
 if TYPE_CHECKING:
     from poolx.consumer.adapter import BrokerConsumer
+    from poolx.consumer.scheduler import Scheduler
     from poolx.engine.api import Pool
     from poolx.metrics import MetricsServer
 
@@ -183,6 +184,9 @@ class WorkerPool:
         and ``status_interval``; ``metrics_port`` and ``metrics_bind`` serve
         this worker pool's :meth:`stats` as Prometheus metrics
         (:doc:`metrics`) while it runs (see :attr:`metrics_server`).
+    :param scheduler: Also run a :class:`~poolx.consumer.scheduler.Scheduler`
+        in this process while the pool runs: it enqueues the ticks of the
+        queue's periodic entries (:meth:`poolx.core.Broker.periodic`).
 
     ``init_func``, ``init_args`` and ``init_kwargs`` are read when the pool
     starts, not here: ``init_args`` holds the broker URL first, as WorQ's.
@@ -197,6 +201,7 @@ class WorkerPool:
         workers: int | None = None,
         max_worker_tasks: int | None = None,
         name: str | None = None,
+        scheduler: bool = False,
         **pool_options: Any,
     ) -> None:
         if not callable(init_func):
@@ -225,6 +230,9 @@ class WorkerPool:
         self.pool_options = pool_options
         self.pool: Pool | None = None
         self.consumer: BrokerConsumer | None = None
+        self.scheduler: Scheduler | None = None
+        """The running scheduler (with ``scheduler=True``), else None."""
+        self._with_scheduler = bool(scheduler)
         self._lock = threading.Lock()
         self._running = False
         self._stopped = threading.Event()
@@ -290,7 +298,14 @@ class WorkerPool:
                 on_broken=self._notify, **self.consumer_options,
             )
             self.consumer.start()
+            if self._with_scheduler:
+                from poolx.consumer.scheduler import Scheduler
+
+                self.scheduler = Scheduler(self.broker)
+                self.scheduler.start()
         except BaseException:
+            if self.consumer is not None and self.consumer.running:
+                self.consumer.stop(join=False)
             if self.pool is not None:
                 self.pool.terminate()
             self.pool = self.consumer = None
@@ -368,6 +383,8 @@ class WorkerPool:
         log.info("shutting down %s...", self)
         consumer, pool = self.consumer, self.pool
         assert consumer is not None and pool is not None
+        if self.scheduler is not None:
+            self.scheduler.stop(join=False)
         consumer.stop(join=False)
         pool.close()
         threading.Thread(target=self._finish, name="poolx-stopper", daemon=True).start()
@@ -384,6 +401,8 @@ class WorkerPool:
         if consumer is None or pool is None or self._stopped.is_set():
             return
         log.warning("terminating %s: running tasks are killed", self)
+        if self.scheduler is not None:
+            self.scheduler.stop(join=False)
         consumer.stop(join=False)
         pool.terminate()
         if was_running:
@@ -391,8 +410,10 @@ class WorkerPool:
         self.join()
 
     def _finish(self) -> None:
-        consumer, pool = self.consumer, self.pool
+        consumer, pool, scheduler = self.consumer, self.pool, self.scheduler
         try:
+            if scheduler is not None:
+                scheduler.join()
             if consumer is not None:
                 consumer.join()
             if pool is not None:

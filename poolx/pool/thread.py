@@ -38,6 +38,7 @@ from typing import Any
 
 from poolx.checks import backoff_delay, check_count
 from poolx.consumer.heartbeats import Heartbeats
+from poolx.consumer.scheduler import Scheduler
 from poolx.task import FunctionTask, Task, TaskSpace
 
 __all__ = ["WorkerPool"]
@@ -60,6 +61,9 @@ class WorkerPool:
     :param thread_factory: Makes each thread; called like
         ``threading.Thread(target=..., args=...)`` and must return an object
         with ``start``, ``join`` and ``is_alive``.
+    :param scheduler: Also run a :class:`~poolx.consumer.scheduler.Scheduler`
+        while the pool runs: it enqueues the ticks of the queue's periodic
+        entries (:meth:`poolx.core.Broker.periodic`).
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class WorkerPool:
         broker: Any,
         workers: int = 1,
         thread_factory: Callable[..., Any] = threading.Thread,
+        scheduler: bool = False,
     ) -> None:
         self.broker = broker
         self.workers: int = check_count("workers", workers, 1)  # type: ignore[assignment]
@@ -79,6 +84,9 @@ class WorkerPool:
         self._crashes = 0
         self._heartbeats = self._new_heartbeats()
         self._heartbeat_thread: Any = None
+        self.scheduler: Scheduler | None = None
+        """The running scheduler (with ``scheduler=True``), else None."""
+        self._with_scheduler = bool(scheduler)
         space = TaskSpace(__name__)
         space.task(_noop, "noop")
         broker.expose(space, replace=True)
@@ -100,6 +108,9 @@ class WorkerPool:
             self._heartbeat_thread = self._start_thread(self._heartbeats.run, (), "heartbeat")
             for ident in range(self.workers):
                 self.threads.append(self._start_thread(self._work, (ident, 0.0), f"worker-{ident}"))
+            if self._with_scheduler:
+                self.scheduler = Scheduler(self.broker)
+                self.scheduler.start()
 
     def _new_heartbeats(self) -> Heartbeats:
         return Heartbeats(self._heartbeat, label="thread pool")
@@ -156,6 +167,8 @@ class WorkerPool:
         """
         self.stop_event.set()
         self._heartbeats.close()
+        if self.scheduler is not None:
+            self.scheduler.stop(join=False)
         if use_sentinel:
             noop = Task(self.broker.queue(__name__).noop, ignore_result=True)
             with self._lock:
@@ -179,8 +192,11 @@ class WorkerPool:
                 joined.add(id(thread))
         if heartbeat_thread is not None:
             heartbeat_thread.join()
+        if self.scheduler is not None:
+            self.scheduler.join()
         with self._lock:
             self.threads = []
+            self.scheduler = None
             self._heartbeat_thread = None
             self._running = False
 

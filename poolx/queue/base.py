@@ -87,6 +87,11 @@ a third-party backend needs only the methods above):
 * :meth:`~AbstractTaskQueue.queued_tasks` — the next tasks to run, for
   ``poolx status`` (default: raises NotImplementedError; the command then
   shows the queue sizes only).
+* :meth:`~AbstractTaskQueue.set_periodic`, :meth:`~AbstractTaskQueue.remove_periodic`,
+  :meth:`~AbstractTaskQueue.periodic_entries`, :meth:`~AbstractTaskQueue.claim_periodic`,
+  :meth:`~AbstractTaskQueue.wait_periodic` and :meth:`~AbstractTaskQueue.wake_periodic`
+  — the stored entries of periodic tasks and the atomic claim of each tick
+  (default: raise NotImplementedError; ``broker.periodic`` then says so).
 * ``get`` may return a :class:`Delivery` — a ``(task_id, message)`` tuple
   that also says which delivery this is and, for a task that was lost too
   often, why it must fail instead of running.
@@ -109,7 +114,7 @@ if TYPE_CHECKING:
     from poolx.serialization import Serializer
     from poolx.task import Deferred
 
-__all__ = ["AbstractTaskQueue", "Delivery", "QueuedTask"]
+__all__ = ["AbstractTaskQueue", "Delivery", "QueuedTask", "PeriodicEntry"]
 
 
 class QueuedTask(NamedTuple):
@@ -125,6 +130,28 @@ class QueuedTask(NamedTuple):
     task_id: str
     name: str | None
     enqueued_at: float | None
+
+
+class PeriodicEntry(NamedTuple):
+    """One stored periodic task (:meth:`AbstractTaskQueue.periodic_entries`).
+
+    :param name: The entry's name (unique per queue).
+    :param task: The dotted name of the task it enqueues.
+    :param schedule: The schedule as the broker wrote it (``"every 60"``,
+        ``"cron */5 * * * *"``); the backend only compares it.
+    :param next_run: When the next tick is due, in seconds since the epoch
+        by the backend's clock.
+    :param version: Changes whenever the entry is registered again, so a
+        claim made from an older reading fails.
+    :param spec: The broker's serialized arguments and options.
+    """
+
+    name: str
+    task: str
+    schedule: str
+    next_run: float
+    version: str
+    spec: bytes
 
 
 class Delivery(tuple):
@@ -519,6 +546,56 @@ class AbstractTaskQueue:
         default raises NotImplementedError: the backend cannot list them.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot list its queued tasks")
+
+    # -- periodic tasks (optional: default NotImplementedError) ---------------------
+
+    def set_periodic(self, name: str, task: str, schedule: str, spec: bytes,
+                     next_run: float) -> bool:
+        """Store (insert or replace) the periodic entry ``name`` under a new
+        version, and wake every scheduler waiting in :meth:`wait_periodic`.
+
+        :param next_run: The first tick (epoch seconds).  An entry that
+            exists with the same ``schedule`` keeps its own next run (a
+            program that registers its entries at every start does not push
+            them back).
+        :returns: True if the entry existed (it was updated).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot store periodic tasks")
+
+    def remove_periodic(self, name: str) -> bool:
+        """Delete the periodic entry ``name`` (waking schedulers); True if it existed."""
+        raise NotImplementedError(f"{type(self).__name__} cannot store periodic tasks")
+
+    def periodic_entries(self, scheduler: str = "") -> tuple[float, list[PeriodicEntry]]:
+        """Every periodic entry, the earliest next run first, and the
+        backend's time (epoch seconds) when they were read.
+
+        :param scheduler: The id of a scheduler that will wait in
+            :meth:`wait_periodic`: any change after this reading wakes it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot store periodic tasks")
+
+    def claim_periodic(self, entry: PeriodicEntry, next_run: float, result: Deferred,
+                       message: bytes) -> bool:
+        """Run one tick, atomically: if ``entry`` is still stored with its
+        version and next run, and that time has come by the backend's clock,
+        enqueue the task (as :meth:`enqueue_task`) and move the entry's next
+        run to ``next_run``.  Of several schedulers claiming one tick, exactly
+        one succeeds.
+
+        :returns: True if this call enqueued the tick.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot store periodic tasks")
+
+    def wait_periodic(self, scheduler: str, timeout: float) -> None:
+        """Block up to ``timeout`` seconds, or until an entry changes after
+        ``scheduler``'s last :meth:`periodic_entries` reading, or
+        :meth:`wake_periodic` is called for it (no polling)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot store periodic tasks")
+
+    def wake_periodic(self, scheduler: str) -> None:
+        """End ``scheduler``'s :meth:`wait_periodic` now (a stopping scheduler)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot store periodic tasks")
 
     def close(self) -> None:
         """Release the backend's resources (connections, threads); what was

@@ -39,12 +39,17 @@ heartbeats (:meth:`TaskQueue.set_task_timeout`) are accepted and ignored.
 
 The registry of live worker pools (``poolx status``) is per store, shared by
 every queue name of that store, and expires entries lazily when read.
+
+Periodic entries live with their queue, under its lock: a claim compares the
+entry's version and next run, enqueues and advances in one locked step.
+Schedulers waiting for changes wait on one condition of that lock.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import threading
 import time
 from collections import deque
@@ -62,7 +67,7 @@ from poolx.const import (
     SCHEDULED,
     TASK_EXPIRED,
 )
-from poolx.queue.base import AbstractTaskQueue, QueuedTask
+from poolx.queue.base import AbstractTaskQueue, PeriodicEntry, QueuedTask
 
 if TYPE_CHECKING:
     from poolx.task import Deferred
@@ -135,6 +140,10 @@ class TaskQueue(AbstractTaskQueue):
         self._cancelled_running: set[str] = set()
         self._cancels = 0  # cancels of processing tasks so far
         self._cancel_heard = threading.Condition(self._lock)
+        # Periodic entries by name, and the schedulers to wake on a change.
+        self._periodic: dict[str, PeriodicEntry] = {}
+        self._periodic_changed = threading.Condition(self._lock)
+        self._woken: dict[str, bool] = {}
 
     # -- helpers (call with the lock held) ------------------------------------
 
@@ -479,6 +488,60 @@ class TaskQueue(AbstractTaskQueue):
             rec.needed = frozenset()
             self._schedule(task_id, rec, time.monotonic() + delay)
             return True
+
+    # -- periodic tasks ---------------------------------------------------------
+
+    def _wake_schedulers(self) -> None:
+        for scheduler in self._woken:
+            self._woken[scheduler] = True
+        self._periodic_changed.notify_all()
+
+    def set_periodic(self, name: str, task: str, schedule: str, spec: bytes,
+                     next_run: float) -> bool:
+        with self._lock:
+            old = self._periodic.get(name)
+            if old is not None and old.schedule == schedule:
+                next_run = old.next_run
+            self._periodic[name] = PeriodicEntry(name, task, schedule, float(next_run),
+                                                 os.urandom(8).hex(), spec)
+            self._wake_schedulers()
+            return old is not None
+
+    def remove_periodic(self, name: str) -> bool:
+        with self._lock:
+            existed = self._periodic.pop(name, None) is not None
+            self._wake_schedulers()
+            return existed
+
+    def periodic_entries(self, scheduler: str = "") -> tuple[float, list[PeriodicEntry]]:
+        with self._lock:
+            if scheduler:
+                self._woken[scheduler] = False
+            entries = sorted(self._periodic.values(), key=lambda entry: entry.next_run)
+            return time.time(), entries
+
+    def claim_periodic(self, entry: PeriodicEntry, next_run: float, result: Deferred,
+                       message: bytes) -> bool:
+        with self._lock:
+            stored = self._periodic.get(entry.name)
+            if stored is None or stored.version != entry.version \
+                    or stored.next_run != entry.next_run or time.time() < entry.next_run:
+                return False
+            rec = self._create(result, message, PENDING)
+            if rec is not None:
+                self._enqueue(result.id, rec)
+            self._periodic[entry.name] = stored._replace(next_run=float(next_run))
+            return True
+
+    def wait_periodic(self, scheduler: str, timeout: float) -> None:
+        with self._lock:
+            self._periodic_changed.wait_for(lambda: self._woken.get(scheduler, True),
+                                            max(0.0, timeout))
+
+    def wake_periodic(self, scheduler: str) -> None:
+        with self._lock:
+            self._woken[scheduler] = True
+            self._periodic_changed.notify_all()
 
     # -- the registry of live worker pools ------------------------------------
 

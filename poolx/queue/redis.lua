@@ -43,6 +43,12 @@
 --                         task's heartbeats renew it)
 --     P cn:<consumer>  LIST  cancel notices for a consumer (refs): its
 --                         watcher blocks on it while it runs tasks
+--     P periodic   ZSET   names of periodic entries, scored by next run (ms)
+--     P pe:<name>  HASH   one periodic entry: tn task name, sc schedule text,
+--                         nx next run (ms, server clock), v version, sp spec
+--     P pwatch     ZSET   ids of schedulers waiting for entry changes, scored
+--                         by when their registration expires (ms)
+--     P pw:<id>    LIST   a scheduler's wake-up token (BLPOP), at most one
 --
 -- A *ref* names a record: t<id> is P t:<id>, f<seq> is P f:<seq>.
 --
@@ -289,6 +295,21 @@ local function done(ref, owner)
     redis.call('ZREM', LEASES, ref)
     if string.sub(ref, 1, 1) == 'f' then redis.call('DEL', key) end
   end
+end
+
+-- Periodic entries changed: give every registered scheduler a wake-up token
+-- (at most one each); registrations that expired are dropped.
+local function wake_scheduler(id)
+  local key = P .. 'pw:' .. id
+  redis.call('LPUSH', key, '1')
+  redis.call('LTRIM', key, 0, 0)
+  redis.call('PEXPIRE', key, 60000)
+end
+
+local function wake_schedulers()
+  local watch = P .. 'pwatch'
+  chunked('ZREM', watch, redis.call('ZRANGEBYSCORE', watch, '-inf', now_ms()))
+  for _, id in ipairs(redis.call('ZRANGE', watch, 0, -1)) do wake_scheduler(id) end
 end
 
 if cmd == 'enqueue' then
@@ -707,6 +728,69 @@ elseif cmd == 'preg' then
 elseif cmd == 'punreg' then
   redis.call('ZREM', P .. 'expiry', ARGV[2])
   redis.call('HDEL', P .. 'info', ARGV[2])
+  return 0
+
+elseif cmd == 'pset' then
+  -- name, task name, schedule, spec, next run ms, version -> 1 if it existed
+  -- (an entry with the same schedule keeps its next run); new version each time
+  local name = ARGV[2]
+  local key = P .. 'pe:' .. name
+  local old = redis.call('HMGET', key, 'sc', 'nx')
+  local nx = ARGV[6]
+  if old[1] == ARGV[4] and old[2] then nx = old[2] end
+  redis.call('HSET', key, 'tn', ARGV[3], 'sc', ARGV[4], 'sp', ARGV[5], 'nx', nx,
+             'v', ARGV[7])
+  redis.call('ZADD', P .. 'periodic', nx, name)
+  wake_schedulers()
+  if old[1] then return 1 end
+  return 0
+
+elseif cmd == 'pdel' then
+  -- name -> 1 if it existed
+  local existed = redis.call('DEL', P .. 'pe:' .. ARGV[2])
+  redis.call('ZREM', P .. 'periodic', ARGV[2])
+  wake_schedulers()
+  return existed
+
+elseif cmd == 'plist' then
+  -- scheduler id ('' for none), registration ms -> {now ms, then per entry
+  -- (earliest next run first): name, task name, schedule, next ms, version, spec}
+  -- A scheduler's wake-up token is dropped: only changes after this
+  -- reading wake it.
+  local now = now_ms()
+  if ARGV[2] ~= '' then
+    redis.call('DEL', P .. 'pw:' .. ARGV[2])
+    redis.call('ZADD', P .. 'pwatch', now + tonumber(ARGV[3]), ARGV[2])
+  end
+  local out = {now}
+  for _, name in ipairs(redis.call('ZRANGE', P .. 'periodic', 0, -1)) do
+    local f = redis.call('HMGET', P .. 'pe:' .. name, 'tn', 'sc', 'nx', 'v', 'sp')
+    if f[1] then
+      out[#out + 1] = name
+      for i = 1, 5 do out[#out + 1] = f[i] end
+    end
+  end
+  return out
+
+elseif cmd == 'pclaim' then
+  -- name, version, due ms, next ms, then the task: id, message, ir, lease ms,
+  -- max deliveries, task name -> 1 if this call enqueued the tick; 0 if the
+  -- entry changed or another scheduler claimed it, or it is not due yet
+  local key = P .. 'pe:' .. ARGV[2]
+  local f = redis.call('HMGET', key, 'v', 'nx')
+  if f[1] ~= ARGV[3] or f[2] ~= ARGV[4] then return 0 end
+  local now = now_ms()
+  if now < tonumber(ARGV[4]) then return 0 end
+  local id = ARGV[6]
+  local made = create(id, ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], now, ARGV[3] .. ARGV[4],
+                      'enqueued', '')
+  if made == 1 then redis.call('LPUSH', READY, 't' .. id) end
+  redis.call('HSET', key, 'nx', ARGV[5])
+  redis.call('ZADD', P .. 'periodic', ARGV[5], ARGV[2])
+  return 1
+
+elseif cmd == 'pwake' then
+  wake_scheduler(ARGV[2])
   return 0
 
 elseif cmd == 'plive' then

@@ -96,7 +96,7 @@ from poolx.queue._redis_conn import (
     split_url,
 )
 from poolx.queue._redis_writer import Writer
-from poolx.queue.base import AbstractTaskQueue, Delivery, QueuedTask
+from poolx.queue.base import AbstractTaskQueue, Delivery, PeriodicEntry, QueuedTask
 from poolx.queue.urls import redact_url
 from poolx.serialization import Serializer
 from poolx.task import DuplicateTask
@@ -1093,3 +1093,55 @@ class TaskQueue(AbstractTaskQueue):
         reply = self._run("live_pools", self._script, self._pools_key, "plive")
         return [_text(info) for info in reply if info is not None]
 
+
+    # -- periodic tasks ---------------------------------------------------------------
+
+    def set_periodic(self, name: str, task: str, schedule: str, spec: bytes,
+                     next_run: float) -> bool:
+        self._sync()
+        return bool(self._call("pset", name, task, schedule, spec, _epoch_ms(next_run),
+                               os.urandom(8).hex()))
+
+    def remove_periodic(self, name: str) -> bool:
+        self._sync()
+        return bool(self._call("pdel", name))
+
+    def periodic_entries(self, scheduler: str = "") -> tuple[float, list[PeriodicEntry]]:
+        reply = self._call("plist", scheduler, _lease_ms(PERIODIC_WATCH))
+        entries = [
+            PeriodicEntry(_text(reply[i]), _text(reply[i + 1]), _text(reply[i + 2]),
+                          int(reply[i + 3]) / 1000, _text(reply[i + 4]), reply[i + 5])
+            for i in range(1, len(reply), 6)
+        ]
+        return int(reply[0]) / 1000, entries
+
+    def claim_periodic(self, entry: PeriodicEntry, next_run: float, result: Deferred,
+                       message: bytes) -> bool:
+        self._here()
+        ignore, lease, deliveries = self._task_fields(result)
+        return bool(self._call("pclaim", entry.name, entry.version, _epoch_ms(entry.next_run),
+                               _epoch_ms(next_run), result.id, message, ignore, lease,
+                               deliveries, result.task.name))
+
+    def wait_periodic(self, scheduler: str, timeout: float) -> None:
+        """Block on the scheduler's wake-up token (at most the connection's
+        longest blocking call, and no longer than ``timeout`` by this
+        process's clock)."""
+        seconds = min(timeout, self._max_block, PERIODIC_WATCH / 2)
+        if seconds > 0:  # (BLPOP's 0 would wait forever; under 1 ms Redis rounds to it)
+            self._run("wait_periodic", self._conn.block, max(seconds, 0.001), "BLPOP",
+                      f"{self._key}pw:{scheduler}")
+
+    def wake_periodic(self, scheduler: str) -> None:
+        self._call("pwake", scheduler)
+
+
+PERIODIC_WATCH = 60.0
+"""Seconds a scheduler's registration for wake-ups lasts after it read the
+periodic entries (it reads them again at least every few seconds)."""
+
+
+def _epoch_ms(seconds: float) -> str:
+    """An epoch time as Redis stores it: whole milliseconds, as text (the
+    script compares these texts)."""
+    return str(round(seconds * 1000))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -41,7 +43,8 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
         (["worker"], ["--init", "--queue", "--workers", "--max-worker-tasks", "--timeout",
                       "--soft-timeout", "--memory-limit", "--name", "--log-level", "--prefetch",
                       "SIGTERM"]),
-        (["status"], ["--json", "URL", "--queue", "--pool", "--watch", "--interval", "--tasks"]),
+        (["status"], ["--json", "URL", "--queue", "--pool", "--watch", "--interval", "--tasks",
+                      "--failed"]),
         (["enqueue"], ["TASK", "ARGS_JSON", "--queue", "--wait"]),
         (["purge"], ["--queue", "--yes"]),
     ],
@@ -137,9 +140,38 @@ def test_status_lists_the_next_queued_tasks(capsys, url):
 
 
 @pytest.mark.parametrize("value", ["-1", "x"])
-def test_status_tasks_must_be_a_count(capsys, url, value):
-    code, _, err = run(capsys, "status", url, "--tasks", value)
-    assert code == 2 and "argument --tasks: " in err
+@pytest.mark.parametrize("option", ["--tasks", "--failed"])
+def test_status_tasks_must_be_a_count(capsys, url, option, value):
+    code, _, err = run(capsys, "status", url, option, value)
+    assert code == 2 and f"argument {option}: " in err
+
+
+def test_status_lists_the_tasks_that_failed_recently(capsys, url, start_pool):
+    """Newest first, two lines each; a newline or a terminal escape in an
+    error text is printed escaped (JSON keeps the text as it is)."""
+    start_pool(get_broker(url), tasks.init, name="failing-pool", workers=1, status_interval=0.05)
+    failing = []
+    for message in ("first", "second", "third\n\x1b[31mred"):
+        failing.append(get_queue(url).wt.fail(message))
+        assert failing[-1].wait(float(WAIT))
+    wait_until(lambda: len(json.loads(run(capsys, "status", url, "--json")[1])["failed"]) == 3, float(WAIT))
+    code, out, _ = run(capsys, "status", url, "--failed", "2")
+    assert code == 0
+    lines = out.splitlines()
+    at = lines.index("recently failed:")
+    assert len(lines) == at + 5  # the last section: two failures, two lines each
+    for failure, message, (head, error) in zip(failing[2:0:-1], ("third\\n\\x1b[31mred", "second"),
+                                               (lines[at + 1:at + 3], lines[at + 3:at + 5]), strict=True):
+        assert re.fullmatch(rf"  \d+s ago  wt\.fail \[default:{failure.id}\]  failing-pool on \S+ "
+                            rf"\(worker \d+\)", head), head
+        assert error == f"    ValueError: {message}"
+    _, out, _ = run(capsys, "status", url, "--failed", "0")
+    assert "recently failed" not in out and "ValueError" not in out
+    status = json.loads(run(capsys, "status", url, "--json", "--failed", "1")[1])
+    [last] = status["failed"]
+    assert (last["id"], last["task"], last["queue"], last["pool"], last["error"]) == (
+        failing[2].id, "wt.fail", "default", "failing-pool", "ValueError: third\n\x1b[31mred")
+    assert isinstance(last["worker"], int) and 0 <= last["age"] < 60
 
 
 class _Unlisted(AbstractTaskQueue):
@@ -161,7 +193,7 @@ def test_status_of_a_backend_that_cannot_list_its_tasks(capsys):
         registry.unregister("unlisted")
     assert code == 0 and out.endswith("  default: 2 waiting, 0 in flight\n")
     assert status["queues"]["default"] == {"waiting": 2, "scheduled": None, "in_flight": 0,
-                                           "tasks": None}
+                                           "tasks": None, "periodic": None}
 
 
 def test_status_shows_scheduled_tasks(capsys, url):
@@ -173,6 +205,31 @@ def test_status_shows_scheduled_tasks(capsys, url):
     assert code == 0 and out.endswith("  other: 1 waiting, 2 scheduled, 0 in flight\n")
     status = json.loads(run(capsys, "status", url, "--queue", "other", "--json")[1])
     assert status["queues"]["other"]["scheduled"] == 2
+
+
+def test_status_lists_periodic_entries_with_their_next_run(capsys, url):
+    broker = get_broker(url, "other")
+    broker.periodic(broker.queue().wt.num, every=90, args=(1,), name="cleanup")
+    broker.periodic(broker.queue().wt.num, cron="0 0 1 1 *", name="yearly")
+    [first, second] = broker.periodic_entries()
+    code, out, _ = run(capsys, "status", url, "--queue", "other")
+    assert code == 0
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(first.next_run))
+    yearly = time.strftime("%Y-01-01 00:00:00 UTC", time.gmtime(second.next_run))
+    lines = out.splitlines()
+    assert lines[-3] == "  other: 0 waiting, 0 in flight"
+    assert re.fullmatch(rf"    periodic cleanup: wt\.num every 90, next run {when} \(in 1m(29|30)s\)",
+                        lines[-2]), lines[-2]
+    assert re.fullmatch(rf"    periodic yearly: wt\.num cron 0 0 1 1 \*, next run {yearly} "
+                        r"\(in [0-9dhms]+\)", lines[-1]), lines[-1]
+    status = json.loads(run(capsys, "status", url, "--queue", "other", "--json")[1])
+    listed = status["queues"]["other"]["periodic"]
+    assert [entry["name"] for entry in listed] == ["cleanup", "yearly"]
+    assert listed[0]["schedule"] == "every 90" and listed[0]["task"] == "wt.num"
+    assert listed[0]["next_run"] == first.next_run and 85 < listed[0]["due_in"] <= 90
+    assert broker.unperiodic("cleanup") and broker.unperiodic("yearly")
+    status = json.loads(run(capsys, "status", url, "--queue", "other", "--json")[1])
+    assert status["queues"]["other"]["periodic"] == []
 
 
 def test_status_json(capsys, url, pool, tmp_path):

@@ -311,10 +311,40 @@ def test_serving_other_machines_without_a_token_is_warned_about(redis_url):
         assert proc.wait(WAIT) == 0
 
 
+@pytest.mark.redis
+def test_the_reader_merges_the_failures_of_two_pools(redis_url, start_pool, dashboard):
+    """Two pools on one Redis (each on its own queue, so that which pool
+    fails which task is known): the reader lists their failures newest
+    first, with the pool, host and worker of each, and so does the API."""
+    first, second = get_broker(redis_url, "qa"), get_broker(redis_url, "qb")
+    start_pool(first, init, name="pa", workers=1, status_interval=0.1)
+    start_pool(get_broker(redis_url, "qb"), init, name="pb", workers=1, status_interval=0.1)
+    failing = []
+    for broker, message in ((first, "one"), (second, "two"), (first, "three")):
+        failing.append(broker.queue("wt.fail")(message))
+        assert failing[-1].wait(WAIT)  # one after the other: their order is known
+    with StatusReader(redis_url) as reader:
+        status = wait_until(lambda: (lambda s: s if len(s["failed"]) == 3 else None)(reader.read(failed=10)),
+                            WAIT)
+        assert [(f["id"], f["pool"], f["queue"], f["error"]) for f in status["failed"]] == [
+            (failing[2].id, "pa", "qa", "ValueError: three"), (failing[1].id, "pb", "qb", "ValueError: two"),
+            (failing[0].id, "pa", "qa", "ValueError: one")]
+        pools = {p["name"]: p for p in status["pools"]}
+        for failure in status["failed"]:
+            assert failure["task"] == "wt.fail" and failure["host"] == pools[failure["pool"]]["host"]
+            assert failure["worker"] in [w["pid"] for w in pools[failure["pool"]]["workers"]]
+        assert [f["id"] for f in reader.read(failed=2)["failed"]] == [failing[2].id, failing[1].id]
+        assert [f["id"] for f in reader.read(pools=["pb"], failed=10)["failed"]] == [failing[1].id]
+        assert reader.read()["failed"] == []  # none asked for
+    server = dashboard(redis_url)
+    assert [f["id"] for f in api(server)["status"]["failed"]] == [task.id for task in reversed(failing)]
+
+
 def test_the_status_reader_reuses_its_brokers(url):
     with StatusReader(url) as reader:
         assert reader.broker("q") is reader.broker("q") and reader.broker("q") is not reader.broker()
-        assert reader.read(tasks=1)["queues"] == {"default": {"waiting": 0, "scheduled": 0, "in_flight": 0, "tasks": []}}
+        assert reader.read(tasks=1)["queues"] == {"default": {"waiting": 0, "scheduled": 0, "in_flight": 0,
+                                                              "tasks": [], "periodic": []}}
     with pytest.raises(ValueError, match="unknown scheme"):
         StatusReader("nope://x")
 
@@ -411,7 +441,13 @@ def test_the_page_in_headless_chromium(redis_url, two_pools, dashboard, tmp_path
     server = dashboard(redis_url, reader=reader, token="tok", interval=0.002)
     wait_until(lambda: len(server.reader.live_pools()) == 2, WAIT)
     run_tasks(two_pools, 3)
-    wait_until(lambda: sum(p["tasks_done"] for p in server.reader.live_pools()) == 3, WAIT)
+    # Two failed tasks: one whose error text is HTML, one whose name is.
+    failing = []
+    for name, args in (("wt.fail", (EVIL,)), (EVIL, ())):
+        failing.append(two_pools.queue(name)(*args))
+        assert failing[-1].wait(WAIT)  # one after the other: their order is known
+    wait_until(lambda: sum(p["tasks_done"] for p in server.reader.live_pools()) == 3
+               and sum(len(p["failed"]) for p in server.reader.live_pools()) == 2, WAIT)
 
     dom = render(chromium, server.url + "?token=tok", tmp_path)
     pools = cells(dom, "pools")
@@ -426,7 +462,16 @@ def test_the_page_in_headless_chromium(redis_url, two_pools, dashboard, tmp_path
     assert "<img" not in dom
     assert re.search(r"^(\d+s|\d+m\d\ds)$", queues["default"][3])  # the oldest task's age
     assert re.search(r'<span id="total-done">3</span>', dom)
+    assert re.search(r'<span id="total-failed">2</span>', dom)
     assert 'class="shown"' not in dom  # no error banner
+    # The failed tasks, newest first: when, name, id, queue, pool, worker, error.
+    failed = cells(dom, "failed")
+    assert [row[2] for row in failed] == [failing[1].id, failing[0].id], failed
+    assert [row[1] for row in failed] == ["&lt;img src=x onerror=alert(1)&gt;", "wt.fail"]
+    assert failed[1][6] == "ValueError: &lt;img src=x onerror=alert(1)&gt;"
+    assert failed[0][6] == "no such task"
+    assert all(row[3] == "work" and re.match(r"^(alpha|beta) on ", row[4]) and row[5].isdigit()
+               and re.match(r"^\d+s ago$", row[0]) for row in failed)
 
     # A running task shows on its pool's row.
     held = two_pools.queue("wt.touch_and_wait")(str(tmp_path), "x")

@@ -96,7 +96,7 @@ def test_status_of_several_pools_on_one_redis(url, workers):
     assert sorted(p["name"] for p in data["pools"]) == ["alpha", "beta"]
     assert sorted(len(p["workers"]) for p in data["pools"]) == [1, 2]
     assert data["queues"]["default"] == {"waiting": 0, "scheduled": 0, "in_flight": 0,
-                                         "tasks": []}
+                                         "tasks": [], "periodic": []}
     beta.send_signal(signal.SIGTERM)
     assert beta.wait(WAIT) == 0
     data = json.loads(poolx("status", url, "--json").stdout)

@@ -108,19 +108,9 @@ def test_a_retry_counts_deliveries_afresh(url):
 def test_the_example_prints_the_same_on_redis(url):
     """examples/taskqueue/retries_and_delays.py with a Redis URL: the output
     its page shows for memory:// (tests/test_docs.py runs that one)."""
-    import os
-    import subprocess
-    import sys
+    from tests.test_docs import assert_example_prints_the_same_on
 
-    from tests.test_docs import DOCS, ENV, ROOT, included_examples
-
-    [(_, shown)] = included_examples(DOCS / "retries-and-delays.rst")
-    done = subprocess.run(
-        [sys.executable, "examples/taskqueue/retries_and_delays.py", url], cwd=ROOT,
-        env={**os.environ, **ENV}, capture_output=True, text=True, timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == shown
+    assert_example_prints_the_same_on("retries-and-delays.rst", url)
 
 
 def test_a_delay_inside_a_batch_counts_from_the_call_not_the_flush(url):

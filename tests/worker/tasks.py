@@ -182,3 +182,9 @@ def fail_times(directory, failures):
     if attempt <= failures:
         raise ConnectionError(f"attempt {attempt} fails")
     return attempt
+
+
+@ts.task
+def fail(message):
+    """Raise ValueError(message): a task that fails with the error text asked for."""
+    raise ValueError(message)
