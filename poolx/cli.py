@@ -1,6 +1,6 @@
 """The ``poolx`` command line (also ``python -m poolx``).
 
-Owned here: argument parsing, output and exit codes of five commands; the
+Owned here: argument parsing, output and exit codes of six commands; the
 work itself is done by the public API:
 
 * ``poolx worker URL --init module:function`` — one
@@ -13,6 +13,8 @@ work itself is done by the public API:
 * ``poolx enqueue URL TASK [ARGS_JSON]`` — a task by its dotted name
   (``--wait``: on a terminal, a spinner on stderr while it waits).
 * ``poolx purge URL`` — ``discard_pending_tasks`` after confirmation.
+* ``poolx cancel URL TASK_ID...`` — :meth:`~poolx.core.Broker.cancel` for
+  each id; exit code 1 if any of them could not be cancelled.
 * ``poolx dashboard URL`` — :func:`poolx.dashboard.serve` until CTRL+C.
 
 ``poolx --version`` prints the version.
@@ -220,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--queue", default=DEFAULT, metavar="NAME", help=f"queue name (default {DEFAULT!r})")
     purge.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     _add_dashboard_parser(commands)
+    _add_cancel_parser(commands)
     return parser
 
 
@@ -245,6 +248,20 @@ def _add_dashboard_parser(commands: Any) -> None:
                            help="seconds between two refreshes of the page (default 2)")
     dashboard.add_argument("--tasks", type=_count, default=10, metavar="N",
                            help="list the next N tasks waiting in each queue (default 10)")
+
+
+def _add_cancel_parser(commands: Any) -> None:
+    cancel = commands.add_parser(
+        "cancel",
+        help="cancel tasks by id",
+        description="Cancel each TASK_ID: a waiting task (queued, pending or scheduled) is "
+                    "removed, a running one's worker is killed; its outcome is a TaskCancelled. "
+                    "Prints one line per id; exit code 0 if every task was cancelled, 1 if any "
+                    "had finished or is unknown.",
+    )
+    cancel.add_argument("url", metavar="URL", help="task queue URL")
+    cancel.add_argument("task_ids", metavar="TASK_ID", nargs="+", help="id of a task to cancel")
+    cancel.add_argument("--queue", default=DEFAULT, metavar="NAME", help=f"queue name (default {DEFAULT!r})")
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -648,6 +665,22 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    broker = _broker(args.url, args.queue)
+    _check_consumed_here(args.url, broker)
+    missed = []
+    for task_id in dict.fromkeys(args.task_ids):
+        if _reach(args.url, lambda task_id=task_id: broker.cancel(task_id)):
+            print(f"cancelled {task_id}", flush=True)
+        else:
+            missed.append(task_id)
+            print(f"not cancelled {task_id} (finished, or unknown in queue {args.queue!r})",
+                  flush=True)
+    if missed:
+        raise _Failure(f"{len(missed)} of {len(dict.fromkeys(args.task_ids))} tasks not cancelled")
+    return EXIT_OK
+
+
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from poolx.dashboard import serve
 
@@ -672,7 +705,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"worker": _cmd_worker, "status": _cmd_status, "enqueue": _cmd_enqueue, "purge": _cmd_purge,
-             "dashboard": _cmd_dashboard}
+             "dashboard": _cmd_dashboard, "cancel": _cmd_cancel}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

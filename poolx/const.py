@@ -1,7 +1,7 @@
 """Constants of the task-queue layer (WorQ's ``worq.const`` under poolx's name).
 
 Owned here: the default queue name, time units, the task status values that
-``Deferred.status`` reports, and the singleton marker that storage backends
+``Deferred.status`` reports, and the singleton markers that storage backends
 hand back instead of a serialized message.
 
 Status values are plain strings so that every backend (memory, Redis) can
@@ -14,8 +14,8 @@ store them as they are::
     processing  a worker has taken the task
     completed   the result is stored and waiting to be read
 
-The marker keeps its identity through pickling (``pickle.loads(pickle.dumps(
-TASK_EXPIRED)) is TASK_EXPIRED``), so it can cross process boundaries.
+The markers keep their identity through pickling (``pickle.loads(pickle.dumps(
+TASK_EXPIRED)) is TASK_EXPIRED``), so they can cross process boundaries.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "COMPLETED",
     "STATUS_VALUES",
     "TASK_EXPIRED",
+    "TASK_CANCELLED",
 ]
 
 DEFAULT = "default"
@@ -68,3 +69,7 @@ class _Marker:
 
 TASK_EXPIRED = _Marker("TASK_EXPIRED")
 """Returned by backends for a task whose result can no longer arrive."""
+
+TASK_CANCELLED = _Marker("TASK_CANCELLED")
+"""Stored as the outcome of a cancelled task (``Broker.cancel``): readers
+turn it into a :class:`~poolx.task.TaskCancelled` naming the task."""

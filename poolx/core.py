@@ -8,7 +8,9 @@ Owned here (WorQ's ``worq.core`` under poolx's name):
   :class:`~poolx.serialization.Serializer`, and every call into the backend.
   Producers enqueue through it; workers call :meth:`Broker.next_task`,
   :meth:`Broker.invoke`, :meth:`Broker.heartbeat`; waiters call
-  :meth:`Broker.pop_result` and :meth:`Broker.status`.
+  :meth:`Broker.pop_result` and :meth:`Broker.status`; anyone may
+  :meth:`Broker.cancel` a task, and consumers learn of their running tasks
+  that were cancelled from :meth:`Broker.cancelled_tasks`.
 * :class:`AbstractTaskQueue` — re-exported from :mod:`poolx.queue.base`,
   the storage contract.
 * :func:`batch` — enqueue many tasks in few round trips.
@@ -45,7 +47,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from poolx.const import DEFAULT, STATUS_VALUES, TASK_EXPIRED
+from poolx.const import DEFAULT, STATUS_VALUES, TASK_CANCELLED, TASK_EXPIRED
 from poolx.periodic import Schedule
 from poolx.queue.base import AbstractTaskQueue, PeriodicEntry
 from poolx.queue.registry import registry
@@ -57,12 +59,14 @@ from poolx.serialization import (
     SignedSerializer,
 )
 from poolx.task import (
+    CANCELLED_ERROR,
     Deferred,
     DuplicateTask,
     FunctionTask,
     Queue,
     Retry,
     Task,
+    TaskCancelled,
     TaskExpired,
     TaskFailure,
     TaskSpace,
@@ -85,6 +89,10 @@ log = logging.getLogger(__name__)
 
 SECRET_ENV = "POOLX_SECRET"
 """Environment variable holding the shared signing secret."""
+
+CANCELLED_RESULT_TIMEOUT = Task.OPTIONS["result_timeout"]
+"""Seconds the outcome of a cancelled task is kept (the default
+``result_timeout``): the canceller need not know the task's options."""
 
 UNKNOWN_TASK = "<unknown>"
 """Task name used in a failure when a message is too damaged to name it."""
@@ -471,6 +479,50 @@ class Broker:
         """Give up on a task: its waiters get :class:`~poolx.task.TaskExpired`."""
         self._taskqueue.discard_result(task.id, self.serialize(TASK_EXPIRED))
 
+    # -- cancelling -----------------------------------------------------------
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel the task ``task_id`` of this queue, from any process: True
+        if it will not complete, False if it had finished (or is unknown).
+
+        In one atomic step on the backend (so exactly one outcome wins when
+        a cancel races with the task's completion): a waiting task
+        (enqueued, pending, scheduled — a retry's back-off too) is removed,
+        a running one is marked so that its consumer terminates its worker
+        (:meth:`cancelled_tasks`), and the task's outcome becomes a
+        :class:`~poolx.task.TaskCancelled`: its waiters get it at once, its
+        dependent tasks get it as their argument (and follow
+        ``on_error``), and a result the task still produces is dropped.
+        The outcome is kept :data:`CANCELLED_RESULT_TIMEOUT` seconds.
+
+        An ``ignore_result`` task leaves the queue when a worker takes it:
+        once running, it is unknown here (False).
+
+        :raises NotImplementedError: if the backend cannot cancel tasks.
+        """
+        store = self._taskqueue
+        if not _extends(store, "cancel_task"):
+            raise NotImplementedError(
+                f"the {type(store).__module__} backend cannot cancel tasks"
+            )
+        cancelled = store.cancel_task(task_id, self.serialize(TASK_CANCELLED),
+                                      CANCELLED_RESULT_TIMEOUT)
+        if cancelled:
+            log.info("cancelled [%s:%s]", self.name, task_id)
+        return cancelled
+
+    def cancelled_tasks(self, task_ids: list[str], timeout: float | None) -> list[str]:
+        """Which of ``task_ids`` — tasks this process took and runs — were
+        cancelled meanwhile (each reported once), blocking inside the backend
+        up to ``timeout`` seconds until one is.  It may return an empty list
+        early (when another task was cancelled): callers ask again, with the
+        ids they run then.  See
+        :meth:`~poolx.queue.base.AbstractTaskQueue.cancelled_tasks`.
+
+        :raises NotImplementedError: if the backend cannot cancel tasks.
+        """
+        return self._taskqueue.cancelled_tasks(task_ids, timeout)
+
     # -- waiter side --------------------------------------------------------
 
     def status(self, result: Deferred) -> Any:
@@ -500,11 +552,13 @@ class Broker:
         return values
 
     def _decode_result(self, task: Any, message: Any) -> Any:
-        """A popped message as a value (TASK_EXPIRED stays the marker)."""
+        """A popped message as a value (TASK_EXPIRED stays the marker; the
+        TASK_CANCELLED marker becomes the task's TaskCancelled)."""
         if message is TASK_EXPIRED:
             return message
         try:
-            return self.deserialize(message)
+            value = self.deserialize(message)
+            return _cancelled(task.name, self.name, task.id) if value is TASK_CANCELLED else value
         except Exception as err:
             log.error("cannot deserialize result of %s [%s:%s]", task.name, self.name, task.id)
             return TaskFailure(
@@ -595,6 +649,8 @@ class Broker:
                     value = TaskExpired(
                         arg_name, self.name, arg_id, "task expired before a result was returned"
                     )
+                elif value is TASK_CANCELLED:
+                    value = _cancelled(arg_name, self.name, arg_id)
                 if isinstance(value, TaskFailure):
                     failures.append(value)
                 values[arg_id] = value
@@ -748,6 +804,10 @@ def _final(task: FunctionTask, failure: TaskFailure) -> TaskFailure:
     final = failure.replace(error=f"{failure.error} ({attempts} {word})")
     final.attempts = attempts
     return final
+
+
+def _cancelled(name: str, queue: str, task_id: str) -> TaskCancelled:
+    return TaskCancelled(name, queue, task_id, CANCELLED_ERROR)
 
 
 def _expired(task: Any, queue: str) -> TaskExpired:

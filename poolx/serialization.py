@@ -40,8 +40,15 @@ import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from poolx.const import TASK_EXPIRED
-from poolx.task import Deferred, DuplicateTask, TaskExpired, TaskFailure, restore_deferred
+from poolx.const import TASK_CANCELLED, TASK_EXPIRED
+from poolx.task import (
+    Deferred,
+    DuplicateTask,
+    TaskCancelled,
+    TaskExpired,
+    TaskFailure,
+    restore_deferred,
+)
 
 __all__ = [
     "Serializer",
@@ -151,7 +158,8 @@ def _refuse_signed(data: bytes) -> None:
 
 _TAG = "$poolx"
 _PLAIN = (str, int, float, bool, type(None))
-_FAILURES = {cls.__name__: cls for cls in (TaskFailure, TaskExpired, DuplicateTask)}
+_FAILURES = {cls.__name__: cls for cls in (TaskFailure, TaskExpired, DuplicateTask, TaskCancelled)}
+_MARKERS = {"TASK_EXPIRED": TASK_EXPIRED, "TASK_CANCELLED": TASK_CANCELLED}
 
 
 class JSONSerializer(Serializer):
@@ -162,7 +170,8 @@ class JSONSerializer(Serializer):
     ``tuple`` and ``bytes`` (tagged, so they come back as themselves), dicts
     with non-string keys, and poolx's own objects (a
     :class:`~poolx.task.Deferred`, a :class:`~poolx.task.TaskFailure` and its
-    subclasses, :data:`~poolx.const.TASK_EXPIRED`).  Anything else raises
+    subclasses, :data:`~poolx.const.TASK_EXPIRED` and
+    :data:`~poolx.const.TASK_CANCELLED`).  Anything else raises
     ``TypeError`` at enqueue time (for a result: the task fails saying so).
 
     Special values are written as objects with a ``"$poolx"`` key; a user's
@@ -202,8 +211,8 @@ class JSONSerializer(Serializer):
         return self._encode_object(obj, pid)
 
     def _encode_object(self, obj: Any, pid: PersistentId | None) -> Any:
-        if obj is TASK_EXPIRED:
-            return {_TAG: "marker", "v": "TASK_EXPIRED"}
+        if obj is TASK_EXPIRED or obj is TASK_CANCELLED:
+            return {_TAG: "marker", "v": "TASK_EXPIRED" if obj is TASK_EXPIRED else "TASK_CANCELLED"}
         if isinstance(obj, TaskFailure):
             args = [self._encode(arg, pid) for arg in obj.args]
             data: dict[str, Any] = {_TAG: "failure", "type": type(obj).__name__, "v": args}
@@ -241,8 +250,8 @@ class JSONSerializer(Serializer):
 
     def _decode_object(self, tag: str, data: dict[str, Any], pl: PersistentLoad | None) -> Any:
         value = data.get("v")
-        if tag == "marker" and value == "TASK_EXPIRED":
-            return TASK_EXPIRED
+        if tag == "marker" and value in _MARKERS:
+            return _MARKERS[value]
         if tag not in ("failure", "deferred"):
             raise ValueError(f"unknown {_TAG} tag in JSON message: {tag!r}")
         if not isinstance(value, list):

@@ -19,8 +19,9 @@ Owned here (WorQ's ``worq.task`` under poolx's name):
 * :class:`TaskSpace` — a namespace of task callables for
   :meth:`Broker.expose <poolx.core.Broker.expose>`.
 * :func:`wait_all` — wait for many Deferreds with few backend calls.
-* :class:`TaskFailure` and its subclasses :class:`TaskExpired` and
-  :class:`DuplicateTask` — every way a task can fail ends as one of these;
+* :class:`TaskFailure` and its subclasses :class:`TaskExpired`,
+  :class:`DuplicateTask` and :class:`TaskCancelled` — every way a task can
+  fail ends as one of these;
   :func:`judge_failure` marks one that the task's :class:`Retry` policy
   covers (the worker decides, by the exception's type; the broker then
   schedules the next attempt instead of storing the failure).
@@ -67,6 +68,8 @@ __all__ = [
     "TaskFailure",
     "TaskExpired",
     "DuplicateTask",
+    "TaskCancelled",
+    "CANCELLED_ERROR",
     "TaskBroker",
     "queue_broker",
     "queue_target",
@@ -115,6 +118,8 @@ class TaskBroker(Protocol):
     def pop_results(self, tasks: list[Any], timeout: float | None = 0) -> dict[str, Any]: ...
 
     def status(self, result: Deferred) -> Any: ...
+
+    def cancel(self, task_id: str) -> bool: ...
 
     def discard_pending_tasks(self) -> None: ...
 
@@ -843,6 +848,30 @@ class Deferred:
         """True if the result has arrived (checks without blocking)."""
         return self.wait(0)
 
+    def cancel(self) -> bool:
+        """Make sure the task will not complete: True if it was cancelled now.
+
+        A task that is waiting — queued, ``pending`` (for its Deferred
+        arguments) or ``scheduled`` (``delay``/``eta``, a retry's back-off)
+        — is removed and never runs; a running task's worker process is
+        terminated (a thread pool cannot stop a thread: see
+        :doc:`/cancel`).  Either way the outcome is a
+        :class:`TaskCancelled` at once: this Deferred resolves to it, and
+        tasks that take it as an argument follow their ``on_error``.  A
+        task that has finished (or is unknown) is not touched: False.  Any
+        process can cancel (see :meth:`Broker.cancel
+        <poolx.core.Broker.cancel>`).  If the task returned a Deferred,
+        that task is cancelled.
+
+        :raises NotImplementedError: if the backend cannot cancel tasks.
+        """
+        if self._value is not _MISSING:
+            return False
+        follow = self._follow
+        if follow is not None:
+            return follow.cancel()
+        return self.broker.cancel(self.id)
+
     def __repr__(self) -> str:
         status = self.status
         if status is None:
@@ -1084,6 +1113,17 @@ class TaskExpired(TaskFailure):
 
 class DuplicateTask(TaskFailure):
     """A task with the same id is already in the queue."""
+
+
+CANCELLED_ERROR = "Cancelled: the task was cancelled"
+"""The error text of a :class:`TaskCancelled`."""
+
+
+class TaskCancelled(TaskFailure):
+    """The task was cancelled (:meth:`Deferred.cancel`, :meth:`Broker.cancel
+    <poolx.core.Broker.cancel>`, ``poolx cancel``) before it completed: it
+    never ran, or its worker was terminated.  Recognise it by type; its
+    error text is :data:`CANCELLED_ERROR`."""
 
 
 _option_properties(Task)

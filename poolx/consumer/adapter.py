@@ -9,7 +9,8 @@ counts (a :class:`~poolx.tally.TaskTally`) that :meth:`BrokerConsumer.snapshot`
 gives the metrics (:mod:`poolx.metrics`).  Its helpers, each in
 its own module: the intake thread (:mod:`poolx.consumer.intake`), the
 heartbeat thread (:mod:`poolx.consumer.heartbeats`, which also publishes the
-status every ``status_interval`` seconds), and what runs in the workers
+status every ``status_interval`` seconds), the watcher of cancelled tasks
+(:mod:`poolx.consumer.cancels`), and what runs in the workers
 (:mod:`poolx.consumer.inworker`).
 
 It talks to the engine only through the pool's public API (``apply_async``
@@ -18,7 +19,8 @@ through the broker (and its backend's ``requeue_task`` and pool registry).
 
 Threads: the intake thread takes tasks (:meth:`BrokerConsumer.track`); the
 pool's callback thread answers them (:meth:`BrokerConsumer.settle`); the
-heartbeat thread renews leases and publishes the status; the caller's
+heartbeat thread renews leases and publishes the status; the watcher
+stops cancelled tasks (:meth:`BrokerConsumer.stop_cancelled`); the caller's
 thread starts and stops.  One lock guards the in-flight table and the flags.
 """
 
@@ -28,6 +30,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -45,6 +48,7 @@ from poolx.consumer import (
     log_failure,
     outcomes,
 )
+from poolx.consumer.cancels import CancelWatch
 from poolx.consumer.failures import RecentFailures
 from poolx.consumer.heartbeats import Heartbeats
 from poolx.consumer.intake import Intake
@@ -52,7 +56,7 @@ from poolx.consumer.inworker import SECONDS, run_task
 from poolx.exceptions import PoolNotRunning
 from poolx.queue.urls import redact_url
 from poolx.tally import TaskTally, failure_outcome
-from poolx.task import FunctionTask, TaskFailure, error_text
+from poolx.task import FunctionTask, TaskCancelled, TaskFailure, error_text
 
 __all__ = ["BrokerConsumer", "InFlight"]
 
@@ -68,7 +72,7 @@ class InFlight:
     consumer (prefetched, ``result`` is None) or handed to the pool."""
 
     __slots__ = ("consumer", "key", "task", "func", "result", "in_pool", "beat", "taken", "slow",
-                 "counted", "pid")
+                 "counted", "cancelled", "pid")
 
     def __init__(self, consumer: BrokerConsumer, key: int, task: FunctionTask, func: Any,
                  beat: int, slow: bool) -> None:
@@ -82,6 +86,7 @@ class InFlight:
         self.taken = time.monotonic()
         self.slow = slow  # its name's run time is unknown or long: never held ahead
         self.counted = False  # counted as started in the consumer's task tally
+        self.cancelled = False  # cancelled (Broker.cancel): whatever the pool says is dropped
         self.pid: int | None = None  # the worker that ran it, once it said so (see done)
 
     def done(self, value: tuple[Any, float, int]) -> None:
@@ -210,6 +215,7 @@ class BrokerConsumer:
                                       tick_interval=self.status_interval)
         self._heartbeat_thread: threading.Thread | None = None
         self._intake = Intake(self, self.timeout)
+        self._cancels = CancelWatch(self)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -227,6 +233,7 @@ class BrokerConsumer:
         self._heartbeat_thread = threading.Thread(target=self._heartbeats.run,
                                                   name="poolx-consumer-heartbeat", daemon=True)
         self._heartbeat_thread.start()
+        self._cancels.start()
         self._intake.start()
 
     def stop(self, join: bool = True) -> None:
@@ -288,6 +295,7 @@ class BrokerConsumer:
             first = not self._closed
             self._closed = True
         self._heartbeats.close()
+        self._cancels.close()
         thread = self._heartbeat_thread
         if thread is not None:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -393,6 +401,7 @@ class BrokerConsumer:
             self._heartbeats.discard(entry.beat)
             self.give_back(task, "the consumer is stopping")
             return
+        self._cancels.poke()
         self.pump()
 
     def pump(self) -> None:
@@ -501,6 +510,8 @@ class BrokerConsumer:
         :param outcome: What to do: store a value, or give the task back.
         """
         task = entry.task
+        if entry.cancelled and isinstance(outcome, outcomes.Store):
+            outcome = outcomes.cancelled(task, self.broker.name)
         if isinstance(outcome, outcomes.GiveBack):
             self.give_back(task, outcome.why)
         else:
@@ -518,7 +529,9 @@ class BrokerConsumer:
             final failure is listed with it in the pool's status.
         """
         failed = isinstance(value, TaskFailure)
-        if failed and not value.retryable:  # a retryable one: the broker logs the retry
+        if isinstance(value, TaskCancelled):  # on request: not listed as a failure
+            log.info("stopped: %s", value)
+        elif failed and not value.retryable:  # a retryable one: the broker logs the retry
             log.error("task failed: %s", value)
             with self._lock:
                 self._failures.add(value, worker, time.time())
@@ -598,6 +611,59 @@ class BrokerConsumer:
         broken = self.pool.broken
         if broken is not None:
             self._set_broken(broken)
+
+    # -- cancelled tasks (on the watcher thread) ---------------------------------
+
+    def in_flight_ids(self) -> list[str]:
+        """The ids of the tasks in flight that are not known to be cancelled."""
+        with self._lock:
+            return [entry.task.id for entry in self._in_flight.values() if not entry.cancelled]
+
+    def stop_cancelled(self, task_id: str) -> None:
+        """The task ``task_id`` was cancelled (its outcome is stored): drop it
+        if it is held ahead, or kill its worker if it is in the pool.
+
+        :param task_id: The id of a task in flight.
+        """
+        with self._lock:
+            entries = [entry for entry in self._in_flight.values()
+                       if entry.task.id == task_id and not entry.cancelled]
+            held = []
+            for entry in entries:
+                entry.cancelled = True
+                if not entry.in_pool and self._held.pop(entry.key, None) is not None:
+                    self._held_slow -= entry.slow
+                    held.append(entry)
+        for entry in held:  # never started
+            self.settle(entry, outcomes.cancelled(entry.task, self.broker.name))
+        for entry in entries:
+            if entry not in held:
+                log.info("%s: cancelled while running: %s; its worker is killed", self.name,
+                         entry.describe())
+                self._kill(entry)
+
+    def _cancelled_in_pool(self) -> list[InFlight]:
+        with self._lock:
+            return [entry for entry in self._in_flight.values()
+                    if entry.cancelled and entry.in_pool]
+
+    def killing(self) -> bool:
+        """Are cancelled tasks still in the pool (their jobs not answered)?"""
+        return bool(self._cancelled_in_pool())
+
+    def kill_pending(self) -> None:
+        """Kill again the workers of cancelled tasks still in the pool (a job
+        that had not started when it was cancelled could not be killed)."""
+        for entry in self._cancelled_in_pool():
+            self._kill(entry)
+
+    @staticmethod
+    def _kill(entry: InFlight) -> None:
+        result = entry.result
+        if result is not None and not result.ready():
+            # SIGKILL: a worker of ``poolx worker`` ignores SIGTERM, and a
+            # task must not be able to catch its cancel.
+            result.terminate(signal.SIGKILL)
 
     # -- heartbeats and status (on the heartbeat thread) ------------------------
 

@@ -22,6 +22,8 @@ Terminated (this job, by a signal)     TaskFailure "Terminated: the task was ter
 BrokenPoolError, RestartFreqExceeded   given back, and the consumer stops taking tasks
 PoolNotRunning (at submission)         given back; the consumer stops taking tasks
 anything else                          TaskFailure "Type: message"
+anything, for a task that was          TaskCancelled "Cancelled: ..." (:func:`cancelled`:
+cancelled (its worker was killed)      the canceller stored it already; this one is dropped)
 =====================================  ======================================
 
 A ``PoolTerminated`` whose ``started`` is unknown fails rather than going
@@ -43,7 +45,15 @@ from poolx.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
-from poolx.task import FunctionTask, TaskExpired, TaskFailure, error_text, judge_failure
+from poolx.task import (
+    CANCELLED_ERROR,
+    FunctionTask,
+    TaskCancelled,
+    TaskExpired,
+    TaskFailure,
+    error_text,
+    judge_failure,
+)
 
 __all__ = [
     "Store",
@@ -53,6 +63,7 @@ __all__ = [
     "from_pool_error",
     "not_running",
     "soft_limit_failure",
+    "cancelled",
 ]
 
 
@@ -143,6 +154,14 @@ def not_running(error: BaseException, stopping: bool) -> GiveBack:
     stopping anyway, that breaks it."""
     broken = None if stopping else BrokenPoolError(f"the pool is not running: {error}")
     return GiveBack(f"the pool is not running ({error})", broken=broken)
+
+
+def cancelled(task: FunctionTask, queue_name: str) -> Store:
+    """The outcome of a task that was cancelled, whatever the pool said: its
+    :class:`~poolx.task.TaskCancelled` (the backend kept the canceller's,
+    so storing this one changes nothing there; it lets the backend forget
+    the delivery)."""
+    return Store(TaskCancelled(task.name, queue_name, task.id, CANCELLED_ERROR))
 
 
 def soft_limit_failure(task: FunctionTask, queue_name: str) -> TaskFailure:

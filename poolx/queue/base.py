@@ -23,6 +23,8 @@ Who calls what::
                 scheduled_size               (``poolx status``)
     waiter ──── Deferred.wait ───▶ pop_result   (blocks inside the backend)
                 Deferred.status ─▶ get_status
+    anyone ──── Broker.cancel ───▶ cancel_task  (Deferred.cancel, ``poolx cancel``)
+    consumer ── (its running tasks) ▶ cancelled_tasks  (terminate the cancelled ones)
 
 Task life cycle (status values from :mod:`poolx.const`)::
 
@@ -36,6 +38,9 @@ Task life cycle (status values from :mod:`poolx.const`)::
                                                      │                          │ pop_result
                                  discard_result / lost worker                   ▼
                                                      └────────▶ expired      (removed)
+
+    cancel_task: pending, scheduled, enqueued or processing ──▶ completed
+                 (the outcome: the cancelled token)
 
 Rules every implementation keeps (the shared test-suite in
 ``tests/taskqueue`` checks them against each backend URL):
@@ -75,6 +80,10 @@ a third-party backend needs only the methods above):
   schedules wakes its blocked :meth:`get` callers when a task becomes due
   (a timer, not a polling loop), and keeps scheduled tasks like any other
   stored task.
+* :meth:`~AbstractTaskQueue.cancel_task` and
+  :meth:`~AbstractTaskQueue.cancelled_tasks` — cancelling tasks (default:
+  raise NotImplementedError; :meth:`Broker.cancel
+  <poolx.core.Broker.cancel>` then says the backend cannot cancel).
 * :meth:`~AbstractTaskQueue.queued_tasks` — the next tasks to run, for
   ``poolx status`` (default: raises NotImplementedError; the command then
   shows the queue sizes only).
@@ -495,6 +504,38 @@ class AbstractTaskQueue:
         queued yet), for ``poolx status``.  They are not counted by
         :meth:`size`; :meth:`discard_pending` drops them too."""
         raise NotImplementedError(f"{type(self).__name__} cannot schedule tasks")
+
+    def cancel_task(self, task_id: str, token: bytes, timeout: float) -> bool:
+        """Cancel a task that has not completed, in one atomic step.
+
+        A ``pending``, ``scheduled`` or ``enqueued`` task is removed from
+        wherever it waits (it never runs); a ``processing`` one is marked
+        for its consumer (:meth:`cancelled_tasks`, which wakes).  Either
+        way the task is ``completed`` with ``token`` (the broker's
+        serialized :data:`~poolx.const.TASK_CANCELLED`) as its result, as
+        :meth:`set_result` would store it: waiters wake, dependent tasks
+        receive it as the argument, and a later :meth:`set_result`,
+        :meth:`retry_task` or :meth:`requeue_task` for it changes nothing.
+
+        :param timeout: Seconds to keep the outcome.
+        :returns: True if cancelled; False if the task is completed, its
+            result was read, or it is unknown (an ``ignore_result`` task
+            that was taken is unknown).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot cancel tasks")
+
+    def cancelled_tasks(self, task_ids: list[str], timeout: float | None) -> list[str]:
+        """The ids among ``task_ids`` (tasks this process took and has not
+        answered) that :meth:`cancel_task` cancelled while they were
+        ``processing``; each is reported once.
+
+        Blocks inside the backend (no polling) until one of them is
+        cancelled or ``timeout`` seconds pass; it may also return ``[]``
+        early when another task was cancelled meanwhile (the caller asks
+        again with the ids it holds then, so a task taken during the wait
+        is not missed).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot cancel tasks")
 
     def queued_tasks(self, limit: int) -> list[QueuedTask]:
         """The first ``limit`` tasks ready to run, the next one first

@@ -24,6 +24,12 @@ other wakes the blocked ``get`` calls so they wait for it instead.  An entry
 whose task was discarded meanwhile is skipped when it comes up (so a later
 cancel only has to drop the record).
 
+Cancelling (:meth:`TaskQueue.cancel_task`) completes the record with the
+cancelled token under the lock, so a cancel and the task's own result never
+both win; a task cancelled while processing is remembered until the
+consumer running it asks (:meth:`TaskQueue.cancelled_tasks`, which waits on
+a condition signalled by every such cancel) or its late result arrives.
+
 Records are plain data keyed by task id — unlike WorQ's memory queue, nothing
 depends on the caller keeping its Deferred alive.  A completed result is kept
 until it is read or its ``result_timeout`` passes (expired results are swept
@@ -130,6 +136,10 @@ class TaskQueue(AbstractTaskQueue):
         self._scheduled: list[tuple[float, int, str, _Record]] = []  # due-time heap
         self._n_scheduled = 0
         self._seq = itertools.count()
+        # Tasks cancelled while processing, until their consumer hears of it.
+        self._cancelled_running: set[str] = set()
+        self._cancels = 0  # cancels of processing tasks so far
+        self._cancel_heard = threading.Condition(self._lock)
         # Periodic entries by name, and the schedulers to wake on a change.
         self._periodic: dict[str, PeriodicEntry] = {}
         self._periodic_changed = threading.Condition(self._lock)
@@ -359,6 +369,8 @@ class TaskQueue(AbstractTaskQueue):
 
     def set_result(self, task_id: str, message: bytes, timeout: float) -> list[str]:
         with self._lock:
+            if self._cancelled_running:
+                self._cancelled_running.discard(task_id)  # a late result: the task ended
             self._sweep()
             rec = self._records.get(task_id)
             if rec is None or rec.status == COMPLETED:
@@ -398,6 +410,45 @@ class TaskQueue(AbstractTaskQueue):
                 return
             self._finish(rec, task_expired_token)
             self._deliver(task_id, rec, task_expired_token)
+
+    def cancel_task(self, task_id: str, token: bytes, timeout: float) -> bool:
+        check_seconds("timeout", timeout, allow_none=False)
+        with self._lock:
+            self._sweep()
+            rec = self._records.get(task_id)
+            if rec is None or rec.status == COMPLETED:
+                return False
+            if rec.status == PROCESSING:
+                self._cancelled_running.add(task_id)
+                self._cancels += 1
+                self._cancel_heard.notify_all()
+            # Queued or scheduled entries are skipped when they come up.
+            self._set_status(rec, COMPLETED)
+            rec.args = {}
+            self._finish(rec, token)
+            if rec.ignore_result:  # nobody reads its outcome: free the id now
+                del self._records[task_id]
+            else:
+                heapq.heappush(self._expiry, (time.monotonic() + timeout, next(self._seq),
+                                              task_id, rec))
+            self._deliver(task_id, rec, token)
+            return True
+
+    def cancelled_tasks(self, task_ids: list[str], timeout: float | None) -> list[str]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            seen = self._cancels
+            while True:
+                found = [task_id for task_id in task_ids if task_id in self._cancelled_running]
+                if found:
+                    self._cancelled_running.difference_update(found)
+                    return found
+                if self._cancels != seen:
+                    return []  # another task's: the caller asks again with its ids
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return []
+                self._cancel_heard.wait(remaining)
 
     def _taken(self, task_id: str, message: bytes, ignore_result: bool) -> _Record | None:
         """The record of a taken task given back (re-created for an

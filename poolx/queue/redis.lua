@@ -38,6 +38,11 @@
 --     P seq        STRING counter for detached records
 --     P fetched:<nonce>  LIST  refs a ``fetch`` call took (so a retried call,
 --                         its reply lost, gets the same tasks again)
+--     P cx:<ref>   STRING a processing task was cancelled: the owner of the
+--                         delivery that must stop (expires like a lease; the
+--                         task's heartbeats renew it)
+--     P cn:<consumer>  LIST  cancel notices for a consumer (refs): its
+--                         watcher blocks on it while it runs tasks
 --     P periodic   ZSET   names of periodic entries, scored by next run (ms)
 --     P pe:<name>  HASH   one periodic entry: tn task name, sc schedule text,
 --                         nx next run (ms, server clock), v version, sp spec
@@ -487,7 +492,8 @@ elseif cmd == 'fetch' then
   return out
 
 elseif cmd == 'renew' then
-  -- lease ms, then (ref, owner or '') pairs -> 1/0 per pair: still leased
+  -- lease ms, then (ref, owner or '') pairs -> per pair 1 still leased,
+  -- 2 cancelled, 0 lost
   local deadline = now_ms() + tonumber(ARGV[2])
   local out = {}
   for i = 3, #ARGV, 2 do
@@ -495,7 +501,13 @@ elseif cmd == 'renew' then
     local held = redis.call('ZSCORE', LEASES, ref)
     if held and owner ~= '' and redis.call('HGET', rkey(ref), 'o') ~= owner then held = false end
     if held then redis.call('ZADD', LEASES, deadline, ref) end
-    out[#out + 1] = held and 1 or 0
+    if held then
+      out[#out + 1] = 1
+    elseif redis.call('PEXPIRE', P .. 'cx:' .. ref, tonumber(ARGV[2])) == 1 then
+      out[#out + 1] = 2  -- cancelled (see cancel), still running: not a lost lease
+    else
+      out[#out + 1] = 0
+    end
   end
   return out
 
@@ -788,6 +800,58 @@ elseif cmd == 'plive' then
   chunked('HDEL', P .. 'info', dead)
   local alive = redis.call('ZRANGEBYSCORE', P .. 'expiry', '(' .. now, '+inf')
   return chunked('HMGET', P .. 'info', alive)
+end
+
+if cmd == 'cancel' then
+  -- id, cancelled token, ttl ms -> 0 not cancelled (completed, read or
+  -- unknown), 1 cancelled while waiting (it never runs), 2 cancelled while
+  -- processing (its consumer is told: a marker, and a notice that wakes
+  -- its watcher).  The outcome is the token, stored by store(): a result
+  -- arriving later is dropped, a retry or requeue finds the task no longer
+  -- processing.
+  local id, token, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
+  local key, ref = P .. 't:' .. id, 't' .. id
+  local f = redis.call('HMGET', key, 's', 'p', 'o', 'ls', 'ir')
+  local status = f[1]
+  if not status or f[2] or status == 'completed' then return 0 end
+  local code = 1
+  if status == 'enqueued' then
+    redis.call('LREM', READY, 1, ref)
+  elseif status == 'scheduled' then
+    redis.call('ZREM', SCHED, ref)
+  elseif status == 'processing' then
+    local owner = f[3] or ''
+    local consumer = string.match(owner, '^(.*)#%d+$')
+    if consumer then
+      local keep = math.max(tonumber(f[4]) or 0, 60000)
+      redis.call('SET', P .. 'cx:' .. ref, owner, 'PX', keep)
+      local notices = P .. 'cn:' .. consumer
+      redis.call('LPUSH', notices, ref)
+      redis.call('PEXPIRE', notices, keep)
+    end
+    code = 2
+  end
+  if f[5] == '1' then  -- nobody reads its outcome: the id is free at once
+    redis.call('SREM', DEFERRED, id)
+    redis.call('DEL', key)
+    return code
+  end
+  store(id, token, ttl)  -- (a scheduled task leaves the schedule there)
+  return code
+
+elseif cmd == 'cxcheck' then
+  -- consumer, then (ref, owner) pairs of the tasks it holds -> the refs
+  -- among them that were cancelled.  The consumer's notices are dropped:
+  -- this call looked at all it holds.  The markers stay (renew keeps them
+  -- while the task's heartbeats come) until they expire.
+  redis.call('DEL', P .. 'cn:' .. ARGV[2])
+  local out = {}
+  for i = 3, #ARGV, 2 do
+    if redis.call('GET', P .. 'cx:' .. ARGV[i]) == ARGV[i + 1] then
+      out[#out + 1] = ARGV[i]
+    end
+  end
+  return out
 end
 
 return redis.error_reply('poolx: unknown script command ' .. tostring(cmd))

@@ -265,6 +265,8 @@ class TaskQueue(AbstractTaskQueue):
         self._lock = threading.Lock()
         self._held: dict[str, tuple[str, str, int]] = {}
         self._args: dict[str, dict[str, bytes]] = {}
+        self._cancelled: set[str] = set()  # held tasks found cancelled, not reported yet
+        self._reported: set[str] = set()  # held tasks reported cancelled (markers stay)
         # The fetcher protocol among threads blocked in get().
         self._cond = threading.Condition()
         self._idle = 0
@@ -648,9 +650,14 @@ class TaskQueue(AbstractTaskQueue):
             return True
         with self._lock:
             ref, owner, lease = self._held.get(item[0], ("t" + item[0], "", self._min_lease_ms))
-        if self._call("renew", lease, ref, owner)[0]:
+        renewed = self._call("renew", lease, ref, owner)[0]
+        if renewed == 1:
             return True
-        log.warning("[%s:%s] was reclaimed before a thread took it; skipped", self.name, item[0])
+        if renewed == 2:
+            log.info("[%s:%s] was cancelled before a thread took it; skipped", self.name, item[0])
+        else:
+            log.warning("[%s:%s] was reclaimed before a thread took it; skipped", self.name,
+                        item[0])
         with self._lock:
             self._held.pop(item[0], None)
             self._args.pop(item[0], None)
@@ -753,6 +760,51 @@ class TaskQueue(AbstractTaskQueue):
         self._sync()
         return bool(self._call("retry", task_id, message, b"1" if ignore_result else b"0",
                                ref, owner, _delay_ms(delay) if delay > 0 else 0))
+
+    # -- cancelling -----------------------------------------------------------------
+
+    def cancel_task(self, task_id: str, token: bytes, timeout: float) -> bool:
+        self._flush()  # the task may be waiting in this thread's batch
+        self._sync()
+        return bool(self._call("cancel", task_id, token, _lease_ms(timeout)))
+
+    def cancelled_tasks(self, task_ids: list[str], timeout: float | None) -> list[str]:
+        """See :meth:`AbstractTaskQueue.cancelled_tasks`.  Blocks (without
+        taking it) on this consumer's notice list, which the ``cancel``
+        script pushes to, a few seconds at most (the longest blocking call); then
+        one script call finds which held tasks were cancelled (each marker
+        names the delivery, so a task redelivered elsewhere is not hit)."""
+        self._here()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        found = self._report_cancelled(task_ids)
+        if found:
+            return found
+        block = self._block(deadline)
+        if block > 0:
+            self._run("cancelled_tasks", self._wait_list, f"{self._key}cn:{self.consumer_id}",
+                      max(block, 0.001), block < self._max_block)
+        with self._lock:
+            held = [(ref, owner) for ref, owner, _lease in self._held.values()]
+            ids = {ref: task_id for task_id, (ref, _owner, _lease) in self._held.items()}
+        if held:
+            args = [item for pair in held for item in pair]
+            refs = self._call("cxcheck", self.consumer_id, *args)
+            with self._lock:
+                marked = {ids[_text(ref)] for ref in refs if _text(ref) in ids}
+                self._cancelled.update(marked - self._reported)
+        return self._report_cancelled(task_ids)
+
+    def _report_cancelled(self, task_ids: list[str]) -> list[str]:
+        """The ids among ``task_ids`` found cancelled, now reported (once:
+        Redis keeps the markers while the tasks run)."""
+        with self._lock:
+            cancelled, reported = self._cancelled, self._reported
+            cancelled.intersection_update(self._held)  # answered meanwhile: nothing to stop
+            reported.intersection_update(self._held)
+            found = [task_id for task_id in task_ids if task_id in cancelled]
+            cancelled.difference_update(found)
+            reported.update(found)
+        return found
 
     # -- results ------------------------------------------------------------------
 

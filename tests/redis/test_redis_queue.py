@@ -179,17 +179,21 @@ def test_every_key_of_a_queue_is_in_one_cluster_slot(url):
     first, second = q.rt.square(2), q.rt.square(3)
     q.rt.total([first, second])
     Task(q.rt.square, ignore_result=True)(4)
+    third = q.rt.square(5)
     keys = scan()  # records, the ready list, the deferred set
-    taken = [queue.get(WAIT) for _ in range(3)]
+    taken = [queue.get(WAIT) for _ in range(4)]
     queue.register_pool("pool-1", "{}", 60)
-    keys |= scan()  # leases, what a fetch took, a detached record, the pool registry
+    assert broker.cancel(third.id) is True
+    keys |= scan()  # leases, what a fetch took, a detached record, the pool registry,
+    # the cancel's marker and notice
     assert queue._pop(b"nonce", True, [first.id]) == [(b"w", b"")]  # a waiter
     for task_id, _ in taken[:2]:
         queue.set_result(task_id, b"1", WAIT)
     keys |= scan()  # wake-up tokens, the mailbox
     queue_keys = {k for k in keys if b"{jobs}" in k}
     kinds = {k.decode().split(":")[2] for k in queue_keys}
-    assert kinds == {"ready", "deferred", "leases", "t", "f", "seq", "w", "mb", "fetched"}, kinds
+    assert kinds == {"ready", "deferred", "leases", "t", "f", "seq", "w", "mb", "fetched", "cx",
+                     "cn"}, kinds
     assert len({key_slot(k) for k in queue_keys}) == 1
     assert keys - queue_keys == {
         f"{queue.prefix}:{{pools}}:expiry".encode(), f"{queue.prefix}:{{pools}}:info".encode()
