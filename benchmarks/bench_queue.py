@@ -203,14 +203,19 @@ PRODUCER_COMMANDS = [0]
 
 
 def _count_commands(client: Any) -> None:
-    """Count every command ``client`` sends into :data:`PRODUCER_COMMANDS`."""
-    real = client.execute_command
+    """Count every request ``client`` sends (a command, a pipeline) into
+    :data:`PRODUCER_COMMANDS`: its pool makes connections that count what
+    they send (before its first connection is made, so all of them do),
+    whichever way poolx sends it."""
+    pool = client.connection_pool
+    base = pool.connection_class
 
-    def counted(*args: Any, **options: Any) -> Any:
-        PRODUCER_COMMANDS[0] += 1
-        return real(*args, **options)
+    class Counted(base):  # type: ignore[valid-type, misc]
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            PRODUCER_COMMANDS[0] += 1
+            super().send_packed_command(command, check_health)
 
-    client.execute_command = counted
+    pool.connection_class = Counted
 
 
 def _poolx_producer(batched: bool) -> Callable[[str, int], Callable[[], None]]:

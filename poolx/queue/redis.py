@@ -99,7 +99,7 @@ from poolx.queue._redis_writer import Writer
 from poolx.queue.base import AbstractTaskQueue, Delivery, QueuedTask
 from poolx.queue.urls import redact_url
 from poolx.serialization import Serializer
-from poolx.task import DuplicateTask
+from poolx.task import DuplicateTask, Task, lease_seconds
 
 if TYPE_CHECKING:
     from poolx.task import Deferred
@@ -164,6 +164,11 @@ class _TaskDone(NamedTuple):
 
 def _lease_ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+_DEFAULT_FIELDS = (b"0", _lease_ms(lease_seconds(Task.OPTIONS["heartrate"])),
+                   1 + Task.OPTIONS["max_retries"])
+""":meth:`TaskQueue._task_fields` of a task with the default options."""
 
 
 def _delay_ms(seconds: float) -> int:
@@ -381,6 +386,8 @@ class TaskQueue(AbstractTaskQueue):
         """What the record keeps of the task's options: whether its result is
         ignored, the lease one heartbeat grants, the deliveries allowed."""
         task = result.task
+        if not task.options:
+            return _DEFAULT_FIELDS
         ignore = b"1" if task.ignore_result else b"0"
         return ignore, _lease_ms(task.lease), 1 + task.max_retries
 
