@@ -172,14 +172,16 @@ local function take_back(id, ref, owner)
 end
 
 -- Wake every registered waiter of a task's result, and tell the mailbox of
--- the client that enqueued it (if it subscribed).
-local function wake(id, key)
-  local f = redis.call('HMGET', key, 'wt', 'mb')
+-- the client that enqueued it (if it subscribed).  A caller that read the
+-- record's 'wt' and 'mb' fields already, or knows its time to live (ms),
+-- passes them ({wt, mb}, ttl).
+local function wake(id, key, f, ttl)
+  f = f or redis.call('HMGET', key, 'wt', 'mb')
   if f[2] then
     local mbkey = P .. 'mb:' .. f[2]
-    redis.call('LPUSH', mbkey, id)
-    local ttl = math.max(redis.call('PTTL', key), 60000)
-    if redis.call('PTTL', mbkey) < ttl then redis.call('PEXPIRE', mbkey, ttl) end
+    local length = redis.call('LPUSH', mbkey, id)
+    ttl = math.max(ttl or redis.call('PTTL', key), 60000)
+    if length == 1 or redis.call('PTTL', mbkey) < ttl then redis.call('PEXPIRE', mbkey, ttl) end
   end
   local waiters = tonumber(f[1] or '0')
   if waiters > 0 then
@@ -193,9 +195,10 @@ local function wake(id, key)
 end
 
 -- Hand a result (or the expired token) to every task that reserved it.
-local function deliver(id, key, msg)
+-- A caller that listed the record's fields already passes the 'dep:' ones.
+local function deliver(id, key, msg, deps)
   local ready = {}
-  local fields = redis.call('HKEYS', key)
+  local fields = deps or redis.call('HKEYS', key)
   local done = {}
   for _, field in ipairs(fields) do
     if string.sub(field, 1, 4) == 'dep:' then
@@ -262,19 +265,25 @@ end
 local function store(id, msg, ttl)
   local key = P .. 't:' .. id
   redis.call('ZREM', LEASES, 't' .. id)
-  local ok, status = live(key)
-  if not ok or status == 'completed' then return {} end
+  local f = redis.call('HMGET', key, 's', 'p', 'wt', 'mb')
+  local status = f[1]
+  if not status or f[2] or status == 'completed' then return {} end
   if status == 'scheduled' then redis.call('ZREM', SCHED, 't' .. id) end  -- a late result
-  local drop = {'m'}
+  -- only a pending task is in DEFERRED (make_ready takes it out)
+  if status == 'pending' then redis.call('SREM', DEFERRED, id) end
+  local drop, deps = {'m'}, {}
   for _, field in ipairs(redis.call('HKEYS', key)) do
-    if string.sub(field, 1, 2) == 'a:' then drop[#drop + 1] = field end
+    if string.sub(field, 1, 2) == 'a:' then
+      drop[#drop + 1] = field
+    elseif string.sub(field, 1, 4) == 'dep:' then
+      deps[#deps + 1] = field
+    end
   end
   chunked('HDEL', key, drop)
   redis.call('HSET', key, 's', 'completed', 'r', msg)
   redis.call('PEXPIRE', key, ttl)
-  redis.call('SREM', DEFERRED, id)
-  wake(id, key)
-  return deliver(id, key, msg)
+  wake(id, key, {f[3], f[4]}, ttl)
+  return deliver(id, key, msg, deps)
 end
 
 -- A taken ignore_result task finished: drop its lease (and detached record).
@@ -419,13 +428,13 @@ elseif cmd == 'fetch' then
     end
   end
   local out = {reclaimed, -1, -1}
-  local taken = 0
+  local taken, took = 0, {}
   while taken < count do
     local ref = redis.call('RPOP', READY)
     if not ref then break end
     if ref == 'b' then redis.call('DEL', BELL) end
     local key = rkey(ref)
-    local f = redis.call('HMGET', key, 's', 'p', 'm', 'ir', 'ls', 'mx', 'id', 'na')
+    local f = redis.call('HMGET', key, 's', 'p', 'm', 'ir', 'ls', 'mx', 'id', 'na', 'd')
     if f[1] == 'enqueued' and not f[2] then
       local id = f[7]
       if string.sub(ref, 1, 1) == 't' then
@@ -440,9 +449,9 @@ elseif cmd == 'fetch' then
           key = detached
         end
       end
-      local delivery = redis.call('HINCRBY', key, 'd', 1)
+      local delivery = (tonumber(f[9]) or 0) + 1
       local owner = consumer .. '#' .. delivery
-      redis.call('HSET', key, 's', 'processing', 'o', owner)
+      redis.call('HSET', key, 's', 'processing', 'o', owner, 'd', delivery)
       local lease = tonumber(f[5]) or min_lease
       redis.call('ZADD', LEASES, now + lease, ref)
       out[#out + 1] = ref
@@ -452,11 +461,14 @@ elseif cmd == 'fetch' then
       out[#out + 1] = f[6] or '0'
       out[#out + 1] = lease
       if f[8] and tonumber(f[8]) > 0 then arguments(key, out) else out[#out + 1] = 0 end
-      redis.call('RPUSH', fetched, ref)
+      took[#took + 1] = ref
       taken = taken + 1
     end
   end
-  if taken > 0 then redis.call('PEXPIRE', fetched, ARGV[8]) end
+  if taken > 0 then
+    chunked('RPUSH', fetched, took)
+    redis.call('PEXPIRE', fetched, ARGV[8])
+  end
   if taken == 0 then
     local first = redis.call('ZRANGE', LEASES, 0, 0, 'WITHSCORES')
     if first[2] then out[2] = math.max(0, tonumber(first[2]) - now) end

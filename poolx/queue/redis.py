@@ -556,14 +556,20 @@ class TaskQueue(AbstractTaskQueue):
     def _parse_fetch(self, reply: list[Any]) -> tuple[list[Delivery], int, int, int]:
         reclaimed, next_ms, due_ms = int(reply[0]), int(reply[1]), int(reply[2])
         out: list[Delivery] = []
-        i = 3
-        while i < len(reply):
+        held: list[tuple[str, tuple[str, str, int]]] = []
+        fetched_args: list[tuple[str, dict[str, bytes]]] = []
+        consumer = self.consumer_id
+        i, end = 3, len(reply)
+        while i < end:
             ref, task_id, message = _text(reply[i]), _text(reply[i + 1]), reply[i + 2]
             attempt, allowed = int(reply[i + 3]), int(reply[i + 4])
             lease, nargs = int(float(reply[i + 5])), int(reply[i + 6])
             i += 7
-            args = {_text(reply[i + 2 * k]): reply[i + 2 * k + 1] for k in range(nargs)}
-            i += 2 * nargs
+            if nargs:
+                fetched_args.append(
+                    (task_id, {_text(reply[i + 2 * k]): reply[i + 2 * k + 1] for k in range(nargs)})
+                )
+                i += 2 * nargs
             failure = None
             if allowed and attempt > allowed:
                 failure = (
@@ -571,11 +577,11 @@ class TaskQueue(AbstractTaskQueue):
                     f"consumer was lost before it finished (lease expired: process killed, "
                     f"machine lost or stalled); max_retries={allowed - 1} is used up"
                 )
-            with self._lock:
-                self._held[task_id] = (ref, f"{self.consumer_id}#{attempt}", lease)
-                if nargs:
-                    self._args[task_id] = args
+            held.append((task_id, (ref, f"{consumer}#{attempt}", lease)))
             out.append(Delivery(task_id, message, attempt, failure))
+        with self._lock:
+            self._held.update(held)
+            self._args.update(fetched_args)
         return out, reclaimed, next_ms, due_ms
 
     def _fetch(self, want: Callable[[], int], deadline: float | None) -> list[Delivery]:
