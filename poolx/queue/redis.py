@@ -41,9 +41,10 @@ Who owns what:
   result the mailbox announces whose Deferred is still alive here, into a
   bounded cache (``_cache``) the others' waits read without a round trip.
   The TaskQueue tracks those Deferreds by weak reference (``_subs``) and
-  tells Redis, in its next call, which results it read (deleted then) and
-  which Deferreds are gone.  One waiting thread blocks in Redis, the
-  others on a condition.
+  tells Redis, in its next call, which Deferreds are gone.  The call deletes
+  the results it read (keeping its reply's results aside for a retry of the
+  same call).  One waiting thread blocks in Redis, the others on a
+  condition.
 * **The writer** (:class:`~poolx.queue._redis_writer.Writer`): results stored through
   :meth:`TaskQueue.store_result` (what the broker uses) and ``task_done``
   acknowledgements are buffered and committed by one thread, all that
@@ -119,7 +120,9 @@ PROMOTE_LIMIT = 1000
 """Scheduled tasks that are due moved to the ready list per fetch."""
 POPPED_KEEP_MS = 10_000
 """How long a read result stays readable by the same (retried) call, unless
-the reader's next call (which acknowledges it) deletes it earlier."""
+the reader's next call deletes it earlier (a ``pop``: the next call
+acknowledges it; a ``wait``: its copy in the mailbox's last list goes with
+the next ``wait``)."""
 PREFETCH_LIMIT = 1000
 """Results of other tasks a ``wait`` call brings back at most."""
 PREFETCH_MAX = 10_000
@@ -881,15 +884,12 @@ class TaskQueue(AbstractTaskQueue):
             "wait", os.urandom(8), POPPED_KEEP_MS, b"1" if register else b"0", len(acks), *acks,
             self._mailbox, limit, len(unsub), *unsub, task_id,
         )
+        # The results it read are deleted already (no ack: see redis.lua).
         (code, message), drained, left = (reply[0][0], reply[0][1]), reply[1], int(reply[2])
-        if code == PopCode.READY:
-            self._acks.append(task_id)
         if drained:
             with self._rcond:
                 for i in range(0, len(drained), 3):
                     other, other_code = _text(drained[i]), drained[i + 1]
-                    if other_code == PopCode.READY:
-                        self._acks.append(other)
                     if other != task_id and other in self._subs:
                         self._cache[other] = (
                             drained[i + 2] if other_code == PopCode.READY else TASK_EXPIRED
