@@ -57,6 +57,7 @@ try:
     from redis.exceptions import ConnectionError as _RedisConnectionError
     from redis.exceptions import TimeoutError as _RedisTimeoutError
     from redis.retry import Retry
+    from redis.utils import HIREDIS_AVAILABLE
 except ImportError as err:  # pragma: no cover - exercised without redis-py only
     raise ImportError(
         "poolx's redis:// backend needs the redis package: pip install 'poolx[redis]'"
@@ -305,6 +306,14 @@ class Connection:
         self._pool = pool if direct else None
         self._kept: list[Any] = []
         self._kept_pid = os.getpid()
+        # What redis-py's connections would send, packed without its
+        # per-argument checks: with hiredis and no packer of the user's,
+        # redis-py packs with hiredis.pack_command too.
+        self._pack: Callable[[tuple[Any, ...]], bytes] | None = None
+        if direct and HIREDIS_AVAILABLE and "command_packer" not in pool.connection_kwargs:
+            import hiredis
+
+            self._pack = hiredis.pack_command
 
     def run(self, what: str, call: Callable[..., T], *args: Any) -> T:
         """``call(*args)``, retried while Redis is unreachable (see the module
@@ -381,7 +390,10 @@ class Connection:
 
     def _command_on(self, pool: Any, conn: Any, command: tuple[Any, ...]) -> Any:
         try:
-            conn.send_command(*command)
+            if self._pack is None:
+                conn.send_command(*command)
+            else:
+                conn.send_packed_command([self._pack(command)])
             reply = conn.read_response()
         except ResponseError:
             self._keep(pool, conn)  # the reply was read whole: the connection is fine
