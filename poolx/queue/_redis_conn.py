@@ -310,7 +310,8 @@ class Connection:
         # per-argument checks: with hiredis and no packer of the user's,
         # redis-py packs with hiredis.pack_command too.
         self._pack: Callable[[tuple[Any, ...]], bytes] | None = None
-        if direct and HIREDIS_AVAILABLE and "command_packer" not in pool.connection_kwargs:
+        if self._pool is not None and HIREDIS_AVAILABLE \
+                and "command_packer" not in getattr(self._pool, "connection_kwargs", {"command_packer": 0}):
             import hiredis
 
             self._pack = hiredis.pack_command
