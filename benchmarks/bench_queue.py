@@ -36,6 +36,11 @@ Systems (skipped when not installed: ``pip install worq==1.1.1 rq``):
   two ``SimpleWorker`` processes (RQ's default ``Worker`` forks a process
   per job and is several times slower still).
 
+Each round also measures, with no consumer running, the round-trip floor
+(a trivial ``EVALSHA`` from redis-py in a loop) and the poolx producer
+alone: microseconds per plain ``q.noop(i)``, wall clock and the producer's
+own CPU.
+
 Each figure is the median of ``--rounds`` runs (default 3), the systems
 interleaved round by round so that machine noise hits them alike.  Ratios are
 against WorQ with the same task count (higher is better for rates).
@@ -120,6 +125,22 @@ class Server:
             self.client.evalsha(sha, 1, "poolx-bench-floor")
         return n / (time.perf_counter() - began)
 
+    def producer_alone(self, n: int = 2000) -> tuple[float, float]:
+        """Microseconds per plain ``q.noop(i)`` with no consumer running:
+        wall clock and this process's CPU (the producer's own cost: one
+        durable script call per task)."""
+        from poolx import get_broker
+
+        self.client.flushall()
+        q = get_broker(self.url).queue()
+        q.noop(0)  # connected, script loaded
+        began, cpu = time.perf_counter(), time.process_time()
+        results = [q.noop(i) for i in range(n)]
+        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+        del results
+        self.client.flushall()
+        return wall / n * 1e6, cpu / n * 1e6
+
     def memory(self) -> int:
         """Bytes of memory Redis uses for data now."""
         return int(self.client.info("memory")["used_memory"])
@@ -203,14 +224,19 @@ PRODUCER_COMMANDS = [0]
 
 
 def _count_commands(client: Any) -> None:
-    """Count every command ``client`` sends into :data:`PRODUCER_COMMANDS`."""
-    real = client.execute_command
+    """Count every request ``client`` sends (a command, a pipeline) into
+    :data:`PRODUCER_COMMANDS`: its pool makes connections that count what
+    they send (before its first connection is made, so all of them do),
+    whichever way poolx sends it."""
+    pool = client.connection_pool
+    base = pool.connection_class
 
-    def counted(*args: Any, **options: Any) -> Any:
-        PRODUCER_COMMANDS[0] += 1
-        return real(*args, **options)
+    class Counted(base):  # type: ignore[valid-type, misc]
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            PRODUCER_COMMANDS[0] += 1
+            super().send_packed_command(command, check_health)
 
-    client.execute_command = counted
+    pool.connection_class = Counted
 
 
 def _poolx_producer(batched: bool) -> Callable[[str, int], Callable[[], None]]:
@@ -344,10 +370,12 @@ def main(argv: list[str] | None = None) -> int:
     server = Server()
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
     floors: list[float] = []
+    alone: list[tuple[float, float]] = []
     try:
         for n in sizes:
             for round_ in range(args.rounds):
                 floors.append(server.floor())
+                alone.append(server.producer_alone())
                 for name in names:
                     # RQ is slow: fewer tasks keep the run short.
                     n_run = min(n, 5000) if name == "rq" else n
@@ -363,8 +391,12 @@ def main(argv: list[str] | None = None) -> int:
         (name, n, {key: statistics.median(r[key] for r in results) for key in results[0]})
         for (name, n), results in runs.items()
     ]
-    print(f"\nround-trip floor: {statistics.median(floors):,.0f} EVALSHA/s (one client, median"
-          f" of {len(floors)}; a durable one-call enqueue cannot beat it)")
+    floor = statistics.median(floors)
+    print(f"\nround-trip floor: {floor:,.0f} EVALSHA/s = {1e6 / floor:.0f} us each (one redis-py"
+          f" client, median of {len(floors)}; a durable one-call enqueue cannot beat it by much)")
+    wall, cpu = (statistics.median(us[i] for us in alone) for i in (0, 1))
+    print(f"poolx producer alone (no consumer): {wall:.0f} us per q.noop(i) ({1e6 / wall:,.0f}/s),"
+          f" of which {cpu:.0f} us CPU in the producer (median of {len(alone)})")
     base = {n: r for name, n, r in rows if name == "worq"}
     print()
     print(f"{'system':<12} {'tasks':>6} {'tasks/s':>9} {'enqueue/s':>10} {'trips/task':>10}"

@@ -99,6 +99,9 @@ UNKNOWN_TASK = "<unknown>"
 
 
 _ENVELOPE_KEYS = frozenset(["name", "id", "options", "args", "payload"])
+_ATOMS = frozenset([int, float, str, bytes, bool, type(None)])
+"""Types whose values cannot be or hold a Deferred (exact types: a subclass
+may hold anything)."""
 
 
 class _ForeignDeferred(ValueError):
@@ -328,7 +331,10 @@ class Broker:
             return None
 
         try:
-            payload = self.serializer.dumps((task.args, task.kw), persistent_id)
+            # Arguments of plain types hold no Deferred: no reference hook.
+            plain = all(type(arg) in _ATOMS for arg in task.args) and \
+                all(type(arg) in _ATOMS for arg in task.kw.values())
+            payload = self.serializer.dumps((task.args, task.kw), None if plain else persistent_id)
             envelope = {
                 "name": task.name,
                 "id": task.id,

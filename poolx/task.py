@@ -43,13 +43,13 @@ process that unpickles a Deferred imports :mod:`poolx.core` by itself.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Protocol
-from uuid import uuid4
 
 from poolx import progress
 from poolx.checks import check_count, check_seconds, parse_size
@@ -83,11 +83,23 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _MISSING: Any = object()
+_NO_OPTIONS: dict[str, Any] = {}  # never changed: FunctionTask copies what it is given
 
 DEFAULT_HEARTRATE = 30
 """Seconds between two heartbeats of a running task."""
 DEFAULT_MAX_RETRIES = 3
 """How often a task is delivered again after its consumer was lost."""
+
+
+def _new_task_id() -> str:
+    """A fresh task id: a random (version 4) UUID as 32 hex digits, as
+    ``uuid.uuid4().hex`` writes it, made without building a UUID object."""
+    value = int.from_bytes(os.urandom(16), "big") & _UUID4_KEEP | _UUID4_SET
+    return f"{value:032x}"
+
+
+_UUID4_KEEP = ~(0xF000 << 64 | 0xC000 << 48)  # the version and variant bits...
+_UUID4_SET = 4 << 76 | 0x8000 << 48  # ...say version 4, RFC 4122 variant
 
 
 def lease_seconds(heartrate: float) -> float:
@@ -179,6 +191,8 @@ class Queue:
 
     def __call__(self, *args: Any, **kw: Any) -> Deferred | None:
         """Enqueue the task named by this queue's target."""
+        if not self.__options:  # what Task(self)(...) does, without checking no options
+            return self.__broker.enqueue(FunctionTask(self.__target, args, kw, _NO_OPTIONS))
         return Task(self, **self.__options)(*args, **kw)
 
     def __len__(self) -> int:
@@ -605,7 +619,7 @@ class FunctionTask:
         options = dict(options)
         ident = options.pop("id", None)
         if ident is None:
-            ident = uuid4().hex
+            ident = _new_task_id()
         elif not isinstance(ident, str):
             ident = ident(*args, **kw)
             if not isinstance(ident, str):

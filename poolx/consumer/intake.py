@@ -31,12 +31,18 @@ from poolx.engine.pickling import portable
 from poolx.queue.urls import redact_url
 from poolx.task import FunctionTask, TaskFailure
 
-__all__ = ["Intake", "IntakeOwner", "MAX_BACKOFF"]
+__all__ = ["Intake", "IntakeOwner", "MAX_BACKOFF", "LINGER"]
 
 log = logging.getLogger("poolx.consumer")
 
 MAX_BACKOFF = 5.0
 """Longest wait (seconds) before asking a failing broker for tasks again."""
+LINGER = 0.001
+"""Seconds the intake waits before its next call after one that emptied the
+queue without filling the room (tasks arriving one by one): the next call
+then takes the few that arrived meanwhile, not each one alone (a call per
+task costs the consumer's CPU and Redis a round trip per task).  A call that
+blocks for the next task after an idle spell is not delayed."""
 
 
 class IntakeOwner(Protocol):
@@ -73,6 +79,7 @@ class Intake:
     def __init__(self, consumer: IntakeOwner, timeout: float) -> None:
         self.consumer = consumer
         self.timeout = timeout
+        self.linger = LINGER
         self._cond = threading.Condition()
         self._waiting = False  # blocked in the broker, waiting for a task
         self._done = False
@@ -123,6 +130,8 @@ class Intake:
                     failures = 0
                 for task in tasks:
                     self.dispatch(task)
+                if 0 < len(tasks) < room and consumer.stop_requested.wait(self.linger):
+                    break
             except Exception:
                 if consumer.stop_requested.is_set():
                     log.debug("%s: intake ends with an error while stopping", consumer.name,

@@ -32,6 +32,7 @@ Retrying is safe because every script call of the queue is idempotent (see
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ try:
         AuthenticationError,
         ClusterDownError,
         MovedError,
+        NoScriptError,
         ReadOnlyError,
         RedisClusterException,
         ResponseError,
@@ -55,6 +57,7 @@ try:
     from redis.exceptions import ConnectionError as _RedisConnectionError
     from redis.exceptions import TimeoutError as _RedisTimeoutError
     from redis.retry import Retry
+    from redis.utils import HIREDIS_AVAILABLE
 except ImportError as err:  # pragma: no cover - exercised without redis-py only
     raise ImportError(
         "poolx's redis:// backend needs the redis package: pip install 'poolx[redis]'"
@@ -97,6 +100,10 @@ CONNECT_TIMEOUT = 5.0
 
 LUA_SCRIPT = files(__package__).joinpath("redis.lua").read_text(encoding="utf-8")
 """The server side of every queue operation (``poolx/queue/redis.lua``)."""
+
+KEEP_CONNECTIONS = 8
+"""Connections a :class:`Connection` keeps checked out of its client's pool
+at most, for its own next commands (see :meth:`Connection.command`)."""
 
 RETRY_FIRST_DELAY = 0.05
 """Seconds before the first retry; each further one waits twice as long..."""
@@ -291,22 +298,120 @@ class Connection:
         timeout = getattr(holder, "connection_kwargs", {}).get("socket_timeout")
         self.max_block = MAX_BLOCK if not timeout else max(0.05, min(MAX_BLOCK, timeout / 2))
         """Longest blocking call: below the socket timeout."""
+        # The direct lane (see command()): a plain client's pool, and the
+        # connections this object keeps checked out of it between commands.
+        pool = getattr(client, "connection_pool", None)
+        direct = (pool is not None and type(client).execute_command is redis.Redis.execute_command
+                  and getattr(client, "connection", None) is None)
+        self._pool = pool if direct else None
+        self._kept: list[Any] = []
+        self._kept_pid = os.getpid()
+        # What redis-py's connections would send, packed without its
+        # per-argument checks: with hiredis and no packer of the user's,
+        # redis-py packs with hiredis.pack_command too.
+        self._pack: Callable[[tuple[Any, ...]], bytes] | None = None
+        if self._pool is not None and HIREDIS_AVAILABLE \
+                and "command_packer" not in getattr(self._pool, "connection_kwargs", {"command_packer": 0}):
+            import hiredis
+
+            self._pack = hiredis.pack_command
 
     def run(self, what: str, call: Callable[..., T], *args: Any) -> T:
         """``call(*args)``, retried while Redis is unreachable (see the module
         docstring); ``what`` names the operation in logs and errors."""
-        outage = _Outage(self, what)
-        result = self._retry.call_with_retry(lambda: call(*args), outage.failed)
+        try:
+            result = call(*args)
+        except _RETRYABLE as err:
+            result = self._run_again(what, call, args, err)
+        self.connected = True
+        return result
+
+    def _run_again(self, what: str, call: Callable[..., T], args: tuple[Any, ...],
+                   first: Exception) -> T:
+        """:meth:`run` once the first attempt failed with ``first``: the
+        ``Retry`` takes it from there, as if its own first attempt had."""
+        outage, failed = _Outage(self, what), [first]
+
+        def attempt() -> T:
+            if failed:
+                raise failed.pop()
+            return call(*args)
+
+        result = self._retry.call_with_retry(attempt, outage.failed)
         if outage.failures:
             with self._reconnects_lock:
                 self.reconnects += 1
             log.warning("reconnected to Redis at %s (%s)", self.display_url, what)
-        self.connected = True
         return result
 
     def script(self, key: str, *args: Any) -> Any:
         """One call of the queue script with ``KEYS[1] = key`` (no retry)."""
-        return self._script(keys=[key], args=args)
+        if self._pool is None or "execute_command" in self.client.__dict__:
+            return self._script(keys=[key], args=args)  # a cluster, or commands watched
+        script = self._script
+        try:
+            return self.command("EVALSHA", script.sha, 1, key, *args)
+        except NoScriptError:  # a restarted server: load it again (as redis-py's Script does)
+            script.sha = self.client.script_load(script.script)
+            return self.command("EVALSHA", script.sha, 1, key, *args)
+
+    def command(self, *command: Any) -> Any:
+        """Send ``command`` and return Redis's reply, unparsed (no retry).
+
+        The direct lane of the queue's own commands: a plain ``redis.Redis``
+        client's ``execute_command`` checks a connection out of its pool,
+        polls it, records metrics and releases it again for every command,
+        which costs as much CPU as the round trip itself.  Here a connection
+        that answered stays checked out, on a list of this object's (at most
+        :data:`KEEP_CONNECTIONS`, handed back at :meth:`close`), for the next
+        command of any thread: a connection is on the list only while no
+        thread uses it, and only after its last reply was read whole.  A
+        kept connection the server closed meanwhile (a restart, an idle
+        timeout) fails at once; the command is then sent once more on a
+        fresh one, without a retry's delay or log (every command of the
+        queue's script is idempotent under retry).  A cluster client, or a
+        client whose ``execute_command`` is replaced or overridden, gets
+        every command through ``execute_command`` instead.
+        """
+        pool = self._pool
+        if pool is None:
+            return self.client.execute_command(*command)
+        kept = self._kept
+        if self._kept_pid != os.getpid():  # a forked child: the parent's sockets are not ours
+            self._kept, self._kept_pid = [], os.getpid()
+            kept = self._kept
+        try:
+            conn = kept.pop()
+        except IndexError:
+            return self._command_on(pool, _checkout(pool), command)
+        try:
+            return self._command_on(pool, conn, command)
+        except _RedisConnectionError:
+            return self._command_on(pool, _checkout(pool), command)
+
+    def _command_on(self, pool: Any, conn: Any, command: tuple[Any, ...]) -> Any:
+        try:
+            if self._pack is None:
+                conn.send_command(*command)
+            else:
+                conn.send_packed_command([self._pack(command)])
+            reply = conn.read_response()
+        except ResponseError:
+            self._keep(pool, conn)  # the reply was read whole: the connection is fine
+            raise
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        self._keep(pool, conn)
+        return reply
+
+    def _keep(self, pool: Any, conn: Any) -> None:
+        kept = self._kept
+        if len(kept) < KEEP_CONNECTIONS and not self.closed.is_set():
+            kept.append(conn)
+        else:
+            pool.release(conn)
 
     def block(self, seconds: float, *command: Any) -> Any:
         """Send a blocking ``command`` (its timeout, ``seconds``, appended)
@@ -333,10 +438,7 @@ class Connection:
 
     @staticmethod
     def _block_on(pool: Any, seconds: float, command: tuple[Any, ...]) -> Any:
-        try:
-            conn = pool.get_connection()
-        except TypeError:  # redis-py < 5.3 wants a command name
-            conn = pool.get_connection(command[0])
+        conn = _checkout(pool)
         try:
             conn.send_command(*command, seconds)
             if conn.can_read(timeout=seconds):
@@ -352,10 +454,23 @@ class Connection:
     def close(self) -> None:
         """Stop retrying and close the client's connections."""
         self.closed.set()
+        pool, kept = self._pool, self._kept
+        self._kept = []
+        if pool is not None and self._kept_pid == os.getpid():
+            for conn in kept:
+                pool.release(conn)
         try:
             self.client.close()
         except Exception:  # noqa: BLE001 - closing is best effort
             log.debug("closing the Redis client failed", exc_info=True)
+
+
+def _checkout(pool: Any) -> Any:
+    """A connection from redis-py's ``pool``."""
+    try:
+        return pool.get_connection()
+    except TypeError:  # redis-py < 5.3 wants a command name
+        return pool.get_connection("EVALSHA")
 
 
 class _Outage:

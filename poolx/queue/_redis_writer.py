@@ -15,6 +15,7 @@ A commit that fails for good is logged; the tasks' leases bring them back.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,7 @@ class Writer:
         self._submitted = 0
         self._committed = 0
         self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
 
     def add(self, item: Any) -> None:
         with self._cond:
@@ -47,8 +49,10 @@ class Writer:
             self._cond.notify()
 
     def _ensure_thread(self) -> None:
-        # After a fork the parent's thread object reports not alive.
-        if self._thread is None or not self._thread.is_alive():
+        # The thread clears _thread when it ends; after a fork the parent's
+        # thread is not ours (nor running) whatever _thread says.
+        if self._thread is None or self._pid != os.getpid():
+            self._pid = os.getpid()
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=False)
             self._thread.start()
 
@@ -61,6 +65,16 @@ class Writer:
                 self._cond.wait()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._cond:
+                if self._thread is threading.current_thread():  # ended by an error
+                    self._thread = None
+                    if self._items:
+                        self._ensure_thread()
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 if not self._items:

@@ -33,8 +33,9 @@
 --     P w:<id>     LIST   wake-up tokens for result waiters (BLPOP)
 --     P mb:<name>  LIST   a client's mailbox: ids of its tasks whose result
 --                         arrived (LPUSH), drained by its ``wait`` calls
---     P mb:<name>:last  LIST  nonce of the last ``wait`` call, then the ids
---                         it drained (so a retried call gets them again)
+--     P mb:<name>:last  LIST  nonce of the last ``wait`` call, then (id, code,
+--                         result) of each result it read, which it deleted
+--                         (so a retried call gets them again)
 --     P seq        STRING counter for detached records
 --     P fetched:<nonce>  LIST  refs a ``fetch`` call took (so a retried call,
 --                         its reply lost, gets the same tasks again)
@@ -107,6 +108,27 @@ local function chunked(verb, key, items)
     end
   end
   return out
+end
+
+-- Take up to n items from the right end of a list: one RPOP with a count
+-- (Redis >= 6.2), else one at a time.
+local function pop_list(key, n)
+  if n <= 0 then return {} end
+  if n > 1 then
+    local items = redis.pcall('RPOP', key, n)
+    if items == false then return {} end
+    if type(items) == 'table' and not items.err then return items end
+    items = {}  -- an older Redis: one by one
+    for _ = 1, n do
+      local item = redis.call('RPOP', key)
+      if not item then break end
+      items[#items + 1] = item
+    end
+    return items
+  end
+  local item = redis.call('RPOP', key)
+  if item then return {item} end
+  return {}
 end
 
 -- Wake consumers blocked on the empty ready list if `due` is earlier than
@@ -183,14 +205,16 @@ local function take_back(id, ref, owner)
 end
 
 -- Wake every registered waiter of a task's result, and tell the mailbox of
--- the client that enqueued it (if it subscribed).
-local function wake(id, key)
-  local f = redis.call('HMGET', key, 'wt', 'mb')
+-- the client that enqueued it (if it subscribed).  A caller that read the
+-- record's 'wt' and 'mb' fields already, or knows its time to live (ms),
+-- passes them ({wt, mb}, ttl).
+local function wake(id, key, f, ttl)
+  f = f or redis.call('HMGET', key, 'wt', 'mb')
   if f[2] then
     local mbkey = P .. 'mb:' .. f[2]
-    redis.call('LPUSH', mbkey, id)
-    local ttl = math.max(redis.call('PTTL', key), 60000)
-    if redis.call('PTTL', mbkey) < ttl then redis.call('PEXPIRE', mbkey, ttl) end
+    local length = redis.call('LPUSH', mbkey, id)
+    ttl = math.max(ttl or redis.call('PTTL', key), 60000)
+    if length == 1 or redis.call('PTTL', mbkey) < ttl then redis.call('PEXPIRE', mbkey, ttl) end
   end
   local waiters = tonumber(f[1] or '0')
   if waiters > 0 then
@@ -204,9 +228,10 @@ local function wake(id, key)
 end
 
 -- Hand a result (or the expired token) to every task that reserved it.
-local function deliver(id, key, msg)
+-- A caller that listed the record's fields already passes the 'dep:' ones.
+local function deliver(id, key, msg, deps)
   local ready = {}
-  local fields = redis.call('HKEYS', key)
+  local fields = deps or redis.call('HKEYS', key)
   local done = {}
   for _, field in ipairs(fields) do
     if string.sub(field, 1, 4) == 'dep:' then
@@ -273,19 +298,25 @@ end
 local function store(id, msg, ttl)
   local key = P .. 't:' .. id
   redis.call('ZREM', LEASES, 't' .. id)
-  local ok, status = live(key)
-  if not ok or status == 'completed' then return {} end
+  local f = redis.call('HMGET', key, 's', 'p', 'wt', 'mb')
+  local status = f[1]
+  if not status or f[2] or status == 'completed' then return {} end
   if status == 'scheduled' then redis.call('ZREM', SCHED, 't' .. id) end  -- a late result
-  local drop = {'m'}
+  -- only a pending task is in DEFERRED (make_ready takes it out)
+  if status == 'pending' then redis.call('SREM', DEFERRED, id) end
+  local drop, deps = {'m'}, {}
   for _, field in ipairs(redis.call('HKEYS', key)) do
-    if string.sub(field, 1, 2) == 'a:' then drop[#drop + 1] = field end
+    if string.sub(field, 1, 2) == 'a:' then
+      drop[#drop + 1] = field
+    elseif string.sub(field, 1, 4) == 'dep:' then
+      deps[#deps + 1] = field
+    end
   end
   chunked('HDEL', key, drop)
   redis.call('HSET', key, 's', 'completed', 'r', msg)
   redis.call('PEXPIRE', key, ttl)
-  redis.call('SREM', DEFERRED, id)
-  wake(id, key)
-  return deliver(id, key, msg)
+  wake(id, key, {f[3], f[4]}, ttl)
+  return deliver(id, key, msg, deps)
 end
 
 -- A taken ignore_result task finished: drop its lease (and detached record).
@@ -445,44 +476,56 @@ elseif cmd == 'fetch' then
     end
   end
   local out = {reclaimed, -1, -1}
-  local taken = 0
+  local taken, took, leases = 0, {}, {}
   while taken < count do
-    local ref = redis.call('RPOP', READY)
-    if not ref then break end
-    if ref == 'b' then redis.call('DEL', BELL) end
-    local key = rkey(ref)
-    local f = redis.call('HMGET', key, 's', 'p', 'm', 'ir', 'ls', 'mx', 'id', 'na')
-    if f[1] == 'enqueued' and not f[2] then
-      local id = f[7]
-      if string.sub(ref, 1, 1) == 't' then
-        id = string.sub(ref, 2)
-        if f[4] == '1' then
-          -- Nobody waits for this result: free the id for re-use now, but
-          -- keep the record (detached) until the consumer is done with it.
-          ref = 'f' .. redis.call('INCR', P .. 'seq')
-          local detached = rkey(ref)
-          redis.call('RENAME', key, detached)
-          redis.call('HSET', detached, 'id', id)
-          key = detached
+    local refs = pop_list(READY, count - taken)
+    if #refs == 0 then break end
+    for _, ref in ipairs(refs) do
+      if ref == 'b' then redis.call('DEL', BELL) end
+      local key = rkey(ref)
+      local f = redis.call('HMGET', key, 's', 'p', 'm', 'ir', 'ls', 'mx', 'id', 'na', 'd')
+      if f[1] == 'enqueued' and not f[2] then
+        local id = f[7]
+        local delivery = (tonumber(f[9]) or 0) + 1
+        local owner = consumer .. '#' .. delivery
+        if string.sub(ref, 1, 1) == 't' then
+          id = string.sub(ref, 2)
+          if f[4] == '1' then
+            -- Nobody waits for this result: free the id for re-use now, but
+            -- keep the record (detached) until the consumer is done with it.
+            ref = 'f' .. redis.call('INCR', P .. 'seq')
+            local detached = rkey(ref)
+            redis.call('RENAME', key, detached)
+            key = detached
+            redis.call('HSET', key, 's', 'processing', 'o', owner, 'd', delivery, 'id', id)
+          else
+            redis.call('HSET', key, 's', 'processing', 'o', owner, 'd', delivery)
+          end
+        else
+          redis.call('HSET', key, 's', 'processing', 'o', owner, 'd', delivery)
         end
+        local lease = tonumber(f[5]) or min_lease
+        leases[#leases + 1] = now + lease
+        leases[#leases + 1] = ref
+        out[#out + 1] = ref
+        out[#out + 1] = id
+        out[#out + 1] = f[3]
+        out[#out + 1] = delivery
+        out[#out + 1] = f[6] or '0'
+        out[#out + 1] = lease
+        if f[8] and tonumber(f[8]) > 0 then arguments(key, out) else out[#out + 1] = 0 end
+        took[#took + 1] = ref
+        taken = taken + 1
       end
-      local delivery = redis.call('HINCRBY', key, 'd', 1)
-      local owner = consumer .. '#' .. delivery
-      redis.call('HSET', key, 's', 'processing', 'o', owner)
-      local lease = tonumber(f[5]) or min_lease
-      redis.call('ZADD', LEASES, now + lease, ref)
-      out[#out + 1] = ref
-      out[#out + 1] = id
-      out[#out + 1] = f[3]
-      out[#out + 1] = delivery
-      out[#out + 1] = f[6] or '0'
-      out[#out + 1] = lease
-      if f[8] and tonumber(f[8]) > 0 then arguments(key, out) else out[#out + 1] = 0 end
-      redis.call('RPUSH', fetched, ref)
-      taken = taken + 1
     end
   end
-  if taken > 0 then redis.call('PEXPIRE', fetched, ARGV[8]) end
+  if taken > 0 then
+    for i = 1, #leases, 1000 do  -- (score, ref) pairs: the slices keep them whole
+      redis.call('ZADD', LEASES, unpack(leases, i, math.min(i + 999, #leases)))
+    end
+    chunked('RPUSH', fetched, took)
+    redis.call('PEXPIRE', fetched, ARGV[8])
+  end
   if taken == 0 then
     local first = redis.call('ZRANGE', LEASES, 0, 0, 'WITHSCORES')
     if first[2] then out[2] = math.max(0, tonumber(first[2]) - now) end
@@ -531,14 +574,17 @@ elseif cmd == 'pop' or cmd == 'wait' then
   -- in order, until the first that is not ready: code, message ('r'
   -- result, 'x' expired or unknown, 'w' not yet).  A 'w' ends the reply;
   -- with register, that task also counts one more waiter to wake when its
-  -- result arrives.
+  -- result arrives.  A result pop reads is kept (marked read) until the
+  -- caller acks it in its next call, or keep ms, for a retried call.
   -- wait: the same, then mailbox, drain limit, n, n ids no longer waited
   -- for, then ids...; every id is answered (a 'w' does not end the list),
   -- and the reply is {codes, drained, left}: drained is (id, code, message)
   -- for up to limit results of the mailbox's other tasks (not asked for),
-  -- read now; left is how many entries the mailbox still holds.
-  -- Acked ids are results the caller read in an earlier call: deleted now
-  -- (a read result is kept only until then, or keep ms, for a retried call).
+  -- read now; left is how many entries the mailbox still holds.  A result
+  -- wait reads is deleted at once: the call keeps its reply's results in
+  -- the mailbox's last list (for keep ms, or until its next wait call), so
+  -- a retried call (same nonce) gets them again, and nobody needs an ack.
+  -- Acked ids are results the caller read in an earlier pop call: deleted now.
   local nonce, keep, register = ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
   local i = 5
   for j = i + 1, i + tonumber(ARGV[i]) do
@@ -546,76 +592,107 @@ elseif cmd == 'pop' or cmd == 'wait' then
     if redis.call('HEXISTS', key, 'p') == 1 then redis.call('DEL', key) end
   end
   i = i + tonumber(ARGV[i]) + 1
-  local mb, limit = nil, 0
-  if cmd == 'wait' then
-    mb, limit = ARGV[i], tonumber(ARGV[i + 1])
-    i = i + 2
-    for j = i + 1, i + tonumber(ARGV[i]) do
+  if cmd == 'pop' then
+    local out = {}
+    for j = i, #ARGV do
       local key = P .. 't:' .. ARGV[j]
-      if redis.call('HGET', key, 'mb') == mb then redis.call('HDEL', key, 'mb') end
-    end
-    i = i + tonumber(ARGV[i]) + 1
-  end
-  local function read(key, f)
-    redis.call('HSET', key, 'p', nonce)
-    local ttl = redis.call('PTTL', key)
-    if ttl < 0 or ttl > keep then redis.call('PEXPIRE', key, keep) end
-    return f[3]
-  end
-  local out, asked = {}, {}
-  for j = i, #ARGV do
-    asked[ARGV[j]] = true
-    local key = P .. 't:' .. ARGV[j]
-    local f = redis.call('HMGET', key, 's', 'p', 'r')
-    if not f[1] then
-      out[#out + 1] = 'x'; out[#out + 1] = ''
-    elseif f[2] then
-      -- already read: by this very call (a retry after a lost reply) or not
-      if f[2] == nonce then
+      local f = redis.call('HMGET', key, 's', 'p', 'r')
+      if not f[1] then
+        out[#out + 1] = 'x'; out[#out + 1] = ''
+      elseif f[2] then
+        -- already read: by this very call (a retry after a lost reply) or not
+        if f[2] == nonce then
+          out[#out + 1] = 'r'; out[#out + 1] = f[3]
+        else
+          out[#out + 1] = 'x'; out[#out + 1] = ''
+        end
+      elseif f[1] == 'completed' then
+        redis.call('HSET', key, 'p', nonce)
+        local ttl = redis.call('PTTL', key)
+        if ttl < 0 or ttl > keep then redis.call('PEXPIRE', key, keep) end
         out[#out + 1] = 'r'; out[#out + 1] = f[3]
       else
-        out[#out + 1] = 'x'; out[#out + 1] = ''
+        if register then redis.call('HINCRBY', key, 'wt', 1) end
+        out[#out + 1] = 'w'; out[#out + 1] = ''
+        break
       end
-    elseif f[1] == 'completed' then
-      out[#out + 1] = 'r'; out[#out + 1] = read(key, f)
-    else
-      if register then redis.call('HINCRBY', key, 'wt', 1) end
-      out[#out + 1] = 'w'; out[#out + 1] = ''
-      if cmd == 'pop' then break end
     end
+    return out
   end
-  if cmd == 'pop' then return out end
+  local mb, limit = ARGV[i], tonumber(ARGV[i + 1])
+  i = i + 2
+  for j = i + 1, i + tonumber(ARGV[i]) do
+    local key = P .. 't:' .. ARGV[j]
+    if redis.call('HGET', key, 'mb') == mb then redis.call('HDEL', key, 'mb') end
+  end
+  i = i + tonumber(ARGV[i]) + 1
   local mbkey = P .. 'mb:' .. mb
   local last = mbkey .. ':last'
-  local drained = {}
-  local ids
-  if redis.call('LINDEX', last, 0) == nonce then
-    ids = redis.call('LRANGE', last, 1, -1)  -- a retried call: the same again
-  else
-    ids = {}
-    for _ = 1, limit do
-      local id = redis.call('RPOP', mbkey)
-      if not id then break end
-      ids[#ids + 1] = id
-    end
-    redis.call('DEL', last)
-    if #ids > 0 then
-      redis.call('RPUSH', last, nonce)
-      chunked('RPUSH', last, ids)
-      redis.call('PEXPIRE', last, keep)
+  -- last: nonce, then (id, code, message) per result the call read: code
+  -- 'a' for one it was asked for, else as in drained
+  local again = nil
+  if redis.call('LINDEX', last, 0) == nonce then  -- a retried call: the same again
+    again = {}
+    local saved = redis.call('LRANGE', last, 1, -1)
+    for j = 1, #saved, 3 do again[#again + 1] = {saved[j], saved[j + 1], saved[j + 2]} end
+  end
+  local out, asked, kept = {}, {}, {}
+  local answered = {}
+  if again then
+    for _, entry in ipairs(again) do
+      if entry[2] == 'a' then answered[entry[1]] = entry[3] end
     end
   end
-  for _, id in ipairs(ids) do
+  for j = i, #ARGV do
+    local id = ARGV[j]
+    asked[id] = true
     local key = P .. 't:' .. id
-    local f = redis.call('HMGET', key, 's', 'p', 'r', 'mb')
-    if asked[id] then
-      -- answered above
-    elseif not f[1] or (f[4] == mb and f[2] and f[2] ~= nonce) then
-      -- gone (discarded, expired), or read by another reader
-      drained[#drained + 1] = id; drained[#drained + 1] = 'x'; drained[#drained + 1] = ''
-    elseif f[4] == mb and f[1] == 'completed' then
-      drained[#drained + 1] = id; drained[#drained + 1] = 'r'
-      drained[#drained + 1] = f[2] and f[3] or read(key, f)
+    if answered[id] then
+      out[#out + 1] = 'r'; out[#out + 1] = answered[id]
+    else
+      local f = redis.call('HMGET', key, 's', 'p', 'r')
+      if not f[1] or f[2] then  -- unknown, expired, or read by another call
+        out[#out + 1] = 'x'; out[#out + 1] = ''
+      elseif f[1] == 'completed' then
+        redis.call('DEL', key)
+        out[#out + 1] = 'r'; out[#out + 1] = f[3]
+        kept[#kept + 1] = id; kept[#kept + 1] = 'a'; kept[#kept + 1] = f[3]
+      else
+        if register then redis.call('HINCRBY', key, 'wt', 1) end
+        out[#out + 1] = 'w'; out[#out + 1] = ''
+      end
+    end
+  end
+  local drained = {}
+  if again then
+    chunked('RPUSH', last, kept)  -- read by the retry itself: for its own retry
+    for _, entry in ipairs(again) do
+      if entry[2] ~= 'a' and not asked[entry[1]] then
+        drained[#drained + 1] = entry[1]
+        drained[#drained + 1] = entry[2]
+        drained[#drained + 1] = entry[3]
+      end
+    end
+  else
+    for _, id in ipairs(pop_list(mbkey, limit)) do
+      local key = P .. 't:' .. id
+      local f = redis.call('HMGET', key, 's', 'p', 'r', 'mb')
+      if asked[id] then
+        -- answered above
+      elseif not f[1] or (f[4] == mb and f[2]) then
+        -- gone (discarded, expired), or read by another reader
+        drained[#drained + 1] = id; drained[#drained + 1] = 'x'; drained[#drained + 1] = ''
+      elseif f[4] == mb and f[1] == 'completed' then
+        redis.call('DEL', key)
+        drained[#drained + 1] = id; drained[#drained + 1] = 'r'; drained[#drained + 1] = f[3]
+      end
+    end
+    redis.call('DEL', last)
+    if #kept > 0 or #drained > 0 then
+      redis.call('RPUSH', last, nonce)
+      chunked('RPUSH', last, kept)
+      chunked('RPUSH', last, drained)
+      redis.call('PEXPIRE', last, keep)
     end
   end
   return {out, drained, redis.call('LLEN', mbkey)}

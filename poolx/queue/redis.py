@@ -41,9 +41,10 @@ Who owns what:
   result the mailbox announces whose Deferred is still alive here, into a
   bounded cache (``_cache``) the others' waits read without a round trip.
   The TaskQueue tracks those Deferreds by weak reference (``_subs``) and
-  tells Redis, in its next call, which results it read (deleted then) and
-  which Deferreds are gone.  One waiting thread blocks in Redis, the
-  others on a condition.
+  tells Redis, in its next call, which Deferreds are gone.  The call deletes
+  the results it read (keeping its reply's results aside for a retry of the
+  same call).  One waiting thread blocks in Redis, the others on a
+  condition.
 * **The writer** (:class:`~poolx.queue._redis_writer.Writer`): results stored through
   :meth:`TaskQueue.store_result` (what the broker uses) and ``task_done``
   acknowledgements are buffered and committed by one thread, all that
@@ -99,7 +100,7 @@ from poolx.queue._redis_writer import Writer
 from poolx.queue.base import AbstractTaskQueue, Delivery, PeriodicEntry, QueuedTask
 from poolx.queue.urls import redact_url
 from poolx.serialization import Serializer
-from poolx.task import DuplicateTask
+from poolx.task import DuplicateTask, Task, lease_seconds
 
 if TYPE_CHECKING:
     from poolx.task import Deferred
@@ -119,7 +120,9 @@ PROMOTE_LIMIT = 1000
 """Scheduled tasks that are due moved to the ready list per fetch."""
 POPPED_KEEP_MS = 10_000
 """How long a read result stays readable by the same (retried) call, unless
-the reader's next call (which acknowledges it) deletes it earlier."""
+the reader's next call deletes it earlier (a ``pop``: the next call
+acknowledges it; a ``wait``: its copy in the mailbox's last list goes with
+the next ``wait``)."""
 PREFETCH_LIMIT = 1000
 """Results of other tasks a ``wait`` call brings back at most."""
 PREFETCH_MAX = 10_000
@@ -164,6 +167,11 @@ class _TaskDone(NamedTuple):
 
 def _lease_ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+_DEFAULT_FIELDS = (b"0", _lease_ms(lease_seconds(Task.OPTIONS["heartrate"])),
+                   1 + Task.OPTIONS["max_retries"])
+""":meth:`TaskQueue._task_fields` of a task with the default options."""
 
 
 def _delay_ms(seconds: float) -> int:
@@ -383,6 +391,8 @@ class TaskQueue(AbstractTaskQueue):
         """What the record keeps of the task's options: whether its result is
         ignored, the lease one heartbeat grants, the deliveries allowed."""
         task = result.task
+        if not task.options:
+            return _DEFAULT_FIELDS
         ignore = b"1" if task.ignore_result else b"0"
         return ignore, _lease_ms(task.lease), 1 + task.max_retries
 
@@ -551,14 +561,20 @@ class TaskQueue(AbstractTaskQueue):
     def _parse_fetch(self, reply: list[Any]) -> tuple[list[Delivery], int, int, int]:
         reclaimed, next_ms, due_ms = int(reply[0]), int(reply[1]), int(reply[2])
         out: list[Delivery] = []
-        i = 3
-        while i < len(reply):
+        held: list[tuple[str, tuple[str, str, int]]] = []
+        fetched_args: list[tuple[str, dict[str, bytes]]] = []
+        consumer = self.consumer_id
+        i, end = 3, len(reply)
+        while i < end:
             ref, task_id, message = _text(reply[i]), _text(reply[i + 1]), reply[i + 2]
             attempt, allowed = int(reply[i + 3]), int(reply[i + 4])
             lease, nargs = int(float(reply[i + 5])), int(reply[i + 6])
             i += 7
-            args = {_text(reply[i + 2 * k]): reply[i + 2 * k + 1] for k in range(nargs)}
-            i += 2 * nargs
+            if nargs:
+                fetched_args.append(
+                    (task_id, {_text(reply[i + 2 * k]): reply[i + 2 * k + 1] for k in range(nargs)})
+                )
+                i += 2 * nargs
             failure = None
             if allowed and attempt > allowed:
                 failure = (
@@ -566,11 +582,11 @@ class TaskQueue(AbstractTaskQueue):
                     f"consumer was lost before it finished (lease expired: process killed, "
                     f"machine lost or stalled); max_retries={allowed - 1} is used up"
                 )
-            with self._lock:
-                self._held[task_id] = (ref, f"{self.consumer_id}#{attempt}", lease)
-                if nargs:
-                    self._args[task_id] = args
+            held.append((task_id, (ref, f"{consumer}#{attempt}", lease)))
             out.append(Delivery(task_id, message, attempt, failure))
+        with self._lock:
+            self._held.update(held)
+            self._args.update(fetched_args)
         return out, reclaimed, next_ms, due_ms
 
     def _fetch(self, want: Callable[[], int], deadline: float | None) -> list[Delivery]:
@@ -920,15 +936,12 @@ class TaskQueue(AbstractTaskQueue):
             "wait", os.urandom(8), POPPED_KEEP_MS, b"1" if register else b"0", len(acks), *acks,
             self._mailbox, limit, len(unsub), *unsub, task_id,
         )
+        # The results it read are deleted already (no ack: see redis.lua).
         (code, message), drained, left = (reply[0][0], reply[0][1]), reply[1], int(reply[2])
-        if code == PopCode.READY:
-            self._acks.append(task_id)
         if drained:
             with self._rcond:
                 for i in range(0, len(drained), 3):
                     other, other_code = _text(drained[i]), drained[i + 1]
-                    if other_code == PopCode.READY:
-                        self._acks.append(other)
                     if other != task_id and other in self._subs:
                         self._cache[other] = (
                             drained[i + 2] if other_code == PopCode.READY else TASK_EXPIRED

@@ -173,7 +173,10 @@ def _records(queue) -> set[str]:
             for key in queue.client.scan_iter(match=f"{queue._key}t:*", count=1000)}
 
 
-def test_read_results_are_deleted_by_the_readers_next_call(url):
+def test_results_read_through_the_mailbox_are_deleted_by_the_read(url):
+    """The call that reads them deletes them; what it read stays in the
+    mailbox's last list (for a retried call) only until the next read, or
+    POPPED_KEEP_MS."""
     broker = get_broker(url)
     q = broker.queue()
     results = [q.rt.square(i) for i in range(50)]
@@ -181,13 +184,15 @@ def test_read_results_are_deleted_by_the_readers_next_call(url):
     for res in results:
         assert res.wait(WAIT)
     queue = broker.taskqueue
-    read = {res.id for res in results}
-    assert _records(queue) == read  # read, kept for a retried call
-    assert all(0 < queue.client.pttl(f"{queue._key}t:{i}") <= POPPED_KEEP_MS for i in read)
+    assert _records(queue) == set()
+    last_key = f"{queue._key}mb:{queue._mailbox}:last"
+    assert queue.client.llen(last_key) == 1 + 3 * 50  # the nonce, then (id, code, result)
+    assert 0 < queue.client.pttl(last_key) <= POPPED_KEEP_MS
     last = q.rt.square(50)
     _run_all(get_worker(url))
-    assert last.wait(WAIT)
-    assert _records(queue) == {last.id}  # the earlier ones are gone
+    assert last.wait(WAIT) and last.value == 2500
+    assert _records(queue) == set()
+    assert queue.client.llen(last_key) == 1 + 3  # only what the last read took
 
 
 def test_results_read_one_by_one_without_prefetch_are_deleted_too(url):

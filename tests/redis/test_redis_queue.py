@@ -5,6 +5,7 @@ registry, and few round trips."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -501,3 +502,59 @@ def test_a_forked_child_starts_with_fresh_process_state(url):
             os.kill(pid, 9)
             os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(reaped[0]) == 0
+
+
+# -- the direct lane: the queue's commands on connections it keeps ---------------
+
+
+def test_commands_reuse_a_kept_connection(url, monkeypatch):
+    """The queue's commands do not check a connection out of redis-py's pool
+    (and poll it) each time: one that answered is kept for the next."""
+    queue = get_broker(url).taskqueue
+    queue.size()
+    pool = queue.client.connection_pool
+    checkouts = []
+    real = pool.get_connection
+    monkeypatch.setattr(pool, "get_connection", lambda *a, **kw: checkouts.append(1) or real(*a, **kw))
+    for i in range(50):
+        get_queue(url).rt.square(i)  # another queue object: its own connections
+        assert queue.size() == i + 1
+    assert checkouts == []
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_without_a_retry(url, caplog):
+    """A kept connection that Redis closed meanwhile (a restart, an idle
+    timeout): the command goes out again at once on a fresh connection, with
+    no outage logged."""
+    queue = get_broker(url).taskqueue
+    kept_id = queue._conn.command("CLIENT", "ID")  # the connection the queue keeps now
+    redis.Redis.from_url(url.partition("?")[0]).client_kill_filter(_id=kept_id)
+    with caplog.at_level(logging.WARNING, logger="poolx.queue.redis"):
+        get_queue(url).rt.square(1)
+        assert queue.size() == 1
+    assert queue.reconnects == 0 and "unreachable" not in caplog.text
+    assert queue._conn.command("CLIENT", "ID") != kept_id
+
+
+def test_a_client_whose_commands_are_watched_sees_every_script_call(url):
+    """Replacing a client's ``execute_command`` (instrumentation, tests)
+    still sees every command: the direct lane steps aside."""
+    queue = get_broker(url).taskqueue
+    seen: list[tuple] = []
+    real = queue.client.execute_command
+
+    def watched(*args, **options):
+        seen.append(args)
+        return real(*args, **options)
+
+    queue.client.execute_command = watched
+    assert queue.size() == 0
+    assert [args[0] for args in seen] == ["EVALSHA"]
+
+
+def test_the_script_is_loaded_again_after_a_script_flush(url):
+    queue = get_broker(url).taskqueue
+    assert queue.size() == 0
+    queue.client.script_flush()  # as after a restart without persistence
+    get_queue(url).rt.square(1)
+    assert queue.size() == 1

@@ -7,6 +7,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import uuid
 
 import pytest
 
@@ -111,6 +112,25 @@ def test_task_defaults(url):
     assert res.task.heartrate == 30
     assert res.task.on_error == Task.FAIL
     assert res.task.ignore_result is False
+
+
+def test_default_task_ids_are_random_uuid4_hex(url):
+    """As WorQ's ``uuid4().hex``: 32 hex digits, version 4, RFC 4122 variant."""
+    q = get_queue(url)
+    ids = [q.func(i).id for i in range(200)]
+    assert len(set(ids)) == 200
+    for task_id in ids:
+        parsed = uuid.UUID(task_id)
+        assert parsed.hex == task_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_plain_calls_and_tasks_without_options_store_the_same_task(url):
+    """``q.f(x)`` takes a shortcut past option checks: same task as Task(q.f)."""
+    q = get_queue(url, "plain")
+    plain, made = q.a.func(1, k="v"), Task(q.a.func)(1, k="v")
+    assert (plain.name, plain.task.args, plain.task.kw, plain.task.options) == \
+        (made.name, made.task.args, made.task.kw, made.task.options) == ("a.func", (1,), {"k": "v"}, {})
+    assert plain.status == made.status == "enqueued"
 
 
 def test_task_id_string_and_duplicate(url):
