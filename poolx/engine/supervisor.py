@@ -399,7 +399,10 @@ class Supervisor:
             job = handle.jobs.get(seq)
             if job is not None and job.state is JobState.SENT:
                 job.move(JobState.ACCEPTED)
-                job.payload = None  # a job that started never runs again: its arguments can go
+                if payload.segment_name(job.payload) is None:
+                    # A job that started never runs again: its arguments can
+                    # go — but not a segment's name, which finish() releases.
+                    job.payload = None
                 job.sink.job_accepted(handle.pid, when)
         elif kind == wire.INIT_FAILED:
             self.health.init_failed(handle.pid, _loads_or(body[1:], None))
@@ -438,7 +441,7 @@ class Supervisor:
         for job in handle.jobs.values():
             if job.state.terminal:
                 continue
-            if job.seq == running or job.payload is None:  # (None: it was accepted, so it started)
+            if job.seq == running or job.payload is None or job.state is JobState.ACCEPTED:  # it started
                 if self.terminating or handle.kill_reason is KillReason.POOL_TERMINATE:
                     self.finish(job, JobState.CANCELLED, PoolTerminated(True))
                 else:

@@ -457,3 +457,20 @@ def test_a_segment_a_worker_mapped_is_never_reused(fork_ctx):
     with poolx.Pool(1, context=fork_ctx, shm_threshold=64 * 1024) as p:
         assert p.apply(tasks.describe, (pickle.PickleBuffer(bytearray(b"m" * (200 * 1024))),))[1] == 200 * 1024
         assert ours() == []
+
+
+def test_an_accept_callback_does_not_pin_the_segment_of_its_job(fork_ctx):
+    """A job with an accept_callback is acknowledged by its worker, and a
+    started job's pipe payload is dropped then; a segment payload must stay
+    until the job ends, or its segment is never released: each such call
+    left its segment in /dev/shm for the pool's life (and after
+    max_segments of them, big arguments no longer used shared memory)."""
+    accepted: list = []
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=64 * 1024) as p:
+        for _ in range(3):
+            result = p.apply_async(tasks.size, (b"x" * (200 * 1024),),
+                                   accept_callback=lambda pid, when: accepted.append(pid))
+            assert result.get(timeout=60) == 200 * 1024
+        wait_until(lambda: len(accepted) == 3, timeout=30)
+        assert busy() == []
+    assert ours() == []
