@@ -550,13 +550,14 @@ class Segments:
         free.remove(entry)
         return entry[0]
 
-    def release(self, payload: bytes | None) -> bool:
+    def release(self, payload: bytes | None, reuse: bool = True) -> bool:
         """A job ended: unlink its argument segment, if it has one, or keep
-        it for reuse (see the module docstring).  True if it was kept: the
-        caller then calls :meth:`trim` :data:`FREE_SECONDS` later."""
+        it for reuse (see the module docstring; never without ``reuse``: a
+        worker that may still be reading it runs on).  True if it was kept:
+        the caller then calls :meth:`trim` :data:`FREE_SECONDS` later."""
         if not payload or payload[0] != MAGIC:
             return False
-        reusable = _reusable(payload)
+        reusable = _reusable(payload) if reuse else None
         with self._lock:
             self._pinned = max(0, self._pinned - 1)
             spec = self.spec

@@ -529,6 +529,11 @@ class Supervisor:
             return
         error = Terminated(sig)
         error.started = True
+        if sig != signal.SIGKILL:
+            # Its worker may run on, still reading the argument segment:
+            # never write the next argument into it.
+            self.segments.release(job.payload, reuse=False)
+            job.payload = None
         self.finish(job, JobState.CANCELLED, error)
         # The worker will start nothing after this job (see kill_job), but a
         # job that handles ``sig`` may run on: what it holds goes elsewhere now.

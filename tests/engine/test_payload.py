@@ -474,3 +474,30 @@ def test_an_accept_callback_does_not_pin_the_segment_of_its_job(fork_ctx):
         wait_until(lambda: len(accepted) == 3, timeout=30)
         assert busy() == []
     assert ours() == []
+
+
+def test_a_terminated_job_that_runs_on_never_reads_the_next_argument(fork_ctx, tmp_path):
+    """terminate_job with a signal the worker ignores ends the job at once,
+    while its worker may still be reading its argument segment; that
+    segment must not be kept for reuse: the next big argument was written
+    into it, and the job (which runs on) read that one."""
+    import signal
+
+    from poolx.exceptions import Terminated
+
+    gate, record = str(tmp_path / "gate"), str(tmp_path / "record")
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=64 * 1024,
+                    initializer=tasks.reads_wait_for, initargs=(gate,)) as p:
+        first = p.apply_async(tasks.record_first_byte, (record, b"a" * (200 * 1024)))
+        wait_until(lambda: any(w["job"] is not None for w in p.stats()["workers"]), timeout=30)
+        first.terminate(signal.SIGUSR2)
+        with pytest.raises(Terminated):
+            first.get(timeout=30)
+        second = p.apply_async(tasks.size, (b"b" * (200 * 1024),))
+        with open(gate, "w"):
+            pass
+        assert second.get(timeout=60) == 200 * 1024
+        wait_until(lambda: os.path.exists(record) and os.path.getsize(record) == 1, timeout=30)
+        with open(record, "rb") as f:
+            assert f.read() == b"a"
+    assert ours() == []
