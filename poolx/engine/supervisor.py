@@ -322,6 +322,7 @@ class Supervisor:
             job.waiting_bytes = 0
         if self.segments.release(job.payload):  # kept for the next big argument a while
             self.timers.schedule(time.monotonic() + payload.FREE_SECONDS, self.segments.trim)
+        queued = job.state is JobState.QUEUED  # never sent: it never started
         job.move(state)
         counters = self._counters
         tally = self.tally
@@ -337,7 +338,10 @@ class Supervisor:
             outcome = failure_outcome(value)  # None: it never started
         else:
             counters["failed"] += 1
-            outcome = raised_outcome(value) if seconds is not None else failure_outcome(value)
+            if queued:  # (its late pickle failed, or the pool broke)
+                outcome = None
+            else:
+                outcome = raised_outcome(value) if seconds is not None else failure_outcome(value)
         if outcome is not None:
             tally.ended(job.name, outcome, seconds, job.counted)
         if job.timed or job.memory_limit is not None:
