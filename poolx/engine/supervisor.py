@@ -403,7 +403,7 @@ class Supervisor:
             job = handle.jobs.get(seq)
             if job is not None and job.state is JobState.SENT:
                 job.move(JobState.ACCEPTED)
-                if payload.segment_name(job.payload) is None:
+                if job.payload is None or payload.segment_name(job.payload) is None:
                     # A job that started never runs again: its arguments can
                     # go — but not a segment's name, which finish() releases.
                     job.payload = None
