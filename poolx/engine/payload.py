@@ -470,6 +470,7 @@ class Segments:
         self._names = itertools.count(1)
         self._free: list[tuple[str, int, float]] = []  # (name, size, released at): reusable segments
         self._closed = False
+        self._pid = os.getpid()  # a forked child's copy writes no segment (see dumps_job)
         if threshold is None or not available():
             return
         global _atexit_registered
@@ -496,7 +497,9 @@ class Segments:
         argument segment while fewer than ``max_segments`` are pinned."""
         call = (func, args, kwds, mode)
         spec = self.spec
-        if spec is None:
+        if spec is None or os.getpid() != self._pid:
+            # (In a forked child's copy of the pool, which refuses the job
+            # anyway: the parent's segments and lock are not its own.)
             return pickle.dumps(call, PROTOCOL)
         threshold = spec.threshold
         if mode == APPLY:

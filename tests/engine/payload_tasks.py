@@ -134,3 +134,21 @@ def record_first_byte(path, data):
     with open(path, "wb") as f:
         f.write(data[:1])
     return len(data)
+
+
+HOLDER: list = []  # a pool a forked child finds here (its copy of the parent's)
+
+
+def copy_refuses_a_big_argument():
+    """In a forked child: the copy of the parent's pool (HOLDER[0]) refuses
+    a big argument with PoolNotRunning.  Exit code: 0 refused, 1 accepted,
+    2 another error."""
+    from poolx.exceptions import PoolNotRunning
+
+    try:
+        HOLDER[0].apply_async(size, (b"c" * (200 * 1024),))
+    except PoolNotRunning:
+        os._exit(0)
+    except BaseException:
+        os._exit(2)
+    os._exit(1)

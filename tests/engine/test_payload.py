@@ -501,3 +501,27 @@ def test_a_terminated_job_that_runs_on_never_reads_the_next_argument(fork_ctx, t
         with open(record, "rb") as f:
             assert f.read() == b"a"
     assert ours() == []
+
+
+def test_a_forked_childs_copy_of_the_pool_never_touches_its_segments(fork_ctx):
+    """A forked child (a web server's worker forked after its app made a
+    pool) calling its copy of the pool gets PoolNotRunning; it must not
+    first write the argument into the parent's segments: it took the
+    parent's free segment (renamed away under a name the parent would use
+    next) and left it behind."""
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=64 * 1024) as p:
+        assert p.apply(tasks.size, (b"x" * (200 * 1024),)) == 200 * 1024
+        kept = ours()
+        assert len(kept) == 1 and busy() == []
+        tasks.HOLDER.append(p)
+        try:
+            child = fork_ctx.Process(target=tasks.copy_refuses_a_big_argument)
+            child.start()
+            child.join(60)
+        finally:
+            tasks.HOLDER.clear()
+        assert child.exitcode == 0
+        assert ours() == kept  # the parent's free segment, untouched
+        assert p.apply(tasks.seen, (prefix(), b"y" * (200 * 1024))) == 1
+        assert busy() == []
+    assert ours() == []
