@@ -66,7 +66,9 @@ class RecentFailures:
             "task": clip(failure.task_name),
             "id": clip(failure.task_id),
             "queue": clip(failure.queue),
-            "error": clip(redact_urls(str(failure.error))),  # (before the cut: a whole URL)
+            # Redacted before the cut, which could leave a URL's password
+            # unrecognisable; of a bounded prefix (this runs under a lock).
+            "error": clip(redact_urls(str(failure.error)[:4 * TEXT_CHARS])),
             "worker": worker,
             "time": when,
         })
