@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from poolx.const import DEFAULT
 from poolx.core import Broker, get_broker
-from poolx.queue.urls import redact_url
+from poolx.queue.urls import redact_url, redact_urls
 
 __all__ = ["StatusReader", "StatusUnavailable", "merge_failures"]
 
@@ -252,7 +252,7 @@ def merge_failures(pools: Sequence[dict[str, Any]], limit: int, now: float) -> l
             worker = record.get("worker")
             merged.append({
                 "task": str(record.get("task")), "id": str(record.get("id")),
-                "queue": str(record.get("queue")), "error": str(record.get("error")),
+                "queue": str(record.get("queue")), "error": redact_urls(str(record.get("error"))),
                 "worker": worker if isinstance(worker, int) and not isinstance(worker, bool) else None,
                 "time": record["time"], "age": max(0.0, now - record["time"]),
                 "pool": str(info.get("name")), "host": str(info.get("host")),

@@ -10,7 +10,8 @@ the dashboard).
 
 A record carries nothing the stored :class:`~poolx.task.TaskFailure` does
 not: its error text is the failure's ``'Type: message'`` (never a
-traceback), cut to :data:`TEXT_CHARS` characters, as are the task's name and
+traceback), any URL in it redacted
+(:func:`~poolx.queue.urls.redact_urls`), cut to :data:`TEXT_CHARS` characters, as are the task's name and
 id, so that a pool's status record stays small whatever its tasks raise.
 
 Like :class:`~poolx.tally.TaskTally`, it has no lock of its own: its owner
@@ -22,6 +23,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from poolx.queue.urls import redact_urls
 from poolx.task import TaskFailure
 
 __all__ = ["KEPT", "TEXT_CHARS", "RecentFailures", "clip"]
@@ -64,7 +66,9 @@ class RecentFailures:
             "task": clip(failure.task_name),
             "id": clip(failure.task_id),
             "queue": clip(failure.queue),
-            "error": clip(failure.error),
+            # Redacted before the cut, which could leave a URL's password
+            # unrecognisable; of a bounded prefix (this runs under a lock).
+            "error": clip(redact_urls(str(failure.error)[:4 * TEXT_CHARS])),
             "worker": worker,
             "time": when,
         })

@@ -470,6 +470,7 @@ class Segments:
         self._names = itertools.count(1)
         self._free: list[tuple[str, int, float]] = []  # (name, size, released at): reusable segments
         self._closed = False
+        self._pid = os.getpid()  # a forked child's copy writes no segment (see dumps_job)
         if threshold is None or not available():
             return
         global _atexit_registered
@@ -496,7 +497,9 @@ class Segments:
         argument segment while fewer than ``max_segments`` are pinned."""
         call = (func, args, kwds, mode)
         spec = self.spec
-        if spec is None:
+        if spec is None or os.getpid() != self._pid:
+            # (In a forked child's copy of the pool, which refuses the job
+            # anyway: the parent's segments and lock are not its own.)
             return pickle.dumps(call, PROTOCOL)
         threshold = spec.threshold
         if mode == APPLY:
@@ -550,13 +553,14 @@ class Segments:
         free.remove(entry)
         return entry[0]
 
-    def release(self, payload: bytes | None) -> bool:
+    def release(self, payload: bytes | None, reuse: bool = True) -> bool:
         """A job ended: unlink its argument segment, if it has one, or keep
-        it for reuse (see the module docstring).  True if it was kept: the
-        caller then calls :meth:`trim` :data:`FREE_SECONDS` later."""
+        it for reuse (see the module docstring; never without ``reuse``: a
+        worker that may still be reading it runs on).  True if it was kept:
+        the caller then calls :meth:`trim` :data:`FREE_SECONDS` later."""
         if not payload or payload[0] != MAGIC:
             return False
-        reusable = _reusable(payload)
+        reusable = _reusable(payload) if reuse else None
         with self._lock:
             self._pinned = max(0, self._pinned - 1)
             spec = self.spec

@@ -322,6 +322,7 @@ class Supervisor:
             job.waiting_bytes = 0
         if self.segments.release(job.payload):  # kept for the next big argument a while
             self.timers.schedule(time.monotonic() + payload.FREE_SECONDS, self.segments.trim)
+        queued = job.state is JobState.QUEUED  # never sent: it never started
         job.move(state)
         counters = self._counters
         tally = self.tally
@@ -337,7 +338,10 @@ class Supervisor:
             outcome = failure_outcome(value)  # None: it never started
         else:
             counters["failed"] += 1
-            outcome = raised_outcome(value) if seconds is not None else failure_outcome(value)
+            if queued:  # (its late pickle failed, or the pool broke)
+                outcome = None
+            else:
+                outcome = raised_outcome(value) if seconds is not None else failure_outcome(value)
         if outcome is not None:
             tally.ended(job.name, outcome, seconds, job.counted)
         if job.timed or job.memory_limit is not None:
@@ -399,7 +403,10 @@ class Supervisor:
             job = handle.jobs.get(seq)
             if job is not None and job.state is JobState.SENT:
                 job.move(JobState.ACCEPTED)
-                job.payload = None  # a job that started never runs again: its arguments can go
+                if job.payload is None or payload.segment_name(job.payload) is None:
+                    # A job that started never runs again: its arguments can
+                    # go — but not a segment's name, which finish() releases.
+                    job.payload = None
                 job.sink.job_accepted(handle.pid, when)
         elif kind == wire.INIT_FAILED:
             self.health.init_failed(handle.pid, _loads_or(body[1:], None))
@@ -438,7 +445,7 @@ class Supervisor:
         for job in handle.jobs.values():
             if job.state.terminal:
                 continue
-            if job.seq == running or job.payload is None:  # (None: it was accepted, so it started)
+            if job.seq == running or job.payload is None or job.state is JobState.ACCEPTED:  # it started
                 if self.terminating or handle.kill_reason is KillReason.POOL_TERMINATE:
                     self.finish(job, JobState.CANCELLED, PoolTerminated(True))
                 else:
@@ -526,6 +533,11 @@ class Supervisor:
             return
         error = Terminated(sig)
         error.started = True
+        if sig != signal.SIGKILL:
+            # Its worker may run on, still reading the argument segment:
+            # never write the next argument into it.
+            self.segments.release(job.payload, reuse=False)
+            job.payload = None
         self.finish(job, JobState.CANCELLED, error)
         # The worker will start nothing after this job (see kill_job), but a
         # job that handles ``sig`` may run on: what it holds goes elsewhere now.

@@ -11,9 +11,10 @@ reconnect in another process.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-__all__ = ["redact_url", "REDACTED"]
+__all__ = ["redact_url", "redact_urls", "REDACTED"]
 
 REDACTED = "***"
 """What a password is replaced with."""
@@ -56,6 +57,28 @@ def redact_url(url: Any) -> str:
         # but people often put a password there; hide it either way.
         return f"{scheme}://{REDACTED}@{host}{tail}"
     return f"{scheme}://{user}:{REDACTED}@{host}{tail}"
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_TRAILING = ").,;:]}"  # closes the sentence around a URL, not the URL
+
+
+def redact_urls(text: str) -> str:
+    """``text`` (an error message, say) with every URL in it shown as
+    :func:`redact_url` shows it::
+
+        >>> redact_urls("cannot reach redis://:pw@host/0 (timeout)")
+        'cannot reach redis://:***@host/0 (timeout)'
+    """
+    if "://" not in text:
+        return text
+
+    def redact(match: re.Match[str]) -> str:
+        url = match.group(0)
+        end = len(url.rstrip(_TRAILING))
+        return redact_url(url[:end]) + url[end:]
+
+    return _URL_IN_TEXT.sub(redact, text)
 
 
 def _redact_query(tail: str) -> str:

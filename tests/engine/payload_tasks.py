@@ -108,3 +108,47 @@ def make_read_only(n):
     import numpy as np
 
     return np.frombuffer(b"\0" * n, dtype=np.uint8)
+
+
+def reads_wait_for(gate):
+    """Initializer: this worker ignores SIGUSR2, and its segment reads wait
+    until the file ``gate`` exists (a worker still reading its arguments)."""
+    from poolx.engine import payload
+
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+    class _Os:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def pread(fd, length, offset):
+            while not os.path.exists(gate):
+                time.sleep(0.01)
+            return os.pread(fd, length, offset)
+
+    payload.os = _Os()
+
+
+def record_first_byte(path, data):
+    with open(path, "wb") as f:
+        f.write(data[:1])
+    return len(data)
+
+
+HOLDER: list = []  # a pool a forked child finds here (its copy of the parent's)
+
+
+def copy_refuses_a_big_argument():
+    """In a forked child: the copy of the parent's pool (HOLDER[0]) refuses
+    a big argument with PoolNotRunning.  Exit code: 0 refused, 1 accepted,
+    2 another error."""
+    from poolx.exceptions import PoolNotRunning
+
+    try:
+        HOLDER[0].apply_async(size, (b"c" * (200 * 1024),))
+    except PoolNotRunning:
+        os._exit(0)
+    except BaseException:
+        os._exit(2)
+    os._exit(1)

@@ -116,3 +116,17 @@ def test_an_argument_pickled_late_fails_its_job_as_the_standard_library_does(for
     with multiprocessing.get_context("fork").Pool(1) as std:  # the same error, from the same place
         with pytest.raises(TypeError, match="pickle"):
             std.apply_async(len, (threading.Lock(),)).get(60)
+
+
+def test_an_argument_pickled_late_that_fails_never_counts_as_started(fork_ctx, monkeypatch):
+    """The task tally counts a task that never started nowhere (poolx.tally):
+    a job whose late pickle failed never reached a worker."""
+    monkeypatch.setattr(api, "EAGER_BYTES", 0)
+    with poolx.Pool(1, context=fork_ctx) as pool:
+        bad = pool.apply_async(helpers.gated_len, ("unused", threading.Lock()))
+        with pytest.raises(TypeError, match="pickle"):
+            bad.get(60)
+        tasks = pool.stats()["tasks"]
+    name = f"{helpers.gated_len.__module__}.gated_len"
+    assert tasks.get(name, {"started": 0, "failed": {"error": 0}})["started"] == 0
+    assert tasks.get(name, {"failed": {"error": 0}})["failed"]["error"] == 0

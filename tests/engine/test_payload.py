@@ -457,3 +457,71 @@ def test_a_segment_a_worker_mapped_is_never_reused(fork_ctx):
     with poolx.Pool(1, context=fork_ctx, shm_threshold=64 * 1024) as p:
         assert p.apply(tasks.describe, (pickle.PickleBuffer(bytearray(b"m" * (200 * 1024))),))[1] == 200 * 1024
         assert ours() == []
+
+
+def test_an_accept_callback_does_not_pin_the_segment_of_its_job(fork_ctx):
+    """A job with an accept_callback is acknowledged by its worker, and a
+    started job's pipe payload is dropped then; a segment payload must stay
+    until the job ends, or its segment is never released: each such call
+    left its segment in /dev/shm for the pool's life (and after
+    max_segments of them, big arguments no longer used shared memory)."""
+    accepted: list = []
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=64 * 1024) as p:
+        for _ in range(3):
+            result = p.apply_async(tasks.size, (b"x" * (200 * 1024),),
+                                   accept_callback=lambda pid, when: accepted.append(pid))
+            assert result.get(timeout=60) == 200 * 1024
+        wait_until(lambda: len(accepted) == 3, timeout=30)
+        assert busy() == []
+    assert ours() == []
+
+
+def test_a_terminated_job_that_runs_on_never_reads_the_next_argument(fork_ctx, tmp_path):
+    """terminate_job with a signal the worker ignores ends the job at once,
+    while its worker may still be reading its argument segment; that
+    segment must not be kept for reuse: the next big argument was written
+    into it, and the job (which runs on) read that one."""
+    import signal
+
+    from poolx.exceptions import Terminated
+
+    gate, record = str(tmp_path / "gate"), str(tmp_path / "record")
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=64 * 1024,
+                    initializer=tasks.reads_wait_for, initargs=(gate,)) as p:
+        first = p.apply_async(tasks.record_first_byte, (record, b"a" * (200 * 1024)))
+        wait_until(lambda: any(w["job"] is not None for w in p.stats()["workers"]), timeout=30)
+        first.terminate(signal.SIGUSR2)
+        with pytest.raises(Terminated):
+            first.get(timeout=30)
+        second = p.apply_async(tasks.size, (b"b" * (200 * 1024),))
+        with open(gate, "w"):
+            pass
+        assert second.get(timeout=60) == 200 * 1024
+        wait_until(lambda: os.path.exists(record) and os.path.getsize(record) == 1, timeout=30)
+        with open(record, "rb") as f:
+            assert f.read() == b"a"
+    assert ours() == []
+
+
+def test_a_forked_childs_copy_of_the_pool_never_touches_its_segments(fork_ctx):
+    """A forked child (a web server's worker forked after its app made a
+    pool) calling its copy of the pool gets PoolNotRunning; it must not
+    first write the argument into the parent's segments: it took the
+    parent's free segment (renamed away under a name the parent would use
+    next) and left it behind."""
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=64 * 1024) as p:
+        assert p.apply(tasks.size, (b"x" * (200 * 1024),)) == 200 * 1024
+        kept = ours()
+        assert len(kept) == 1 and busy() == []
+        tasks.HOLDER.append(p)
+        try:
+            child = fork_ctx.Process(target=tasks.copy_refuses_a_big_argument)
+            child.start()
+            child.join(60)
+        finally:
+            tasks.HOLDER.clear()
+        assert child.exitcode == 0
+        assert ours() == kept  # the parent's free segment, untouched
+        assert p.apply(tasks.seen, (prefix(), b"y" * (200 * 1024))) == 1
+        assert busy() == []
+    assert ours() == []

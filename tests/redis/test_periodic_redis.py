@@ -98,6 +98,7 @@ def test_a_scheduler_killed_9_another_goes_on(url):
         with scheduling(broker) as pool:
             wait_until(lambda: pool.scheduler is not None and pool.scheduler.enqueued >= 1,
                        WAIT)  # both claim ticks now
+            both = time.time()
             doomed.send_signal(signal.SIGKILL)
             doomed.wait(WAIT)
             killed = time.time()
@@ -109,7 +110,11 @@ def test_a_scheduler_killed_9_another_goes_on(url):
             doomed.wait(WAIT)
     dues = _tick_dues(broker, "tick")
     assert dues[0] < killed - PERIOD and dues[-1] > killed + 3 * PERIOD
-    _assert_dues_on_grid(dues, PERIOD)  # no gap at the kill, none ran twice (one record each)
+    # No gap at the kill, none ran twice (one record each).  (From the time
+    # both schedulers ran: alone, the worker's scheduler may skip a tick
+    # while the command starts its forkserver and workers on a loaded
+    # machine, as a scheduler late by a period does.)
+    _assert_dues_on_grid([due for due in dues if due >= both - PERIOD], PERIOD)
 
 
 def test_scheduler_wake_ups_are_bookkept(url):

@@ -123,3 +123,25 @@ def test_a_worker_pool_lists_its_final_failures(url, start_pool, tmp_path):
     assert "failed" not in status["pools"][0]
     assert status["failed"][0]["age"] >= 0
     pool.stop()
+
+
+def test_no_password_in_an_error_text():
+    """The dashboard shows no password (docs/dashboard.rst), nor does
+    ``poolx status``: a URL in a task's error text is shown redacted, as
+    poolx shows its own URLs — when the pool publishes it (before the text
+    is cut, which could leave half a password unrecognisable) and when the
+    status is read (a record published without it)."""
+    error = "ConnectionError: cannot reach redis://app:s3cret@db.internal:6379/0 (and http://:pw@x/?token=t0k)"
+    recent = RecentFailures()
+    recent.add(TaskFailure("t.n", "q", "id", error), 7, 1.0)
+    recent.add(TaskFailure("t.n", "q", "id2", "E: " + "x" * (TEXT_CHARS - 30) + " redis://:s3cret@h/0"), 7, 2.0)
+    published = recent.records()
+    for record in published:
+        assert "s3cret" not in record["error"] and "s3c" not in record["error"]
+    assert published[1]["error"] == (
+        "ConnectionError: cannot reach redis://app:***@db.internal:6379/0 (and http://:***@x/?token=***)")
+    raw = {"name": "p", "host": "h", "failed": [{"task": "t", "id": "i", "queue": "q", "error": error,
+                                                 "worker": 1, "time": 1.0}]}
+    [merged] = merge_failures([raw], 10, now=2.0)
+    assert "s3cret" not in merged["error"] and "t0k" not in merged["error"]
+    assert "redis://app:***@db.internal:6379/0" in merged["error"]
