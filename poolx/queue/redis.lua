@@ -43,6 +43,8 @@
 --                         task's heartbeats renew it)
 --     P cn:<consumer>  LIST  cancel notices for a consumer (refs): its
 --                         watcher blocks on it while it runs tasks
+--     P cancelled:<nonce>  STRING  what a ``cancel`` call answered (so a
+--                         retried call, its reply lost, answers the same)
 --     P periodic   ZSET   names of periodic entries, scored by next run (ms)
 --     P pe:<name>  HASH   one periodic entry: tn task name, sc schedule text,
 --                         nx next run (ms, server clock), v version, sp spec
@@ -803,14 +805,17 @@ elseif cmd == 'plive' then
 end
 
 if cmd == 'cancel' then
-  -- id, cancelled token, ttl ms -> 0 not cancelled (completed, read or
-  -- unknown), 1 cancelled while waiting (it never runs), 2 cancelled while
-  -- processing (its consumer is told: a marker, and a notice that wakes
-  -- its watcher).  The outcome is the token, stored by store(): a result
-  -- arriving later is dropped, a retry or requeue finds the task no longer
-  -- processing.
+  -- id, cancelled token, ttl ms, nonce, ms to remember the answer -> 0 not cancelled (completed, read
+  -- or unknown), 1 cancelled while waiting (it never runs), 2 cancelled
+  -- while processing (its consumer is told: a marker, and a notice that
+  -- wakes its watcher).  The outcome is the token, stored by store(): a
+  -- result arriving later is dropped, a retry or requeue finds the task no
+  -- longer processing.  A retried call (same nonce) answers as the first.
   local id, token, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
   local key, ref = P .. 't:' .. id, 't' .. id
+  local said = P .. 'cancelled:' .. ARGV[5]
+  local before = redis.call('GET', said)
+  if before then return tonumber(before) end
   local f = redis.call('HMGET', key, 's', 'p', 'o', 'ls', 'ir')
   local status = f[1]
   if not status or f[2] or status == 'completed' then return 0 end
@@ -831,6 +836,7 @@ if cmd == 'cancel' then
     end
     code = 2
   end
+  redis.call('SET', said, code, 'PX', tonumber(ARGV[6]))
   if f[5] == '1' then  -- nobody reads its outcome: the id is free at once
     redis.call('SREM', DEFERRED, id)
     redis.call('DEL', key)
