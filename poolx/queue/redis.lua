@@ -39,8 +39,8 @@
 --     P fetched:<nonce>  LIST  refs a ``fetch`` call took (so a retried call,
 --                         its reply lost, gets the same tasks again)
 --     P cx:<ref>   STRING a processing task was cancelled: the owner of the
---                         delivery that must stop (expires like a lease; the
---                         task's heartbeats renew it)
+--                         delivery that must stop and the record's nonce
+--                         (expires like a lease; the task's heartbeats renew it)
 --     P cn:<consumer>  LIST  cancel notices for a consumer (refs): its
 --                         watcher blocks on it while it runs tasks
 --     P cancelled:<nonce>  STRING  what a ``cancel`` call answered (so a
@@ -816,7 +816,7 @@ if cmd == 'cancel' then
   local said = P .. 'cancelled:' .. ARGV[5]
   local before = redis.call('GET', said)
   if before then return tonumber(before) end
-  local f = redis.call('HMGET', key, 's', 'p', 'o', 'ls', 'ir')
+  local f = redis.call('HMGET', key, 's', 'p', 'o', 'ls', 'ir', 'n')
   local status = f[1]
   if not status or f[2] or status == 'completed' then return 0 end
   local code = 1
@@ -829,7 +829,10 @@ if cmd == 'cancel' then
     local consumer = string.match(owner, '^(.*)#%d+$')
     if consumer then
       local keep = math.max(tonumber(f[4]) or 0, 60000)
-      redis.call('SET', P .. 'cx:' .. ref, owner, 'PX', keep)
+      -- The record's nonce too: a task enqueued again under this id (once
+      -- this outcome was read) is another record, whose first delivery has
+      -- the same owner name, and must not be stopped.
+      redis.call('SET', P .. 'cx:' .. ref, owner .. ' ' .. (f[6] or ''), 'PX', keep)
       local notices = P .. 'cn:' .. consumer
       redis.call('LPUSH', notices, ref)
       redis.call('PEXPIRE', notices, keep)
@@ -853,7 +856,8 @@ elseif cmd == 'cxcheck' then
   redis.call('DEL', P .. 'cn:' .. ARGV[2])
   local out = {}
   for i = 3, #ARGV, 2 do
-    if redis.call('GET', P .. 'cx:' .. ARGV[i]) == ARGV[i + 1] then
+    local mark = redis.call('GET', P .. 'cx:' .. ARGV[i])
+    if mark and mark == ARGV[i + 1] .. ' ' .. (redis.call('HGET', rkey(ARGV[i]), 'n') or '') then
       out[#out + 1] = ARGV[i]
     end
   end
