@@ -221,6 +221,21 @@ def test_a_deferred_that_follows_another_cancels_that_task(url, calls):
     assert recorded.ran("echo") == []
 
 
+def test_a_deferred_that_was_never_read_cancels_the_task_its_task_returned(url, calls):
+    """The same, without reading the Deferred first: cancel() itself finds
+    that relay returned a Deferred, and cancels that task."""
+    broker, recorded = calls
+    res = broker.queue().cx.relay("later")
+    with thread_worker(broker):
+        wait_until(lambda: broker.taskqueue.get_status(res.id) == COMPLETED, WAIT)
+        assert res.cancel() is True
+        assert res.wait(WAIT)
+    with pytest.raises(TaskCancelled) as info:
+        value_of(res)
+    assert info.value.task_id != res.id and info.value.task_name == "cx.echo"
+    assert recorded.ran("echo") == []
+
+
 def test_unknown_ids_and_second_cancels_return_false(url, calls):
     broker, _ = calls
     assert broker.cancel("no-such-task") is False
