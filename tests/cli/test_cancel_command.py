@@ -75,5 +75,6 @@ def test_usage_errors_exit_2():
     assert missing.returncode == 2 and "TASK_ID" in missing.stderr
     memory = poolx("cancel", "memory://", "some-id")
     assert memory.returncode == 2 and "memory:// queue lives inside one process" in memory.stderr
+    assert "nothing to cancel" in memory.stderr and "would be lost" not in memory.stderr
     bad = poolx("cancel", "nope://x", "some-id")
     assert bad.returncode == 2 and "unknown scheme" in bad.stderr
