@@ -555,10 +555,11 @@ def _show_status(reader: StatusReader, args: argparse.Namespace, clear: bool) ->
         _print_status(status)
 
 
-def _check_consumed_here(url: str, broker: Any) -> None:
+def _check_consumed_here(url: str, broker: Any,
+                         why: str = "the task would be lost when this command exits") -> None:
     """A ``memory://`` queue lives inside one process: enqueuing to it from
     this command is an error unless a pool in this process consumes it (the
-    task would be lost when the command exits)."""
+    task would be lost when the command exits; ``why`` says so)."""
     if not url.lower().startswith("memory:"):
         return
     from poolx.status import StatusUnavailable
@@ -570,8 +571,7 @@ def _check_consumed_here(url: str, broker: Any) -> None:
         raise _Failure(str(err)) from None
     if not any(info.get("queue") == broker.name for info in pools):
         raise _Usage(f"a memory:// queue lives inside one process and no pool in this one "
-                     f"consumes queue {broker.name!r}: the task would be lost when this command "
-                     f"exits (use a shared queue, e.g. redis://)")
+                     f"consumes queue {broker.name!r}: {why} (use a shared queue, e.g. redis://)")
 
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
@@ -667,7 +667,7 @@ def _cmd_purge(args: argparse.Namespace) -> int:
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
     broker = _broker(args.url, args.queue)
-    _check_consumed_here(args.url, broker)
+    _check_consumed_here(args.url, broker, "there is nothing to cancel in this command's process")
     missed = []
     for task_id in dict.fromkeys(args.task_ids):
         if _reach(args.url, lambda task_id=task_id: broker.cancel(task_id)):

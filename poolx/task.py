@@ -875,7 +875,8 @@ class Deferred:
         task that has finished (or is unknown) is not touched: False.  Any
         process can cancel (see :meth:`Broker.cancel
         <poolx.core.Broker.cancel>`).  If the task returned a Deferred,
-        that task is cancelled.
+        that task is cancelled (to see whether it did, a finished task's
+        result is read into this Deferred, as ``wait(0)`` would).
 
         :raises NotImplementedError: if the backend cannot cancel tasks.
         """
@@ -884,7 +885,12 @@ class Deferred:
         follow = self._follow
         if follow is not None:
             return follow.cancel()
-        return self.broker.cancel(self.id)
+        if self.broker.cancel(self.id):
+            return True
+        # Finished: its result, unread yet, may be a Deferred to follow.
+        self.wait(0)
+        follow = self._follow
+        return follow.cancel() if follow is not None else False
 
     def __repr__(self) -> str:
         status = self.status

@@ -453,6 +453,7 @@ class TaskQueue(AbstractTaskQueue):
     def _taken(self, task_id: str, message: bytes, ignore_result: bool) -> _Record | None:
         """The record of a taken task given back (re-created for an
         ignore_result task), with ``message``; None if not processing."""
+        self._cancelled_running.discard(task_id)  # that delivery ended: nothing to stop
         rec = self._records.get(task_id)
         if rec is None:
             if not ignore_result:

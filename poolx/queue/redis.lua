@@ -40,10 +40,12 @@
 --     P fetched:<nonce>  LIST  refs a ``fetch`` call took (so a retried call,
 --                         its reply lost, gets the same tasks again)
 --     P cx:<ref>   STRING a processing task was cancelled: the owner of the
---                         delivery that must stop (expires like a lease; the
---                         task's heartbeats renew it)
+--                         delivery that must stop and the record's nonce
+--                         (expires like a lease; the task's heartbeats renew it)
 --     P cn:<consumer>  LIST  cancel notices for a consumer (refs): its
 --                         watcher blocks on it while it runs tasks
+--     P cancelled:<nonce>  STRING  what a ``cancel`` call answered (so a
+--                         retried call, its reply lost, answers the same)
 --     P periodic   ZSET   names of periodic entries, scored by next run (ms)
 --     P pe:<name>  HASH   one periodic entry: tn task name, sc schedule text,
 --                         nx next run (ms, server clock), v version, sp spec
@@ -880,15 +882,18 @@ elseif cmd == 'plive' then
 end
 
 if cmd == 'cancel' then
-  -- id, cancelled token, ttl ms -> 0 not cancelled (completed, read or
-  -- unknown), 1 cancelled while waiting (it never runs), 2 cancelled while
-  -- processing (its consumer is told: a marker, and a notice that wakes
-  -- its watcher).  The outcome is the token, stored by store(): a result
-  -- arriving later is dropped, a retry or requeue finds the task no longer
-  -- processing.
+  -- id, cancelled token, ttl ms, nonce, ms to remember the answer -> 0 not cancelled (completed, read
+  -- or unknown), 1 cancelled while waiting (it never runs), 2 cancelled
+  -- while processing (its consumer is told: a marker, and a notice that
+  -- wakes its watcher).  The outcome is the token, stored by store(): a
+  -- result arriving later is dropped, a retry or requeue finds the task no
+  -- longer processing.  A retried call (same nonce) answers as the first.
   local id, token, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
   local key, ref = P .. 't:' .. id, 't' .. id
-  local f = redis.call('HMGET', key, 's', 'p', 'o', 'ls', 'ir')
+  local said = P .. 'cancelled:' .. ARGV[5]
+  local before = redis.call('GET', said)
+  if before then return tonumber(before) end
+  local f = redis.call('HMGET', key, 's', 'p', 'o', 'ls', 'ir', 'n')
   local status = f[1]
   if not status or f[2] or status == 'completed' then return 0 end
   local code = 1
@@ -901,13 +906,17 @@ if cmd == 'cancel' then
     local consumer = string.match(owner, '^(.*)#%d+$')
     if consumer then
       local keep = math.max(tonumber(f[4]) or 0, 60000)
-      redis.call('SET', P .. 'cx:' .. ref, owner, 'PX', keep)
+      -- The record's nonce too: a task enqueued again under this id (once
+      -- this outcome was read) is another record, whose first delivery has
+      -- the same owner name, and must not be stopped.
+      redis.call('SET', P .. 'cx:' .. ref, owner .. ' ' .. (f[6] or ''), 'PX', keep)
       local notices = P .. 'cn:' .. consumer
       redis.call('LPUSH', notices, ref)
       redis.call('PEXPIRE', notices, keep)
     end
     code = 2
   end
+  redis.call('SET', said, code, 'PX', tonumber(ARGV[6]))
   if f[5] == '1' then  -- nobody reads its outcome: the id is free at once
     redis.call('SREM', DEFERRED, id)
     redis.call('DEL', key)
@@ -924,7 +933,8 @@ elseif cmd == 'cxcheck' then
   redis.call('DEL', P .. 'cn:' .. ARGV[2])
   local out = {}
   for i = 3, #ARGV, 2 do
-    if redis.call('GET', P .. 'cx:' .. ARGV[i]) == ARGV[i + 1] then
+    local mark = redis.call('GET', P .. 'cx:' .. ARGV[i])
+    if mark and mark == ARGV[i + 1] .. ' ' .. (redis.call('HGET', rkey(ARGV[i]), 'n') or '') then
       out[#out + 1] = ARGV[i]
     end
   end

@@ -782,7 +782,10 @@ class TaskQueue(AbstractTaskQueue):
     def cancel_task(self, task_id: str, token: bytes, timeout: float) -> bool:
         self._flush()  # the task may be waiting in this thread's batch
         self._sync()
-        return bool(self._call("cancel", task_id, token, _lease_ms(timeout)))
+        # The nonce lets a retry of this call (its reply lost) answer as the
+        # first; it is remembered while a retry may come.
+        return bool(self._call("cancel", task_id, token, _lease_ms(timeout), os.urandom(8).hex(),
+                               int((self._conn.retry_timeout + FETCH_REMEMBER_EXTRA) * 1000)))
 
     def cancelled_tasks(self, task_ids: list[str], timeout: float | None) -> list[str]:
         """See :meth:`AbstractTaskQueue.cancelled_tasks`.  Blocks (without

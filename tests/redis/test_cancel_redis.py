@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from poolx import get_queue
+from poolx.const import TASK_CANCELLED
 from poolx.core import get_broker
 from poolx.task import TaskCancelled
 from tests.conftest import wait_until
@@ -149,3 +150,26 @@ def test_the_cancelled_outcome_is_kept_an_hour(url):
     queue = get_broker(url).taskqueue
     assert 3_590_000 < queue.client.pttl(f"{queue._key}t:{res.id}") <= 3_600_000
     cancelled(res)
+
+
+def test_a_cancel_retried_after_its_reply_was_lost_still_says_cancelled(url):
+    """The retry policy repeats a script call whose reply was lost (Redis
+    restarted after the write): the repeat must answer as the first call
+    did — the caller cancelled the task — not "finished or unknown"."""
+    broker = get_broker(url)
+    queue = broker.taskqueue
+    running = get_queue(url).wt.echo(1)
+    assert broker.next_task(timeout=WAIT).id == running.id
+    waiting = get_queue(url).wt.echo(2)
+
+    def cancel(task_id, nonce):  # one script call, as the retry policy repeats it
+        return queue._call("cancel", task_id, broker.serialize(TASK_CANCELLED), 60_000, nonce,
+                           30_000)
+
+    assert cancel(running.id, b"nonce-1") == 2
+    assert cancel(running.id, b"nonce-1") == 2  # the retry
+    assert cancel(running.id, b"nonce-2") == 0  # a new call: it is cancelled already
+    assert cancel(waiting.id, b"nonce-3") == 1
+    assert cancel(waiting.id, b"nonce-3") == 1
+    cancelled(running)
+    cancelled(waiting)

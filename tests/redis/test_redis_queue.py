@@ -186,7 +186,7 @@ def test_every_key_of_a_queue_is_in_one_cluster_slot(url):
     queue.register_pool("pool-1", "{}", 60)
     assert broker.cancel(third.id) is True
     keys |= scan()  # leases, what a fetch took, a detached record, the pool registry,
-    # the cancel's marker and notice
+    # the cancel's marker, notice and answer
     assert queue._pop(b"nonce", True, [first.id]) == [(b"w", b"")]  # a waiter
     for task_id, _ in taken[:2]:
         queue.set_result(task_id, b"1", WAIT)
@@ -194,7 +194,7 @@ def test_every_key_of_a_queue_is_in_one_cluster_slot(url):
     queue_keys = {k for k in keys if b"{jobs}" in k}
     kinds = {k.decode().split(":")[2] for k in queue_keys}
     assert kinds == {"ready", "deferred", "leases", "t", "f", "seq", "w", "mb", "fetched", "cx",
-                     "cn"}, kinds
+                     "cn", "cancelled"}, kinds
     assert len({key_slot(k) for k in queue_keys}) == 1
     assert keys - queue_keys == {
         f"{queue.prefix}:{{pools}}:expiry".encode(), f"{queue.prefix}:{{pools}}:info".encode()

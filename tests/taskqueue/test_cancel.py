@@ -205,13 +205,19 @@ def test_a_finished_task_is_not_cancelled(url, calls):
         assert broker.cancel(res.id) is False
 
 
-def test_a_deferred_that_follows_another_cancels_that_task(url, calls):
+@pytest.mark.parametrize("read", [True, False])
+def test_a_deferred_that_follows_another_cancels_that_task(url, calls, read):
     """relay returned the Deferred of a scheduled echo: relay's task is
-    finished, so cancelling its Deferred cancels the echo it follows."""
+    finished, so cancelling its Deferred cancels the echo it follows — also
+    when the Deferred was never read (cancel() itself finds the Deferred
+    relay returned)."""
     broker, recorded = calls
     res = broker.queue().cx.relay("later")
     with thread_worker(broker):
-        wait_until(lambda: not res.wait(0) and res.status == SCHEDULED, WAIT)
+        if read:
+            wait_until(lambda: not res.wait(0) and res.status == SCHEDULED, WAIT)
+        else:
+            wait_until(lambda: broker.taskqueue.get_status(res.id) == COMPLETED, WAIT)
         assert broker.cancel(res.id) is False  # relay itself has finished
         assert res.cancel() is True
         assert res.wait(WAIT)
@@ -344,3 +350,33 @@ def test_a_running_task_in_a_process_pool_is_killed(url, tmp_path):
         consumer.stop(join=False)
         pool.terminate()
         assert consumer.join(WAIT)
+
+
+# -- a cancel stops only the delivery it was meant for ---------------------------------
+
+
+@pytest.mark.parametrize("ended", ["answered", "given back"])
+def test_a_task_enqueued_again_under_a_cancelled_id_is_not_reported_cancelled(url, calls, ended):
+    """Cancel a running task, let its delivery end (answered, as a consumer
+    does after the kill; or given back, as a stopping consumer or a retry
+    does), read its cancelled outcome and enqueue a new task under the same
+    id ("cancel and start again"): the consumer that runs the new one must
+    not be told to kill it."""
+    broker, _ = calls
+    queue = broker.taskqueue
+    q = broker.queue()
+    old = Task(q.cx.echo, id="restartable")(1)
+    task_id, message = queue.get(WAIT)
+    assert task_id == old.id
+    assert get_broker(url).cancel(old.id) is True
+    if ended == "answered":
+        assert broker.cancelled_tasks([old.id], WAIT) == [old.id]
+        queue.set_result(old.id, message, WAIT)
+    else:  # given back before the consumer heard of the cancel
+        assert queue.requeue_task(old.id, message) is False
+    assert broker.cancelled_tasks([], 0.01) == []  # the watcher looks on (other tasks run)
+    _cancelled(old)  # read: the id is free again
+    new = Task(q.cx.echo, id="restartable")(2)
+    assert queue.get(WAIT)[0] == new.id
+    assert broker.cancelled_tasks([new.id], 0.2) == []
+    assert new.status == PROCESSING
