@@ -59,7 +59,6 @@ from poolx.serialization import (
     SignedSerializer,
 )
 from poolx.task import (
-    CANCELLED_ERROR,
     Deferred,
     DuplicateTask,
     FunctionTask,
@@ -564,7 +563,7 @@ class Broker:
             return message
         try:
             value = self.deserialize(message)
-            return _cancelled(task.name, self.name, task.id) if value is TASK_CANCELLED else value
+            return TaskCancelled(task.name, self.name, task.id) if value is TASK_CANCELLED else value
         except Exception as err:
             log.error("cannot deserialize result of %s [%s:%s]", task.name, self.name, task.id)
             return TaskFailure(
@@ -656,7 +655,7 @@ class Broker:
                         arg_name, self.name, arg_id, "task expired before a result was returned"
                     )
                 elif value is TASK_CANCELLED:
-                    value = _cancelled(arg_name, self.name, arg_id)
+                    value = TaskCancelled(arg_name, self.name, arg_id)
                 if isinstance(value, TaskFailure):
                     failures.append(value)
                 values[arg_id] = value
@@ -810,10 +809,6 @@ def _final(task: FunctionTask, failure: TaskFailure) -> TaskFailure:
     final = failure.replace(error=f"{failure.error} ({attempts} {word})")
     final.attempts = attempts
     return final
-
-
-def _cancelled(name: str, queue: str, task_id: str) -> TaskCancelled:
-    return TaskCancelled(name, queue, task_id, CANCELLED_ERROR)
 
 
 def _expired(task: Any, queue: str) -> TaskExpired:

@@ -1145,6 +1145,9 @@ class TaskCancelled(TaskFailure):
     never ran, or its worker was terminated.  Recognise it by type; its
     error text is :data:`CANCELLED_ERROR`."""
 
+    def __init__(self, task_name: str, queue: str, task_id: str, error: str = CANCELLED_ERROR) -> None:
+        super().__init__(task_name, queue, task_id, error)
+
 
 _option_properties(Task)
 _option_properties(FunctionTask)

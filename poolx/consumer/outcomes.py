@@ -46,7 +46,6 @@ from poolx.exceptions import (
     WorkerLostError,
 )
 from poolx.task import (
-    CANCELLED_ERROR,
     FunctionTask,
     TaskCancelled,
     TaskExpired,
@@ -161,7 +160,7 @@ def cancelled(task: FunctionTask, queue_name: str) -> Store:
     :class:`~poolx.task.TaskCancelled` (the backend kept the canceller's,
     so storing this one changes nothing there; it lets the backend forget
     the delivery)."""
-    return Store(TaskCancelled(task.name, queue_name, task.id, CANCELLED_ERROR))
+    return Store(TaskCancelled(task.name, queue_name, task.id))
 
 
 def soft_limit_failure(task: FunctionTask, queue_name: str) -> TaskFailure:
