@@ -78,12 +78,17 @@ class Scheduler:
         :param join: Wait until the thread has ended.
         """
         self._stop.set()
+        # Woken from another thread: with Redis unreachable the wake-up is
+        # retried for retry_timeout, which must not hold up the pool's stop.
+        threading.Thread(target=self._wake, name="poolx-scheduler-wake", daemon=True).start()
+        if join:
+            self.join()
+
+    def _wake(self) -> None:
         try:
             self.broker.taskqueue.wake_periodic(self.id)
         except Exception:  # noqa: BLE001 - its wait ends by itself within seconds
             log.debug("could not wake scheduler %s", self.id, exc_info=True)
-        if join:
-            self.join()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the thread ended.

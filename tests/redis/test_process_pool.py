@@ -188,3 +188,20 @@ def test_redis_reconnects_are_counted_and_exported(private_redis, start_pool):  
     assert q.wt.num("2").wait(WAIT)
     wait_until(lambda: reconnects() >= 1, WAIT)
     assert broker.taskqueue.reconnects >= 1
+
+
+def test_stop_is_bounded_when_redis_went_away_with_a_scheduler(private_redis, start_pool):  # noqa: F811
+    """The scheduler's wake-up on stop must not retry for retry_timeout (30 s)
+    before the consumer is even asked to stop."""
+    server = private_redis()
+    broker = get_broker(server.url)
+    pool = start_pool(broker, tasks.init, workers=1, scheduler=True)
+    assert get_queue(server.url).wt.num(1).wait(WAIT)
+    wait_until(lambda: pool.scheduler is not None and pool.scheduler.running
+               and broker.taskqueue.client.zcard(broker.taskqueue._key + "pwatch"), WAIT)
+    server.kill()
+    started = time.monotonic()
+    assert pool.stop()
+    elapsed = time.monotonic() - started
+    assert elapsed < 3 * STOP_RETRY_TIMEOUT, elapsed
+    assert not pool.scheduler.running
