@@ -23,7 +23,7 @@ load) is logged once per version and skipped; the others keep running.  A
 backend that fails (Redis unreachable beyond its retries) is logged and
 retried after a back-off that waits on the stop event.
 
-Layer L6: uses :mod:`poolx.core` (the broker) only.
+Layer L6: uses :mod:`poolx.core` (the broker) and :mod:`poolx.periodic`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import time
 from typing import Any
 
 from poolx.checks import backoff_delay
+from poolx.periodic import PeriodicEntryError
 
 __all__ = ["Scheduler", "IDLE_WAIT"]
 
@@ -141,13 +142,10 @@ class Scheduler:
             try:
                 if self.broker.run_periodic(entry, now + time.monotonic() - read_at):
                     self.enqueued += 1
-            except Exception as err:
-                if not isinstance(err, (ConnectionError, TimeoutError)):  # the backend: retry
-                    log.error("periodic entry %r cannot run (skipped until it is registered "
-                              "again)", entry.name, exc_info=True)
-                    self._skipped[entry.name] = entry.version
-                    continue
-                raise
+            except PeriodicEntryError:  # any other error is the backend's: retried
+                log.error("periodic entry %r cannot run (skipped until it is registered "
+                          "again)", entry.name, exc_info=True)
+                self._skipped[entry.name] = entry.version
         if claimed or self._stop.is_set():
             return  # read again: the claims moved the entries on
         if earliest is None:

@@ -337,6 +337,28 @@ def test_an_entry_that_cannot_run_is_skipped_and_the_others_go_on(url, ticks, ca
         ticks.wait_for("foreign", 1)
 
 
+def test_a_backend_error_during_a_claim_is_retried_not_a_reason_to_skip(url, ticks):
+    """A claim the backend refused for a moment (Redis: OOM, a script error)
+    is tried again; the entry is not skipped as if it could not be built."""
+    broker = _broker(url, ticks)
+    store = broker.taskqueue
+    real = store.claim_periodic
+    refused = threading.Event()
+
+    def claim(*args: Any) -> bool:
+        if not refused.is_set():
+            refused.set()
+            raise RuntimeError("OOM command not allowed when used memory > 'maxmemory'")
+        return real(*args)
+
+    store.claim_periodic = claim
+    broker.periodic(broker.queue().pt.tick, every=PERIOD, name="refused")
+    with scheduling(broker):
+        runs = ticks.wait_for("refused", 2)
+    assert refused.is_set()
+    assert len({due for _, due, _, _, _ in runs}) == len(runs)
+
+
 # -- the schedules ------------------------------------------------------------------------
 
 
