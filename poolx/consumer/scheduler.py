@@ -21,7 +21,8 @@ clock, measured from when the entries were read.  An entry whose run cannot
 be built (a spec signed with another secret, a class this process cannot
 load) is logged once per version and skipped; the others keep running.  A
 backend that fails (Redis unreachable beyond its retries) is logged and
-retried after a back-off that waits on the stop event.
+retried after a back-off that waits on the stop event; one without periodic
+tasks (NotImplementedError) is logged once and the thread ends.
 
 Layer L6: uses :mod:`poolx.core` (the broker) and :mod:`poolx.periodic`.
 """
@@ -116,6 +117,9 @@ class Scheduler:
             try:
                 self._step()
                 failures = 0
+            except NotImplementedError as err:  # retrying cannot help
+                log.error("scheduler %s stops: %s", self.id, err)
+                break
             except Exception:
                 failures += 1
                 log.error("scheduler %s: reading or claiming periodic entries failed",

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from poolx import Retry, Task, TaskSpace, get_broker
+from poolx.consumer.scheduler import Scheduler
 from poolx.core import register_backend
 from poolx.exceptions import ExtraNotInstalled
 from poolx.periodic import Schedule
@@ -403,7 +404,7 @@ class _Plain(AbstractTaskQueue):
         return 0
 
 
-def test_a_backend_without_periodic_tasks_says_so():
+def test_a_backend_without_periodic_tasks_says_so(caplog):
     register_backend("plainperiodic", _Plain)
     try:
         broker = get_broker("plainperiodic://x")
@@ -411,5 +412,13 @@ def test_a_backend_without_periodic_tasks_says_so():
             broker.periodic(broker.queue().pt.tick, every=1)
         assert broker.unperiodic("x") is False
         assert broker.periodic_entries() == []
+        # A scheduler on it says so once and ends (not a traceback every few seconds).
+        scheduler = Scheduler(broker)
+        scheduler.start()
+        ended = scheduler.join(WAIT)
+        scheduler.stop()
+        assert ended
+        said = [r for r in caplog.records if "cannot store periodic tasks" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelname == "ERROR"
     finally:
         registry.unregister("plainperiodic")
