@@ -148,7 +148,6 @@ def test_expired_scheduler_registrations_are_dropped_without_entry_changes(url, 
         store.periodic_entries(gone)
     [(_last, expires)] = store.client.zrange(store._key + "pwatch", -1, -1, withscores=True)
 
-
     def server_ms() -> int:
         seconds, micros = store.client.time()
         return seconds * 1000 + micros // 1000
