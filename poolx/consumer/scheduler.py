@@ -37,6 +37,7 @@ import time
 from typing import Any
 
 from poolx.checks import backoff_delay
+from poolx.consumer import log_failure
 from poolx.periodic import PeriodicEntryError
 
 __all__ = ["Scheduler", "IDLE_WAIT"]
@@ -122,8 +123,8 @@ class Scheduler:
                 break
             except Exception:
                 failures += 1
-                log.error("scheduler %s: reading or claiming periodic entries failed",
-                          self.id, exc_info=True)
+                log_failure(log, "scheduler %s: reading or claiming periodic entries failed",
+                            self.id)
                 self._stop.wait(backoff_delay(failures - 1, cap=MAX_BACKOFF))
         log.info("scheduler %s stopped", self.id)
 
