@@ -360,6 +360,29 @@ def test_a_backend_error_during_a_claim_is_retried_not_a_reason_to_skip(url, tic
     assert len({due for _, due, _, _, _ in runs}) == len(runs)
 
 
+def test_a_claim_sent_again_enqueues_nothing_more(url):
+    """redis:// retries a script call whose reply was lost: the repeated
+    claim finds the entry moved on and enqueues no second run."""
+    broker = get_broker(url)
+    broker.periodic(broker.queue().pt.tick, every=PERIOD, name="again")
+    [entry] = broker.periodic_entries()
+    wait_until(lambda: broker.taskqueue.periodic_entries()[0] >= entry.next_run, WAIT)
+    store = broker.taskqueue
+    sent: list[tuple[Any, ...]] = []
+    real = store.claim_periodic
+
+    def claim(*args: Any) -> bool:
+        sent.append(args)
+        return real(*args)
+
+    store.claim_periodic = claim
+    assert broker.run_periodic(entry, entry.next_run) is True
+    assert real(*sent[0]) is False  # the same call again
+    assert len(broker) == 1
+    [moved] = broker.periodic_entries()
+    assert moved.next_run == pytest.approx(entry.next_run + PERIOD, abs=0.002)
+
+
 # -- the schedules ------------------------------------------------------------------------
 
 
