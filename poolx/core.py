@@ -48,7 +48,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from poolx.const import DEFAULT, STATUS_VALUES, TASK_CANCELLED, TASK_EXPIRED
-from poolx.periodic import Schedule
+from poolx.periodic import PeriodicEntryError, Schedule
 from poolx.queue.base import AbstractTaskQueue, PeriodicEntry
 from poolx.queue.registry import registry
 from poolx.queue.urls import redact_url
@@ -781,16 +781,22 @@ class Broker:
         The run's task id is ``<entry name>@<due time in ms>``.
 
         :returns: True if this call enqueued it.
-        :raises Exception: if the entry cannot be read (a different secret,
-            a damaged spec): the caller logs it and skips that version.
+        :raises poolx.periodic.PeriodicEntryError: if the entry cannot be
+            read (a different secret, a damaged spec): the caller logs it and
+            skips that version.  Errors of the backend's claim propagate as
+            they are (the caller retries them).
         """
-        schedule = Schedule.from_text(entry.schedule)
-        spec = self.serializer.loads(entry.spec)
-        options = dict(spec["options"], id=f"{entry.name}@{round(entry.next_run * 1000)}")
-        run = FunctionTask(entry.task, tuple(spec["args"]), dict(spec["kwargs"]), options)
-        message, _pending = self._task_message(run)
-        claimed = self._taskqueue.claim_periodic(
-            entry, schedule.next_after(entry.next_run, now), Deferred(self, run), message)
+        try:
+            schedule = Schedule.from_text(entry.schedule)
+            spec = self.serializer.loads(entry.spec)
+            options = dict(spec["options"], id=f"{entry.name}@{round(entry.next_run * 1000)}")
+            run = FunctionTask(entry.task, tuple(spec["args"]), dict(spec["kwargs"]), options)
+            message, _pending = self._task_message(run)
+            following = schedule.next_after(entry.next_run, now)
+        except Exception as err:
+            raise PeriodicEntryError(
+                f"periodic entry {entry.name!r} cannot run: {type(err).__name__}: {err}") from err
+        claimed = self._taskqueue.claim_periodic(entry, following, Deferred(self, run), message)
         if claimed:
             log.debug("periodic %s: enqueued %s [%s:%s]", entry.name, run.name, self.name, run.id)
         return claimed

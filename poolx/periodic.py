@@ -3,7 +3,8 @@
 Owned here: :class:`Schedule` — ``every=`` seconds or a ``cron=``
 expression (read by croniter, the ``cron`` extra) — turned into the text a
 backend stores with the entry and back, and the one rule for the next tick:
-:meth:`Schedule.next_after`.
+:meth:`Schedule.next_after`; and :class:`PeriodicEntryError`, a stored entry
+whose run cannot be built here (as opposed to a backend that failed).
 
 Missed ticks.  A scheduler claims a tick only when it is due; the claim
 moves the entry's next run to the first tick *after the claim's time*.  So
@@ -25,10 +26,17 @@ from typing import Any
 from poolx.checks import check_seconds
 from poolx.exceptions import ExtraNotInstalled
 
-__all__ = ["Schedule"]
+__all__ = ["Schedule", "PeriodicEntryError"]
 
 _EVERY = "every "
 _CRON = "cron "
+
+
+class PeriodicEntryError(ValueError):
+    """A stored periodic entry whose run cannot be built in this process
+    (its spec was signed with another secret, names a class this process
+    cannot load, or its schedule needs croniter): a scheduler skips that
+    version of the entry, unlike a backend error, which it retries."""
 
 
 def _croniter() -> Any:

@@ -21,9 +21,10 @@ clock, measured from when the entries were read.  An entry whose run cannot
 be built (a spec signed with another secret, a class this process cannot
 load) is logged once per version and skipped; the others keep running.  A
 backend that fails (Redis unreachable beyond its retries) is logged and
-retried after a back-off that waits on the stop event.
+retried after a back-off that waits on the stop event; one without periodic
+tasks (NotImplementedError) is logged once and the thread ends.
 
-Layer L6: uses :mod:`poolx.core` (the broker) only.
+Layer L6: uses :mod:`poolx.core` (the broker) and :mod:`poolx.periodic`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import time
 from typing import Any
 
 from poolx.checks import backoff_delay
+from poolx.consumer import log_failure
+from poolx.periodic import PeriodicEntryError
 
 __all__ = ["Scheduler", "IDLE_WAIT"]
 
@@ -78,12 +81,17 @@ class Scheduler:
         :param join: Wait until the thread has ended.
         """
         self._stop.set()
+        # Woken from another thread: with Redis unreachable the wake-up is
+        # retried for retry_timeout, which must not hold up the pool's stop.
+        threading.Thread(target=self._wake, name="poolx-scheduler-wake", daemon=True).start()
+        if join:
+            self.join()
+
+    def _wake(self) -> None:
         try:
             self.broker.taskqueue.wake_periodic(self.id)
         except Exception:  # noqa: BLE001 - its wait ends by itself within seconds
             log.debug("could not wake scheduler %s", self.id, exc_info=True)
-        if join:
-            self.join()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the thread ended.
@@ -110,10 +118,13 @@ class Scheduler:
             try:
                 self._step()
                 failures = 0
+            except NotImplementedError as err:  # retrying cannot help
+                log.error("scheduler %s stops: %s", self.id, err)
+                break
             except Exception:
                 failures += 1
-                log.error("scheduler %s: reading or claiming periodic entries failed",
-                          self.id, exc_info=True)
+                log_failure(log, "scheduler %s: reading or claiming periodic entries failed",
+                            self.id)
                 self._stop.wait(backoff_delay(failures - 1, cap=MAX_BACKOFF))
         log.info("scheduler %s stopped", self.id)
 
@@ -136,13 +147,10 @@ class Scheduler:
             try:
                 if self.broker.run_periodic(entry, now + time.monotonic() - read_at):
                     self.enqueued += 1
-            except Exception as err:
-                if not isinstance(err, (ConnectionError, TimeoutError)):  # the backend: retry
-                    log.error("periodic entry %r cannot run (skipped until it is registered "
-                              "again)", entry.name, exc_info=True)
-                    self._skipped[entry.name] = entry.version
-                    continue
-                raise
+            except PeriodicEntryError:  # any other error is the backend's: retried
+                log.error("periodic entry %r cannot run (skipped until it is registered "
+                          "again)", entry.name, exc_info=True)
+                self._skipped[entry.name] = entry.version
         if claimed or self._stop.is_set():
             return  # read again: the claims moved the entries on
         if earliest is None:

@@ -839,6 +839,9 @@ elseif cmd == 'plist' then
   local now = now_ms()
   if ARGV[2] ~= '' then
     redis.call('DEL', P .. 'pw:' .. ARGV[2])
+    -- (registrations of schedulers gone meanwhile expire here too, not only
+    -- when an entry changes)
+    redis.call('ZREMRANGEBYSCORE', P .. 'pwatch', '-inf', now)
     redis.call('ZADD', P .. 'pwatch', now + tonumber(ARGV[3]), ARGV[2])
   end
   local out = {now}

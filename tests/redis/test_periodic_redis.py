@@ -135,6 +135,29 @@ def test_scheduler_wake_ups_are_bookkept(url):
     assert store.client.llen(store._key + "pw:s1") == 0
 
 
+def test_expired_scheduler_registrations_are_dropped_without_entry_changes(url, monkeypatch):
+    """Schedulers that stopped (workers restarted) leave their registration;
+    it is dropped once expired even if no entry ever changes again."""
+    import poolx.queue.redis as backend
+
+    broker = get_broker(url)
+    broker.periodic(broker.queue().rt.square, every=60, name="e")  # stored once, never again
+    store = broker.taskqueue
+    monkeypatch.setattr(backend, "PERIODIC_WATCH", 0.05)
+    for gone in ("old1", "old2", "old3"):  # three schedulers that came and went
+        store.periodic_entries(gone)
+    [(_last, expires)] = store.client.zrange(store._key + "pwatch", -1, -1, withscores=True)
+
+    def server_ms() -> int:
+        seconds, micros = store.client.time()
+        return seconds * 1000 + micros // 1000
+
+    wait_until(lambda: server_ms() > expires, WAIT)  # by the server's clock
+    monkeypatch.setattr(backend, "PERIODIC_WATCH", 60.0)
+    store.periodic_entries("live")
+    assert _scheduler_ids(broker) == ["live"]
+
+
 @pytest.mark.soak
 @pytest.mark.timeout(300)
 def test_two_schedulers_race_for_a_minute(url):

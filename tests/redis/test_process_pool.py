@@ -188,3 +188,26 @@ def test_redis_reconnects_are_counted_and_exported(private_redis, start_pool):  
     assert q.wt.num("2").wait(WAIT)
     wait_until(lambda: reconnects() >= 1, WAIT)
     assert broker.taskqueue.reconnects >= 1
+
+
+def test_stop_is_bounded_when_redis_went_away_with_a_scheduler(private_redis, start_pool,  # noqa: F811
+                                                               caplog):
+    """The scheduler's wake-up on stop must not retry for retry_timeout (30 s)
+    before the consumer is even asked to stop; its failures are one line each."""
+    server = private_redis()
+    broker = get_broker(server.url)
+    pool = start_pool(broker, tasks.init, workers=1, scheduler=True)
+    assert get_queue(server.url).wt.num(1).wait(WAIT)
+    wait_until(lambda: pool.scheduler is not None and pool.scheduler.running
+               and broker.taskqueue.client.zcard(broker.taskqueue._key + "pwatch"), WAIT)
+    server.kill()
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        assert pool.stop()
+    elapsed = time.monotonic() - started
+    assert elapsed < 3 * STOP_RETRY_TIMEOUT, elapsed
+    assert not pool.scheduler.running
+    failed = [r for r in caplog.records if "reading or claiming periodic entries failed"
+              in r.getMessage()]
+    assert failed and "RedisUnavailable" in failed[0].getMessage()
+    assert "Traceback" not in caplog.text

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from poolx import Retry, Task, TaskSpace, get_broker
+from poolx.consumer.scheduler import Scheduler
 from poolx.core import register_backend
 from poolx.exceptions import ExtraNotInstalled
 from poolx.periodic import Schedule
@@ -337,6 +338,51 @@ def test_an_entry_that_cannot_run_is_skipped_and_the_others_go_on(url, ticks, ca
         ticks.wait_for("foreign", 1)
 
 
+def test_a_backend_error_during_a_claim_is_retried_not_a_reason_to_skip(url, ticks):
+    """A claim the backend refused for a moment (Redis: OOM, a script error)
+    is tried again; the entry is not skipped as if it could not be built."""
+    broker = _broker(url, ticks)
+    store = broker.taskqueue
+    real = store.claim_periodic
+    refused = threading.Event()
+
+    def claim(*args: Any) -> bool:
+        if not refused.is_set():
+            refused.set()
+            raise RuntimeError("OOM command not allowed when used memory > 'maxmemory'")
+        return real(*args)
+
+    store.claim_periodic = claim
+    broker.periodic(broker.queue().pt.tick, every=PERIOD, name="refused")
+    with scheduling(broker):
+        runs = ticks.wait_for("refused", 2)
+    assert refused.is_set()
+    assert len({due for _, due, _, _, _ in runs}) == len(runs)
+
+
+def test_a_claim_sent_again_enqueues_nothing_more(url):
+    """redis:// retries a script call whose reply was lost: the repeated
+    claim finds the entry moved on and enqueues no second run."""
+    broker = get_broker(url)
+    broker.periodic(broker.queue().pt.tick, every=PERIOD, name="again")
+    [entry] = broker.periodic_entries()
+    wait_until(lambda: broker.taskqueue.periodic_entries()[0] >= entry.next_run, WAIT)
+    store = broker.taskqueue
+    sent: list[tuple[Any, ...]] = []
+    real = store.claim_periodic
+
+    def claim(*args: Any) -> bool:
+        sent.append(args)
+        return real(*args)
+
+    store.claim_periodic = claim
+    assert broker.run_periodic(entry, entry.next_run) is True
+    assert real(*sent[0]) is False  # the same call again
+    assert len(broker) == 1
+    [moved] = broker.periodic_entries()
+    assert moved.next_run == pytest.approx(entry.next_run + PERIOD, abs=0.002)
+
+
 # -- the schedules ------------------------------------------------------------------------
 
 
@@ -381,7 +427,7 @@ class _Plain(AbstractTaskQueue):
         return 0
 
 
-def test_a_backend_without_periodic_tasks_says_so():
+def test_a_backend_without_periodic_tasks_says_so(caplog):
     register_backend("plainperiodic", _Plain)
     try:
         broker = get_broker("plainperiodic://x")
@@ -389,5 +435,13 @@ def test_a_backend_without_periodic_tasks_says_so():
             broker.periodic(broker.queue().pt.tick, every=1)
         assert broker.unperiodic("x") is False
         assert broker.periodic_entries() == []
+        # A scheduler on it says so once and ends (not a traceback every few seconds).
+        scheduler = Scheduler(broker)
+        scheduler.start()
+        ended = scheduler.join(WAIT)
+        scheduler.stop()
+        assert ended
+        said = [r for r in caplog.records if "cannot store periodic tasks" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelname == "ERROR"
     finally:
         registry.unregister("plainperiodic")
