@@ -319,12 +319,24 @@ from poolx.pool.process import skip_resource_tracker
 def children():
     return [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
 
+def wait_for(ready, go):
+    ready.set()
+    go.wait(30)
+
 if __name__ == "__main__":
     if sys.argv[1] == "skip":
         assert skip_resource_tracker() is True
-    with multiprocessing.get_context("forkserver").Pool(1) as pool:
-        assert pool.apply(abs, (-1,)) == 1
-        running = children()
+    # A plain Process, not the standard library's Pool (whose terminate()
+    # at the end of a with-block hangs now and then under forkserver).
+    ctx = multiprocessing.get_context("forkserver")
+    ready, go = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=wait_for, args=(ready, go))
+    child.start()
+    assert ready.wait(30)
+    running = children()
+    go.set()
+    child.join(30)
+    assert child.exitcode == 0
     print(sum("resource_tracker import main" in c for c in running), len(running))
     print(skip_resource_tracker())
 """
@@ -343,3 +355,32 @@ def test_skip_resource_tracker(tmp_path, skip):
     trackers, processes = map(int, counts.split())
     assert (trackers, processes) == ((0, 2) if skip else (1, 3)), out.stdout  # forkserver + worker (+ tracker)
     assert again == "False"
+
+
+_FIRST_SIGINT = """
+import multiprocessing, signal, sys
+
+def first_handler():
+    sys.exit(0 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else 1)
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["poolx.pool.ignore_sigterm"])
+    child = ctx.Process(target=first_handler)
+    child.start()
+    child.join(30)
+    print(child.exitcode)
+"""
+
+
+def test_a_poolx_worker_forkserver_starts_its_workers_ignoring_sigint(tmp_path):
+    """CTRL+C while a ``poolx worker`` worker was still starting (before its
+    initializer ignored SIGINT) killed it with KeyboardInterrupt: the
+    forkserver hands its own handlers to each child, so the preload module
+    ignores SIGINT there too.  Checked by a plain forkserver child, which
+    sets no handler of its own."""
+    script = tmp_path / "first_sigint.py"
+    script.write_text(_FIRST_SIGINT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0", out.stdout
