@@ -41,6 +41,7 @@
 --                         its reply lost, gets the same tasks again)
 --     P cx:<ref>   STRING a processing task was cancelled: the owner of the
 --                         delivery that must stop and the record's nonce
+--                         (only the owner is compared once the record is gone)
 --                         (expires like a lease; the task's heartbeats renew it)
 --     P cn:<consumer>  LIST  cancel notices for a consumer (refs): its
 --                         watcher blocks on it while it runs tasks
@@ -932,13 +933,21 @@ elseif cmd == 'cxcheck' then
   -- consumer, then (ref, owner) pairs of the tasks it holds -> the refs
   -- among them that were cancelled.  The consumer's notices are dropped:
   -- this call looked at all it holds.  The markers stay (renew keeps them
-  -- while the task's heartbeats come) until they expire.
+  -- while the task's heartbeats come) until they expire.  A marker names
+  -- the record's nonce so that a new record under the same id is not hit;
+  -- once the record is gone (its cancelled outcome was read, which may
+  -- well happen before this call), no new record is there to spare, and
+  -- the owner alone says whether this delivery is the one cancelled.
   redis.call('DEL', P .. 'cn:' .. ARGV[2])
   local out = {}
   for i = 3, #ARGV, 2 do
     local mark = redis.call('GET', P .. 'cx:' .. ARGV[i])
-    if mark and mark == ARGV[i + 1] .. ' ' .. (redis.call('HGET', rkey(ARGV[i]), 'n') or '') then
-      out[#out + 1] = ARGV[i]
+    if mark then
+      local owner, nonce = ARGV[i + 1] .. ' ', redis.call('HGET', rkey(ARGV[i]), 'n')
+      if (nonce and mark == owner .. nonce)
+          or (not nonce and string.sub(mark, 1, #owner) == owner) then
+        out[#out + 1] = ARGV[i]
+      end
     end
   end
   return out

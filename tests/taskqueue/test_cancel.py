@@ -352,6 +352,21 @@ def test_a_running_task_in_a_process_pool_is_killed(url, tmp_path):
         assert consumer.join(WAIT)
 
 
+def test_a_running_task_whose_cancelled_outcome_was_read_is_still_reported(url, calls):
+    """The canceller reads the cancelled outcome (which frees the id) before
+    the consumer's watcher looks: the consumer still holds the cancelled
+    delivery and must still be told to stop it (on a cluster the watcher is
+    often the slower one)."""
+    broker, _ = calls
+    queue = broker.taskqueue
+    res = broker.queue().cx.echo(1)
+    task_id, _message = queue.get(WAIT)
+    assert task_id == res.id
+    assert get_broker(url).cancel(res.id) is True
+    _cancelled(res)  # read before the watcher's look
+    assert broker.cancelled_tasks([res.id], WAIT) == [res.id]
+
+
 # -- a cancel stops only the delivery it was meant for ---------------------------------
 
 
