@@ -13,8 +13,8 @@ import threading
 import pytest
 
 import poolx
-from poolx.engine import api
-from poolx.exceptions import PoolTerminated, TimeLimitExceeded, WorkerLostError
+from poolx.engine import supervisor
+from poolx.exceptions import PoolTerminated, RestartFreqExceeded, TimeLimitExceeded, WorkerLostError
 from tests.conftest import wait_until
 from tests.engine import helpers
 
@@ -55,7 +55,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def test_a_slow_pickle_does_not_delay_timeouts_nor_the_death_of_workers(fork_ctx, monkeypatch):
-    monkeypatch.setattr(api, "EAGER_BYTES", 0)  # every call is pickled late
+    monkeypatch.setattr(supervisor, "EAGER_BYTES", 0)  # every call is pickled late
     release = threading.Event()
     slow = WaitsToPickle(release)
     pids: list[int] = []
@@ -82,7 +82,7 @@ def test_a_slow_pickle_does_not_delay_timeouts_nor_the_death_of_workers(fork_ctx
 def test_an_argument_pickled_under_a_lock_its_caller_holds_stalls_only_its_job(fork_ctx, monkeypatch):
     """The caller holds an RLock that the argument's pickling takes, and
     waits for a result: the pickle waits for the caller, the pool does not."""
-    monkeypatch.setattr(api, "EAGER_BYTES", 0)
+    monkeypatch.setattr(supervisor, "EAGER_BYTES", 0)
     lock = threading.RLock()
     with poolx.Pool(2, context=fork_ctx) as pool:
         with lock:
@@ -100,7 +100,7 @@ def test_terminate_returns_while_the_pickler_is_stuck(fork_ctx, monkeypatch):
     """A pickle that never ends does not keep terminate() from killing the
     workers and failing every job not done (the stuck pickler thread stays
     blocked until the pickle returns; then it drops what it made)."""
-    monkeypatch.setattr(api, "EAGER_BYTES", 0)
+    monkeypatch.setattr(supervisor, "EAGER_BYTES", 0)
     release = threading.Event()
     never = WaitsToPickle(release)
     pool = poolx.Pool(2, context=fork_ctx)
@@ -124,7 +124,7 @@ def test_terminate_returns_while_the_pickler_is_stuck(fork_ctx, monkeypatch):
 def test_jobs_behind_a_late_pickle_are_sent_after_it(fork_ctx, monkeypatch, tmp_path):
     """Dispatch stays in submission order: calls pickled early (a map's
     chunks) wait for an earlier call whose arguments are being pickled."""
-    monkeypatch.setattr(api, "EAGER_BYTES", 0)
+    monkeypatch.setattr(supervisor, "EAGER_BYTES", 0)
     log = str(tmp_path / "log")
     release = threading.Event()
     slow = WaitsToPickle(release, 9)
@@ -142,3 +142,27 @@ def test_jobs_behind_a_late_pickle_are_sent_after_it(fork_ctx, monkeypatch, tmp_
         late.get(30)
         chunks.get(30)
     assert list(helpers.logged_runs(log)) == [0, 9, 1, 2]
+
+
+def test_a_pool_that_breaks_fails_a_call_whose_pickle_waits(fork_ctx, monkeypatch):
+    monkeypatch.setattr(supervisor, "EAGER_BYTES", 0)
+    release = threading.Event()
+    slow = WaitsToPickle(release)
+    with poolx.Pool(1, context=fork_ctx, initializer=helpers.failing_initializer,
+                    max_restarts=2, max_restart_freq=60) as pool:
+        try:
+            stuck = pool.apply_async(len, (slow,))
+            assert slow.started.wait(30)
+            with pytest.raises(RestartFreqExceeded):
+                stuck.get(30)
+        finally:
+            release.set()
+
+
+def test_close_and_join_wait_for_the_calls_pickled_late(fork_ctx, monkeypatch):
+    monkeypatch.setattr(supervisor, "EAGER_BYTES", 0)
+    pool = poolx.Pool(2, context=fork_ctx)
+    results = [pool.apply_async(helpers.square, (i,)) for i in range(50)]
+    pool.close()
+    assert pool.join(30)
+    assert [r.get(0) for r in results] == [i * i for i in range(50)]
