@@ -99,7 +99,7 @@ def test_an_argument_pickled_under_a_lock_its_caller_holds_stalls_only_its_job(f
 def test_terminate_returns_while_the_pickler_is_stuck(fork_ctx, monkeypatch):
     """A pickle that never ends does not keep terminate() from killing the
     workers and failing every job not done (the stuck pickler thread stays
-    blocked until the pickle returns; then it drops what it made)."""
+    blocked until the pickle returns; then it exits)."""
     monkeypatch.setattr(supervisor, "EAGER_BYTES", 0)
     release = threading.Event()
     never = WaitsToPickle(release)
@@ -116,9 +116,13 @@ def test_terminate_returns_while_the_pickler_is_stuck(fork_ctx, monkeypatch):
                 result.get(10)
         assert pool.join(10)
         assert not any(_pid_alive(pid) for pid in pids)
+        pickler = pool._supervisor.late._thread
+        assert pickler is not None and pickler.is_alive()
     finally:
         release.set()
         pool.terminate()
+    pickler.join(30)
+    assert not pickler.is_alive()
 
 
 def test_jobs_behind_a_late_pickle_are_sent_after_it(fork_ctx, monkeypatch, tmp_path):
