@@ -17,7 +17,7 @@ Data flow::
     drain: a job with its call unpickled,
       or any job behind one ──▶ lane (in order)
                       its call ──▶ todo ──────▶ waits while the bytes ahead of it
-                                                (pickled, waiting to be sent) >= the window;
+                                                (pickled, waiting to be sent) >= AHEAD_BYTES;
                                                 pickles the call (user code)
     collect ◀── made + the supervisor's wake-up ◀┘
       the lane's head pickled: it and the pickled
@@ -29,11 +29,12 @@ Who owns what: the :class:`LatePickler` belongs to the
 :class:`~poolx.engine.supervisor.Supervisor`.  Its *lane* — the jobs from the
 first one whose call waits to be pickled on, in submission order, so that
 dispatch stays in submission order — is touched only by the supervisor
-thread.  The *todo* (calls to pickle) and *made* (pickles made, or the
+thread.  The *todo* (the jobs whose call to pickle) and *made* (pickles made, or the
 exceptions pickling raised) are shared with the pickler thread under one
 condition, which nobody holds while running user code.  The pickler thread
 is started with the first late call and told to stop with the pool; it
-never touches a job, only the call handed to it.  A pickle that never
+only reads a job's call, which the supervisor changes only when the job
+ends or once the thread made its pickle.  A pickle that never
 returns blocks only that daemon thread: ``terminate()`` ends the lane's
 jobs without it, and whatever it makes afterwards is released.  A forked
 child's copy of a pool never runs the pickler: only the parent's supervisor
@@ -45,9 +46,15 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from poolx.engine.jobs import Job
+
+AHEAD_BYTES = 1 << 20
+"""The pickler makes pickles while less than this (or the pool's eager
+window, if smaller) waits to be sent before the lane's head: enough for a
+few dispatch rounds, so the workers never wait for it, and no more, so
+that a burst of late calls holds about what the standard library holds
+(it pickles as its pipe drains)."""
 
 # A call, then what pickling it made: (job, payload, flags, exception).
 Made = tuple[Job, bytes | None, int, BaseException | None]
@@ -70,16 +77,18 @@ class LatePickler:
         # release(payload): a pickle nobody will send.
         self._dumps = dumps
         self._waiting_bytes = waiting_bytes
-        self._window = window
+        self._window = min(window, AHEAD_BYTES)
         self._delivered = delivered
         self._release = release
         # Supervisor thread only.
         self.lane: deque[Job] = deque()
         self.behind_bytes = 0  # the waiting_bytes of the pickled jobs in the lane
-        self._fresh: list[tuple[Job, Any]] = []  # admitted, not handed to the thread yet
-        # Shared with the pickler thread, under _cond.
+        self._fresh = False  # jobs added to the todo since the thread was last told
+        # Shared with the pickler thread, under _cond — but the supervisor
+        # appends to the todo without it (a deque's appends and pops are
+        # thread-safe; :meth:`hand_over` then wakes the thread under it).
         self._cond = threading.Condition(threading.Lock())
-        self._todo: deque[tuple[Job, Any]] = deque()
+        self._todo: deque[Job] = deque()  # the jobs whose call to pickle (a job, not a copy of its call)
         self._made: deque[Made] = deque()
         self._stopped = False
         self.wants_room = False  # the thread waits for the bytes ahead of it to drop
@@ -92,7 +101,8 @@ class LatePickler:
         before it does.  (Call :meth:`hand_over` after a batch.)"""
         self.lane.append(job)
         if job.call is not None:
-            self._fresh.append((job, job.call))
+            self._todo.append(job)
+            self._fresh = True
         else:
             self.behind_bytes += job.waiting_bytes
 
@@ -100,17 +110,17 @@ class LatePickler:
         """Give the calls admitted since the last call to the pickler thread."""
         if not self._fresh:
             return
+        self._fresh = False
         with self._cond:
-            self._todo.extend(self._fresh)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="poolx-pickler", daemon=True)
                 self._thread.start()
             self._cond.notify()
-        self._fresh = []
 
     def has_room(self) -> bool:
         """Whether the pickled arguments that will be sent before the lane's
-        head are below the window (or none: a window of 0 pickles one at a time)."""
+        head are below the window (or none: a window of 0 pickles one at a
+        time)."""
         ahead = self._waiting_bytes() - self.behind_bytes
         return ahead < self._window or ahead <= 0
 
@@ -158,7 +168,7 @@ class LatePickler:
         jobs = list(self.lane)
         self.lane.clear()
         self.behind_bytes = 0
-        self._fresh = []
+        self._fresh = False
         with self._cond:
             self._todo.clear()
         return jobs
@@ -175,7 +185,7 @@ class LatePickler:
         for _job, data, _flags, _error in made:
             self._release(data)
         self.lane.clear()
-        self._fresh = []
+        self._fresh = False
 
     # ------------------------------------------------------------------ pickler thread
 
@@ -197,7 +207,12 @@ class LatePickler:
                         self.wants_room = False
                     cond.wait()
                 self.wants_room = False
-                job, call = todo.popleft()
+                job = todo.popleft()
+                # Read once: the supervisor drops it when the job ends (it
+                # changes it only then, or once this thread made its pickle).
+                call = job.call
+            if call is None:
+                continue
             data: bytes | None = None
             flags = 0
             error: BaseException | None = None
