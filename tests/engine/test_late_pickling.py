@@ -170,3 +170,21 @@ def test_close_and_join_wait_for_the_calls_pickled_late(fork_ctx, monkeypatch):
     pool.close()
     assert pool.join(30)
     assert [r.get(0) for r in results] == [i * i for i in range(50)]
+
+
+def test_the_pickler_keeps_only_its_window_of_pickles_ahead_of_the_workers(fork_ctx, monkeypatch, tmp_path):
+    """Late calls are pickled shortly before they are sent, not all at once:
+    with a window of 0, one pickle waits while the worker is busy."""
+    monkeypatch.setattr(supervisor, "EAGER_BYTES", 0)
+    gate = str(tmp_path / "gate")
+    arg = b"a" * 10_000
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=None) as pool:
+        first = pool.apply_async(helpers.gated_len, (gate, b"x"))
+        results = [pool.apply_async(helpers.gated_len, (gate, arg)) for _ in range(50)]
+        late = pool._supervisor.late
+        wait_until(timeout=30, predicate=lambda: late.wants_room and pool.stats()["queued"] == 50)
+        assert 10_000 <= pool._supervisor.call(lambda sup: sup.waiting_bytes) < 11_000
+        with open(gate, "w"):
+            pass
+        assert first.get(60) == 1 and [r.get(60) for r in results] == [10_000] * 50
+        assert pool._supervisor.call(lambda sup: sup.waiting_bytes) == 0
