@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import threading
 
+import psutil
 import pytest
 
 import poolx
@@ -44,14 +45,6 @@ class PicklesUnderLock:
     def __reduce__(self):
         with self.lock:
             return bytes, (b"locked",)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_a_slow_pickle_does_not_delay_timeouts_nor_the_death_of_workers(fork_ctx, monkeypatch):
@@ -115,7 +108,7 @@ def test_terminate_returns_while_the_pickler_is_stuck(fork_ctx, monkeypatch):
             with pytest.raises(PoolTerminated):
                 result.get(10)
         assert pool.join(10)
-        assert not any(_pid_alive(pid) for pid in pids)
+        assert not any(psutil.pid_exists(pid) for pid in pids)
         pickler = pool._supervisor.late._thread
         assert pickler is not None and pickler.is_alive()
     finally:
