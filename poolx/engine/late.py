@@ -29,16 +29,16 @@ Who owns what: the :class:`LatePickler` belongs to the
 :class:`~poolx.engine.supervisor.Supervisor`.  Its *lane* — the jobs from the
 first one whose call waits to be pickled on, in submission order, so that
 dispatch stays in submission order — is touched only by the supervisor
-thread.  The *todo* (the jobs whose call to pickle) and *made* (pickles made, or the
-exceptions pickling raised) are shared with the pickler thread under one
-condition, which nobody holds while running user code.  The pickler thread
-is started with the first late call and told to stop with the pool; it
-only reads a job's call, which the supervisor changes only when the job
-ends or once the thread made its pickle.  A pickle that never
-returns blocks only that daemon thread: ``terminate()`` ends the lane's
-jobs without it, and whatever it makes afterwards is released.  A forked
-child's copy of a pool never runs the pickler: only the parent's supervisor
-thread starts it and hands it work.
+thread.  The *todo* (the jobs whose call to pickle, in order) and *made*
+(the pickles made, or the exceptions pickling raised) are shared with the
+pickler thread under one condition, which nobody holds while running user
+code.  The pickler thread is started with the first late call and told to
+stop with the pool; of a job, it only reads the call, which the supervisor
+changes only when the job ends or once the thread made its pickle.  A
+pickle that never returns blocks only that daemon thread: ``terminate()``
+ends the lane's jobs without it, and whatever it makes afterwards is
+released.  A forked child's copy of a pool never runs the pickler: only the
+parent's supervisor thread starts it and hands it work.
 """
 
 from __future__ import annotations

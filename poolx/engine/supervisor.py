@@ -23,9 +23,11 @@ jobs and commands from other threads), the commands themselves, shutdown and
 the stats snapshot.  It delegates, on its own thread, to parts with one job
 each: :class:`~poolx.engine.workers.WorkerSet` (processes, pipes, births and
 deaths), :class:`~poolx.engine.dispatch.Dispatcher` (the job queue and
-prefetch), :class:`~poolx.engine.limits.LimitKeeper` (time and memory
-limits), :class:`~poolx.engine.health.Health` (when deaths break the pool)
-and :class:`~poolx.engine.timers.TimerHeap`.  Every job ends through
+prefetch), :class:`~poolx.engine.late.LatePickler` (the calls pickled
+late, on a thread of its own: the supervisor never runs pickling code),
+:class:`~poolx.engine.limits.LimitKeeper` (time and memory limits),
+:class:`~poolx.engine.health.Health` (when deaths break the pool) and
+:class:`~poolx.engine.timers.TimerHeap`.  Every job ends through
 :meth:`Supervisor.finish`, which tells the job's sink
 (:class:`~poolx.engine.results.JobSink`) and counts it, by function, in the
 :class:`~poolx.tally.TaskTally` that ``stats()["tasks"]`` shows.
@@ -80,7 +82,7 @@ TERMINATE_GRACE = 0.5  # seconds between SIGTERM and SIGKILL in terminate()
 EAGER_BYTES = 8 << 20
 """Pickled arguments waiting to be sent (bytes) beyond which ``apply_async``
 keeps a job's call unpickled, for the pool's pickler thread to pickle
-once fewer wait (see :attr:`Supervisor.waiting_bytes`)."""
+shortly before it is sent (see :attr:`Supervisor.waiting_bytes`)."""
 
 
 class Supervisor:
@@ -116,7 +118,7 @@ class Supervisor:
                                  self._on_message, self._on_worker_exit, self.segments.spec)
         self.limits = LimitKeeper(self, self.timers, config, self.runner)
         self.dispatcher = Dispatcher(self.workers, self.limits, config.maxtasksperchild)
-        self.eager_bytes = EAGER_BYTES  # (read once per pool: tests set a smaller window)
+        self.eager_bytes = EAGER_BYTES  # (read per pool: tests set a smaller window)
         self.late = LatePickler(self.segments.job_payload, lambda: self.waiting_bytes, self.eager_bytes,
                                 self._late_pickled, self.segments.release)
         self.health = Health(config.max_restarts, config.max_restart_freq)
@@ -169,14 +171,14 @@ class Supervisor:
     @property
     def waiting_bytes(self) -> int:
         """Pickled arguments submitted and not yet sent to a worker (any
-        thread; a snapshot).  Beyond :data:`EAGER_BYTES` (:attr:`eager_bytes`), ``apply_async``
+        thread; a snapshot).  Beyond :attr:`eager_bytes`, ``apply_async``
         stops pickling in the caller's thread: a burst of submissions would
         otherwise hold a pickle per job (100k jobs of one 10 KB argument:
         1 GB) where the standard library, which pickles as its pipe drains,
         holds references.  Such a job is pickled by the pool's pickler
-        thread (:mod:`poolx.engine.late`) once the pickles to be sent before
-        it are below the window again: never on the supervisor thread, which
-        must never wait for user code."""
+        thread (:mod:`poolx.engine.late`) once few pickles are to be sent
+        before it: never on the supervisor thread, which must never wait
+        for user code."""
         return self._bytes_in - self._bytes_ended - self.dispatcher.sent_bytes
 
     def _late_pickled(self, size: int) -> None:
