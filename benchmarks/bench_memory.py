@@ -18,7 +18,8 @@ and the poolx/stdlib ratio.
   read; the parent's
   peak RSS growth.  The standard library pickles as its pipe drains (the
   queue holds references); poolx pickles in the caller's thread until 8 MiB
-  of pickles wait to be sent, then at dispatch.  Target: poolx <= 1.1x.
+  of pickles wait to be sent, then in its pickler thread shortly before
+  each call is sent.  Target: poolx <= 1.1x.
 * ``retained after 100k apply_async``: the RSS kept once every result has
   been read and collected, without and with ``timeout=3600`` (a timer per
   job).  Target: the same with and without a limit.

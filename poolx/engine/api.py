@@ -36,7 +36,7 @@ from poolx.engine.results import (
     JobSink,
     MapResult,
 )
-from poolx.engine.supervisor import EAGER_BYTES, Supervisor
+from poolx.engine.supervisor import Supervisor
 from poolx.exceptions import PoolNotRunning, PoolTerminated
 from poolx.progress import ProgressOption
 from poolx.tally import task_name
@@ -228,11 +228,12 @@ class Pool:
     ) -> Job:
         """A job for ``func(*args, **kwds)``, its call pickled now — or, with
         ``late`` and many pickled arguments waiting to be sent
-        (:data:`~poolx.engine.supervisor.EAGER_BYTES`), when it is
-        dispatched (an argument that cannot be pickled then fails the job)."""
+        (:data:`~poolx.engine.supervisor.EAGER_BYTES`), later by the pool's
+        pickler thread (:mod:`poolx.engine.late`; an argument that cannot be
+        pickled then fails the job)."""
         supervisor = self._supervisor
         data: bytes | None = None
-        if not late or supervisor.waiting_bytes < EAGER_BYTES:
+        if not late or supervisor.waiting_bytes < supervisor.eager_bytes:
             data, extra = supervisor.segments.job_payload(func, args, kwds, mode)
             flags |= extra
         job = Job(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from poolx.checks import MovingAverage, prefetch_depth
@@ -37,13 +36,11 @@ PREFETCH_MAX = 63  # jobs a worker may hold beyond the one it runs
 class Dispatcher:
     """The job queue of one pool, and the policy that empties it."""
 
-    def __init__(self, workers: WorkerSet, limits: LimitKeeper, maxtasksperchild: int | None,
-                 pickle_late: Callable[[Job], bool]) -> None:
+    def __init__(self, workers: WorkerSet, limits: LimitKeeper, maxtasksperchild: int | None) -> None:
         self.queue: deque[Job] = deque()
         self._workers = workers
         self._limits = limits
         self._maxtasks = maxtasksperchild
-        self._pickle_late = pickle_late  # a job queued unpickled: pickle it (False: it failed)
         self.sent_bytes = 0  # the waiting_bytes of the jobs sent (see Supervisor.waiting_bytes)
         self._duration = MovingAverage()  # of job durations (s)
 
@@ -89,8 +86,6 @@ class Dispatcher:
             held = handle.jobs
             for _ in range(count):
                 job = queue.popleft()
-                if job.call is not None and not self._pickle_late(job):
-                    continue  # it failed
                 if job.waiting_bytes:
                     self.sent_bytes += job.waiting_bytes
                     job.waiting_bytes = 0
@@ -101,8 +96,6 @@ class Dispatcher:
                 job.sink.job_sent(pid)
                 if job.timed or job.memory_limit is not None:
                     limits.job_sent(job, handle, now)
-            if not batch:
-                continue
             handle.sent += len(batch)
             self._workers.send(handle, wire.encode_jobs(batch))  # type: ignore[arg-type]
             if maxtasks is not None and handle.sent >= maxtasks:

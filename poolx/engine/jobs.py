@@ -117,8 +117,9 @@ class Job:
         self.name = name  # what the task tally counts it under (poolx.tally.task_name)
         self.counted = False  # counted as started in the tally
         # A job submitted while many pickled arguments wait to be sent keeps
-        # its call (func, args, kwds, mode) unpickled until it is dispatched
-        # (payload None until then); see Supervisor.waiting_bytes.
+        # its call (func, args, kwds, mode) unpickled until the pool's
+        # pickler thread pickled it (payload None until then); see
+        # Supervisor.waiting_bytes and poolx.engine.late.
         self.call: tuple[Any, Any, Any, int] | None = None
         self.waiting_bytes = 0  # its pickled size while it counts in Supervisor.waiting_bytes
 

@@ -23,9 +23,11 @@ jobs and commands from other threads), the commands themselves, shutdown and
 the stats snapshot.  It delegates, on its own thread, to parts with one job
 each: :class:`~poolx.engine.workers.WorkerSet` (processes, pipes, births and
 deaths), :class:`~poolx.engine.dispatch.Dispatcher` (the job queue and
-prefetch), :class:`~poolx.engine.limits.LimitKeeper` (time and memory
-limits), :class:`~poolx.engine.health.Health` (when deaths break the pool)
-and :class:`~poolx.engine.timers.TimerHeap`.  Every job ends through
+prefetch), :class:`~poolx.engine.late.LatePickler` (the calls pickled
+late, on a thread of its own: the supervisor never runs pickling code),
+:class:`~poolx.engine.limits.LimitKeeper` (time and memory limits),
+:class:`~poolx.engine.health.Health` (when deaths break the pool) and
+:class:`~poolx.engine.timers.TimerHeap`.  Every job ends through
 :meth:`Supervisor.finish`, which tells the job's sink
 (:class:`~poolx.engine.results.JobSink`) and counts it, by function, in the
 :class:`~poolx.tally.TaskTally` that ``stats()["tasks"]`` shows.
@@ -62,6 +64,7 @@ from poolx.engine.config import PoolConfig
 from poolx.engine.dispatch import Dispatcher
 from poolx.engine.health import Health, describe_exit
 from poolx.engine.jobs import Job, JobState
+from poolx.engine.late import LatePickler
 from poolx.engine.limits import LimitKeeper
 from poolx.engine.timers import TimerHeap
 from poolx.engine.worker import RUNNING
@@ -78,8 +81,8 @@ __all__ = ["Supervisor"]
 TERMINATE_GRACE = 0.5  # seconds between SIGTERM and SIGKILL in terminate()
 EAGER_BYTES = 8 << 20
 """Pickled arguments waiting to be sent (bytes) beyond which ``apply_async``
-keeps a job's call unpickled until its dispatch (see
-:attr:`Supervisor.waiting_bytes`)."""
+keeps a job's call unpickled, for the pool's pickler thread to pickle
+shortly before it is sent (see :attr:`Supervisor.waiting_bytes`)."""
 
 
 class Supervisor:
@@ -114,7 +117,10 @@ class Supervisor:
         self.workers = WorkerSet(config, self._selector, self.timers, self.runner,
                                  self._on_message, self._on_worker_exit, self.segments.spec)
         self.limits = LimitKeeper(self, self.timers, config, self.runner)
-        self.dispatcher = Dispatcher(self.workers, self.limits, config.maxtasksperchild, self._pickle_late)
+        self.dispatcher = Dispatcher(self.workers, self.limits, config.maxtasksperchild)
+        self.eager_bytes = EAGER_BYTES  # (read per pool: tests set a smaller window)
+        self.late = LatePickler(self.segments.job_payload, lambda: self.waiting_bytes, self.eager_bytes,
+                                self._late_pickled, self.segments.release)
         self.health = Health(config.max_restarts, config.max_restart_freq)
         self.target = config.processes
         self.closing = False
@@ -165,27 +171,36 @@ class Supervisor:
     @property
     def waiting_bytes(self) -> int:
         """Pickled arguments submitted and not yet sent to a worker (any
-        thread; a snapshot).  Beyond :data:`EAGER_BYTES`, ``apply_async``
+        thread; a snapshot).  Beyond :attr:`eager_bytes`, ``apply_async``
         stops pickling in the caller's thread: a burst of submissions would
         otherwise hold a pickle per job (100k jobs of one 10 KB argument:
         1 GB) where the standard library, which pickles as its pipe drains,
-        holds references.  Such a job is pickled when it is dispatched
-        (:meth:`_pickle_late`)."""
+        holds references.  Such a job is pickled by the pool's pickler
+        thread (:mod:`poolx.engine.late`) once few pickles are to be sent
+        before it: never on the supervisor thread, which must never wait
+        for user code."""
         return self._bytes_in - self._bytes_ended - self.dispatcher.sent_bytes
 
-    def _pickle_late(self, job: Job) -> bool:
-        """(Supervisor thread, at dispatch.)  Pickle a job submitted with its
-        call unpickled; False if that failed: the job then fails with the
-        exception, as the standard library fails a job it cannot send."""
-        call, job.call = job.call, None
-        assert call is not None
-        try:
-            job.payload, flags = self.segments.job_payload(*call)
-        except BaseException as exc:  # SystemExit from a __reduce__ too: never the supervisor's end
-            self.finish(job, JobState.FAILED, exc)
-            return False
-        job.flags |= flags
-        return True
+    def _late_pickled(self, size: int) -> None:
+        """(Pickler thread.)  A late pickle of ``size`` bytes is made: count
+        it as waiting (the supervisor takes it with LatePickler.collect)."""
+        with self.lock:
+            self._bytes_in += size
+            if not self._stopped:
+                self._wake()
+
+    def _drop_late_pickle(self, data: bytes | None) -> None:
+        """A late pickle whose job ended while it was made: it is never sent."""
+        if data is None:
+            return
+        self._bytes_ended += len(data)
+        if self.segments.release(data):
+            self.timers.schedule(time.monotonic() + payload.FREE_SECONDS, self.segments.trim)
+
+    def _fail_late_pickle(self, job: Job, error: BaseException) -> None:
+        """A late pickle raised: the job fails with that exception, as the
+        standard library fails a job it cannot send."""
+        self.finish(job, JobState.FAILED, error)
 
     def post(self, command: Callable[..., Any], *args: Any) -> bool:
         """Run ``command(*args)`` on the supervisor thread soon; False if the
@@ -261,6 +276,9 @@ class Supervisor:
                 self._drain()
                 if not self.terminating and self.broken is None:
                     self.dispatcher.dispatch()
+                    # After the sent bytes were counted: see LatePickler._run.
+                    if self.late.wants_room and self.late.has_room():
+                        self.late.wake()
                 self.maintain()
                 if self._done():
                     break
@@ -274,11 +292,12 @@ class Supervisor:
         if self.terminating:
             return not self.workers
         queue = self.dispatcher.queue
-        if self.closing and self.target == 0 and not self.workers and queue:
+        lane = self.late.lane
+        if self.closing and self.target == 0 and not self.workers and (queue or lane):
             error = exceptions.BrokenPoolError("the pool was closed with 0 processes: nothing can run this job")
-            while queue:
-                self.finish(queue.popleft(), JobState.FAILED, error)
-        if self.closing and not queue and not self._incoming and not self.feeders:
+            for job in self._take_queued():
+                self.finish(job, JobState.FAILED, error)
+        if self.closing and not queue and not lane and not self._incoming and not self.feeders:
             if not any(h.jobs for h in self.workers):
                 for handle in list(self.workers):
                     self.workers.retire(handle)
@@ -296,6 +315,8 @@ class Supervisor:
         self._wake_pending = False
         incoming = self._incoming
         queue = self.dispatcher.queue
+        late = self.late
+        lane = late.lane
         while incoming:
             job = incoming.popleft()
             self._counters["submitted"] += 1
@@ -303,8 +324,13 @@ class Supervisor:
                 self.finish(job, JobState.FAILED, self._broken_error())
             elif self.terminating:
                 self.finish(job, JobState.CANCELLED, PoolTerminated(False))
-            else:
+            elif job.call is None and not lane:
                 queue.append(job)
+            else:  # its call waits to be pickled, or an earlier job's does
+                late.admit(job)
+        late.hand_over()
+        if late.has_made:
+            late.collect(queue, self._fail_late_pickle, self._drop_late_pickle)
         commands = self._commands
         while commands:
             command, args = commands.popleft()
@@ -377,9 +403,17 @@ class Supervisor:
             return
         self.broken = error
         log.logger().error("poolx: %s", error)
+        for job in self._take_queued():
+            self.finish(job, JobState.FAILED, self._broken_error())
+
+    def _take_queued(self) -> list[Job]:
+        """Empty the job queue and the late pickler's lane: the jobs not sent
+        to a worker, in submission order (those of the lane come after)."""
         queue = self.dispatcher.queue
-        while queue:
-            self.finish(queue.popleft(), JobState.FAILED, self._broken_error())
+        jobs = list(queue)
+        queue.clear()
+        jobs.extend(self.late.take_all())
+        return jobs
 
     def _broken_error(self) -> BaseException:
         """A fresh copy of the error the pool is broken with (one per job)."""
@@ -471,7 +505,7 @@ class Supervisor:
         """Start workers until the pool has ``target`` of them."""
         if self.terminating or self.broken is not None:
             return
-        if self.closing and not self.dispatcher.queue:
+        if self.closing and not self.dispatcher.queue and not self.late.lane:
             return
         workers = self.workers
         while workers.live() < self.target:
@@ -491,9 +525,8 @@ class Supervisor:
         if self.terminating:
             return
         self.terminating = True
-        queue = self.dispatcher.queue
-        while queue:
-            self.finish(queue.popleft(), JobState.CANCELLED, PoolTerminated(False))
+        for job in self._take_queued():  # (a pickle being made is not waited for)
+            self.finish(job, JobState.CANCELLED, PoolTerminated(False))
         # The jobs workers hold end when their worker's exit is seen: only
         # then does the slot tell for certain which one had started.
         self.workers.kill_all(KillReason.POOL_TERMINATE, signal.SIGTERM)
@@ -552,7 +585,7 @@ class Supervisor:
     def _crash(self, exc: BaseException) -> None:
         self.broken = exceptions.BrokenPoolError(f"internal error in the pool supervisor: {exc!r}")
         self.broken.__cause__ = exc
-        jobs = list(self.dispatcher.queue) + list(self._incoming)
+        jobs = list(self.dispatcher.queue) + list(self.late.lane) + list(self._incoming)
         for handle in self.workers:
             jobs.extend(handle.jobs.values())
             handle.send_signal(signal.SIGKILL)
@@ -587,6 +620,7 @@ class Supervisor:
         for command, args in leftover_commands:
             if isinstance(command, _Call):  # a caller waits for it
                 command(*args)
+        self.late.stop()  # never waits for a pickle being made
         self.segments.close()
         self.workers.close()
         self.runner.stop()
@@ -644,7 +678,7 @@ class Supervisor:
         counters = self._counters
         return {
             "processes": self.target,
-            "queued": len(self.dispatcher.queue) + len(self._incoming),
+            "queued": len(self.dispatcher.queue) + len(self.late.lane) + len(self._incoming),
             "workers": workers,
             "submitted": counters["submitted"],
             "completed": counters["completed"],

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 import poolx
-from poolx.engine import api, payload
+from poolx.engine import api, payload, supervisor
 from tests.conftest import wait_until
 from tests.engine import helpers
 
@@ -81,7 +81,7 @@ def test_apply_async_pickles_late_beyond_the_waiting_window(fork_ctx, tmp_path, 
     """Issue 18: a burst of apply_async held one pickle per job (100k jobs of
     one shared 10 KB argument: 1 GB); beyond EAGER_BYTES of pickled
     arguments waiting to be sent, a job keeps its call until it is dispatched."""
-    monkeypatch.setattr(api, "EAGER_BYTES", 50_000)
+    monkeypatch.setattr(supervisor, "EAGER_BYTES", 50_000)
     gate = str(tmp_path / "gate")
     arg = b"a" * 10_000
     with poolx.Pool(1, context=fork_ctx, shm_threshold=None) as pool:
@@ -99,7 +99,7 @@ def test_an_argument_pickled_late_fails_its_job_as_the_standard_library_does(for
     """The standard library pickles in its task thread: an unpicklable
     argument fails that job (get() raises what pickle raised, the
     error_callback gets it) and the pool goes on; so does a late pickle."""
-    monkeypatch.setattr(api, "EAGER_BYTES", 0)  # every call is pickled at its dispatch
+    monkeypatch.setattr(supervisor, "EAGER_BYTES", 0)  # every call is pickled late
     gate = str(tmp_path / "gate")
     errors: list = []
     with poolx.Pool(1, context=fork_ctx) as pool:
@@ -121,7 +121,7 @@ def test_an_argument_pickled_late_fails_its_job_as_the_standard_library_does(for
 def test_an_argument_pickled_late_that_fails_never_counts_as_started(fork_ctx, monkeypatch):
     """The task tally counts a task that never started nowhere (poolx.tally):
     a job whose late pickle failed never reached a worker."""
-    monkeypatch.setattr(api, "EAGER_BYTES", 0)
+    monkeypatch.setattr(supervisor, "EAGER_BYTES", 0)
     with poolx.Pool(1, context=fork_ctx) as pool:
         bad = pool.apply_async(helpers.gated_len, ("unused", threading.Lock()))
         with pytest.raises(TypeError, match="pickle"):
