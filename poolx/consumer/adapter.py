@@ -59,6 +59,7 @@ from poolx.consumer.heartbeats import Heartbeats
 from poolx.consumer.intake import Intake
 from poolx.consumer.inworker import SECONDS, run_task
 from poolx.exceptions import PoolNotRunning
+from poolx.queue.base import AbstractTaskQueue
 from poolx.queue.urls import redact_url
 from poolx.tally import TaskTally, failure_outcome
 from poolx.task import FunctionTask, TaskCancelled, TaskFailure, error_text
@@ -109,10 +110,10 @@ class InFlight:
 
     def job_done(self, index: int, ok: bool, value: Any) -> None:
         """The pool answered: the worker returned ``(outcome, seconds, its
-        pid)`` (``ok``), or the job failed with the exception ``value``.
-        Queued for the consumer's answer thread."""
+        pid)`` (``ok``), or the job failed with the exception ``value``
+        (see :meth:`BrokerConsumer.answered`)."""
         self.answered = True
-        self.consumer.answers.add((self, ok, value))
+        self.consumer.answered(self, ok, value)
 
     # -- on the answer thread ------------------------------------------------------
 
@@ -236,8 +237,13 @@ class BrokerConsumer:
         self._intake = Intake(self, self.timeout)
         self._cancels = CancelWatch(self)
         self.answers = Answers(self.settle_answers, "poolx-consumer-answers")
-        """The pool's answers (each task's :meth:`InFlight.job_done`), settled
-        in batches on their own thread."""
+        """The pool's answers (each task's :meth:`InFlight.job_done`) that
+        :meth:`answered` does not settle at once, settled in batches on
+        their own thread."""
+        # A backend with its own store_result buffers the write (redis://):
+        # a plain result can then be stored on the supervisor thread.
+        self._buffered_store = (type(broker.taskqueue).store_result
+                                is not AbstractTaskQueue.store_result)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -525,7 +531,30 @@ class BrokerConsumer:
         with self._lock:
             self.stats[what] += n
 
-    # -- outcomes (on the answer thread) ---------------------------------------
+    # -- outcomes (on the pool's supervisor thread, then the answer thread) ------
+
+    def answered(self, entry: InFlight, ok: bool, value: Any) -> None:
+        """The pool answered for ``entry`` (see :meth:`InFlight.job_done`);
+        called on the pool's supervisor thread, so it never blocks and
+        never raises.
+
+        A plain result (a value, not a failure, of a task not cancelled)
+        is stored right here when the backend buffers its writes and no
+        task waits to be handed to the pool: that costs no wake-up of
+        another thread.  Anything else goes to the answer thread
+        (:meth:`settle_answers`), which may block (a task given back, a
+        retry) and hands held tasks to the pool once per batch.
+        """
+        if ok and self._buffered_store and not self._held and not entry.cancelled \
+                and not isinstance(value[0], TaskFailure):
+            try:
+                result, seconds, entry.pid = value
+                self._store_plain([(entry, result, seconds)])
+            except Exception:
+                log_failure(log, "%s: the answer for %s was not carried out", self.name,
+                            entry.describe())
+            return
+        self.answers.add((entry, ok, value))
 
     def settle_answers(self, answers: list[tuple[InFlight, bool, Any]]) -> None:
         """Carry out the pool's answers (:meth:`InFlight.job_done`) for a

@@ -357,3 +357,24 @@ def test_submit_jobs_hands_the_calls_to_the_supervisor_together(fork_ctx, monkey
     finally:
         pool.terminate()
         pool.join()
+
+
+def test_a_job_submitted_by_a_sink_on_the_supervisor_thread_runs(fork_ctx):
+    """A sink may submit the next job from job_done, on the supervisor's own
+    thread (the queue consumer does): that job is taken without a wake-up."""
+    pool = poolx.Pool(1, context=fork_ctx)
+    try:
+        second = _Sink()
+
+        class Chained(_Sink):
+            def job_done(self, index: int, ok: bool, value: object) -> None:
+                pool.submit_jobs([(second, helpers.square, (value,), None, None, None)])
+                super().job_done(index, ok, value)
+
+        first = Chained()
+        pool.submit_jobs([(first, helpers.square, (3,), None, None, None)])
+        assert first.done.wait(30) and first.outcome == (True, 9)
+        assert second.done.wait(30) and second.outcome == (True, 81)
+    finally:
+        pool.terminate()
+        pool.join()
