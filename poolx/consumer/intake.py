@@ -37,7 +37,7 @@ log = logging.getLogger("poolx.consumer")
 
 MAX_BACKOFF = 5.0
 """Longest wait (seconds) before asking a failing broker for tasks again."""
-LINGER = 0.001
+LINGER = 0.002
 """Seconds the intake waits before its next call after one that emptied the
 queue without filling the room (tasks arriving one by one): the next call
 then takes the few that arrived meanwhile, not each one alone (a call per
