@@ -432,7 +432,7 @@ class BrokerConsumer:
         adaptive = self.prefetch is None
         slow_names: dict[str, bool] = {}
         entries = []
-        for (task, func), beat in zip(taken, beats):
+        for (task, func), beat in zip(taken, beats, strict=True):
             name = task.name
             slow = slow_names.get(name)
             if slow is None:
@@ -506,7 +506,7 @@ class BrokerConsumer:
             return
         except Exception as err:
             seqs = [err] * len(entries)
-        for entry, seq in zip(entries, seqs):
+        for entry, seq in zip(entries, seqs, strict=True):
             if isinstance(seq, int):
                 entry.seq = seq
             else:  # the pool refused this task (e.g. its limits)
@@ -544,6 +544,12 @@ class BrokerConsumer:
         another thread.  Anything else goes to the answer thread
         (:meth:`settle_answers`), which may block (a task given back, a
         retry) and hands held tasks to the pool once per batch.
+
+        :param entry: The task in flight.
+        :param ok: The worker returned: ``value`` is what
+            :func:`~poolx.consumer.inworker.run_task` returned; else the job
+            failed with the exception ``value``.
+        :param value: See ``ok``.
         """
         if ok and self._buffered_store and not self._held and not entry.cancelled \
                 and not isinstance(value[0], TaskFailure):
