@@ -9,12 +9,12 @@ yet answered::
     broker's queue                  the pool's process                              workers
     ──────────────                  ──────────────────                              ───────
     get ──next_tasks─▶ intake thread: waits for room, takes a batch,
-                       pool.apply_async(run_task, limits) ─────────────────▶ run_task: invoke
+                       pool.submit_jobs(batch of run_task, limits) ─────────▶ run_task: invoke
                             │ in flight {key: InFlight}                                 │
     set_task_timeout ◀──────┤ heartbeat thread: heartbeats (leases) of                  │
     register_pool ◀─────────┤ in-flight tasks; this pool's status                       │
                             │                                                           │
-    set_result ◀────────────┴ the pool's callback thread: the outcome ◀── value / error ┘
+    set_result ◀────────────┴ the answer thread, batches: the outcome ◀── value / error ┘
     requeue_task ◀──          (value, TaskFailure saying what happened,
                                or back to the queue if it never started)
 
@@ -24,6 +24,8 @@ Modules, one job each:
   in-flight table, carrying out outcomes, the pool's status;
 * :mod:`poolx.consumer.intake` — the intake thread (capacity, batches,
   backoff, handing tasks to the pool with their limits);
+* :mod:`poolx.consumer.answers` — the answer thread (the pool's answers,
+  settled in batches);
 * :mod:`poolx.consumer.outcomes` — pure functions from the pool's answer
   (a value, or an exception *type*) to the task's outcome;
 * :mod:`poolx.consumer.failures` — the bounded list of recent failures a

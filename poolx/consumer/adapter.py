@@ -10,15 +10,19 @@ gives the metrics (:mod:`poolx.metrics`).  Its helpers, each in
 its own module: the intake thread (:mod:`poolx.consumer.intake`), the
 heartbeat thread (:mod:`poolx.consumer.heartbeats`, which also publishes the
 status every ``status_interval`` seconds), the watcher of cancelled tasks
-(:mod:`poolx.consumer.cancels`), and what runs in the workers
+(:mod:`poolx.consumer.cancels`), the answer thread
+(:mod:`poolx.consumer.answers`), and what runs in the workers
 (:mod:`poolx.consumer.inworker`).
 
-It talks to the engine only through the pool's public API (``apply_async``
-with limits, result objects, ``stats()``, ``broken``) and to the queue only
-through the broker (and its backend's ``requeue_task`` and pool registry).
+It talks to the engine only through the pool's public API (``submit_jobs``
+with limits, a batch per call, each task in flight being its job's
+:class:`~poolx.engine.results.JobSink`; ``terminate_job``, ``stats()``,
+``broken``) and to the queue only through the broker (and its backend's
+``requeue_task`` and pool registry).
 
-Threads: the intake thread takes tasks (:meth:`BrokerConsumer.track`); the
-pool's callback thread answers them (:meth:`BrokerConsumer.settle`); the
+Threads: the intake thread takes tasks (:meth:`BrokerConsumer.track_all`);
+the answer thread settles the pool's answers in batches
+(:meth:`BrokerConsumer.settle_answers`); the
 heartbeat thread renews leases and publishes the status; the watcher
 stops cancelled tasks (:meth:`BrokerConsumer.stop_cancelled`); the caller's
 thread starts and stops.  One lock guards the in-flight table and the flags.
@@ -48,12 +52,14 @@ from poolx.consumer import (
     log_failure,
     outcomes,
 )
+from poolx.consumer.answers import Answers
 from poolx.consumer.cancels import CancelWatch
 from poolx.consumer.failures import RecentFailures
 from poolx.consumer.heartbeats import Heartbeats
 from poolx.consumer.intake import Intake
 from poolx.consumer.inworker import SECONDS, run_task
 from poolx.exceptions import PoolNotRunning
+from poolx.queue.base import AbstractTaskQueue
 from poolx.queue.urls import redact_url
 from poolx.tally import TaskTally, failure_outcome
 from poolx.task import FunctionTask, TaskCancelled, TaskFailure, error_text
@@ -69,33 +75,50 @@ oldest name is forgotten first)."""
 
 class InFlight:
     """One task taken from the queue and not answered yet: held by the
-    consumer (prefetched, ``result`` is None) or handed to the pool."""
+    consumer (prefetched, ``seq`` is None) or handed to the pool, whose
+    :class:`~poolx.engine.results.JobSink` it is."""
 
-    __slots__ = ("consumer", "key", "task", "func", "result", "in_pool", "beat", "taken", "slow",
-                 "counted", "cancelled", "pid")
+    __slots__ = ("consumer", "key", "task", "func", "seq", "answered", "in_pool", "beat", "taken",
+                 "slow", "counted", "cancelled", "pid")
 
     def __init__(self, consumer: BrokerConsumer, key: int, task: FunctionTask, func: Any,
-                 beat: int, slow: bool) -> None:
+                 beat: int, slow: bool, taken: float) -> None:
         self.consumer = consumer
         self.key = key
         self.task = task
         self.func = func  # the callable sent with the task, or None (worker_broker)
-        self.result: Any = None  # the pool's ApplyResult, once handed to the pool
-        self.in_pool = False  # handed to the pool (set just before apply_async)
+        self.seq: int | None = None  # its job in the pool (Pool.submit_job), once handed over
+        self.answered = False  # the pool answered (job_done)
+        self.in_pool = False  # handed to the pool (set just before submit_job)
         self.beat = beat  # its key in the heartbeat table
-        self.taken = time.monotonic()
+        self.taken = taken  # time.monotonic() when it was taken
         self.slow = slow  # its name's run time is unknown or long: never held ahead
         self.counted = False  # counted as started in the consumer's task tally
         self.cancelled = False  # cancelled (Broker.cancel): whatever the pool says is dropped
-        self.pid: int | None = None  # the worker that ran it, once it said so (see done)
+        self.pid: int | None = None  # the worker it was sent to (then: that ran it)
 
-    def done(self, value: tuple[Any, float, int]) -> None:
-        """Pool callback: the worker returned ``(outcome, seconds, its pid)``."""
-        self.pid = value[2]  # (self.result may not be set yet: the callback can come first)
-        self.consumer.finished(self, value[0], value[1])
+    # -- JobSink: called on the pool's supervisor thread ---------------------------
+
+    def job_sent(self, pid: int) -> None:
+        self.pid = pid
+
+    def job_accepted(self, pid: int, time_accepted: float) -> None:
+        pass
+
+    def job_timed_out(self, soft: bool, timeout: float) -> None:
+        pass
+
+    def job_done(self, index: int, ok: bool, value: Any) -> None:
+        """The pool answered: the worker returned ``(outcome, seconds, its
+        pid)`` (``ok``), or the job failed with the exception ``value``
+        (see :meth:`BrokerConsumer.answered`)."""
+        self.answered = True
+        self.consumer.answered(self, ok, value)
+
+    # -- on the answer thread ------------------------------------------------------
 
     def failed(self, error: BaseException) -> None:
-        """Pool error callback: the job failed in the pool (timeout, lost...)."""
+        """The job failed in the pool (timeout, lost...)."""
         consumer = self.consumer
         outcome = failure_outcome(error)
         if outcome is not None:  # (None: it never started, and goes back to the queue)
@@ -106,10 +129,7 @@ class InFlight:
 
     def worker_pid(self) -> int | None:
         """The pid of the worker the task was sent to (or ran on), if known."""
-        if self.pid is not None:
-            return self.pid
-        pids = self.result.worker_pids() if self.result is not None else []
-        return pids[0] if pids else None
+        return self.pid
 
     def describe(self) -> str:
         task = self.task
@@ -216,6 +236,14 @@ class BrokerConsumer:
         self._heartbeat_thread: threading.Thread | None = None
         self._intake = Intake(self, self.timeout)
         self._cancels = CancelWatch(self)
+        self.answers = Answers(self.settle_answers, "poolx-consumer-answers")
+        """The pool's answers (each task's :meth:`InFlight.job_done`) that
+        :meth:`answered` does not settle at once, settled in batches on
+        their own thread."""
+        # A backend with its own store_result buffers the write (redis://):
+        # a plain result can then be stored on the supervisor thread.
+        self._buffered_store = (type(broker.taskqueue).store_result
+                                is not AbstractTaskQueue.store_result)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -296,6 +324,7 @@ class BrokerConsumer:
             self._closed = True
         self._heartbeats.close()
         self._cancels.close()
+        self.answers.close()
         thread = self._heartbeat_thread
         if thread is not None:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -388,18 +417,39 @@ class BrokerConsumer:
         :param task: The task.
         :param func: The callable sent with it (None with ``worker_broker``).
         """
-        slow = self.depth(task.name) == 0 and self.prefetch is None
-        entry = InFlight(self, next(self._keys), task, func, self._heartbeats.add(task), slow)
+        self.track_all([(task, func)])
+
+    def track_all(self, taken: list[tuple[FunctionTask, Any]]) -> None:
+        """:meth:`track` for tasks taken together, in order (one lock, one
+        :meth:`pump`).
+
+        :param taken: ``(task, func)`` pairs.
+        """
+        if not taken:
+            return
+        now = time.monotonic()
+        beats = self._heartbeats.add_all([task for task, _ in taken], now)
+        adaptive = self.prefetch is None
+        slow_names: dict[str, bool] = {}
+        entries = []
+        for (task, func), beat in zip(taken, beats, strict=True):
+            name = task.name
+            slow = slow_names.get(name)
+            if slow is None:
+                slow = slow_names[name] = adaptive and self.depth(name) == 0
+            entries.append(InFlight(self, next(self._keys), task, func, beat, slow, now))
         with self._lock:
             stopping = self._stopping
             if not stopping:
-                self._in_flight[entry.key] = entry
-                self._held[entry.key] = entry
-                self._held_slow += slow
-                self._last_name = task.name
+                in_flight, held = self._in_flight, self._held
+                for entry in entries:
+                    in_flight[entry.key] = held[entry.key] = entry
+                    self._held_slow += entry.slow
+                self._last_name = entries[-1].task.name
         if stopping:  # stop() has already given back what was held
-            self._heartbeats.discard(entry.beat)
-            self.give_back(task, "the consumer is stopping")
+            self._heartbeats.discard(*beats)
+            for entry in entries:
+                self.give_back(entry.task, "the consumer is stopping")
             return
         self._cancels.poke()
         self.pump()
@@ -415,6 +465,7 @@ class BrokerConsumer:
             if not self._held or not self.accepting:
                 return
             full: set[str] = set()
+            depths: dict[str, int] = {}
             for entry in list(self._held.values()):
                 name = entry.task.name
                 if name in full:
@@ -423,7 +474,10 @@ class BrokerConsumer:
                 if entry.slow:
                     room = free > 0
                 else:
-                    room = self._in_pool - self._in_pool_slow < free * (1 + self.depth(name))
+                    depth = depths.get(name)
+                    if depth is None:
+                        depth = depths[name] = self.depth(name)
+                    room = self._in_pool - self._in_pool_slow < free * (1 + depth)
                 if not room:
                     full.add(name)
                     continue
@@ -433,26 +487,32 @@ class BrokerConsumer:
                 self._in_pool_slow += entry.slow
                 entry.in_pool = True
                 chosen.append(entry)
-        for entry in chosen:
-            self._submit(entry)
+        if chosen:
+            self._submit(chosen)
 
-    def _submit(self, entry: InFlight) -> None:
-        task = entry.task
+    def _submit(self, entries: list[InFlight]) -> None:
+        """Hand tasks to the pool, in one call (one wake-up of its supervisor)."""
+        queue_name = self.broker.name
+        calls = []
+        for entry in entries:
+            task = entry.task
+            calls.append((entry, run_task, (task, entry.func, queue_name),
+                          task.soft_timeout, task.timeout, task.memory_limit))
         try:
-            entry.result = self.pool.apply_async(
-                run_task,
-                (task, entry.func, self.broker.name),
-                callback=entry.done,
-                error_callback=entry.failed,
-                soft_timeout=task.soft_timeout,
-                timeout=task.timeout,
-                memory_limit=task.memory_limit,
-            )
+            seqs = self.pool.submit_jobs(calls)
         except PoolNotRunning as err:
-            self.settle(entry, outcomes.not_running(err, stopping=not self.accepting))
-        except Exception as err:  # the pool refused this one task (e.g. its limits)
-            self.settle(entry, outcomes.Store(TaskFailure(
-                task.name, self.broker.name, task.id, f"not run: {error_text(err)}")))
+            for entry in entries:
+                self.settle(entry, outcomes.not_running(err, stopping=not self.accepting))
+            return
+        except Exception as err:
+            seqs = [err] * len(entries)
+        for entry, seq in zip(entries, seqs, strict=True):
+            if isinstance(seq, int):
+                entry.seq = seq
+            else:  # the pool refused this task (e.g. its limits)
+                task = entry.task
+                self.settle(entry, outcomes.Store(TaskFailure(
+                    task.name, queue_name, task.id, f"not run: {error_text(seq)}")))
 
     def _give_back_held(self, taken_before: float | None, why: str) -> None:
         """Return held tasks taken before ``taken_before`` (all if None) to
@@ -465,13 +525,102 @@ class BrokerConsumer:
                 self._held_slow -= entry.slow
         for entry in stale:
             self.give_back(entry.task, why, quiet=True)
-            self._untrack(entry)
+            self._untrack([entry])
 
-    def count(self, what: str) -> None:
+    def count(self, what: str, n: int = 1) -> None:
         with self._lock:
-            self.stats[what] += 1
+            self.stats[what] += n
 
-    # -- outcomes (on the pool's callback thread) --------------------------------
+    # -- outcomes (on the pool's supervisor thread, then the answer thread) ------
+
+    def answered(self, entry: InFlight, ok: bool, value: Any) -> None:
+        """The pool answered for ``entry`` (see :meth:`InFlight.job_done`);
+        called on the pool's supervisor thread, so it never blocks and
+        never raises.
+
+        A plain result (a value, not a failure, of a task not cancelled)
+        is stored right here when the backend buffers its writes and no
+        task waits to be handed to the pool: that costs no wake-up of
+        another thread.  Anything else goes to the answer thread
+        (:meth:`settle_answers`), which may block (a task given back, a
+        retry) and hands held tasks to the pool once per batch.
+
+        :param entry: The task in flight.
+        :param ok: The worker returned: ``value`` is what
+            :func:`~poolx.consumer.inworker.run_task` returned; else the job
+            failed with the exception ``value``.
+        :param value: See ``ok``.
+        """
+        if ok and self._buffered_store and not self._held and not entry.cancelled \
+                and not isinstance(value[0], TaskFailure):
+            try:
+                result, seconds, entry.pid = value
+                self._store_plain([(entry, result, seconds)])
+            except Exception:
+                log_failure(log, "%s: the answer for %s was not carried out", self.name,
+                            entry.describe())
+            return
+        self.answers.add((entry, ok, value))
+
+    def settle_answers(self, answers: list[tuple[InFlight, bool, Any]]) -> None:
+        """Carry out the pool's answers (:meth:`InFlight.job_done`) for a
+        batch of tasks, on the answer thread (:class:`~poolx.consumer.answers.Answers`).
+
+        Plain results (a value, not a failure, of a task not cancelled) are
+        counted under one lock and leave the table together; anything else
+        goes through :meth:`finished` or :meth:`InFlight.failed`.
+
+        :param answers: ``(entry, ok, value)``: ``value`` is what
+            :func:`~poolx.consumer.inworker.run_task` returned if ``ok``,
+            else the exception the job failed with.
+        """
+        plain = []
+        for entry, ok, value in answers:
+            try:
+                if not ok:
+                    entry.failed(value)
+                    continue
+                result, seconds, entry.pid = value
+                if entry.cancelled or isinstance(result, TaskFailure):
+                    self.finished(entry, result, seconds)
+                else:
+                    plain.append((entry, result, seconds))
+            except Exception:
+                log_failure(log, "%s: the answer for %s was not carried out", self.name,
+                            entry.describe())
+        if plain:
+            self._store_plain(plain)
+
+    def _store_plain(self, plain: list[tuple[InFlight, Any, float]]) -> None:
+        """Store the results of tasks that returned a value, and untrack them."""
+        with self._lock:
+            tally = self._tally
+            for entry, _, seconds in plain:
+                name = entry.task.name
+                self._ran(name, seconds)
+                tally.ended(name, None, seconds, entry.counted)
+                entry.counted = True
+            self.stats["done"] += len(plain)
+        broker = self.broker
+        for entry, value, _ in plain:
+            try:
+                broker.set_result(entry.task, value)
+            except Exception:
+                task = entry.task
+                log_failure(log, "%s: the result of %s [%s:%s] was not stored", self.name,
+                            task.name, broker.name, task.id)
+        self._untrack([entry for entry, _, _ in plain])
+
+    def _ran(self, name: str, seconds: float) -> None:
+        """A task named ``name`` ran ``seconds``: its mean run time (lock held)."""
+        run_times = self._run_times
+        average = run_times.pop(name, None)  # re-inserted: most recent last
+        if average is None:
+            average = MovingAverage()
+            if len(run_times) >= _ESTIMATES_KEPT:
+                del run_times[next(iter(run_times))]
+        run_times[name] = average
+        average.add(seconds)
 
     def finished(self, entry: InFlight, value: Any, seconds: float) -> None:
         """The worker returned ``value`` after running ``seconds``.
@@ -480,15 +629,8 @@ class BrokerConsumer:
         :param value: What the worker returned (a value or a TaskFailure).
         :param seconds: How long the task ran.
         """
-        name = entry.task.name
         with self._lock:
-            average = self._run_times.pop(name, None)  # re-inserted: most recent last
-            if average is None:
-                average = MovingAverage()
-                if len(self._run_times) >= _ESTIMATES_KEPT:
-                    del self._run_times[next(iter(self._run_times))]
-            self._run_times[name] = average
-            average.add(seconds)
+            self._ran(entry.task.name, seconds)
         self.tally_ended(entry, "error" if isinstance(value, TaskFailure) else None, seconds)
         self.settle(entry, outcomes.from_worker(entry.task, self.broker.name, value))
 
@@ -516,7 +658,7 @@ class BrokerConsumer:
             self.give_back(task, outcome.why)
         else:
             self.store(task, outcome.value, entry.worker_pid())
-        self._untrack(entry)
+        self._untrack([entry])
         if isinstance(outcome, outcomes.GiveBack) and outcome.broken is not None:
             self._set_broken(outcome.broken)
 
@@ -568,17 +710,23 @@ class BrokerConsumer:
             reason = f"{why}, and it could not be requeued: {error_text(err)}"
         self.store(task, TaskFailure(task.name, queue_name, task.id, f"not run: {reason}"))
 
-    def _untrack(self, entry: InFlight) -> None:
-        self._heartbeats.discard(entry.beat)
+    def _untrack(self, entries: list[InFlight]) -> None:
+        self._heartbeats.discard(*[entry.beat for entry in entries])
         with self._lock:
-            if self._in_flight.pop(entry.key, None) is None:
+            in_flight, held = self._in_flight, self._held
+            untracked = False
+            for entry in entries:
+                if in_flight.pop(entry.key, None) is None:
+                    continue
+                untracked = True
+                if entry.in_pool:
+                    self._in_pool -= 1
+                    self._in_pool_slow -= entry.slow
+                elif held.pop(entry.key, None) is not None:
+                    self._held_slow -= entry.slow
+            if not untracked:
                 return
-            if entry.in_pool:
-                self._in_pool -= 1
-                self._in_pool_slow -= entry.slow
-            elif self._held.pop(entry.key, None) is not None:
-                self._held_slow -= entry.slow
-            left = len(self._in_flight)
+            left = len(in_flight)
             if self._stopping:
                 if not left:
                     self._room.notify_all()
@@ -657,13 +805,13 @@ class BrokerConsumer:
         for entry in self._cancelled_in_pool():
             self._kill(entry)
 
-    @staticmethod
-    def _kill(entry: InFlight) -> None:
-        result = entry.result
-        if result is not None and not result.ready():
+    def _kill(self, entry: InFlight) -> None:
+        seq, pid = entry.seq, entry.pid
+        if seq is not None and pid is not None and not entry.answered:
             # SIGKILL: a worker of ``poolx worker`` ignores SIGTERM, and a
-            # task must not be able to catch its cancel.
-            result.terminate(signal.SIGKILL)
+            # task must not be able to catch its cancel.  The pool kills
+            # the worker only while it runs this very job.
+            self.pool.terminate_job(pid, signal.SIGKILL, seq)
 
     # -- heartbeats and status (on the heartbeat thread) ------------------------
 

@@ -81,20 +81,32 @@ class Heartbeats:
     def add(self, task: FunctionTask) -> int:
         """A task started running: its first heartbeat is due in
         ``task.heartrate`` seconds.  Returns the key for :meth:`discard`."""
-        key = next(self._keys)
-        entry = _Due(task, time.monotonic() + task.heartrate)
-        with self._cond:
-            self._table[key] = entry
-            wake = self._wake
-            if wake is None or entry.due < wake:
-                self._cond.notify()
-        return key
+        return self.add_all([task])[0]
 
-    def discard(self, key: int) -> None:
-        """The task is answered: no more heartbeats for it."""
+    def add_all(self, tasks: list[FunctionTask], now: float | None = None) -> list[int]:
+        """:meth:`add` for several tasks at once (one lock); ``now``: the
+        caller's ``time.monotonic()``, if it just read it."""
+        if now is None:
+            now = time.monotonic()
+        keys = self._keys
+        added = [(next(keys), _Due(task, now + task.heartrate)) for task in tasks]
+        if not added:
+            return []
+        first = min(entry.due for _, entry in added)
         with self._cond:
-            self._table.pop(key, None)
-            if self._closing and not self._table:
+            self._table.update(added)
+            wake = self._wake
+            if wake is None or first < wake:
+                self._cond.notify()
+        return [key for key, _ in added]
+
+    def discard(self, *keys: int) -> None:
+        """The tasks (by key) are answered: no more heartbeats for them."""
+        with self._cond:
+            table = self._table
+            for key in keys:
+                table.pop(key, None)
+            if self._closing and not table:
                 self._cond.notify_all()
 
     @contextmanager

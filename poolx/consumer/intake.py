@@ -3,14 +3,14 @@
 Owned here: :class:`Intake` — one thread that waits until the consumer has
 room (fewer tasks in flight than its :attr:`~poolx.consumer.BrokerConsumer.capacity`),
 blocks in the broker for the first task, takes what else is ready up to the
-room left (one backend call when the broker batches), and hands each task to
-the consumer (:meth:`~poolx.consumer.BrokerConsumer.track`), which passes it
+room left (one backend call when the broker batches), and hands them to
+the consumer together (:meth:`~poolx.consumer.BrokerConsumer.track_all`), which passes each
 to the pool with its own limits when a worker can start it soon.  A broker that fails is asked again after a
 backoff (:func:`poolx.checks.backoff_delay`), waiting on the consumer's stop
 event, so a broken backend cannot spin the CPU::
 
-    consumer.wait_for_room() ──▶ broker.next_tasks(room, timeout) ──▶ dispatch(task):
-        (None once stopping;          (the only blocking call)           consumer.track(task)
+    consumer.wait_for_room() ──▶ broker.next_tasks(room, timeout) ──▶ dispatch(tasks):
+        (None once stopping;          (the only blocking call)           consumer.track_all(tasks)
          gives back tasks held                                           (held, then handed to
          too long meanwhile)                                              the pool by pump())
 
@@ -37,7 +37,7 @@ log = logging.getLogger("poolx.consumer")
 
 MAX_BACKOFF = 5.0
 """Longest wait (seconds) before asking a failing broker for tasks again."""
-LINGER = 0.001
+LINGER = 0.002
 """Seconds the intake waits before its next call after one that emptied the
 queue without filling the room (tasks arriving one by one): the next call
 then takes the few that arrived meanwhile, not each one alone (a call per
@@ -60,9 +60,9 @@ class IntakeOwner(Protocol):
 
     def wait_for_room(self) -> int | None: ...
 
-    def count(self, what: str) -> None: ...
+    def count(self, what: str, n: int = 1) -> None: ...
 
-    def track(self, task: FunctionTask, func: Any) -> None: ...
+    def track_all(self, taken: list[tuple[FunctionTask, Any]]) -> None: ...
 
     def store(self, task: FunctionTask, value: Any) -> None: ...
 
@@ -128,8 +128,7 @@ class Intake:
                     self._set(waiting=False)
                 if tasks:
                     failures = 0
-                for task in tasks:
-                    self.dispatch(task)
+                    self.dispatch(tasks)
                 if 0 < len(tasks) < room and consumer.stop_requested.wait(self.linger):
                     break
             except Exception:
@@ -162,19 +161,29 @@ class Intake:
             task = broker.next_task(timeout=0)
         return tasks
 
-    def dispatch(self, task: FunctionTask) -> None:
-        """Hand one task that was just taken to the pool (or give it back)."""
+    def dispatch(self, tasks: list[FunctionTask]) -> None:
+        """Hand tasks that were just taken to the pool (or give them back)."""
         consumer = self.consumer
-        consumer.count("taken")
+        consumer.count("taken", len(tasks))
         if not consumer.accepting:
-            consumer.give_back(task, "the consumer is stopping")
+            for task in tasks:
+                consumer.give_back(task, "the consumer is stopping")
+            return
+        if consumer.worker_broker:
+            consumer.track_all([(task, None) for task in tasks])
             return
         queue_name = consumer.broker.name
-        func: Any = None
-        if not consumer.worker_broker:
-            func = consumer.broker.tasks.get(task.name)
+        exposed = consumer.broker.tasks
+        funcs: dict[str, Any] = {}  # by task name, for this batch
+        taken = []
+        for task in tasks:
+            name = task.name
+            func = funcs.get(name)
             if func is None:
-                consumer.store(task, TaskFailure(task.name, queue_name, task.id, "no such task"))
-                return
-            func = portable(func)
-        consumer.track(task, func)
+                func = exposed.get(name)
+                if func is None:
+                    consumer.store(task, TaskFailure(name, queue_name, task.id, "no such task"))
+                    continue
+                func = funcs[name] = portable(func)
+            taken.append((task, func))
+        consumer.track_all(taken)

@@ -351,12 +351,50 @@ class Pool:
         job to :meth:`terminate_job`.
         """
         self._check_running()
-        if soft_timeout is not None or timeout is not None or memory_limit is not None:
-            soft_timeout, timeout, memory_limit = self._limits(soft_timeout, timeout, memory_limit)
-        job = self._job(sink, 0, pickling.portable(func), *_call_arguments(func, args, kwds), wire.APPLY,
-                        soft_timeout, timeout, memory_limit)
+        job = self._sink_job(sink, func, args, kwds, soft_timeout, timeout, memory_limit)
         self._submit([job])
         return job.seq
+
+    def submit_jobs(
+        self,
+        calls: Iterable[tuple[JobSink, Callable[..., Any], Iterable[Any],
+                              float | None, float | None, int | str | None]],
+    ) -> list[int | Exception]:
+        """:meth:`submit_job` for several calls, handed to the supervisor
+        together: one wake-up of its thread for the lot, where a loop of
+        ``submit_job`` may wake it (and have it write to a worker) per call.
+
+        Each call is ``(sink, func, args, soft_timeout, timeout,
+        memory_limit)``.  Returns, in order, each call's job seq — or the
+        exception that call raised (an argument that cannot be pickled, an
+        invalid limit), in which case that call is not submitted and the
+        others are.
+
+        :raises PoolNotRunning: the pool is closed or terminated: no call
+            was submitted.
+        """
+        self._check_running()
+        jobs = []
+        seqs: list[int | Exception] = []
+        for sink, func, args, soft_timeout, timeout, memory_limit in calls:
+            try:
+                job = self._sink_job(sink, func, args, None, soft_timeout, timeout, memory_limit)
+            except Exception as exc:
+                seqs.append(exc)
+                continue
+            jobs.append(job)
+            seqs.append(job.seq)
+        if jobs:
+            self._submit(jobs)
+        return seqs
+
+    def _sink_job(self, sink: JobSink, func: Callable[..., Any], args: Iterable[Any], kwds: Any,
+                  soft_timeout: Any, timeout: Any, memory_limit: Any) -> Job:
+        """The job of one :meth:`submit_job` call (pickled now)."""
+        if soft_timeout is not None or timeout is not None or memory_limit is not None:
+            soft_timeout, timeout, memory_limit = self._limits(soft_timeout, timeout, memory_limit)
+        return self._job(sink, 0, pickling.portable(func), *_call_arguments(func, args, kwds), wire.APPLY,
+                         soft_timeout, timeout, memory_limit)
 
     # ------------------------------------------------------------------ map
 

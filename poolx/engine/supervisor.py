@@ -166,7 +166,8 @@ class Supervisor:
                     job.waiting_bytes = size = len(job.payload)
                     self._bytes_in += size
             self._incoming.extend(jobs)
-            self._wake()
+            if threading.current_thread() is not self.thread:
+                self._wake()  # (its own thread drains the inbox before it waits again)
 
     @property
     def waiting_bytes(self) -> int:

@@ -12,6 +12,7 @@ import weakref
 import pytest
 
 import poolx
+from poolx.exceptions import PoolNotRunning
 from poolx.pool import MaybeEncodingError, RemoteTraceback
 from tests.engine import helpers
 
@@ -293,3 +294,87 @@ def test_imap_then_close_delivers_everything(ctx):
     assert list(ordered) == [i * i for i in range(3000)]
     assert sorted(unordered) == [i * i for i in range(1000)]
     assert pool.join(timeout=30)
+
+
+class _Sink:
+    """A JobSink that records what the supervisor tells it."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.done = threading.Event()
+        self.outcome: tuple[bool, object] | None = None
+
+    def job_sent(self, pid: int) -> None:
+        self.sent.append(pid)
+
+    def job_accepted(self, pid: int, time_accepted: float) -> None:
+        pass
+
+    def job_timed_out(self, soft: bool, timeout: float) -> None:
+        pass
+
+    def job_done(self, index: int, ok: bool, value: object) -> None:
+        self.outcome = (ok, value)
+        self.done.set()
+
+
+def test_submit_jobs_hands_the_calls_to_the_supervisor_together(fork_ctx, monkeypatch):
+    """Pool.submit_jobs (poolx's own front ends, such as the queue consumer):
+    the calls reach the supervisor in one hand-over, each with its own
+    limits; a call that cannot be pickled is not submitted and its
+    exception takes its place in the answer, the others run."""
+    pool = poolx.Pool(1, context=fork_ctx)
+    try:
+        handed: list[int] = []
+        submit = pool._supervisor.submit
+
+        def counted(jobs):
+            handed.append(len(jobs))
+            submit(jobs)
+
+        monkeypatch.setattr(pool._supervisor, "submit", counted)
+        sinks = [_Sink() for _ in range(4)]
+        seqs = pool.submit_jobs([
+            (sinks[0], helpers.square, (3,), None, None, None),
+            (sinks[1], helpers.identity, (lambda: None,), None, None, None),  # not picklable
+            (sinks[2], helpers.sleep, (30,), None, 0.2, None),  # its own hard limit
+            (sinks[3], helpers.add, (1, 2), None, None, None),
+        ])
+        assert handed == [3]
+        assert isinstance(seqs[1], Exception) and not sinks[1].sent
+        assert all(isinstance(seq, int) for i, seq in enumerate(seqs) if i != 1)
+        assert len({seqs[0], seqs[2], seqs[3]}) == 3
+        for i in (0, 2, 3):
+            assert sinks[i].done.wait(30)
+        assert sinks[0].outcome == (True, 9)
+        assert sinks[3].outcome == (True, 3)
+        ok, error = sinks[2].outcome
+        assert not ok and isinstance(error, poolx.TimeLimitExceeded)
+        pool.close()
+        with pytest.raises(PoolNotRunning):
+            pool.submit_jobs([(_Sink(), helpers.square, (1,), None, None, None)])
+        assert handed == [3]
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def test_a_job_submitted_by_a_sink_on_the_supervisor_thread_runs(fork_ctx):
+    """A sink may submit the next job from job_done, on the supervisor's own
+    thread (the queue consumer does): that job is taken without a wake-up."""
+    pool = poolx.Pool(1, context=fork_ctx)
+    try:
+        second = _Sink()
+
+        class Chained(_Sink):
+            def job_done(self, index: int, ok: bool, value: object) -> None:
+                pool.submit_jobs([(second, helpers.square, (value,), None, None, None)])
+                super().job_done(index, ok, value)
+
+        first = Chained()
+        pool.submit_jobs([(first, helpers.square, (3,), None, None, None)])
+        assert first.done.wait(30) and first.outcome == (True, 9)
+        assert second.done.wait(30) and second.outcome == (True, 81)
+    finally:
+        pool.terminate()
+        pool.join()

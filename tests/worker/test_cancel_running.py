@@ -133,33 +133,30 @@ def test_an_idle_consumer_does_not_watch_the_backend(url, tmp_path, monkeypatch)
         assert consumer.join(WAIT)
 
 
-class _StubResult:
-    def __init__(self) -> None:
-        self.signals: list[int | None] = []
-
-    def ready(self) -> bool:
-        return False
-
-    def terminate(self, signum=None) -> None:
-        self.signals.append(signum)
-
-    def worker_pids(self) -> list[int]:
-        return []
-
-
 class _StubPool:
-    """One worker that never finishes anything: records what it was given."""
+    """One worker (pid 1) that never finishes anything: records the jobs it
+    was given (``(task id, seq)``) and the signals sent to each."""
 
     def __init__(self) -> None:
-        self.submitted: list[tuple[str, _StubResult]] = []
+        self.submitted: list[tuple[str, int]] = []
+        self.signals: dict[int, list[int | None]] = {}
 
     def stats(self) -> dict:
         return {"processes": 1, "workers": []}
 
-    def apply_async(self, func, args, **kw) -> _StubResult:
-        result = _StubResult()
-        self.submitted.append((args[0].id, result))
-        return result
+    def submit_jobs(self, calls) -> list[int]:
+        seqs = []
+        for sink, _, args, *_limits in calls:
+            seq = len(self.submitted) + 1
+            self.submitted.append((args[0].id, seq))
+            self.signals[seq] = []
+            sink.job_sent(1)
+            seqs.append(seq)
+        return seqs
+
+    def terminate_job(self, pid, sig=None, seq=None) -> None:
+        assert pid == 1
+        self.signals[seq].append(sig)
 
 
 def test_the_consumer_drops_a_held_task_and_kills_a_running_one(url):
@@ -180,10 +177,10 @@ def test_the_consumer_drops_a_held_task_and_kills_a_running_one(url):
     assert (consumer.in_flight, consumer.held) == (1, 0)
     assert first.cancel() is True
     consumer.stop_cancelled(first.id)
-    [(_, result)] = pool.submitted
-    assert result.signals == [signal.SIGKILL]
+    [(_, seq)] = pool.submitted
+    assert pool.signals[seq] == [signal.SIGKILL]
     assert consumer.killing()  # until the pool answers
     consumer.kill_pending()
-    assert result.signals == [signal.SIGKILL, signal.SIGKILL]
+    assert pool.signals[seq] == [signal.SIGKILL, signal.SIGKILL]
     cancelled(first)
     cancelled(second)
