@@ -6,8 +6,14 @@ payload kind (``bytes``, and numpy arrays when numpy is installed) and size
 (1 KB, 1 MB, 50 MB, 500 MB), one ``apply`` sends the payload to a worker
 (*send*: the worker returns its length) and one receives it (*recv*: the
 worker returns a payload it built before the timing).  2 workers; every
-library runs in the same process, interleaved round by round; the table shows
-the best rate of the rounds (``--median``: their median) in GB/s, its ratio to the standard library, and
+library runs in the same process, interleaved round by round.  In a round,
+each library in turn makes ``--repeat`` send/recv pairs back to back, as a
+loop or a map over big items does: *steady* rows show its later calls,
+*first* rows the first call of its turn, made after the other libraries
+ran (seconds at 500 MB: whatever a library keeps warm between calls is
+gone by then, and freshly faulted memory costs most on a virtual machine
+that hands freed memory back to its host).  Each cell: the median rate of the rounds
+(``--best``: the best) in GB/s, its ratio to the standard library's, and
 its share of the single-copy rate of this machine (``bytearray(payload)``),
 the limit of any transport that copies once.  Peers that are not installed
 are skipped (``pip install loky mpire numpy``: the ``bench`` extra).
@@ -198,11 +204,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1KB,1MB,50MB,500MB")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="send/recv pairs per library per round (the first is the 'first' row)")
     parser.add_argument("--libs", default="stdlib,poolx,poolx-pipe,loky,mpire")
     parser.add_argument("--rss-child", nargs=3, metavar=("LIB", "BYTES", "KIND"))
     parser.add_argument("--no-rss", action="store_true")
-    parser.add_argument("--median", action="store_true",
-                        help="the median of the rounds instead of the best (a loaded machine)")
+    parser.add_argument("--best", action="store_true",
+                        help="the best of the rounds instead of their median (a quiet machine)")
     args = parser.parse_args()
     if args.rss_child:
         lib, n, kind = args.rss_child
@@ -222,44 +230,54 @@ def main() -> None:
     libs = _available(args.libs.split(","))
     copy = memcpy_rate()
     print(f"single-copy rate of this machine (bytearray of 50 MB): {copy:.2f} GB/s")
-    stat = "median" if args.median else "best"
-    print(f"{WORKERS} workers, fork, {stat} of {args.rounds} rounds; libraries: {', '.join(libs)}\n")
+    stat = "best" if args.best else "median"
+    print(f"{WORKERS} workers, fork, {stat} of {args.rounds} rounds of {args.repeat} calls each way per "
+          f"library; libraries: {', '.join(libs)}\n")
     runners = {lib: Runner(lib) for lib in libs}
     try:
-        print(f"{'payload':<16}{'dir':<6}" + "".join(f"{lib:>22}" for lib in libs))
+        print(f"{'payload':<16}{'dir':<13}" + "".join(f"{lib:>22}" for lib in libs))
         for kind in kinds:
             for n in sizes:
                 payload = me.build(n, kind)
                 for lib in libs:
                     runners[lib].warm(n, kind)
-                rates: dict[tuple[str, str], list[float]] = {}
-                rounds = args.rounds if n < 256 * UNITS["MB"] else max(1, args.rounds - 1)
-                for _ in range(rounds):
+                rates: dict[tuple[str, str, str], list[float]] = {}
+                modes = ("steady", "first") if args.repeat > 1 else ("first",)
+                for _ in range(args.rounds):
                     for lib in libs:
                         runner = runners[lib]
-                        t = time.perf_counter()
-                        assert runner.call(me.length, payload) == len(payload)
-                        send = time.perf_counter() - t
-                        t = time.perf_counter()
-                        back = runner.call(me.make, n, kind)
-                        recv = time.perf_counter() - t
-                        assert len(back) == len(payload)
-                        del back
-                        for direction, seconds in (("send", send), ("recv", recv)):
-                            rates.setdefault((lib, direction), []).append(n / seconds / 1e9)
-                best = {key: statistics.median(values) if args.median else max(values)
+                        steady: dict[str, list[float]] = {"send": [], "recv": []}
+                        for call in range(args.repeat):
+                            t = time.perf_counter()
+                            assert runner.call(me.length, payload) == len(payload)
+                            send = time.perf_counter() - t
+                            t = time.perf_counter()
+                            back = runner.call(me.make, n, kind)
+                            recv = time.perf_counter() - t
+                            assert len(back) == len(payload)
+                            del back
+                            for direction, seconds in (("send", send), ("recv", recv)):
+                                if call == 0:
+                                    rates.setdefault((lib, direction, "first"), []).append(n / seconds / 1e9)
+                                else:
+                                    steady[direction].append(n / seconds / 1e9)
+                        for direction, values in steady.items():
+                            if values:
+                                rates.setdefault((lib, direction, "steady"), []).append(statistics.median(values))
+                best = {key: max(values) if args.best else statistics.median(values)
                         for key, values in rates.items()}
                 del payload
-                for direction in ("send", "recv"):
-                    base = best[("stdlib", direction)] if "stdlib" in libs else None
-                    cells = []
-                    for lib in libs:
-                        rate = best[(lib, direction)]
-                        ratio = f" {rate / base:4.1f}x" if base else ""
-                        share = f" {100 * rate / copy:3.0f}%" if n >= UNITS["MB"] else ""
-                        cells.append(f"{rate:8.3f}{ratio}{share}")
-                    print(f"{kind + ' ' + _label(n):<16}{direction:<6}" + "".join(f"{c:>22}" for c in cells),
-                          flush=True)
+                for mode in modes:
+                    for direction in ("send", "recv"):
+                        base = best[("stdlib", direction, mode)] if "stdlib" in libs else None
+                        cells = []
+                        for lib in libs:
+                            rate = best[(lib, direction, mode)]
+                            ratio = f" {rate / base:4.1f}x" if base else ""
+                            share = f" {100 * rate / copy:3.0f}%" if n >= UNITS["MB"] else ""
+                            cells.append(f"{rate:8.3f}{ratio}{share}")
+                        print(f"{kind + ' ' + _label(n):<16}{direction + ' ' + mode:<13}"
+                              + "".join(f"{c:>22}" for c in cells), flush=True)
     finally:
         for runner in runners.values():
             runner.close()

@@ -35,12 +35,21 @@ at any moment:
   a worker mapped (a writable buffer, such as a numpy array, which may
   outlive its job) is never reused.
 * Result segments (``<prefix>r<worker pid>-<n>``) are created by a worker
-  (:func:`dumps` with the pool's :class:`Spec`) and unlinked by the parent
-  as soon as it has opened them (:meth:`Segments.loads`), or without reading
-  them when the job had already ended (:meth:`Segments.discard`).  When a
-  worker dies, after its pipe was read to the end, the supervisor unlinks
-  every segment that carries its pid (:meth:`Segments.worker_gone`): one it
-  was writing, or one it wrote but could not announce.
+  (:func:`dumps` with the pool's :class:`Spec`) and read by the parent
+  (:meth:`Segments.loads`).  One the parent only copied out of (every
+  buffer read-only, such as ``bytes``) is then renamed the worker's free
+  result segment ``<prefix>r<worker pid>-f`` (:func:`free_result_name`), at
+  most :data:`FREE_BYTES` of them in all; the worker renames it back to
+  write its next big result into (:meth:`Spec.take_free`), and the parent
+  unlinks it when :meth:`Segments.trim` finds it kept :data:`FREE_SECONDS`
+  ago.  Each step is one ``rename``: the parent never renames a file the
+  worker may still write, and the worker never writes a file the parent may
+  still read.  Any other result segment is unlinked as soon as the parent
+  has opened it, or without reading it when the job had already ended
+  (:meth:`Segments.discard`).  When a worker dies, after its pipe was read
+  to the end, the supervisor unlinks every segment that carries its pid
+  (:meth:`Segments.worker_gone`): one it was writing, one it wrote but
+  could not announce, its free one.
 * When the pool's supervisor finishes, it unlinks whatever still carries
   the pool's prefix (:meth:`Segments.close`); at interpreter exit an
   ``atexit`` hook does the same for every pool of this process still open.
@@ -69,7 +78,8 @@ from typing import Any
 from poolx.engine.pickling import PROTOCOL, unpickle
 from poolx.engine.wire import APPLY, FLAG_ACK, STARMAP
 
-__all__ = ["DEFAULT_THRESHOLD", "FREE_BYTES", "FREE_SECONDS", "FREE_SEGMENTS", "MAGIC", "Segments", "Spec", "dumps", "loads", "split", "write_segment"]
+__all__ = ["DEFAULT_THRESHOLD", "FREE_BYTES", "FREE_SECONDS", "FREE_SEGMENTS", "MAGIC", "Segments", "Spec", "dumps",
+           "free_result_name", "loads", "split", "write_segment"]
 
 SHM_DIR = "/dev/shm"
 DEFAULT_THRESHOLD = 1 << 20  # bytes; see benchmarks/bench_payload.py
@@ -116,6 +126,25 @@ class Spec:
         if self._names is None:
             self._names = itertools.count(1)
         return f"{self.prefix}r{os.getpid()}-{next(self._names)}"
+
+    def take_free(self, name: str) -> bool:
+        """Rename this worker's free result segment (the one the parent
+        kept after reading an earlier result) to ``name``; False if there
+        is none (the parent trimmed it, or has not read the last one)."""
+        try:
+            os.rename(os.path.join(SHM_DIR, free_result_name(self.prefix, os.getpid())),
+                      os.path.join(SHM_DIR, name))
+        except OSError:
+            return False
+        return True
+
+
+def free_result_name(prefix: str, pid: int) -> str:
+    """The name of worker ``pid``'s free result segment: one per worker,
+    renamed by the parent after it copied a result out, taken back by the
+    worker for its next one; under the worker's ``r<pid>-`` prefix, so
+    :meth:`Segments.worker_gone` unlinks it with the rest."""
+    return f"{prefix}r{pid}-f"
 
 
 def available() -> bool:
@@ -277,8 +306,9 @@ def dumps(obj: Any, spec: Spec | None) -> bytes:
     data, big = split(obj, threshold, type(obj) in _PLAIN and len(obj) >= threshold)
     if not big:
         return data
+    name = spec.result_name()
     try:
-        return write_segment(spec.result_name(), data, big)
+        return write_segment(name, data, big, reuse=spec.take_free(name))
     except OSError:  # /dev/shm full or gone: the pipe still works
         return pickle.dumps(obj, PROTOCOL)
 
@@ -320,7 +350,7 @@ def _write_all(fd: int, view: memoryview, at: int) -> int:
     return at
 
 
-def _reusable(payload: bytes) -> tuple[str, int] | None:
+def _reusable(payload: bytes | memoryview) -> tuple[str, int] | None:
     """The name and size of the segment of an argument payload whose
     buffers a worker only copied out (every one read-only); else None."""
     _, size, count = _HEAD.unpack_from(payload, 0)
@@ -342,9 +372,11 @@ def segment_name(payload: bytes | memoryview) -> str | None:
     return bytes(payload[_HEAD.size : _HEAD.size + size]).decode()
 
 
-def loads(payload: bytes | memoryview, unlink: bool = False) -> Any:
+def loads(payload: bytes | memoryview, unlink: bool = False, keep: str | None = None) -> Any:
     """Unpickle a payload :func:`dumps` made; with ``unlink``, remove its
-    segment (even when unpickling fails)."""
+    segment (even when unpickling fails).  With ``keep`` as well (the
+    caller checked that every buffer is read-only, so all are copied out),
+    the segment is renamed ``keep`` once read instead: kept for reuse."""
     if payload[0] != MAGIC:  # never empty: a pickle has at least PROTO and STOP
         return unpickle(payload)
     _, size, count = _HEAD.unpack_from(payload, 0)
@@ -356,7 +388,7 @@ def loads(payload: bytes | memoryview, unlink: bool = False) -> Any:
         data = memoryview(payload)[start + count * _ENTRY.size :]
         fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY)
         try:
-            if unlink:
+            if unlink and keep is None:
                 _unlink(name)
                 unlink = False
             buffers: list[Any] = []
@@ -372,6 +404,12 @@ def loads(payload: bytes | memoryview, unlink: bool = False) -> Any:
                     buffers.append(mapping[offset : offset + length])
         finally:
             os.close(fd)
+        if unlink and keep is not None and mapping is None:
+            try:
+                os.rename(os.path.join(SHM_DIR, name), os.path.join(SHM_DIR, keep))
+                unlink = False
+            except OSError:  # (then unlinked below)
+                pass
         return unpickle(data, buffers)
     finally:
         if unlink:
@@ -469,6 +507,7 @@ class Segments:
         self._pinned = 0
         self._names = itertools.count(1)
         self._free: list[tuple[str, int, float]] = []  # (name, size, released at): reusable segments
+        self._free_results: dict[str, tuple[int, float]] = {}  # free result segment -> (size, kept at)
         self._closed = False
         self._pid = os.getpid()  # a forked child's copy writes no segment (see dumps_job)
         if threshold is None or not available():
@@ -582,8 +621,9 @@ class Segments:
         return False
 
     def trim(self, now: float | None = None) -> None:
-        """Unlink the free segments released :data:`FREE_SECONDS` or more
-        before ``now`` (default: now)."""
+        """Unlink the free segments released or kept :data:`FREE_SECONDS`
+        or more before ``now`` (default: now).  (A worker may have taken its
+        free result segment meanwhile: the unlink then finds nothing.)"""
         if now is None:
             now = time.monotonic()
         with self._lock:
@@ -591,15 +631,49 @@ class Segments:
             for entry in old:
                 self._free.remove(entry)
                 _unlink(entry[0])
+            for name, (_, kept) in list(self._free_results.items()):
+                if now - kept >= FREE_SECONDS:
+                    del self._free_results[name]
+                    _unlink(name)
 
     @property
     def free(self) -> int:
-        """Free segments kept for reuse now."""
+        """Free argument segments kept for reuse now."""
         return len(self._free)
 
-    def loads(self, payload: bytes | memoryview) -> Any:
-        """Unpickle a result and unlink its segment."""
-        return loads(payload, unlink=True)
+    def loads(self, payload: bytes | memoryview) -> tuple[Any, bool]:
+        """Unpickle a result; return it, and True if its segment was kept
+        for its worker's next result (the caller then calls :meth:`trim`
+        :data:`FREE_SECONDS` later), else the segment is unlinked.
+
+        A segment is kept when every buffer in it was copied out (read-only
+        ones, such as ``bytes``: nothing maps it) and the pool's kept result
+        segments stay within :data:`FREE_BYTES`: writing into pages that
+        exist spares the worker the page faults, and the parent the freeing
+        of the pages, on the result's path."""
+        keep = self._keep_result(payload)
+        return loads(payload, unlink=True, keep=keep), keep is not None
+
+    def _keep_result(self, payload: bytes | memoryview) -> str | None:
+        """The name to keep a result's segment under, or None (unlink it)."""
+        spec = self.spec
+        if spec is None or not payload or payload[0] != MAGIC:
+            return None
+        reusable = _reusable(payload)
+        if reusable is None:
+            return None
+        name, size = reusable
+        head = spec.prefix + "r"
+        pid, dash, _ = name[len(head):].partition("-")
+        if not name.startswith(head) or not dash or not pid.isdigit():
+            return None
+        keep = free_result_name(spec.prefix, int(pid))
+        with self._lock:
+            others = sum(entry[0] for other, entry in self._free_results.items() if other != keep)
+            if self._closed or others + size > FREE_BYTES:
+                return None
+            self._free_results[keep] = (size, time.monotonic())
+        return keep
 
     def discard(self, payload: bytes | memoryview) -> None:
         """A result nobody will read: unlink its segment."""
@@ -608,8 +682,11 @@ class Segments:
             _unlink(name)
 
     def worker_gone(self, pid: int) -> None:
-        """Unlink the result segments a dead worker left behind."""
+        """Unlink the result segments a dead worker left behind, and its
+        free one."""
         if self.spec is not None:
+            with self._lock:
+                self._free_results.pop(free_result_name(self.spec.prefix, pid), None)
             _sweep(f"{self.spec.prefix}r{pid}-")
 
     def close(self) -> None:
@@ -623,3 +700,4 @@ class Segments:
             with self._lock:
                 self._pinned = 0
                 self._free.clear()
+                self._free_results.clear()

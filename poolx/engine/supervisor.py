@@ -460,7 +460,9 @@ class Supervisor:
             self.segments.discard(data)
             return  # already failed (timed out, memory) before its result arrived
         try:
-            value = self.segments.loads(data)
+            value, kept = self.segments.loads(data)
+            if kept:  # for the worker's next result, a while
+                self.timers.schedule(time.monotonic() + payload.FREE_SECONDS, self.segments.trim)
         except BaseException as exc:  # SystemExit from a __reduce__ too: never the supervisor's end
             ok, value = False, MaybeEncodingError(exc, "<result could not be unpickled in the parent>")
         if job.timed and self.config.on_timeout_cancel is not None:

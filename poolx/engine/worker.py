@@ -148,8 +148,12 @@ def _encode_value(value: Any, shm: payload.Spec | None) -> tuple[int, bytes]:
         return wire.RESULT_ERROR, pickle.dumps(MaybeEncodingError(exc, value), pickling.PROTOCOL)
 
 
-def _call(data: memoryview, state: _WorkerState) -> Any:
-    func, args, kwds, mode = payload.loads(data)
+def _call(data: memoryview, state: _WorkerState) -> tuple[Any, Any]:
+    """Run one job's call; return its value, and the call itself: the
+    caller frees the arguments after the result is on its way (freeing a
+    big one costs milliseconds nobody needs to wait for)."""
+    call = payload.loads(data)
+    func, args, kwds, mode = call
     state.in_user_code = True
     if mode == wire.APPLY:
         value = func(*args, **kwds)
@@ -158,7 +162,7 @@ def _call(data: memoryview, state: _WorkerState) -> Any:
     else:
         value = list(starmap(func, args))
     state.in_user_code = False
-    return value
+    return value, call
 
 
 def _run_job(
@@ -173,11 +177,11 @@ def _run_job(
         conn.send_bytes(wire.encode_accepted(seq, time.monotonic()))
     started = time.perf_counter()
     leave = False
+    done: Any = None  # the value and the call, freed once the result is sent
     try:
         try:
-            value = _call(data, state)
-            ok, result = _encode_value(value, state.shm)
-            del value
+            done = _call(data, state)
+            ok, result = _encode_value(done[0], state.shm)
         except BaseException as exc:  # BaseExceptions too: the caller gets them (billiard)
             state.in_user_code = False
             leave = isinstance(exc, SystemExit)
@@ -187,6 +191,7 @@ def _run_job(
         ok, result = wire.RESULT_ERROR, _encode_error(exc)
     conn.send_bytes(wire.encode_result(seq, ok, time.perf_counter() - started, result))
     slot[RUNNING] = 0
+    del done
     return leave
 
 

@@ -15,8 +15,9 @@ def segments(prefix):
 
 def busy(prefix):
     """:func:`segments` but the free ones a pool keeps for reuse
-    (``<prefix><pool>-f<n>``)."""
-    return [name for name in segments(prefix) if not re.fullmatch(r"\d+-f\d+", name[len(prefix):])]
+    (arguments: ``<prefix><pool>-f<n>``, results: ``<prefix><pool>-r<pid>-f``)."""
+    return [name for name in segments(prefix)
+            if not re.fullmatch(r"\d+-(f\d+|r\d+-f)", name[len(prefix):])]
 
 
 def seen(prefix, *args, **kwds):

@@ -179,8 +179,14 @@ def test_a_dropped_pool_releases_its_workers_when_its_last_job_ends(ctx, tmp_pat
     wait_until(lambda: os.path.exists(done), timeout=30)
     ended = time.monotonic()
 
+    def alive(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:  # reaped between the two questions
+            return False
+
     def gone() -> bool:
-        return not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
+        return not any(alive(p) for p in workers)
 
     wait_until(gone, timeout=30)
     # Before the fix the finalizer waited 2 s for its own thread.

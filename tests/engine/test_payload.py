@@ -525,3 +525,70 @@ def test_a_forked_childs_copy_of_the_pool_never_touches_its_segments(fork_ctx):
         assert p.apply(tasks.seen, (prefix(), b"y" * (200 * 1024))) == 1
         assert busy() == []
     assert ours() == []
+
+
+def test_a_read_result_segment_is_kept_and_taken_back_in_process():
+    """The parent renames a result segment it copied out of to its worker's
+    free name; the worker's next result is written into that file (pages
+    that exist: no page faults), cut to size or grown."""
+    segments = payload.Segments(64 * 1024)
+    try:
+        spec = segments.spec
+        value, kept = segments.loads(payload.dumps(b"a" * (200 * 1024), spec))
+        assert value == b"a" * (200 * 1024) and kept
+        free_name = payload.free_result_name(spec.prefix, os.getpid())
+        assert busy() == [] and free() == [free_name]
+        inode = os.stat(f"/dev/shm/{free_name}").st_ino
+        for n, byte in ((100 * 1024, b"b"), (300 * 1024, b"c")):
+            data = payload.dumps(byte * n, spec)
+            assert free() == []  # taken: written into
+            name = payload.segment_name(data)
+            assert os.stat(f"/dev/shm/{name}").st_ino == inode and os.path.getsize(f"/dev/shm/{name}") == n
+            assert segments.loads(data) == (byte * n, True)
+            assert free() == [free_name]
+        # A writable buffer is mapped, not copied: its segment goes.
+        assert segments.loads(payload.dumps(bytearray(b"d" * (200 * 1024)), spec)) == (bytearray(b"d" * (200 * 1024)), False)
+        assert busy() == []
+    finally:
+        segments.close()
+    assert ours() == []
+
+
+def test_a_read_result_segment_is_reused_by_its_worker(fork_ctx, monkeypatch):
+    monkeypatch.setattr(payload, "FREE_SECONDS", 300.0)  # no trim during the test, however slow the machine
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=64 * 1024) as p:
+        pid = p.apply(os.getpid)
+        assert p.apply(tasks.make, (200 * 1024,)) == b"r" * (200 * 1024)
+        [kept] = free()
+        assert kept.endswith(f"-r{pid}-f")
+        inode = os.stat(f"/dev/shm/{kept}").st_ino
+        for n in (100 * 1024, 300 * 1024):  # cut to size, then grown
+            assert p.apply(tasks.make, (n,)) == b"r" * n
+            assert free() == [kept] and os.stat(f"/dev/shm/{kept}").st_ino == inode
+            assert os.path.getsize(f"/dev/shm/{kept}") == n
+        result = p.apply(tasks.make, (200 * 1024, "bytearray"))  # written into the kept one, which
+        assert type(result) is bytearray and free() == []  # the parent maps: it is not kept again
+        del result
+        assert ours() == []
+    assert ours() == []
+
+
+def test_kept_result_segments_are_bounded_and_trimmed(fork_ctx, monkeypatch):
+    monkeypatch.setattr(payload, "FREE_BYTES", 300 * 1024)  # room for one 200 KB result, not two
+    with poolx.Pool(2, context=fork_ctx, shm_threshold=64 * 1024) as p:
+        results = [p.apply_async(tasks.sleep_then_make, (0.2, 200 * 1024)) for _ in range(4)]
+        assert [r.get(timeout=60) for r in results] == [b"r" * (200 * 1024)] * 4
+        assert busy() == [] and len(free()) == 1
+        wait_until(lambda: ours() == [], timeout=payload.FREE_SECONDS + 30)  # unused: unlinked
+
+
+def test_a_dead_workers_kept_result_segment_is_unlinked(fork_ctx, monkeypatch):
+    monkeypatch.setattr(payload, "FREE_SECONDS", 300.0)
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=64 * 1024) as p:
+        pid = p.apply(os.getpid)
+        assert p.apply(tasks.make, (200 * 1024,)) == b"r" * (200 * 1024)
+        assert [name for name in free() if name.endswith(f"-r{pid}-f")]
+        with pytest.raises(WorkerLostError):
+            p.apply(tasks.kill_self, (b"",))
+        wait_until(lambda: ours() == [], timeout=30)
+        assert p.apply(tasks.make, (200 * 1024,)) == b"r" * (200 * 1024)  # a new worker, a new segment
