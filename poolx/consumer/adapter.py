@@ -108,10 +108,12 @@ class InFlight:
     def job_timed_out(self, soft: bool, timeout: float) -> None:
         pass
 
-    def job_done(self, index: int, ok: bool, value: Any) -> None:
+    def job_done(self, index: int, ok: bool, value: Any, seconds: float | None = None) -> None:
         """The pool answered: the worker returned ``(outcome, seconds, its
         pid)`` (``ok``), or the job failed with the exception ``value``
-        (see :meth:`BrokerConsumer.answered`)."""
+        (see :meth:`BrokerConsumer.answered`).  The engine's ``seconds`` are
+        not used: ``run_task`` times the task itself, without the time its
+        worker spends unpickling the call."""
         self.answered = True
         self.consumer.answered(self, ok, value)
 

@@ -63,8 +63,11 @@ class JobSink(Protocol):
         """The job's soft (``soft=True``) or hard time limit expired."""
         ...
 
-    def job_done(self, index: int, ok: bool, value: Any) -> None:
-        """Job number ``index`` of this sink ended: its value, or its exception."""
+    def job_done(self, index: int, ok: bool, value: Any, seconds: float | None = None) -> None:
+        """Job number ``index`` of this sink ended: its value, or its exception;
+        ``seconds`` how long its worker ran it, when the worker returned (a
+        result or an exception: what :class:`poolx.Pool` times in its own
+        task tally), else None."""
         ...
 
 
@@ -183,7 +186,7 @@ class ApplyResult(mp_pool.ApplyResult):  # type: ignore[type-arg]
         if self._timeout_callback is not None:
             self._runner.submit(_call_kw, self._timeout_callback, soft, timeout)
 
-    def job_done(self, index: int, ok: bool, value: Any) -> None:
+    def job_done(self, index: int, ok: bool, value: Any, seconds: float | None = None) -> None:
         self._complete(ok, value)
 
     def _complete(self, ok: bool, value: Any) -> None:
@@ -246,7 +249,7 @@ class MapResult(ApplyResult, mp_pool.MapResult):  # type: ignore[type-arg]
             if tracker is not None:
                 tracker.close()
 
-    def job_done(self, index: int, ok: bool, value: Any) -> None:
+    def job_done(self, index: int, ok: bool, value: Any, seconds: float | None = None) -> None:
         self._number_left -= 1
         tracker = self._tracker
         if tracker is not None:
@@ -389,7 +392,7 @@ class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
 
     # -- JobSink (called by the engine) and the feeder's side
 
-    def job_done(self, index: int, ok: bool, value: Any) -> None:
+    def job_done(self, index: int, ok: bool, value: Any, seconds: float | None = None) -> None:
         with self._cond:
             if self._tracker is not None:
                 self._count(index, ok, value)
@@ -468,7 +471,7 @@ class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
 class IMapUnorderedIterator(IMapIterator, mp_pool.IMapUnorderedIterator):  # type: ignore[type-arg]
     """The iterator returned by ``imap_unordered``: results as they complete."""
 
-    def job_done(self, index: int, ok: bool, value: Any) -> None:
+    def job_done(self, index: int, ok: bool, value: Any, seconds: float | None = None) -> None:
         with self._cond:
             if self._tracker is not None:
                 self._count(index, ok, value)

@@ -303,6 +303,7 @@ class _Sink:
         self.sent: list[int] = []
         self.done = threading.Event()
         self.outcome: tuple[bool, object] | None = None
+        self.seconds: float | None = None
 
     def job_sent(self, pid: int) -> None:
         self.sent.append(pid)
@@ -313,8 +314,9 @@ class _Sink:
     def job_timed_out(self, soft: bool, timeout: float) -> None:
         pass
 
-    def job_done(self, index: int, ok: bool, value: object) -> None:
+    def job_done(self, index: int, ok: bool, value: object, seconds: float | None = None) -> None:
         self.outcome = (ok, value)
+        self.seconds = seconds
         self.done.set()
 
 
@@ -350,6 +352,10 @@ def test_submit_jobs_hands_the_calls_to_the_supervisor_together(fork_ctx, monkey
         assert sinks[3].outcome == (True, 3)
         ok, error = sinks[2].outcome
         assert not ok and isinstance(error, poolx.TimeLimitExceeded)
+        # The worker's run time, as the pool's task tally counts it: only
+        # for a job its worker returned (not one killed at its limit).
+        assert isinstance(sinks[0].seconds, float) and 0 <= sinks[0].seconds < 10
+        assert sinks[2].seconds is None
         pool.close()
         with pytest.raises(PoolNotRunning):
             pool.submit_jobs([(_Sink(), helpers.square, (1,), None, None, None)])
@@ -367,9 +373,10 @@ def test_a_job_submitted_by_a_sink_on_the_supervisor_thread_runs(fork_ctx):
         second = _Sink()
 
         class Chained(_Sink):
-            def job_done(self, index: int, ok: bool, value: object) -> None:
+            def job_done(self, index: int, ok: bool, value: object,
+                         seconds: float | None = None) -> None:
                 pool.submit_jobs([(second, helpers.square, (value,), None, None, None)])
-                super().job_done(index, ok, value)
+                super().job_done(index, ok, value, seconds)
 
         first = Chained()
         pool.submit_jobs([(first, helpers.square, (3,), None, None, None)])

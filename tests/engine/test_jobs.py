@@ -17,7 +17,7 @@ class Sink:
     def job_sent(self, pid): pass
     def job_accepted(self, pid, when): pass
     def job_timed_out(self, soft, timeout): pass
-    def job_done(self, index, ok, value): pass
+    def job_done(self, index, ok, value, seconds=None): pass
 
 
 def _job_in(state: JobState) -> Job:

@@ -27,7 +27,7 @@ class Sink:
     def job_timed_out(self, soft, timeout):
         self.timed_out.append((soft, timeout))
 
-    def job_done(self, index, ok, value): pass
+    def job_done(self, index, ok, value, seconds=None): pass
 
 
 class Handle:
