@@ -75,6 +75,7 @@ from poolx.engine.executor_worker import (
     run_chunk,
 )
 from poolx.engine.progress import Tracker, open_tracker
+from poolx.engine.results import BaseJobSink
 from poolx.exceptions import Terminated
 from poolx.progress import ProgressOption
 from poolx.tally import TaskTally, failure_outcome, raised_outcome, task_name
@@ -95,7 +96,7 @@ _interpreter_exiting = False
 _live_cores: weakref.WeakSet[_ExecutorCore] = weakref.WeakSet()
 
 
-class _WorkItem:
+class _WorkItem(BaseJobSink):
     """One submitted call, from ``submit`` until its future is settled.
 
     Once launched it is also the job's sink: the supervisor reports to it
@@ -124,12 +125,6 @@ class _WorkItem:
     # -- JobSink: called on the supervisor thread; quick, never raising --------
     def job_sent(self, pid: int) -> None:
         self.pid = pid
-
-    def job_accepted(self, pid: int, time_accepted: float) -> None:
-        pass
-
-    def job_timed_out(self, soft: bool, timeout: float) -> None:
-        pass
 
     def job_done(self, index: int, ok: bool, value: Any, seconds: float | None = None) -> None:
         self.core.deliver(self, ok, value, seconds)

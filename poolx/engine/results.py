@@ -3,8 +3,10 @@
 Who owns what: caller threads only *read* these (``get``, ``wait``, ``next``).
 The supervisor thread — and, for a failing input iterable, the imap feeder —
 writes them through the :class:`JobSink` methods (``job_sent``,
-``job_accepted``, ``job_timed_out``, ``job_done``), once per job; the imap
-feeder also calls :meth:`IMapIterator.set_length` and waits with
+``job_accepted``, ``job_timed_out``, ``job_done``), once per job (a sink
+that needs only some of them subclasses :class:`BaseJobSink`, as the
+executor's and the consumer's do); the imap feeder also calls
+:meth:`IMapIterator.set_length` and waits with
 :meth:`IMapIterator.wait_completed`.  Those methods are the engine's
 interface, not meant for users (like ``concurrent.futures.Future.set_result``).
 They behave as the standard library's: same methods, return values,
@@ -40,7 +42,8 @@ from poolx.engine.callbacks import CallbackRunner
 from poolx.engine.progress import Tracker
 from poolx.exceptions import TimeoutError
 
-__all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator", "IMapUnorderedIterator"]
+__all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator", "IMapUnorderedIterator",
+           "JobSink", "BaseJobSink"]
 
 
 class JobSink(Protocol):
@@ -69,6 +72,24 @@ class JobSink(Protocol):
         result or an exception: what :class:`poolx.Pool` times in its own
         task tally), else None."""
         ...
+
+
+class BaseJobSink:
+    """The no-op :meth:`~JobSink.job_sent`, :meth:`~JobSink.job_accepted`
+    and :meth:`~JobSink.job_timed_out` of a :class:`JobSink`: a sink
+    subclasses it, implements ``job_done`` and overrides what it needs (it
+    adds no instance attribute: a sink with ``__slots__`` keeps them)."""
+
+    __slots__ = ()
+
+    def job_sent(self, pid: int) -> None:
+        """Ignored (see :meth:`JobSink.job_sent`)."""
+
+    def job_accepted(self, pid: int, time_accepted: float) -> None:
+        """Ignored (see :meth:`JobSink.job_accepted`)."""
+
+    def job_timed_out(self, soft: bool, timeout: float) -> None:
+        """Ignored (see :meth:`JobSink.job_timed_out`)."""
 
 
 _job_counter = itertools.count()
@@ -305,7 +326,7 @@ class MapResult(ApplyResult, mp_pool.MapResult):  # type: ignore[type-arg]
         return done
 
 
-class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
+class IMapIterator(mp_pool.IMapIterator, BaseJobSink):  # type: ignore[type-arg]
     """The iterator returned by :meth:`poolx.Pool.imap`: results in input order.
 
     Each job is a chunk; a failed chunk raises its exception once, at its
@@ -403,15 +424,6 @@ class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
                 self._notify()
             else:
                 self._unsorted[index] = (ok, value)
-
-    def job_sent(self, pid: int) -> None:
-        pass
-
-    def job_accepted(self, pid: int, time_accepted: float) -> None:
-        pass
-
-    def job_timed_out(self, soft: bool, timeout: float) -> None:
-        pass
 
     def _count(self, index: int, ok: bool, value: Any) -> None:  # with the lock held
         assert self._tracker is not None

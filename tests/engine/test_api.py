@@ -12,6 +12,7 @@ import weakref
 import pytest
 
 import poolx
+from poolx.engine.results import BaseJobSink
 from poolx.exceptions import PoolNotRunning
 from poolx.pool import MaybeEncodingError, RemoteTraceback
 from tests.engine import helpers
@@ -296,7 +297,7 @@ def test_imap_then_close_delivers_everything(ctx):
     assert pool.join(timeout=30)
 
 
-class _Sink:
+class _Sink(BaseJobSink):
     """A JobSink that records what the supervisor tells it."""
 
     def __init__(self) -> None:
@@ -307,12 +308,6 @@ class _Sink:
 
     def job_sent(self, pid: int) -> None:
         self.sent.append(pid)
-
-    def job_accepted(self, pid: int, time_accepted: float) -> None:
-        pass
-
-    def job_timed_out(self, soft: bool, timeout: float) -> None:
-        pass
 
     def job_done(self, index: int, ok: bool, value: object, seconds: float | None = None) -> None:
         self.outcome = (ok, value)
