@@ -6,7 +6,8 @@ engine's supervisor keeps one for ``poolx.Pool`` (tasks named after their
 function, on the supervisor thread), the consumer keeps one for a worker
 pool (tasks named as the broker names them, under the consumer's lock),
 and ``poolx.ProcessPoolExecutor`` keeps one (calls named after the
-submitted function, under its core's lock, without run times).
+submitted function, under its core's lock, with the run times its pool's
+supervisor measured).
 Their ``stats()`` publish :meth:`TaskTally.snapshot` under ``"tasks"``;
 :mod:`poolx.metrics` turns that snapshot into Prometheus metrics at scrape
 time, so nothing is counted twice.

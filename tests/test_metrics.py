@@ -170,8 +170,9 @@ def test_map_chunks_are_counted_under_the_function():
 
 def test_the_executor_counts_calls_by_the_submitted_function():
     """Not under its own run_call (whose outcome the pool cannot see): by
-    the function submitted, with the outcome the future got; a map's chunks
-    under the mapped function; run times are not measured."""
+    the function submitted, with the outcome the future got and the run
+    times of the calls that returned or raised; a map's chunks under the
+    mapped function."""
     with poolx.ProcessPoolExecutor(2, mp_context=FORK) as executor:
         assert executor.submit(ok, 3).result(30) == 3
         with pytest.raises(ValueError):
@@ -196,8 +197,12 @@ def test_the_executor_counts_calls_by_the_submitted_function():
               for name, c in tasks.items()}
     assert counts == {ok_name: (1, 1, {}), fail_name: (1, 0, {"error": 1}),
                       sleep_name: (2, 0, {"timeout": 1, "terminated": 1}), square_name: (3, 3, {})}
-    assert all(c["duration"]["count"] == 0 for c in tasks.values())
+    timed = {name: c["duration"]["count"] for name, c in tasks.items()}
+    assert timed == {ok_name: 1, fail_name: 1, sleep_name: 0, square_name: 3}  # not the killed ones
     assert value(samples, "poolx_tasks_succeeded_total", task=square_name) == 3
+    assert value(samples, "poolx_task_duration_seconds_count", task=square_name) == 3
+    assert value(samples, "poolx_task_duration_seconds_bucket", task=fail_name, le="+Inf") == 1
+    assert 0 < value(samples, "poolx_task_duration_seconds_sum", task=ok_name) < 10
     assert value(samples, "poolx_tasks_failed_total", task=sleep_name, outcome="terminated") == 1
 
 

@@ -58,6 +58,7 @@ from poolx.consumer.failures import RecentFailures
 from poolx.consumer.heartbeats import Heartbeats
 from poolx.consumer.intake import Intake
 from poolx.consumer.inworker import SECONDS, run_task
+from poolx.engine.results import BaseJobSink
 from poolx.exceptions import PoolNotRunning
 from poolx.queue.base import AbstractTaskQueue
 from poolx.queue.urls import redact_url
@@ -73,7 +74,7 @@ _ESTIMATES_KEPT = 1024
 oldest name is forgotten first)."""
 
 
-class InFlight:
+class InFlight(BaseJobSink):
     """One task taken from the queue and not answered yet: held by the
     consumer (prefetched, ``seq`` is None) or handed to the pool, whose
     :class:`~poolx.engine.results.JobSink` it is."""
@@ -102,16 +103,12 @@ class InFlight:
     def job_sent(self, pid: int) -> None:
         self.pid = pid
 
-    def job_accepted(self, pid: int, time_accepted: float) -> None:
-        pass
-
-    def job_timed_out(self, soft: bool, timeout: float) -> None:
-        pass
-
-    def job_done(self, index: int, ok: bool, value: Any) -> None:
+    def job_done(self, index: int, ok: bool, value: Any, seconds: float | None = None) -> None:
         """The pool answered: the worker returned ``(outcome, seconds, its
         pid)`` (``ok``), or the job failed with the exception ``value``
-        (see :meth:`BrokerConsumer.answered`)."""
+        (see :meth:`BrokerConsumer.answered`).  The engine's ``seconds`` are
+        not used: ``run_task`` times the task itself, without the time its
+        worker spends unpickling the call."""
         self.answered = True
         self.consumer.answered(self, ok, value)
 

@@ -75,6 +75,7 @@ from poolx.engine.executor_worker import (
     run_chunk,
 )
 from poolx.engine.progress import Tracker, open_tracker
+from poolx.engine.results import BaseJobSink
 from poolx.exceptions import Terminated
 from poolx.progress import ProgressOption
 from poolx.tally import TaskTally, failure_outcome, raised_outcome, task_name
@@ -95,7 +96,7 @@ _interpreter_exiting = False
 _live_cores: weakref.WeakSet[_ExecutorCore] = weakref.WeakSet()
 
 
-class _WorkItem:
+class _WorkItem(BaseJobSink):
     """One submitted call, from ``submit`` until its future is settled.
 
     Once launched it is also the job's sink: the supervisor reports to it
@@ -125,14 +126,8 @@ class _WorkItem:
     def job_sent(self, pid: int) -> None:
         self.pid = pid
 
-    def job_accepted(self, pid: int, time_accepted: float) -> None:
-        pass
-
-    def job_timed_out(self, soft: bool, timeout: float) -> None:
-        pass
-
-    def job_done(self, index: int, ok: bool, value: Any) -> None:
-        self.core.deliver(self, ok, value)
+    def job_done(self, index: int, ok: bool, value: Any, seconds: float | None = None) -> None:
+        self.core.deliver(self, ok, value, seconds)
 
 
 # A module-level function's pickle (a reference by name), made once: pickling
@@ -267,7 +262,7 @@ class _ExecutorCore:
         self.closed = False  # nothing will be launched any more
         self.closed_event = threading.Event()
         # The delivery thread and its inbox (appended to by the supervisor thread).
-        self.completed: deque[tuple[_WorkItem, bool, Any]] = deque()
+        self.completed: deque[tuple[_WorkItem, bool, Any, float | None]] = deque()
         self.wakeup = threading.Condition(threading.Lock())
         self.waiting = False
         self.delivery: threading.Thread | None = None
@@ -350,9 +345,10 @@ class _ExecutorCore:
 
     # ------------------------------------------------------------------ completion
 
-    def deliver(self, item: _WorkItem, ok: bool, value: Any) -> None:
-        """Supervisor thread: queue an outcome for the delivery thread."""
-        self.completed.append((item, ok, value))
+    def deliver(self, item: _WorkItem, ok: bool, value: Any, seconds: float | None) -> None:
+        """Supervisor thread: queue an outcome (and the job's run time, if
+        its worker returned) for the delivery thread."""
+        self.completed.append((item, ok, value, seconds))
         if self.waiting:  # once per batch: the first outcome clears the flag
             with self.wakeup:
                 if self.waiting:
@@ -383,10 +379,10 @@ class _ExecutorCore:
                 batch.append(completed.popleft())
             self._complete(batch)
 
-    def _complete(self, batch: list[tuple[_WorkItem, bool, Any]]) -> None:
+    def _complete(self, batch: list[tuple[_WorkItem, bool, Any, float | None]]) -> None:
         now = time.monotonic()
         with self.lock:
-            ours = [(item, ok, value) for item, ok, value in batch if self._settle(item)]
+            ours = [entry for entry in batch if self._settle(entry[0])]
             if self.pending:
                 # Estimate the time per call from the pace of completions while
                 # calls wait; it sizes the window (see the module docstring).
@@ -402,15 +398,15 @@ class _ExecutorCore:
                 self.last_done = None
             failures = self._refill()
         outcomes = []
-        for item, ok, value in ours:
+        for item, ok, value, seconds in ours:
             is_result, value = _outcome(ok, value)
-            outcomes.append((item, is_result, value, _tally_outcome(ok, is_result, value)))
+            outcomes.append((item, is_result, value, _tally_outcome(ok, is_result, value), seconds))
         with self.lock:
             tally = self.tally
-            for item, _, _, ended in outcomes:
+            for item, _, _, ended, seconds in outcomes:
                 if ended != _NOT_RUN:
-                    tally.ended(item.name, ended, None, item.counted)
-        for item, is_result, value, _ in outcomes:
+                    tally.ended(item.name, ended, seconds, item.counted)
+        for item, is_result, value, _, _ in outcomes:
             _settle_future(item.future, is_result, value)
         for future, error in failures:
             _settle_future(future, False, error)
@@ -536,7 +532,9 @@ class _ExecutorCore:
         # The pool runs every call as run_call, whose outcome (returned or
         # raised) travels inside its result: its own tally names run_call and
         # counts every call as a success.  The core's names the submitted
-        # functions; a call counts as started once a worker runs its job.
+        # functions; a call counts as started once a worker runs its job, and
+        # ends with its job's run time (job_done's seconds: the worker's own
+        # measure, the one the pool's tally uses; a map's chunk is one job).
         if pool is not None:
             running = {worker["job"] for worker in stats.get("workers", ()) if worker.get("job")}
             with self.lock:
@@ -867,9 +865,9 @@ class ProcessPoolExecutor(Executor):
     def stats(self) -> dict[str, Any]:
         """The pool's :meth:`poolx.Pool.stats` (once workers have started),
         and ``pending``: calls waiting in the executor, not yet handed to the
-        pool.  Its ``tasks`` count the calls per submitted function (a
-        ``map``'s chunks under the mapped function), as the pool's do per
-        job, but without run times (see :doc:`metrics`)."""
+        pool.  Its ``tasks`` count and time the calls per submitted function
+        (a ``map``'s chunks under the mapped function), as the pool's do per
+        job (see :doc:`metrics`)."""
         return self._core.stats()
 
     def __repr__(self) -> str:

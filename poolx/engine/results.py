@@ -3,8 +3,10 @@
 Who owns what: caller threads only *read* these (``get``, ``wait``, ``next``).
 The supervisor thread — and, for a failing input iterable, the imap feeder —
 writes them through the :class:`JobSink` methods (``job_sent``,
-``job_accepted``, ``job_timed_out``, ``job_done``), once per job; the imap
-feeder also calls :meth:`IMapIterator.set_length` and waits with
+``job_accepted``, ``job_timed_out``, ``job_done``), once per job (a sink
+that needs only some of them subclasses :class:`BaseJobSink`, as the
+executor's and the consumer's do); the imap feeder also calls
+:meth:`IMapIterator.set_length` and waits with
 :meth:`IMapIterator.wait_completed`.  Those methods are the engine's
 interface, not meant for users (like ``concurrent.futures.Future.set_result``).
 They behave as the standard library's: same methods, return values,
@@ -40,7 +42,8 @@ from poolx.engine.callbacks import CallbackRunner
 from poolx.engine.progress import Tracker
 from poolx.exceptions import TimeoutError
 
-__all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator", "IMapUnorderedIterator"]
+__all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator", "IMapUnorderedIterator",
+           "JobSink", "BaseJobSink"]
 
 
 class JobSink(Protocol):
@@ -63,9 +66,30 @@ class JobSink(Protocol):
         """The job's soft (``soft=True``) or hard time limit expired."""
         ...
 
-    def job_done(self, index: int, ok: bool, value: Any) -> None:
-        """Job number ``index`` of this sink ended: its value, or its exception."""
+    def job_done(self, index: int, ok: bool, value: Any, seconds: float | None = None) -> None:
+        """Job number ``index`` of this sink ended: its value, or its exception;
+        ``seconds`` how long its worker ran it, when the worker returned (a
+        result or an exception: what :class:`poolx.Pool` times in its own
+        task tally), else None."""
         ...
+
+
+class BaseJobSink:
+    """The no-op :meth:`~JobSink.job_sent`, :meth:`~JobSink.job_accepted`
+    and :meth:`~JobSink.job_timed_out` of a :class:`JobSink`: a sink
+    subclasses it, implements ``job_done`` and overrides what it needs (it
+    adds no instance attribute: a sink with ``__slots__`` keeps them)."""
+
+    __slots__ = ()
+
+    def job_sent(self, pid: int) -> None:
+        """Ignored (see :meth:`JobSink.job_sent`)."""
+
+    def job_accepted(self, pid: int, time_accepted: float) -> None:
+        """Ignored (see :meth:`JobSink.job_accepted`)."""
+
+    def job_timed_out(self, soft: bool, timeout: float) -> None:
+        """Ignored (see :meth:`JobSink.job_timed_out`)."""
 
 
 _job_counter = itertools.count()
@@ -183,7 +207,7 @@ class ApplyResult(mp_pool.ApplyResult):  # type: ignore[type-arg]
         if self._timeout_callback is not None:
             self._runner.submit(_call_kw, self._timeout_callback, soft, timeout)
 
-    def job_done(self, index: int, ok: bool, value: Any) -> None:
+    def job_done(self, index: int, ok: bool, value: Any, seconds: float | None = None) -> None:
         self._complete(ok, value)
 
     def _complete(self, ok: bool, value: Any) -> None:
@@ -246,7 +270,7 @@ class MapResult(ApplyResult, mp_pool.MapResult):  # type: ignore[type-arg]
             if tracker is not None:
                 tracker.close()
 
-    def job_done(self, index: int, ok: bool, value: Any) -> None:
+    def job_done(self, index: int, ok: bool, value: Any, seconds: float | None = None) -> None:
         self._number_left -= 1
         tracker = self._tracker
         if tracker is not None:
@@ -302,7 +326,7 @@ class MapResult(ApplyResult, mp_pool.MapResult):  # type: ignore[type-arg]
         return done
 
 
-class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
+class IMapIterator(mp_pool.IMapIterator, BaseJobSink):  # type: ignore[type-arg]
     """The iterator returned by :meth:`poolx.Pool.imap`: results in input order.
 
     Each job is a chunk; a failed chunk raises its exception once, at its
@@ -389,7 +413,7 @@ class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
 
     # -- JobSink (called by the engine) and the feeder's side
 
-    def job_done(self, index: int, ok: bool, value: Any) -> None:
+    def job_done(self, index: int, ok: bool, value: Any, seconds: float | None = None) -> None:
         with self._cond:
             if self._tracker is not None:
                 self._count(index, ok, value)
@@ -400,15 +424,6 @@ class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
                 self._notify()
             else:
                 self._unsorted[index] = (ok, value)
-
-    def job_sent(self, pid: int) -> None:
-        pass
-
-    def job_accepted(self, pid: int, time_accepted: float) -> None:
-        pass
-
-    def job_timed_out(self, soft: bool, timeout: float) -> None:
-        pass
 
     def _count(self, index: int, ok: bool, value: Any) -> None:  # with the lock held
         assert self._tracker is not None
@@ -468,7 +483,7 @@ class IMapIterator(mp_pool.IMapIterator):  # type: ignore[type-arg]
 class IMapUnorderedIterator(IMapIterator, mp_pool.IMapUnorderedIterator):  # type: ignore[type-arg]
     """The iterator returned by ``imap_unordered``: results as they complete."""
 
-    def job_done(self, index: int, ok: bool, value: Any) -> None:
+    def job_done(self, index: int, ok: bool, value: Any, seconds: float | None = None) -> None:
         with self._cond:
             if self._tracker is not None:
                 self._count(index, ok, value)

@@ -373,7 +373,7 @@ class Supervisor:
             tally.ended(job.name, outcome, seconds, job.counted)
         if job.timed or job.memory_limit is not None:
             self.limits.job_ended(job, handle)
-        job.sink.job_done(job.index, state is JobState.DONE, value)
+        job.sink.job_done(job.index, state is JobState.DONE, value, seconds)
 
     def kill_job(self, handle: WorkerHandle, job: Job, reason: KillReason,
                  sig: int = signal.SIGKILL) -> bool:

@@ -12,6 +12,7 @@ import weakref
 import pytest
 
 import poolx
+from poolx.engine.results import BaseJobSink
 from poolx.exceptions import PoolNotRunning
 from poolx.pool import MaybeEncodingError, RemoteTraceback
 from tests.engine import helpers
@@ -296,25 +297,21 @@ def test_imap_then_close_delivers_everything(ctx):
     assert pool.join(timeout=30)
 
 
-class _Sink:
+class _Sink(BaseJobSink):
     """A JobSink that records what the supervisor tells it."""
 
     def __init__(self) -> None:
         self.sent: list[int] = []
         self.done = threading.Event()
         self.outcome: tuple[bool, object] | None = None
+        self.seconds: float | None = None
 
     def job_sent(self, pid: int) -> None:
         self.sent.append(pid)
 
-    def job_accepted(self, pid: int, time_accepted: float) -> None:
-        pass
-
-    def job_timed_out(self, soft: bool, timeout: float) -> None:
-        pass
-
-    def job_done(self, index: int, ok: bool, value: object) -> None:
+    def job_done(self, index: int, ok: bool, value: object, seconds: float | None = None) -> None:
         self.outcome = (ok, value)
+        self.seconds = seconds
         self.done.set()
 
 
@@ -350,6 +347,10 @@ def test_submit_jobs_hands_the_calls_to_the_supervisor_together(fork_ctx, monkey
         assert sinks[3].outcome == (True, 3)
         ok, error = sinks[2].outcome
         assert not ok and isinstance(error, poolx.TimeLimitExceeded)
+        # The worker's run time, as the pool's task tally counts it: only
+        # for a job its worker returned (not one killed at its limit).
+        assert isinstance(sinks[0].seconds, float) and 0 <= sinks[0].seconds < 10
+        assert sinks[2].seconds is None
         pool.close()
         with pytest.raises(PoolNotRunning):
             pool.submit_jobs([(_Sink(), helpers.square, (1,), None, None, None)])
@@ -367,9 +368,10 @@ def test_a_job_submitted_by_a_sink_on_the_supervisor_thread_runs(fork_ctx):
         second = _Sink()
 
         class Chained(_Sink):
-            def job_done(self, index: int, ok: bool, value: object) -> None:
+            def job_done(self, index: int, ok: bool, value: object,
+                         seconds: float | None = None) -> None:
                 pool.submit_jobs([(second, helpers.square, (value,), None, None, None)])
-                super().job_done(index, ok, value)
+                super().job_done(index, ok, value, seconds)
 
         first = Chained()
         pool.submit_jobs([(first, helpers.square, (3,), None, None, None)])

@@ -20,6 +20,7 @@ from poolx.exceptions import (
     Terminated,
     TimeLimitExceeded,
 )
+from poolx.tally import DURATION_BUCKETS, task_name
 from tests.conftest import wait_until
 from tests.engine import executor_tasks as tasks
 from tests.engine import helpers
@@ -255,6 +256,36 @@ def test_stats_count_pending_calls(fork_ctx, tmp_path):
         tasks.release_fifo(fifo)
         assert [f.result(timeout=60) for f in others] == list(range(20))
         assert ex.stats()["pending"] == 0
+
+
+def test_stats_time_calls_per_submitted_function(executor):
+    """``stats()["tasks"]`` has run times per submitted function, as a
+    Pool's do per job: of the calls that returned or raised in their worker
+    (a map's chunk once), not of those killed for their hard time limit."""
+    started = time.monotonic()
+    assert executor.submit(tasks.sleep, 0.2).result(timeout=60) == 0.2  # the work it simulates
+    elapsed = time.monotonic() - started
+    with pytest.raises(RuntimeError):
+        executor.submit(tasks.raise_runtime_error).result(timeout=60)
+    with pytest.raises(SoftTimeLimitExceeded):
+        executor.schedule(helpers.sleep, (30,), soft_timeout=0.2).result(timeout=60)
+    with pytest.raises(TimeLimitExceeded):
+        executor.schedule(helpers.sleep, (30,), timeout=0.2).result(timeout=60)
+    assert list(executor.map(tasks.mul, range(6), range(6), chunksize=2)) == [i * i for i in range(6)]
+    counts = executor.stats()["tasks"]
+    slept = counts[task_name(tasks.sleep)]["duration"]
+    assert slept["count"] == 1
+    assert 0.2 <= slept["sum"] <= elapsed
+    assert slept["buckets"][DURATION_BUCKETS.index(0.1)] == 0 and slept["buckets"][-1] == 1
+    raised = counts[task_name(tasks.raise_runtime_error)]
+    assert raised["failed"]["error"] == 1 and raised["duration"]["count"] == 1
+    assert 0 <= raised["duration"]["sum"] < 10
+    limited = counts[task_name(helpers.sleep)]
+    assert limited["failed"]["timeout"] == 2
+    assert limited["duration"]["count"] == 1  # it raised its soft limit; the killed one has none
+    assert 0 < limited["duration"]["sum"] < 10
+    mapped = counts[task_name(tasks.mul)]
+    assert mapped["succeeded"] == 3 and mapped["duration"]["count"] == 3  # one per chunk
 
 
 def test_shutdown_with_wait_from_a_done_callback_cannot_join_itself(executor):

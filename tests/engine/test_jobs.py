@@ -7,17 +7,15 @@ import itertools
 import pytest
 
 from poolx.engine.jobs import STATES, Job, JobState, JobStateError
+from poolx.engine.results import BaseJobSink
 
 Q, S, A = JobState.QUEUED, JobState.SENT, JobState.ACCEPTED
 TERMINAL = [s for s in STATES if s.terminal]
 LEGAL = {(Q, S), (S, A), (S, Q), (A, Q)} | {(s, t) for s in (Q, S, A) for t in TERMINAL}
 
 
-class Sink:
-    def job_sent(self, pid): pass
-    def job_accepted(self, pid, when): pass
-    def job_timed_out(self, soft, timeout): pass
-    def job_done(self, index, ok, value): pass
+class Sink(BaseJobSink):
+    def job_done(self, index, ok, value, seconds=None): pass
 
 
 def _job_in(state: JobState) -> Job:
@@ -69,3 +67,23 @@ def test_timed():
     assert Job(1, Sink(), 0, b"", soft_timeout=1.0).timed
     assert Job(1, Sink(), 0, b"", timeout=1.0).timed
     assert not Job(1, Sink(), 0, b"", memory_limit=10).timed
+
+
+def test_the_sink_base_does_nothing_and_keeps_a_sink_slotted():
+    """BaseJobSink's defaults ignore what they are told, and it adds no
+    instance dict: the executor's per-call work items and the consumer's
+    tasks in flight keep their ``__slots__``."""
+
+    class Slotted(BaseJobSink):
+        __slots__ = ("done",)
+
+        def job_done(self, index, ok, value, seconds=None):
+            self.done = (ok, value, seconds)
+
+    sink = Slotted()
+    assert not hasattr(sink, "__dict__")
+    assert sink.job_sent(1) is None
+    assert sink.job_accepted(1, 0.5) is None
+    assert sink.job_timed_out(True, 2.0) is None
+    sink.job_done(0, True, 3, 0.25)
+    assert sink.done == (True, 3, 0.25)

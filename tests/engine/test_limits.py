@@ -11,23 +11,21 @@ import pytest
 
 from poolx.engine.jobs import Job, JobState
 from poolx.engine.limits import LimitKeeper
+from poolx.engine.results import BaseJobSink
 from poolx.engine.timers import TimerHeap
 from poolx.engine.worker import RUNNING, SLOT_SIZE, SOFT_TARGET, STARTED_NS
 from poolx.engine.workers import KillReason
 from poolx.exceptions import MemoryLimitExceeded, TimeLimitExceeded
 
 
-class Sink:
+class Sink(BaseJobSink):
     def __init__(self):
         self.timed_out = []
-
-    def job_sent(self, pid): pass
-    def job_accepted(self, pid, when): pass
 
     def job_timed_out(self, soft, timeout):
         self.timed_out.append((soft, timeout))
 
-    def job_done(self, index, ok, value): pass
+    def job_done(self, index, ok, value, seconds=None): pass
 
 
 class Handle:
