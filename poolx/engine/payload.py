@@ -376,7 +376,8 @@ def loads(payload: bytes | memoryview, unlink: bool = False, keep: str | None = 
     """Unpickle a payload :func:`dumps` made; with ``unlink``, remove its
     segment (even when unpickling fails).  With ``keep`` as well (the
     caller checked that every buffer is read-only, so all are copied out),
-    the segment is renamed ``keep`` once read instead: kept for reuse."""
+    the segment is renamed ``keep`` once its value is rebuilt instead: kept
+    for reuse (it is unlinked if rebuilding fails)."""
     if payload[0] != MAGIC:  # never empty: a pickle has at least PROTO and STOP
         return unpickle(payload)
     _, size, count = _HEAD.unpack_from(payload, 0)
@@ -404,13 +405,14 @@ def loads(payload: bytes | memoryview, unlink: bool = False, keep: str | None = 
                     buffers.append(mapping[offset : offset + length])
         finally:
             os.close(fd)
+        value = unpickle(data, buffers)
         if unlink and keep is not None and mapping is None:
             try:
                 os.rename(os.path.join(SHM_DIR, name), os.path.join(SHM_DIR, keep))
                 unlink = False
             except OSError:  # (then unlinked below)
                 pass
-        return unpickle(data, buffers)
+        return value
     finally:
         if unlink:
             _unlink(name)
@@ -652,7 +654,14 @@ class Segments:
         exist spares the worker the page faults, and the parent the freeing
         of the pages, on the result's path."""
         keep = self._keep_result(payload)
-        return loads(payload, unlink=True, keep=keep), keep is not None
+        try:
+            return loads(payload, unlink=True, keep=keep), keep is not None
+        except BaseException:  # not kept after all (unlinked): out of the budget, with
+            if keep is not None:  # any older free one of that worker, which now has no record
+                with self._lock:
+                    self._free_results.pop(keep, None)
+                _unlink(keep)
+            raise
 
     def _keep_result(self, payload: bytes | memoryview) -> str | None:
         """The name to keep a result's segment under, or None (unlink it)."""

@@ -148,12 +148,28 @@ def _encode_value(value: Any, shm: payload.Spec | None) -> tuple[int, bytes]:
         return wire.RESULT_ERROR, pickle.dumps(MaybeEncodingError(exc, value), pickling.PROTOCOL)
 
 
-def _call(data: memoryview, state: _WorkerState) -> tuple[Any, Any]:
-    """Run one job's call; return its value, and the call itself: the
-    caller frees the arguments after the result is on its way (freeing a
-    big one costs milliseconds nobody needs to wait for)."""
-    call = payload.loads(data)
-    func, args, kwds, mode = call
+_PLAIN = (bytes, bytearray)  # freed without running any Python code
+_HOLD_AT_LEAST = 64 * 1024  # bytes: smaller buffers cost nothing to free
+
+
+def _big_plain(args: Any, kwds: Any, mode: int) -> list[Any]:
+    """The big ``bytes``/``bytearray`` arguments of a call (the arguments,
+    a map chunk's items, a starmap item's arguments, keyword values)."""
+    if mode == wire.APPLY:
+        items = [*args, *kwds.values()] if kwds else args
+    elif mode == wire.MAP:
+        items = args
+    else:
+        items = [arg for item in args if type(item) in (tuple, list) for arg in item]
+    return [item for item in items if type(item) in _PLAIN and len(item) >= _HOLD_AT_LEAST]
+
+
+def _call(data: memoryview, state: _WorkerState) -> tuple[Any, list[Any]]:
+    """Run one job's call; return its value, and its big plain arguments
+    (:func:`_big_plain`), which the caller may free after the result is
+    on its way.  Everything else of the call is freed here, inside the job
+    (its time limit covers a ``__del__`` that blocks)."""
+    func, args, kwds, mode = payload.loads(data)
     state.in_user_code = True
     if mode == wire.APPLY:
         value = func(*args, **kwds)
@@ -162,7 +178,16 @@ def _call(data: memoryview, state: _WorkerState) -> tuple[Any, Any]:
     else:
         value = list(starmap(func, args))
     state.in_user_code = False
-    return value, call
+    return value, _big_plain(args, kwds, mode)
+
+
+def _small_or_out_of_band(value: Any, shm: payload.Spec | None) -> bool:
+    """True if pickling ``value`` makes no big pickle: a number or None, a
+    small ``bytes``/``bytearray``, or a big one that goes to a segment."""
+    kind = type(value)
+    if value is None or kind in (bool, int, float):
+        return True
+    return kind in _PLAIN and (len(value) < _HOLD_AT_LEAST or (shm is not None and len(value) >= shm.threshold))
 
 
 def _run_job(
@@ -177,11 +202,21 @@ def _run_job(
         conn.send_bytes(wire.encode_accepted(seq, time.monotonic()))
     started = time.perf_counter()
     leave = False
-    done: Any = None  # the value and the call, freed once the result is sent
+    # Big bytes/bytearray arguments and value, freed once the result is
+    # sent (freeing 50 MB takes milliseconds nobody needs to wait for):
+    # only plain buffers, whose freeing runs no code of the user's, and
+    # only when pickling the value makes no big copy beside them (the
+    # job's memory peak stays what it was when its function returned).
+    held: Any = None
     try:
         try:
-            done = _call(data, state)
-            ok, result = _encode_value(done[0], state.shm)
+            value, held = _call(data, state)
+            if held and not _small_or_out_of_band(value, state.shm):
+                held = None
+            ok, result = _encode_value(value, state.shm)
+            if type(value) in _PLAIN and len(value) >= _HOLD_AT_LEAST and len(result) < _HOLD_AT_LEAST:
+                held = (held, value)  # it went to a segment
+            del value
         except BaseException as exc:  # BaseExceptions too: the caller gets them (billiard)
             state.in_user_code = False
             leave = isinstance(exc, SystemExit)
@@ -191,7 +226,7 @@ def _run_job(
         ok, result = wire.RESULT_ERROR, _encode_error(exc)
     conn.send_bytes(wire.encode_result(seq, ok, time.perf_counter() - started, result))
     slot[RUNNING] = 0
-    del done
+    del held
     return leave
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import signal
+import threading
 import time
 
 
@@ -153,3 +155,56 @@ def copy_refuses_a_big_argument():
     except BaseException:
         os._exit(2)
     os._exit(1)
+
+def _refuse(buffer):
+    raise ValueError("this result cannot be rebuilt in the parent")
+
+
+class Unloadable:
+    """A result that pickles (one read-only out-of-band buffer) in the
+    worker and fails to unpickle in the parent."""
+
+    def __init__(self, n):
+        self.data = b"u" * n
+
+    def __reduce__(self):
+        return _refuse, (pickle.PickleBuffer(self.data),)
+
+
+def unloadable(n):
+    return Unloadable(n)
+
+
+class BlocksWhenFreedInAWorker:
+    """An argument whose ``__del__`` blocks forever in a worker (as a
+    close() of a dead connection may); harmless in the process that made it."""
+
+    def __init__(self):
+        self.maker = os.getpid()
+
+    def __del__(self):
+        if os.getpid() != self.maker:
+            threading.Event().wait()
+
+
+def take(value):
+    return "returned"
+
+
+def _rss():
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+class _RssWhenPickled:
+    def __init__(self, before):
+        self.before = before
+
+    def __reduce__(self):
+        return tuple, ((self.before, _rss()),)
+
+
+def rss_while_result_pickled(data):
+    """(RSS with ``data`` alive, RSS while the result is being pickled)."""
+    return _RssWhenPickled(_rss())

@@ -7,6 +7,7 @@ time limits, terminate, interpreter exit.  Under fork, forkserver and spawn.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import subprocess
@@ -592,3 +593,45 @@ def test_a_dead_workers_kept_result_segment_is_unlinked(fork_ctx, monkeypatch):
             p.apply(tasks.kill_self, (b"",))
         wait_until(lambda: ours() == [], timeout=30)
         assert p.apply(tasks.make, (200 * 1024,)) == b"r" * (200 * 1024)  # a new worker, a new segment
+
+
+def test_a_result_that_fails_to_unpickle_leaves_no_kept_segment_past_free_seconds(fork_ctx, monkeypatch):
+    """A kept segment is renamed only once its value is rebuilt: a result
+    that fails to unpickle left it kept with no trim scheduled, for as
+    long as the worker lived (found in review)."""
+    monkeypatch.setattr(payload, "FREE_SECONDS", 0.2)
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=64 * 1024) as p:
+        with pytest.raises(Exception, match="cannot be rebuilt"):
+            p.apply(tasks.unloadable, (200 * 1024,))
+        assert p.apply(os.getpid)  # the worker lives on, idle
+        wait_until(lambda: ours() == [], timeout=payload.FREE_SECONDS + 10)
+
+
+def test_an_argument_whose_del_blocks_does_not_hang_the_next_job(fork_ctx):
+    """A job's arguments are freed inside the job, where its time limit
+    covers a ``__del__`` that blocks; only big plain ``bytes`` wait until
+    the result is sent.  Freed after the job, such an argument left the
+    worker looking idle while it hung, and the next job never started nor
+    timed out (found in review)."""
+    with poolx.Pool(1, context=fork_ctx) as p:
+        try:
+            p.apply(tasks.take, (tasks.BlocksWhenFreedInAWorker(),), timeout=2)
+        except TimeLimitExceeded:
+            pass  # the behaviour before da111e5
+        nxt = p.apply_async(os.getpid, timeout=2)
+        try:
+            nxt.get(timeout=30)
+        except TimeLimitExceeded:
+            pass  # acceptable too: it did not hang
+        except multiprocessing.TimeoutError:
+            pytest.fail("a job with timeout=2 neither ran nor timed out within 30 s")
+        finally:
+            p.terminate()
+
+
+def test_arguments_are_freed_before_the_result_is_pickled(fork_ctx):
+    """A job's memory peak (what memory_limit samples) is not raised by
+    holding big arguments while a big result is pickled and sent."""
+    with poolx.Pool(1, context=fork_ctx, shm_threshold=None) as p:
+        before, during = p.apply(tasks.rss_while_result_pickled, (b"x" * (64 * MB),))
+    assert during < before - 32 * MB, (before / MB, during / MB)
