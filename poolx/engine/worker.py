@@ -166,9 +166,12 @@ def _big_plain(args: Any, kwds: Any, mode: int) -> list[Any]:
 
 def _call(data: memoryview, state: _WorkerState) -> tuple[Any, list[Any]]:
     """Run one job's call; return its value, and its big plain arguments
-    (:func:`_big_plain`), which the caller may free after the result is
-    on its way.  Everything else of the call is freed here, inside the job
-    (its time limit covers a ``__del__`` that blocks)."""
+    (:func:`_big_plain`) if they came through a segment, which the caller
+    may free after the result is on its way.  Everything else of the call
+    is freed here, inside the job (its time limit covers a ``__del__`` that
+    blocks).  A pipe payload is not searched: a map chunk of small items
+    would pay for it per item."""
+    out_of_band = data[0] == payload.MAGIC
     func, args, kwds, mode = payload.loads(data)
     state.in_user_code = True
     if mode == wire.APPLY:
@@ -178,7 +181,7 @@ def _call(data: memoryview, state: _WorkerState) -> tuple[Any, list[Any]]:
     else:
         value = list(starmap(func, args))
     state.in_user_code = False
-    return value, _big_plain(args, kwds, mode)
+    return value, _big_plain(args, kwds, mode) if out_of_band else []
 
 
 def _small_or_out_of_band(value: Any, shm: payload.Spec | None) -> bool:
